@@ -1,0 +1,67 @@
+"""Worker side of the host RPC: one writer lock, one waiting slot per llm() request."""
+import itertools
+import json
+import threading
+
+_out = None
+_write_lock = threading.Lock()
+_pending = {}
+_pending_lock = threading.Lock()
+_ids = itertools.count(1)
+current = threading.local()
+
+
+class LLMError(RuntimeError):
+    """Raised inside the candidate when the host refuses or fails a model call."""
+
+
+class _Slot:
+    __slots__ = ("event", "reply")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.reply = None
+
+
+def connect(stream):
+    global _out
+    _out = stream
+
+
+def send(message):
+    line = json.dumps(message, ensure_ascii=False)
+    with _write_lock:
+        _out.write(line + "\n")
+        _out.flush()
+
+
+def call_llm(messages, *, temperature, n, json, max_tokens):
+    request_id = next(_ids)
+    slot = _Slot()
+    with _pending_lock:
+        _pending[request_id] = slot
+    send({"type": "llm", "id": request_id, "task_id": getattr(current, "task_id", None),
+          "messages": messages, "temperature": temperature, "n": n, "json": json,
+          "max_tokens": max_tokens})
+    slot.event.wait()
+    reply = slot.reply
+    if reply.get("error"):
+        raise LLMError(reply["error"])
+    return list(reply["texts"])
+
+
+def deliver(message):
+    with _pending_lock:
+        slot = _pending.pop(message.get("id"), None)
+    if slot is not None:
+        slot.reply = message
+        slot.event.set()
+
+
+def fail_pending(reason):
+    with _pending_lock:
+        slots = list(_pending.values())
+        _pending.clear()
+    for slot in slots:
+        slot.reply = {"error": reason}
+        slot.event.set()

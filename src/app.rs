@@ -1,0 +1,135 @@
+//! One function per CLI command: each wires the pipeline stages together and holds no
+//! logic of its own beyond that. `main.rs` only parses arguments and calls these.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::archive::Archive;
+use crate::candidate::CandidateKind;
+use crate::check::{Checker, Severity};
+use crate::config::{EvaluationConfig, Experiment, ModelConfig};
+use crate::domain::Domain;
+use crate::evaluate::Evaluator;
+use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
+use crate::search::Search;
+
+/// Exit code for failures of the thing being run (not of the user's input).
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code for bad usage, configs or inputs.
+pub const EXIT_USAGE: i32 = 2;
+
+/// The archive path a run uses when `--db` is not given: `runs/<name>.db` beside the cwd.
+pub fn default_db(exp: &Path) -> Result<PathBuf> {
+    let e = Experiment::load(exp)?;
+    Ok(PathBuf::from("runs").join(format!("{}.db", e.name)))
+}
+
+pub fn run(exp: &Path, db: Option<&Path>, quiet: bool, json: bool) -> Result<()> {
+    let db = match db {
+        Some(d) => d.to_path_buf(),
+        None => default_db(exp)?,
+    };
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if !quiet {
+        eprintln!("metaforge: archive {}", db.display());
+    }
+    let mut search = Search::create(exp, &db, quiet)?;
+    search.run()?;
+    print_status(search.archive(), json)
+}
+
+pub fn resume(db: &Path, quiet: bool, json: bool) -> Result<()> {
+    let mut search = Search::resume(db, quiet)?;
+    search.run()?;
+    print_status(search.archive(), json)
+}
+
+pub fn status(db: &Path, json: bool) -> Result<()> {
+    let archive = Archive::open_existing(db)?;
+    print_status(&archive, json)
+}
+
+fn print_status(archive: &Archive, json: bool) -> Result<()> {
+    let s = crate::report::status(archive)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", crate::report::render_status(&s));
+    }
+    Ok(())
+}
+
+/// `check FILE.py`: prints diagnostics; returns whether the file passes.
+pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
+    let checker = Checker::embedded()?;
+    let kind = if memory { CandidateKind::Memory } else { CandidateKind::Agent };
+    let mut ok = true;
+    let mut all = Vec::new();
+    for f in files {
+        let code = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let report = checker.check(&f.display().to_string(), &code, kind);
+        ok &= report.passes();
+        if json {
+            all.extend(report.diagnostics);
+        } else {
+            for d in &report.diagnostics {
+                println!("{d}");
+            }
+            let errors = report.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+            eprintln!("{}: {}", f.display(), if errors == 0 { "ok".to_string() } else { format!("{errors} error(s)") });
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(ok)
+}
+
+/// `eval FILE.py --domain D`: one evaluation outside a search (cached in `--db` if given).
+pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>, json: bool) -> Result<()> {
+    let code = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let report = Checker::embedded()?.check(&file.display().to_string(), &code, CandidateKind::Agent);
+    if !report.passes() {
+        bail!("{} does not pass check:\n{}", file.display(), report.render());
+    }
+    let dcfg = crate::config::DomainConfig { name: domain.into(), path: None, scorer: None, val_size: n, test_size: 0 };
+    let dom = Domain::load(&dcfg)?;
+    let (tasks, _) = dom.splits(0, n, 0)?;
+    let mcfg: ModelConfig = toml::from_str(&format!("backend = \"local\"\nmodel = {model:?}\nmax_tokens = 256"))?;
+    let backend = BackendFactory::new().build(&mcfg, "agent")?;
+    let cache = match db {
+        Some(p) => Arc::new(CallCache::open(p)?),
+        None => Arc::new(CallCache::in_memory()?),
+    };
+    let gw = Gateway::new(Role::Agent, backend, &mcfg, Some(cache), Arc::new(Budget::unlimited()));
+    let ecfg = EvaluationConfig::default();
+    let bar = indicatif::ProgressBar::new(tasks.len() as u64);
+    let tick = || bar.inc(1);
+    let e = Evaluator { gateway: &gw, cfg: &ecfg, scorer: dom.scorer }.evaluate(&code, &tasks, "val", &tick)?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!(
+            "{}: {} on {} tasks: mean {:.3} [95% CI {:.3}, {:.3}], outcome {}, {} model calls, {} tokens, {:.1} s",
+            file.display(),
+            domain,
+            e.tasks.len(),
+            e.mean,
+            e.ci_lo,
+            e.ci_hi,
+            e.outcome,
+            e.usage.calls,
+            e.usage.tokens(),
+            e.wall_ms / 1e3
+        );
+        if let Some(f) = e.failure_feedback() {
+            println!("{f}");
+        }
+    }
+    Ok(())
+}

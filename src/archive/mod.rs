@@ -1,0 +1,456 @@
+//! The archive: one SQLite file holding the whole state of a run.
+//!
+//! Why SQLite with one transaction per loop step: resume must read persisted state only. A
+//! step either committed (its proposals, candidates, evaluations and events all exist) or
+//! did not (nothing of it exists), so `kill -9` at any moment loses at most the step in
+//! flight and never duplicates a candidate (ids are content hashes, rows are unique).
+//!
+//! Architecture Invariant: `archive` knows nothing of the loop. It stores and answers
+//! queries; deciding what to do next is `search`'s job.
+
+mod front;
+mod lineage;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+pub use front::{crowding_distance, pareto_front, select_parent, Scored};
+pub use lineage::Lineage;
+
+use crate::candidate::{Candidate, CandidateKind};
+use crate::config::Experiment;
+use crate::evaluate::Evaluation;
+
+const SCHEMA_VERSION: i32 = 1;
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// Opens (creating if needed) a connection with WAL, a busy timeout and the current schema.
+pub fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("cannot open archive {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&conn).with_context(|| format!("archive {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Brings a database to the current schema; refuses databases from a newer metaforge.
+pub fn migrate(conn: &Connection) -> Result<()> {
+    let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        bail!("archive schema version {version} is newer than this metaforge ({SCHEMA_VERSION}); fix: upgrade metaforge");
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i32)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// What one proposal attempt produced; every attempt becomes a `proposals` row.
+#[derive(Debug, Clone)]
+pub struct ProposalRecord {
+    pub attempt: u32,
+    pub kind: String,
+    pub parents: Vec<String>,
+    pub status: ProposalStatus,
+    pub reason: String,
+    pub candidate: Option<Candidate>,
+    pub evaluation: Option<Evaluation>,
+    pub prompt: Option<String>,
+    pub reply: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProposalStatus {
+    Evaluated,
+    Duplicate,
+    ParseError,
+    CheckFailed,
+    RuntimeError,
+    LlmError,
+}
+
+impl ProposalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProposalStatus::Evaluated => "evaluated",
+            ProposalStatus::Duplicate => "duplicate",
+            ProposalStatus::ParseError => "parse_error",
+            ProposalStatus::CheckFailed => "check_failed",
+            ProposalStatus::RuntimeError => "runtime_error",
+            ProposalStatus::LlmError => "llm_error",
+        }
+    }
+}
+
+/// Everything one loop step writes, committed in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct StepRecord {
+    pub step: u64,
+    pub generation: u32,
+    pub proposals: Vec<ProposalRecord>,
+    /// Extra evaluations of existing candidates (held-out test at the end of a run).
+    pub evaluations: Vec<(String, Evaluation)>,
+    pub events: Vec<(String, serde_json::Value)>,
+}
+
+/// One leaderboard line.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderRow {
+    pub id: String,
+    pub name: String,
+    pub operator: String,
+    pub generation: u32,
+    pub val: Option<SplitScore>,
+    pub test: Option<SplitScore>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitScore {
+    pub n: u32,
+    pub mean: f64,
+    pub ci_lo: f64,
+    pub ci_hi: f64,
+    pub cost_usd: f64,
+    pub tokens: u64,
+    pub outcome: String,
+}
+
+pub struct Archive {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Archive {
+    /// Creates a new archive for an experiment. Refuses to overwrite an existing run.
+    pub fn create(path: &Path, exp: &Experiment, config_toml: &str) -> Result<Self> {
+        if path.exists() {
+            let existing = Self::open(path)?;
+            if existing.run_count()? > 0 {
+                bail!(
+                    "{} already holds a run; fix: `metaforge resume {}` to continue it, or pass --db with a new file",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+        let archive = Self::open(path)?;
+        archive.conn.execute(
+            "INSERT INTO runs(name, seed, config_toml, domain, created_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
+            params![exp.name, exp.seed as i64, config_toml, exp.domain.name],
+        )?;
+        Ok(archive)
+    }
+
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = open_connection(path)?;
+        Ok(Self { conn, path: path.to_path_buf() })
+    }
+
+    /// Opens an archive that must already hold a run (for resume/status).
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("archive {} does not exist; fix: check the path, or start a run with `metaforge run EXP.toml`", path.display());
+        }
+        let a = Self::open(path)?;
+        if a.run_count()? == 0 {
+            bail!("{} holds no run; fix: start one with `metaforge run EXP.toml --db {}`", path.display(), path.display());
+        }
+        Ok(a)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn run_count(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?)
+    }
+
+    /// The experiment as stored when the run began (resume never re-reads the TOML file).
+    pub fn experiment(&self) -> Result<(Experiment, String)> {
+        let text: String = self.conn.query_row("SELECT config_toml FROM runs ORDER BY id LIMIT 1", [], |r| r.get(0))?;
+        let exp = Experiment::parse(&text, &format!("{} (stored config)", self.path.display()), Path::new("."))?;
+        Ok((exp, text))
+    }
+
+    /// The next step to run: one past the last committed step.
+    pub fn next_step(&self) -> Result<u64> {
+        let s: Option<i64> = self.conn.query_row("SELECT max(step) FROM proposals", [], |r| r.get(0))?;
+        let e: Option<i64> = self.conn.query_row("SELECT max(step) FROM events WHERE kind = 'step_done'", [], |r| r.get(0))?;
+        Ok(s.max(e).map(|v| v as u64 + 1).unwrap_or(0))
+    }
+
+    pub fn has_candidate(&self, id: &str) -> Result<bool> {
+        Ok(self.conn.query_row("SELECT count(*) FROM candidates WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? > 0)
+    }
+
+    pub fn has_evaluation(&self, id: &str, split: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM evaluations WHERE candidate_id = ?1 AND split = ?2", params![id, split], |r| {
+                r.get::<_, i64>(0)
+            })?
+            > 0)
+    }
+
+    pub fn candidate(&self, id: &str) -> Result<Option<Candidate>> {
+        self.conn
+            .query_row(
+                "SELECT id, kind, name, thought, code, operator, generation, fingerprint FROM candidates WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Candidate {
+                        id: r.get(0)?,
+                        kind: CandidateKind::parse(&r.get::<_, String>(1)?).unwrap_or(CandidateKind::Agent),
+                        name: r.get(2)?,
+                        thought: r.get(3)?,
+                        code: r.get(4)?,
+                        operator: r.get(5)?,
+                        generation: r.get::<_, i64>(6)? as u32,
+                        parents: Vec::new(),
+                        fingerprint: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// Candidates with a successful evaluation on `split`, for selection and reporting.
+    pub fn scored(&self, split: &str) -> Result<Vec<Scored>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.id, c.name, c.generation, e.mean, e.ci_lo, e.ci_hi, e.cost_usd, e.prompt_tokens + e.completion_tokens,
+                    (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome
+             FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = ?1
+             ORDER BY c.step, c.id",
+        )?;
+        let rows = stmt.query_map([split], |r| {
+            Ok(Scored {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                generation: r.get::<_, i64>(2)? as u32,
+                score: r.get(3)?,
+                ci_lo: r.get(4)?,
+                ci_hi: r.get(5)?,
+                cost: r.get(6)?,
+                tokens: r.get::<_, i64>(7)? as u64,
+                children: r.get::<_, i64>(8)? as u32,
+                fingerprint: r.get(9)?,
+                ok: r.get::<_, String>(10)? == "ok",
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Recent failed proposals with their reasons: fed back to the proposer.
+    pub fn recent_failures(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT status, reason FROM proposals WHERE status NOT IN ('evaluated', 'duplicate') ORDER BY step DESC, attempt DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Commits a whole step atomically.
+    pub fn commit_step(&mut self, rec: &StepRecord) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for p in &rec.proposals {
+            if let Some(c) = &p.candidate {
+                if matches!(p.status, ProposalStatus::Evaluated | ProposalStatus::RuntimeError) {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO candidates(id, kind, name, thought, code, operator, generation, fingerprint, step, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, datetime('now'))",
+                        params![c.id, c.kind.as_str(), c.name, c.thought, c.code, c.operator, c.generation, c.fingerprint, rec.step as i64],
+                    )?;
+                    for parent in &c.parents {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO lineage(parent, child, operator) VALUES (?1, ?2, ?3)",
+                            params![parent, c.id, c.operator],
+                        )?;
+                    }
+                    if let Some(e) = &p.evaluation {
+                        insert_evaluation(&tx, &c.id, e, rec.step)?;
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO proposals(step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, datetime('now'))",
+                params![
+                    rec.step as i64,
+                    p.attempt,
+                    rec.generation,
+                    p.kind,
+                    serde_json::to_string(&p.parents)?,
+                    p.status.as_str(),
+                    p.reason,
+                    p.candidate.as_ref().map(|c| c.id.clone()),
+                    p.prompt,
+                    p.reply,
+                ],
+            )?;
+        }
+        for (id, e) in &rec.evaluations {
+            insert_evaluation(&tx, id, e, rec.step)?;
+        }
+        for (kind, detail) in &rec.events {
+            tx.execute(
+                "INSERT INTO events(step, kind, detail, created_at) VALUES (?1, ?2, ?3, datetime('now'))",
+                params![rec.step as i64, kind, detail.to_string()],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO events(step, kind, detail, created_at) VALUES (?1, 'step_done', '{}', datetime('now'))",
+            params![rec.step as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn event(&self, step: Option<u64>, kind: &str, detail: serde_json::Value) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO events(step, kind, detail, created_at) VALUES (?1, ?2, ?3, datetime('now'))",
+            params![step.map(|s| s as i64), kind, detail.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_finished(&self) -> Result<()> {
+        self.conn.execute("UPDATE runs SET finished_at = datetime('now') WHERE finished_at IS NULL", [])?;
+        Ok(())
+    }
+
+    pub fn is_finished(&self) -> Result<bool> {
+        Ok(self.conn.query_row("SELECT finished_at IS NOT NULL FROM runs ORDER BY id LIMIT 1", [], |r| r.get(0))?)
+    }
+
+    /// Leaderboard: every evaluated candidate, best validation score first.
+    pub fn leaderboard(&self) -> Result<Vec<LeaderRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.id, c.name, c.operator, c.generation FROM candidates c
+             LEFT JOIN evaluations v ON v.candidate_id = c.id AND v.split = 'val'
+             ORDER BY v.mean IS NULL, v.mean DESC, v.cost_usd ASC, c.step ASC",
+        )?;
+        let rows: Vec<(String, String, String, u32)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u32)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(id, name, operator, generation)| {
+                Ok(LeaderRow { val: self.split_score(&id, "val")?, test: self.split_score(&id, "test")?, id, name, operator, generation })
+            })
+            .collect()
+    }
+
+    fn split_score(&self, id: &str, split: &str) -> Result<Option<SplitScore>> {
+        self.conn
+            .query_row(
+                "SELECT n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens + completion_tokens, outcome FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
+                params![id, split],
+                |r| {
+                    Ok(SplitScore {
+                        n: r.get::<_, i64>(0)? as u32,
+                        mean: r.get(1)?,
+                        ci_lo: r.get(2)?,
+                        ci_hi: r.get(3)?,
+                        cost_usd: r.get(4)?,
+                        tokens: r.get::<_, i64>(5)? as u64,
+                        outcome: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// Count of proposal attempts by status, per proposal kind family.
+    pub fn funnel(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT CASE WHEN kind LIKE 'op:%' THEN 'operators' WHEN kind LIKE 'rewrite%' THEN 'rewrite' ELSE kind END AS family,
+                    status, count(*) FROM proposals GROUP BY family, status ORDER BY family, status",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Number of evaluated children that beat their best parent on validation.
+    pub fn improvements(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = 'val'
+             WHERE c.operator != 'seed' AND e.mean > (
+                SELECT max(pe.mean) FROM lineage l JOIN evaluations pe ON pe.candidate_id = l.parent AND pe.split = 'val'
+                WHERE l.child = c.id)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Model usage over the whole run (all evaluations) and the number of cached calls.
+    pub fn usage(&self) -> Result<(u64, f64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0), (SELECT count(*) FROM llm_calls) FROM evaluations",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get::<_, i64>(2)? as u64)),
+        )?)
+    }
+
+    pub fn lineage(&self) -> Result<Lineage> {
+        let mut stmt = self.conn.prepare("SELECT parent, child, operator FROM lineage")?;
+        let edges: Vec<(String, String, String)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self.conn.prepare("SELECT id, name FROM candidates")?;
+        let nodes: Vec<(String, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        Ok(Lineage::build(&nodes, &edges))
+    }
+
+    /// Raw access for tests and reports that need ad-hoc queries.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step: u64) -> Result<()> {
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO evaluations(candidate_id, split, stage, n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens, completion_tokens,
+             llm_calls, cached_calls, latency_ms, wall_ms, outcome, outcome_detail, step, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, datetime('now'))",
+        params![
+            id,
+            e.split,
+            e.stage,
+            e.tasks.len() as i64,
+            e.mean,
+            e.ci_lo,
+            e.ci_hi,
+            e.usage.cost_usd,
+            e.usage.prompt_tokens as i64,
+            e.usage.completion_tokens as i64,
+            e.usage.calls as i64,
+            e.usage.cached_calls as i64,
+            e.usage.latency_ms,
+            e.wall_ms,
+            e.outcome.to_string(),
+            e.detail,
+            step as i64,
+        ],
+    )?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    let eval_id = tx.last_insert_rowid();
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO task_results(evaluation_id, task_id, score, outcome, output, error, llm_calls, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for t in &e.tasks {
+        stmt.execute(params![eval_id, t.task_id, t.score, t.outcome, t.output, t.error, t.usage.calls as i64, t.usage.tokens() as i64])?;
+    }
+    Ok(())
+}

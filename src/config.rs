@@ -1,0 +1,431 @@
+//! Experiment configuration: one TOML file describes a whole search.
+//!
+//! Why `deny_unknown_fields` everywhere: a misspelt key that is silently ignored turns into an
+//! overnight run with the wrong settings. Every error names the file, the key and the fix.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A whole experiment, as written in `experiments/*.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Short name used in the leaderboard and the default archive file name.
+    pub name: String,
+    /// Seed for splits, parent selection and operators; a run is a function of it.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub domain: DomainConfig,
+    pub models: Models,
+    #[serde(default)]
+    pub search: SearchConfig,
+    #[serde(default)]
+    pub proposers: ProposerMix,
+    #[serde(default)]
+    pub evaluation: EvaluationConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+}
+
+fn default_seed() -> u64 {
+    0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// A built-in domain (`arith`, `gsm8k`) or a name for a user domain given by `path`.
+    pub name: String,
+    /// A JSONL file of tasks for a user domain (each line an object with `id`, `question`,
+    /// `answer`); relative paths are read from the experiment file's folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Scorer for a user domain: `numeric` or `exact`.
+    #[serde(default)]
+    pub scorer: Option<String>,
+    #[serde(default = "default_val_size")]
+    pub val_size: usize,
+    #[serde(default = "default_test_size")]
+    pub test_size: usize,
+}
+
+fn default_val_size() -> usize {
+    32
+}
+fn default_test_size() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    /// The proposer's model (the meta-agent).
+    pub meta: ModelConfig,
+    /// The model candidates call through `llm()`.
+    pub agent: ModelConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Embedded llama.cpp running a GGUF file (the offline default).
+    Local,
+    /// Any OpenAI-compatible `/v1/chat/completions` endpoint.
+    Openai,
+    /// Replies from a file of canned answers: for unit tests of loop logic only.
+    Scripted,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub backend: BackendKind,
+    /// `local`: `smollm2-135m` (fetched on first use) or a path to a `.gguf` file.
+    /// `openai`: the model name sent to the endpoint. `scripted`: a label.
+    pub model: String,
+    /// `openai` only: base URL ending in `/v1`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// `openai` only: name of the environment variable that holds the API key (never the key).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// `scripted` only: a JSON file with the list of replies.
+    #[serde(default)]
+    pub script: Option<PathBuf>,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Temperature used when a call does not set one.
+    #[serde(default)]
+    pub temperature: f32,
+    /// Requests to this backend in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// US dollars per million prompt tokens (0 = free / unknown).
+    #[serde(default)]
+    pub price_prompt_per_mtok: f64,
+    #[serde(default)]
+    pub price_completion_per_mtok: f64,
+    /// `local` only: model threads (0 = all cores).
+    #[serde(default)]
+    pub threads: i32,
+    /// `local` only: context tokens per concurrent sequence.
+    #[serde(default = "default_ctx")]
+    pub context_per_sequence: u32,
+}
+
+fn default_max_tokens() -> u32 {
+    256
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_timeout() -> u64 {
+    120
+}
+fn default_retries() -> u32 {
+    4
+}
+fn default_ctx() -> u32 {
+    2048
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Seed agents to start from: file stems under `archive/agents/`, or `["all"]`.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<String>,
+    #[serde(default = "default_generations")]
+    pub generations: u32,
+    #[serde(default = "default_per_generation")]
+    pub proposals_per_generation: u32,
+    /// How many of the best validation candidates get a held-out test evaluation at the end.
+    #[serde(default = "default_test_top_k")]
+    pub test_top_k: usize,
+    /// `pareto` (front sampled by score sigmoid x 1/(1+children)) or `uniform`.
+    #[serde(default = "default_selection")]
+    pub parent_selection: String,
+}
+
+fn default_seeds() -> Vec<String> {
+    vec!["all".into()]
+}
+fn default_generations() -> u32 {
+    3
+}
+fn default_per_generation() -> u32 {
+    4
+}
+fn default_test_top_k() -> usize {
+    3
+}
+fn default_selection() -> String {
+    "pareto".into()
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            seeds: default_seeds(),
+            generations: default_generations(),
+            proposals_per_generation: default_per_generation(),
+            test_top_k: default_test_top_k(),
+            parent_selection: default_selection(),
+        }
+    }
+}
+
+/// Probability of each proposal kind; they need not sum to one (they are normalised).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposerMix {
+    #[serde(default = "one")]
+    pub operators: f64,
+    #[serde(default)]
+    pub rewrite: f64,
+    #[serde(default)]
+    pub rewrite_options: RewriteOptions,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for ProposerMix {
+    fn default() -> Self {
+        Self { operators: 1.0, rewrite: 0.0, rewrite_options: RewriteOptions::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteOptions {
+    /// Self-reflection rounds after the first proposal (ADAS uses 2).
+    #[serde(default = "two")]
+    pub reflexion_rounds: u32,
+    /// Debug rounds fed with check diagnostics or runtime errors; the last fix is evaluated too.
+    #[serde(default = "two")]
+    pub debug_rounds: u32,
+    /// Parents and inspirations shown in the prompt (sampled, never the whole archive).
+    #[serde(default = "two_usize")]
+    pub context_candidates: usize,
+    /// Malformed replies are retried this many times with the parse error.
+    #[serde(default = "one_u32")]
+    pub parse_retries: u32,
+}
+
+fn two() -> u32 {
+    2
+}
+fn two_usize() -> usize {
+    2
+}
+fn one_u32() -> u32 {
+    1
+}
+
+impl Default for RewriteOptions {
+    fn default() -> Self {
+        Self { reflexion_rounds: 2, debug_rounds: 2, context_candidates: 2, parse_retries: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Tasks run concurrently inside one worker (threads), so model latency overlaps.
+    #[serde(default = "default_in_flight")]
+    pub tasks_in_flight: usize,
+    /// Worker processes per candidate evaluation; tasks are split between them.
+    #[serde(default = "one_usize")]
+    pub shards: usize,
+    /// Wall-clock seconds one task may take; the worker deadline is derived from it.
+    #[serde(default = "default_task_timeout")]
+    pub task_timeout_s: u64,
+    /// Address-space limit of a worker, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mb: u64,
+    /// CPU seconds a worker may use.
+    #[serde(default = "default_cpu")]
+    pub cpu_s: u64,
+    /// Bootstrap resamples for the 95% confidence interval.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap_samples: usize,
+}
+
+fn default_in_flight() -> usize {
+    4
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_task_timeout() -> u64 {
+    120
+}
+fn default_memory() -> u64 {
+    1024
+}
+fn default_cpu() -> u64 {
+    300
+}
+fn default_bootstrap() -> usize {
+    2000
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            tasks_in_flight: default_in_flight(),
+            shards: 1,
+            task_timeout_s: default_task_timeout(),
+            memory_mb: default_memory(),
+            cpu_s: default_cpu(),
+            bootstrap_samples: default_bootstrap(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Hard cap on prompt + completion tokens over the run (both roles), counted before a
+    /// request is sent so in-flight requests cannot overshoot it.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Hard cap in US dollars, from the configured prices.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+}
+
+impl Experiment {
+    /// Reads and validates an experiment file. Relative paths inside it are resolved against
+    /// the file's folder, so a config works from any working directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read experiment file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self> {
+        let mut exp: Experiment = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{origin}: {}\nfix: correct the key or value shown above; every key is listed in README.md (section \"Experiment file\")",
+                e.to_string().trim_end()
+            )
+        })?;
+        for path in [&mut exp.domain.path, &mut exp.models.meta.script, &mut exp.models.agent.script]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        exp.validate().with_context(|| format!("{origin}: invalid experiment"))?;
+        Ok(exp)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (role, m) in [("models.meta", &self.models.meta), ("models.agent", &self.models.agent)] {
+            match m.backend {
+                BackendKind::Openai => {
+                    if m.base_url.is_none() {
+                        bail!("{role}.base_url is missing; fix: set it to the endpoint, e.g. \"http://127.0.0.1:8080/v1\"");
+                    }
+                }
+                BackendKind::Scripted => {
+                    if m.script.is_none() {
+                        bail!("{role}.script is missing; fix: point it at a JSON list of replies (scripted is for tests)");
+                    }
+                }
+                BackendKind::Local => {}
+            }
+            if !(0.0..=2.0).contains(&m.temperature) {
+                bail!("{role}.temperature = {} is out of range; fix: use a value in 0.0..=2.0", m.temperature);
+            }
+            if m.max_concurrency == 0 {
+                bail!("{role}.max_concurrency must be at least 1");
+            }
+        }
+        if self.domain.val_size == 0 {
+            bail!("domain.val_size must be at least 1");
+        }
+        if self.evaluation.tasks_in_flight == 0 || self.evaluation.shards == 0 {
+            bail!("evaluation.tasks_in_flight and evaluation.shards must be at least 1");
+        }
+        if self.proposers.operators < 0.0 || self.proposers.rewrite < 0.0 {
+            bail!("proposers.* probabilities must be >= 0");
+        }
+        if self.proposers.operators + self.proposers.rewrite <= 0.0 {
+            bail!("proposers: all probabilities are zero; fix: set proposers.operators = 1.0");
+        }
+        if !["pareto", "uniform"].contains(&self.search.parent_selection.as_str()) {
+            bail!(
+                "search.parent_selection = {:?} is unknown; fix: use \"pareto\" or \"uniform\"",
+                self.search.parent_selection
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[domain]
+name = "arith"
+[models.meta]
+backend = "local"
+model = "smollm2-135m"
+[models.agent]
+backend = "local"
+model = "smollm2-135m"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let e = Experiment::parse(MINIMAL, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(e.search.generations, 3);
+        assert_eq!(e.evaluation.tasks_in_flight, 4);
+        assert_eq!(e.proposers.operators, 1.0);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = MINIMAL.replace("[domain]", "[domain]\nval_sise = 3");
+        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        insta::assert_snapshot!(err);
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = MINIMAL.replace("[domain]", "[domain]\nval_size = \"many\"");
+        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        insta::assert_snapshot!(err);
+    }
+
+    #[test]
+    fn unknown_backend_lists_the_choices() {
+        let text = MINIMAL.replacen("backend = \"local\"", "backend = \"gpt\"", 1);
+        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        assert!(err.contains("local") && err.contains("openai"), "{err}");
+    }
+
+    #[test]
+    fn openai_without_url_says_how_to_fix() {
+        let text = MINIMAL.replacen("backend = \"local\"", "backend = \"openai\"", 1);
+        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        assert!(err.contains("models.meta.base_url") && err.contains("fix:"), "{err}");
+    }
+}

@@ -1,0 +1,187 @@
+//! Domains: where tasks come from, how an output is scored, and the fixed splits.
+//!
+//! Built-in domains read data embedded from `data/`; a user domain is a JSONL file plus a
+//! scorer name. Splits are a seeded shuffle, so validation and held-out test never overlap
+//! and are identical on every machine.
+
+mod scorers;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::Value;
+
+pub use scorers::Scorer;
+
+use crate::config::DomainConfig;
+
+/// One task: what the agent sees (`input`, passed as the `task` dict) and the gold answer
+/// (never sent to the worker).
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    pub input: Value,
+    pub answer: Value,
+}
+
+pub struct Domain {
+    pub name: String,
+    /// One paragraph for the proposer's prompt: what the tasks are and how they are scored.
+    pub description: String,
+    pub scorer: Scorer,
+    pub tasks: Vec<Task>,
+}
+
+struct Builtin {
+    name: &'static str,
+    file: &'static str,
+    scorer: Scorer,
+    description: &'static str,
+}
+
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "arith",
+        file: "arith.jsonl",
+        scorer: Scorer::Numeric,
+        description: "Short arithmetic word problems with whole-number answers (one or two steps: add, subtract, multiply). The task dict has a `question` string; the agent returns text whose final number is taken as the answer and compared exactly.",
+    },
+    Builtin {
+        name: "gsm8k",
+        file: "gsm8k_test.jsonl",
+        scorer: Scorer::Numeric,
+        description: "Grade-school math word problems (GSM8K) needing 2 to 8 steps. The task dict has a `question` string; the agent returns text whose final number is taken as the answer and compared exactly.",
+    },
+];
+
+impl Domain {
+    pub fn builtin_names() -> Vec<&'static str> {
+        BUILTINS.iter().map(|b| b.name).collect()
+    }
+
+    /// Loads the domain named by the config (built-in, or a user JSONL with a scorer).
+    pub fn load(cfg: &DomainConfig) -> Result<Self> {
+        if let Some(path) = &cfg.path {
+            let scorer_name = cfg.scorer.as_deref().unwrap_or("exact");
+            let scorer = Scorer::parse(scorer_name).with_context(|| format!("domain.scorer = {scorer_name:?}"))?;
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("domain.path: cannot read {}; fix: point it at a JSONL file of tasks", path.display())
+            })?;
+            let tasks = parse_jsonl(&text, &path.display().to_string())?;
+            return Ok(Self {
+                name: cfg.name.clone(),
+                description: format!("Tasks from {}; scored with the `{scorer_name}` scorer.", file_name(path)),
+                scorer,
+                tasks,
+            });
+        }
+        let Some(b) = BUILTINS.iter().find(|b| b.name == cfg.name) else {
+            bail!(
+                "domain.name = {:?} is not a built-in domain ({}); fix: use one of those, or set domain.path to a JSONL file and domain.scorer",
+                cfg.name,
+                Self::builtin_names().join(", ")
+            );
+        };
+        let text = crate::assets::text(&crate::assets::DATA, b.file)
+            .with_context(|| format!("built-in data file data/{} is missing from this build", b.file))?;
+        Ok(Self {
+            name: b.name.into(),
+            description: b.description.into(),
+            scorer: b.scorer,
+            tasks: parse_jsonl(text, &format!("data/{}", b.file))?,
+        })
+    }
+
+    /// Validation and held-out test splits, disjoint, fixed by `seed`.
+    pub fn splits(&self, seed: u64, val: usize, test: usize) -> Result<(Vec<Task>, Vec<Task>)> {
+        if val + test > self.tasks.len() {
+            bail!(
+                "domain {} has {} tasks but val_size + test_size = {}; fix: lower domain.val_size or domain.test_size",
+                self.name,
+                self.tasks.len(),
+                val + test
+            );
+        }
+        let mut order: Vec<usize> = (0..self.tasks.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let pick = |r: &[usize]| r.iter().map(|&i| self.tasks[i].clone()).collect::<Vec<_>>();
+        Ok((pick(&order[..val]), pick(&order[val..val + test])))
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+/// Each line: an object with `answer` (or `answers`) and the fields the agent sees; `id` is
+/// optional (the line number is used). Errors name the file and line.
+fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{origin}:{}: not a JSON object; fix: one JSON object per line", i + 1))?;
+        let Some(obj) = v.as_object_mut() else {
+            bail!("{origin}:{}: expected a JSON object", i + 1);
+        };
+        let answer = obj
+            .remove("answer")
+            .or_else(|| obj.remove("answers"))
+            .with_context(|| format!("{origin}:{}: no `answer` field; fix: add the gold answer as `answer`", i + 1))?;
+        let id = match obj.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => format!("{}", i + 1),
+        };
+        tasks.push(Task { id, input: v, answer });
+    }
+    if tasks.is_empty() {
+        bail!("{origin}: no tasks; fix: add one JSON object per line");
+    }
+    Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(name: &str) -> DomainConfig {
+        DomainConfig { name: name.into(), path: None, scorer: None, val_size: 10, test_size: 20 }
+    }
+
+    #[test]
+    fn builtins_load_and_splits_are_disjoint_and_stable() {
+        for name in Domain::builtin_names() {
+            let d = Domain::load(&cfg(name)).unwrap();
+            let (v, t) = d.splits(3, 10, 20).unwrap();
+            let (v2, _) = d.splits(3, 10, 20).unwrap();
+            assert_eq!(v.iter().map(|t| &t.id).collect::<Vec<_>>(), v2.iter().map(|t| &t.id).collect::<Vec<_>>());
+            assert!(v.iter().all(|a| t.iter().all(|b| a.id != b.id)));
+            assert!(v.iter().all(|t| t.input.get("answer").is_none()), "gold must not reach the agent");
+        }
+    }
+
+    #[test]
+    fn missing_dataset_names_the_file_and_fix() {
+        let mut c = cfg("mine");
+        c.path = Some("/nonexistent/tasks.jsonl".into());
+        let err = format!("{:#}", Domain::load(&c).err().unwrap());
+        assert!(err.contains("/nonexistent/tasks.jsonl") && err.contains("fix:"), "{err}");
+    }
+
+    #[test]
+    fn bad_line_names_the_line() {
+        let err = format!("{:#}", parse_jsonl("{\"answer\": 1}\nnot json\n", "t.jsonl").unwrap_err());
+        assert!(err.contains("t.jsonl:2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_domain_lists_builtins() {
+        let err = format!("{:#}", Domain::load(&cfg("mmlu")).err().unwrap());
+        assert!(err.contains("gsm8k") && err.contains("domain.path"), "{err}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Scorers: output text x gold answer -> score in [0, 1].
+
+use anyhow::{bail, Result};
+use regex::Regex;
+use serde_json::Value;
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scorer {
+    /// The number after the last `Answer:` (else the last number in the text) equals the
+    /// gold number. GSM8K-style exact numeric match.
+    Numeric,
+    /// Trimmed, case-insensitive string equality with the gold (or any of a list of golds).
+    Exact,
+}
+
+impl Scorer {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "numeric" => Ok(Scorer::Numeric),
+            "exact" => Ok(Scorer::Exact),
+            other => bail!("unknown scorer {other:?}; fix: use \"numeric\" or \"exact\""),
+        }
+    }
+
+    pub fn score(&self, output: &str, gold: &Value) -> f64 {
+        match self {
+            Scorer::Numeric => {
+                let Some(got) = extract_number(output) else { return 0.0 };
+                let want = match gold {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => extract_number(s),
+                    _ => None,
+                };
+                match want {
+                    Some(w) if (w - got).abs() <= 1e-6 * w.abs().max(1.0) => 1.0,
+                    _ => 0.0,
+                }
+            }
+            Scorer::Exact => {
+                let norm = |s: &str| s.trim().to_lowercase();
+                let o = norm(output);
+                let hit = match gold {
+                    Value::Array(a) => a.iter().any(|g| g.as_str().map(norm).as_deref() == Some(o.as_str())),
+                    Value::String(s) => norm(s) == o,
+                    other => norm(&other.to_string()) == o,
+                };
+                f64::from(u8::from(hit))
+            }
+        }
+    }
+}
+
+/// The answer number of a free-text output.
+pub fn extract_number(text: &str) -> Option<f64> {
+    static NUM: OnceLock<Regex> = OnceLock::new();
+    static ANSWER: OnceLock<Regex> = OnceLock::new();
+    let num = NUM.get_or_init(|| Regex::new(r"-?\$?\d[\d,]*(?:\.\d+)?").unwrap());
+    let answer = ANSWER.get_or_init(|| Regex::new(r"(?i)answer\s*(?:is)?\s*[:=]?").unwrap());
+    let scope = match answer.find_iter(text).last() {
+        Some(m) if num.is_match(&text[m.end()..]) => &text[m.end()..],
+        _ => text,
+    };
+    let pick = if scope.len() < text.len() { num.find_iter(scope).next() } else { num.find_iter(scope).last() };
+    let raw = pick?.as_str().replace([',', '$'], "");
+    raw.trim_end_matches('.').parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numeric_takes_the_answer_line_first() {
+        let s = Scorer::Numeric;
+        assert_eq!(s.score("3 + 4 = 7. Answer: 7", &json!("7")), 1.0);
+        assert_eq!(s.score("Answer: 1,234 dollars, not 5", &json!("1234")), 1.0);
+        assert_eq!(s.score("We get 12 then 18", &json!("18")), 1.0);
+        assert_eq!(s.score("The answer is $18.", &json!(18)), 1.0);
+        assert_eq!(s.score("no number", &json!("3")), 0.0);
+        assert_eq!(s.score("Answer: 8", &json!("7")), 0.0);
+        assert_eq!(s.score("-5", &json!("-5")), 1.0);
+    }
+
+    #[test]
+    fn exact_accepts_any_gold() {
+        assert_eq!(Scorer::Exact.score(" Paris ", &json!(["paris", "PARIS, France"])), 1.0);
+        assert_eq!(Scorer::Exact.score("Rome", &json!("paris")), 0.0);
+    }
+}

@@ -1,0 +1,255 @@
+//! Evaluating a candidate over a split: shards of tasks run in parallel sandboxed workers,
+//! every `llm()` call answered through the agent gateway, each output scored, and the mean
+//! reported with a bootstrap 95% confidence interval.
+
+mod stats;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use stats::{bootstrap_ci, mean};
+
+use crate::config::EvaluationConfig;
+use crate::domain::{Scorer, Task};
+use crate::llm::{CallParams, Gateway, Usage};
+use crate::sandbox::{run_worker, LlmCall, LlmHandler, WorkerExit, WorkerLimits};
+
+/// How an evaluation ended, as stored and as fed back to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    Ok,
+    /// Every task raised an exception.
+    Error,
+    LoadError,
+    Timeout,
+    MemoryLimit,
+    CpuLimit,
+    ProtocolViolation,
+    Crashed { signal: Option<i32> },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Error => f.write_str("error"),
+            Outcome::LoadError => f.write_str("load_error"),
+            Outcome::Timeout => f.write_str("timeout"),
+            Outcome::MemoryLimit => f.write_str("memory_limit"),
+            Outcome::CpuLimit => f.write_str("cpu_limit"),
+            Outcome::ProtocolViolation => f.write_str("protocol_violation"),
+            Outcome::Crashed { signal: Some(s) } => write!(f, "crashed:{s}"),
+            Outcome::Crashed { signal: None } => f.write_str("crashed"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub score: f64,
+    /// ok | error | timeout | memory_limit | cpu_limit | crashed | load_error
+    pub outcome: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub split: String,
+    pub stage: String,
+    pub mean: f64,
+    pub ci_lo: f64,
+    pub ci_hi: f64,
+    pub usage: Usage,
+    pub wall_ms: f64,
+    pub outcome: Outcome,
+    /// Human-readable detail (first traceback, stderr tail): the proposer's debug feedback.
+    pub detail: String,
+    pub tasks: Vec<TaskResult>,
+}
+
+impl Evaluation {
+    /// Feedback text for the proposer when the candidate misbehaved; None when it ran.
+    pub fn failure_feedback(&self) -> Option<String> {
+        match self.outcome {
+            Outcome::Ok => None,
+            _ => Some(format!("outcome: {}\n{}", self.outcome, self.detail)),
+        }
+    }
+}
+
+/// Runs candidates; holds what every evaluation of a run shares.
+pub struct Evaluator<'a> {
+    pub gateway: &'a Gateway,
+    pub cfg: &'a EvaluationConfig,
+    pub scorer: Scorer,
+}
+
+/// Called once per finished task (progress bars).
+pub type TaskDone<'a> = &'a (dyn Fn() + Sync);
+
+impl Evaluator<'_> {
+    pub fn evaluate(&self, code: &str, tasks: &[Task], split: &str, on_task: TaskDone) -> Result<Evaluation> {
+        let shards = self.cfg.shards.min(tasks.len()).max(1);
+        let chunk = tasks.len().div_ceil(shards).max(1);
+        let pieces: Vec<&[Task]> = tasks.chunks(chunk).collect();
+        let runs: Vec<Result<crate::sandbox::WorkerRun>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = pieces.iter().map(|piece| scope.spawn(move || self.run_shard(code, piece, on_task))).collect();
+            handles.into_iter().map(|h| h.join().expect("shard thread panicked")).collect()
+        });
+        let mut results = Vec::with_capacity(tasks.len());
+        let mut usage = Usage::default();
+        let mut outcome = Outcome::Ok;
+        let mut details = Vec::new();
+        let mut wall = Duration::ZERO;
+        for (piece, run) in pieces.iter().zip(runs) {
+            let run = run?;
+            wall = wall.max(run.wall);
+            let shard_outcome = match &run.exit {
+                WorkerExit::Completed => None,
+                WorkerExit::LoadError(e) => Some((Outcome::LoadError, e.clone())),
+                WorkerExit::Timeout => Some((Outcome::Timeout, "the worker passed its deadline and was killed".to_string())),
+                WorkerExit::CpuLimit => Some((Outcome::CpuLimit, format!("the worker used more than {} CPU seconds", self.cfg.cpu_s))),
+                WorkerExit::ProtocolViolation(e) => Some((Outcome::ProtocolViolation, e.clone())),
+                WorkerExit::Crashed { signal, code, stderr_tail } => Some((
+                    Outcome::Crashed { signal: *signal },
+                    format!("worker died (signal {signal:?}, exit code {code:?})\n{stderr_tail}"),
+                )),
+            };
+            if let Some((o, d)) = shard_outcome {
+                if outcome == Outcome::Ok {
+                    outcome = o;
+                }
+                details.push(d);
+            }
+            for task in piece.iter() {
+                let tr = run.tasks.get(&task.id).cloned().unwrap_or_default();
+                usage.merge(&tr.usage);
+                let (task_outcome, score) = if tr.finished && tr.error.is_none() {
+                    let out = tr.output.as_deref().unwrap_or("");
+                    ("ok".to_string(), self.scorer.score(out, &task.answer))
+                } else if tr.finished {
+                    let e = tr.error.as_deref().unwrap_or("");
+                    let kind = if e.starts_with("MemoryError") { "memory_limit" } else { "error" };
+                    if details.len() < 3 {
+                        details.push(format!("task {}: {}\n{}", task.id, e, tr.traceback.as_deref().unwrap_or("")));
+                    }
+                    (kind.to_string(), 0.0)
+                } else {
+                    (outcome_of_unfinished(&run.exit), 0.0)
+                };
+                results.push(TaskResult {
+                    task_id: task.id.clone(),
+                    score,
+                    outcome: task_outcome,
+                    output: tr.output,
+                    error: tr.error.or(tr.traceback),
+                    usage: tr.usage,
+                });
+            }
+        }
+        if outcome == Outcome::Ok && !results.is_empty() {
+            if results.iter().all(|r| r.outcome == "memory_limit") {
+                outcome = Outcome::MemoryLimit;
+            } else if results.iter().all(|r| r.outcome != "ok") {
+                outcome = Outcome::Error;
+            }
+        }
+        let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
+        let (ci_lo, ci_hi) = bootstrap_ci(&scores, self.cfg.bootstrap_samples, 0x5eed);
+        Ok(Evaluation {
+            split: split.into(),
+            stage: "full".into(),
+            mean: mean(&scores),
+            ci_lo,
+            ci_hi,
+            usage,
+            wall_ms: wall.as_secs_f64() * 1e3,
+            outcome,
+            detail: details.join("\n---\n"),
+            tasks: results,
+        })
+    }
+
+    fn run_shard(&self, code: &str, tasks: &[Task], on_task: TaskDone) -> Result<crate::sandbox::WorkerRun> {
+        let inputs: Vec<(String, serde_json::Value)> = tasks.iter().map(|t| (t.id.clone(), t.input.clone())).collect();
+        let waves = tasks.len().div_ceil(self.cfg.tasks_in_flight.max(1)) as u64;
+        let limits = WorkerLimits {
+            deadline: Duration::from_secs(10 + self.cfg.task_timeout_s * waves.max(1)),
+            memory_mb: self.cfg.memory_mb,
+            cpu_s: self.cfg.cpu_s,
+            tasks_in_flight: self.cfg.tasks_in_flight,
+            ..WorkerLimits::default()
+        };
+        let handler = AgentCalls { gateway: self.gateway, samples: Mutex::new(HashMap::new()), on_task };
+        run_worker(code, &inputs, &handler, &limits)
+    }
+}
+
+fn outcome_of_unfinished(exit: &WorkerExit) -> String {
+    match exit {
+        WorkerExit::Timeout => "timeout",
+        WorkerExit::CpuLimit => "cpu_limit",
+        WorkerExit::LoadError(_) => "load_error",
+        WorkerExit::ProtocolViolation(_) => "protocol_violation",
+        _ => "crashed",
+    }
+    .into()
+}
+
+/// Answers a worker's `llm()` calls through the gateway. Identical requests within one task
+/// get increasing sample indices, so `n` samples (or a loop of identical calls) are distinct
+/// yet replay exactly from the cache.
+struct AgentCalls<'a> {
+    gateway: &'a Gateway,
+    samples: Mutex<HashMap<String, u32>>,
+    on_task: TaskDone<'a>,
+}
+
+impl LlmHandler for AgentCalls<'_> {
+    fn handle(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
+        let params = CallParams { temperature: call.temperature, max_tokens: call.max_tokens, json: call.json };
+        let probe = self.gateway.request(call.messages.clone(), params, 0);
+        let mut h = Sha256::new();
+        h.update(task_id.unwrap_or("").as_bytes());
+        h.update(self.gateway.cache_key(&probe).as_bytes());
+        let key = hex::encode(h.finalize());
+        let first = {
+            let mut s = self.samples.lock().unwrap();
+            let e = s.entry(key).or_insert(0);
+            let first = *e;
+            *e += call.n;
+            first
+        };
+        // Samples run concurrently so a batching backend decodes them together.
+        let replies: Vec<_> = std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..call.n)
+                .map(|i| {
+                    let req = self.gateway.request(call.messages.clone(), params, first + i);
+                    scope.spawn(move || self.gateway.complete(&req))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("llm thread panicked")).collect()
+        });
+        let mut usage = Usage::default();
+        let mut texts = Vec::with_capacity(replies.len());
+        for r in replies {
+            let r = r.map_err(|e| e.to_string())?;
+            usage.add(&r);
+            texts.push(r.text);
+        }
+        Ok((texts, usage))
+    }
+
+    fn task_finished(&self) {
+        (self.on_task)();
+    }
+}

@@ -1,0 +1,15 @@
+//! metaforge: meta-agent search. See ARCHITECTURE.md for the map of modules.
+
+pub mod app;
+pub mod archive;
+pub mod assets;
+pub mod candidate;
+pub mod check;
+pub mod config;
+pub mod domain;
+pub mod evaluate;
+pub mod llm;
+pub mod propose;
+pub mod report;
+pub mod sandbox;
+pub mod search;

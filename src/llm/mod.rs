@@ -1,0 +1,465 @@
+//! The LLM gateway: every model call of the proposer and of candidates passes here.
+//!
+//! Why one gateway: caching, accounting, the budget cap and (later) output guards must hold
+//! for every call, and a candidate must never hold a key or a socket. Backends only turn a
+//! request into text; the gateway owns everything else.
+//!
+//! Architecture Invariant: nothing outside `llm` talks to a model.
+
+mod cache;
+mod fetch;
+#[cfg(feature = "local-model")]
+mod local;
+mod openai;
+mod scripted;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use cache::CallCache;
+pub use fetch::{cache_dir as cache_root, resolve_local_model, DEFAULT_LOCAL_MODEL};
+pub use openai::OpenAiBackend;
+pub use scripted::ScriptedBackend;
+
+use crate::config::{BackendKind, BudgetConfig, ModelConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// A fully specified request: what the backend sees and what the cache key hashes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    pub json: bool,
+    /// Which sample of an identical request this is; also seeds local sampling, so a repeat
+    /// sample is distinct from the first yet reproducible.
+    pub sample_index: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// Worth retrying: 429, 5xx, timeouts, connection resets.
+    #[error("transient model error: {0}")]
+    Transient(String),
+    /// Not worth retrying: 4xx, malformed response, model failure.
+    #[error("model error: {0}")]
+    Fatal(String),
+    #[error("budget exhausted: {0}")]
+    Budget(String),
+}
+
+/// Turns a request into text. Implementations: embedded llama.cpp, OpenAI-compatible HTTP,
+/// and a scripted list of replies for unit tests of loop logic.
+pub trait Backend: Send + Sync {
+    /// Identifies the model in cache keys: two backends serving the same weights with the
+    /// same identity share cached replies.
+    fn model_id(&self) -> String;
+    fn complete(&self, request: &ChatRequest) -> Result<Completion, LlmError>;
+}
+
+/// The answer to a gateway call, with what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reply {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_ms: f64,
+    pub cached: bool,
+}
+
+/// Token and dollar totals; used per candidate evaluation and per run.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    pub calls: u64,
+    pub cached_calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_ms: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, r: &Reply) {
+        self.calls += 1;
+        self.cached_calls += u64::from(r.cached);
+        self.prompt_tokens += r.prompt_tokens;
+        self.completion_tokens += r.completion_tokens;
+        self.cost_usd += r.cost_usd;
+        self.latency_ms += r.latency_ms;
+    }
+
+    pub fn merge(&mut self, o: &Usage) {
+        self.calls += o.calls;
+        self.cached_calls += o.cached_calls;
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+        self.cost_usd += o.cost_usd;
+        self.latency_ms += o.latency_ms;
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// A hard cap on tokens or dollars shared by all gateways of a run. Requests reserve their
+/// worst case before they are sent, so concurrent in-flight requests cannot overshoot.
+#[derive(Debug, Default)]
+pub struct Budget {
+    max_tokens: Option<u64>,
+    max_micro_usd: Option<u64>,
+    used_tokens: AtomicU64,
+    used_micro_usd: AtomicU64,
+    reserved: Mutex<(u64, u64)>,
+}
+
+impl Budget {
+    pub fn new(cfg: &BudgetConfig) -> Self {
+        Self {
+            max_tokens: cfg.max_tokens,
+            max_micro_usd: cfg.max_cost_usd.map(|d| (d * 1e6) as u64),
+            ..Default::default()
+        }
+    }
+
+    pub fn unlimited() -> Self {
+        Self::default()
+    }
+
+    /// Adds spending that happened before this process (resume), so the cap spans the run.
+    pub fn preload(&self, tokens: u64, cost_usd: f64) {
+        self.used_tokens.fetch_add(tokens, Ordering::SeqCst);
+        self.used_micro_usd.fetch_add((cost_usd * 1e6) as u64, Ordering::SeqCst);
+    }
+
+    fn reserve(&self, tokens: u64, micro_usd: u64) -> Result<(), LlmError> {
+        let mut r = self.reserved.lock().unwrap();
+        if let Some(max) = self.max_tokens {
+            let used = self.used_tokens.load(Ordering::SeqCst) + r.0 + tokens;
+            if used > max {
+                return Err(LlmError::Budget(format!(
+                    "token cap {max} reached (used {}, in flight {})",
+                    self.used_tokens.load(Ordering::SeqCst),
+                    r.0
+                )));
+            }
+        }
+        if let Some(max) = self.max_micro_usd {
+            let used = self.used_micro_usd.load(Ordering::SeqCst) + r.1 + micro_usd;
+            if used > max {
+                return Err(LlmError::Budget(format!("cost cap ${:.4} reached", max as f64 / 1e6)));
+            }
+        }
+        r.0 += tokens;
+        r.1 += micro_usd;
+        Ok(())
+    }
+
+    fn settle(&self, reserved: (u64, u64), tokens: u64, micro_usd: u64) {
+        let mut r = self.reserved.lock().unwrap();
+        r.0 -= reserved.0;
+        r.1 -= reserved.1;
+        self.used_tokens.fetch_add(tokens, Ordering::SeqCst);
+        self.used_micro_usd.fetch_add(micro_usd, Ordering::SeqCst);
+    }
+}
+
+/// Bounds requests in flight per backend.
+struct Limiter {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Limiter {
+    fn new(n: usize) -> Self {
+        Self { free: Mutex::new(n.max(1)), cv: Condvar::new() }
+    }
+    fn acquire(&self) -> LimiterGuard<'_> {
+        let mut f = self.free.lock().unwrap();
+        while *f == 0 {
+            f = self.cv.wait(f).unwrap();
+        }
+        *f -= 1;
+        LimiterGuard(self)
+    }
+}
+
+struct LimiterGuard<'a>(&'a Limiter);
+impl Drop for LimiterGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap() += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// Which side of the search a gateway serves; stored with every cached call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Meta,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Meta => "meta",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+/// Parameters a caller may set per call; unset ones take the role's configured defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallParams {
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub json: bool,
+}
+
+pub struct Gateway {
+    role: Role,
+    backend: Arc<dyn Backend>,
+    cache: Option<Arc<CallCache>>,
+    limiter: Limiter,
+    budget: Arc<Budget>,
+    default_temperature: f32,
+    default_max_tokens: u32,
+    price_prompt: f64,
+    price_completion: f64,
+    retries: u32,
+    totals: Mutex<Usage>,
+}
+
+impl Gateway {
+    pub fn new(
+        role: Role,
+        backend: Arc<dyn Backend>,
+        cfg: &ModelConfig,
+        cache: Option<Arc<CallCache>>,
+        budget: Arc<Budget>,
+    ) -> Self {
+        Self {
+            role,
+            backend,
+            cache,
+            limiter: Limiter::new(cfg.max_concurrency),
+            budget,
+            default_temperature: cfg.temperature,
+            default_max_tokens: cfg.max_tokens,
+            price_prompt: cfg.price_prompt_per_mtok,
+            price_completion: cfg.price_completion_per_mtok,
+            retries: cfg.max_retries,
+            totals: Mutex::new(Usage::default()),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn model_id(&self) -> String {
+        self.backend.model_id()
+    }
+
+    /// Totals over the life of this gateway (this process).
+    pub fn totals(&self) -> Usage {
+        *self.totals.lock().unwrap()
+    }
+
+    pub fn request(&self, messages: Vec<Message>, params: CallParams, sample_index: u32) -> ChatRequest {
+        ChatRequest {
+            messages,
+            temperature: params.temperature.unwrap_or(self.default_temperature).clamp(0.0, 2.0),
+            max_tokens: params.max_tokens.unwrap_or(self.default_max_tokens).min(self.default_max_tokens.max(1)),
+            json: params.json,
+            sample_index,
+        }
+    }
+
+    /// Cache key: hash of (model, messages, params, sample index).
+    pub fn cache_key(&self, req: &ChatRequest) -> String {
+        let mut h = Sha256::new();
+        h.update(self.backend.model_id().as_bytes());
+        h.update([0]);
+        h.update(serde_json::to_vec(req).expect("requests serialise"));
+        hex::encode(h.finalize())
+    }
+
+    /// One completion, from the cache when this exact request (and sample) was made before.
+    pub fn complete(&self, req: &ChatRequest) -> Result<Reply, LlmError> {
+        let key = self.cache_key(req);
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(&key) {
+                let reply = Reply {
+                    text: hit.text,
+                    prompt_tokens: hit.prompt_tokens,
+                    completion_tokens: hit.completion_tokens,
+                    cost_usd: self.price(hit.prompt_tokens, hit.completion_tokens),
+                    latency_ms: 0.0,
+                    cached: true,
+                };
+                self.totals.lock().unwrap().add(&reply);
+                return Ok(reply);
+            }
+        }
+        let prompt_chars: usize = req.messages.iter().map(|m| m.content.len()).sum();
+        let worst_tokens = (prompt_chars / 3) as u64 + u64::from(req.max_tokens);
+        let worst_cost = self.price(worst_tokens, u64::from(req.max_tokens));
+        let reservation = (worst_tokens, (worst_cost * 1e6) as u64);
+        self.budget.reserve(reservation.0, reservation.1)?;
+        let started = Instant::now();
+        let result = {
+            let _slot = self.limiter.acquire();
+            self.with_retries(req)
+        };
+        let (tokens, micro) = match &result {
+            Ok(c) => (c.prompt_tokens + c.completion_tokens, (self.price(c.prompt_tokens, c.completion_tokens) * 1e6) as u64),
+            Err(_) => (0, 0),
+        };
+        self.budget.settle(reservation, tokens, micro);
+        let completion = result?;
+        let reply = Reply {
+            cost_usd: self.price(completion.prompt_tokens, completion.completion_tokens),
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            text: completion.text,
+            prompt_tokens: completion.prompt_tokens,
+            completion_tokens: completion.completion_tokens,
+            cached: false,
+        };
+        if let Some(cache) = &self.cache {
+            cache.put(&key, self.role, &self.backend.model_id(), req, &reply);
+        }
+        self.totals.lock().unwrap().add(&reply);
+        Ok(reply)
+    }
+
+    fn with_retries(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        let mut attempt = 0;
+        loop {
+            match self.backend.complete(req) {
+                Err(LlmError::Transient(msg)) if attempt < self.retries => {
+                    let wait = std::time::Duration::from_millis(250 * (1 << attempt.min(6)));
+                    tracing::warn!(role = self.role.as_str(), %msg, ?wait, "retrying model call");
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn price(&self, prompt: u64, completion: u64) -> f64 {
+        (prompt as f64 * self.price_prompt + completion as f64 * self.price_completion) / 1e6
+    }
+}
+
+/// Builds backends from config, sharing one embedded model between roles that name the
+/// same weights (one model instance behind the gateway; two would fight for the cores).
+pub struct BackendFactory {
+    #[cfg(feature = "local-model")]
+    locals: Mutex<Vec<(String, Arc<dyn Backend>)>>,
+}
+
+impl Default for BackendFactory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BackendFactory {
+    pub fn new() -> Self {
+        Self {
+            #[cfg(feature = "local-model")]
+            locals: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn build(&self, cfg: &ModelConfig, role: &str) -> Result<Arc<dyn Backend>> {
+        match cfg.backend {
+            BackendKind::Openai => Ok(Arc::new(OpenAiBackend::from_config(cfg, role)?)),
+            BackendKind::Scripted => Ok(Arc::new(ScriptedBackend::from_config(cfg, role)?)),
+            BackendKind::Local => self.local(cfg, role),
+        }
+    }
+
+    #[cfg(feature = "local-model")]
+    fn local(&self, cfg: &ModelConfig, role: &str) -> Result<Arc<dyn Backend>> {
+        let path = resolve_local_model(&cfg.model)?;
+        let key = path.display().to_string();
+        let mut locals = self.locals.lock().unwrap();
+        if let Some((_, b)) = locals.iter().find(|(k, _)| *k == key) {
+            return Ok(b.clone());
+        }
+        let backend: Arc<dyn Backend> = Arc::new(local::LocalBackend::load(&path, cfg, role)?);
+        locals.push((key, backend.clone()));
+        Ok(backend)
+    }
+
+    #[cfg(not(feature = "local-model"))]
+    fn local(&self, _cfg: &ModelConfig, role: &str) -> Result<Arc<dyn Backend>> {
+        anyhow::bail!(
+            "models.{role}.backend = \"local\" but this binary was built without the `local-model` feature; fix: rebuild with default features, or use backend = \"openai\""
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ModelConfig {
+        toml::from_str("backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"\nmax_tokens = 10").unwrap()
+    }
+
+    #[test]
+    fn budget_refuses_before_sending() {
+        let backend = Arc::new(ScriptedBackend::new("s", vec!["a".into(); 10]));
+        let budget = Arc::new(Budget::new(&BudgetConfig { max_tokens: Some(30), max_cost_usd: None }));
+        let gw = Gateway::new(Role::Agent, backend.clone(), &cfg(), None, budget);
+        let req = gw.request(vec![Message::new("user", "hello")], CallParams::default(), 0);
+        assert!(gw.complete(&req).is_ok());
+        let mut refused = 0;
+        for i in 1..10 {
+            let req = gw.request(vec![Message::new("user", "hello")], CallParams::default(), i);
+            if matches!(gw.complete(&req), Err(LlmError::Budget(_))) {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "a 30-token cap must refuse some of 10 calls");
+        assert!(backend.calls() < 10);
+    }
+
+    #[test]
+    fn sample_index_changes_the_key() {
+        let backend = Arc::new(ScriptedBackend::new("s", vec![]));
+        let gw = Gateway::new(Role::Agent, backend, &cfg(), None, Arc::new(Budget::unlimited()));
+        let a = gw.request(vec![Message::new("user", "x")], CallParams::default(), 0);
+        let b = gw.request(vec![Message::new("user", "x")], CallParams::default(), 1);
+        assert_ne!(gw.cache_key(&a), gw.cache_key(&b));
+        assert_eq!(gw.cache_key(&a), gw.cache_key(&a.clone()));
+    }
+}

@@ -1,0 +1,102 @@
+//! Any OpenAI-compatible `/v1/chat/completions` endpoint (OpenAI, vLLM, SGLang, Ollama,
+//! llama.cpp's server). The key is read from the environment variable the config names, at
+//! start-up, and never stored or passed to a worker.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use super::{Backend, ChatRequest, Completion, LlmError};
+use crate::config::ModelConfig;
+
+pub struct OpenAiBackend {
+    agent: ureq::Agent,
+    url: String,
+    model: String,
+    key: Option<String>,
+}
+
+impl OpenAiBackend {
+    pub fn from_config(cfg: &ModelConfig, role: &str) -> Result<Self> {
+        let base = cfg.base_url.clone().unwrap_or_default();
+        let key = match &cfg.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => bail!(
+                    "models.{role}.api_key_env names {var}, but that environment variable is not set; fix: export {var}=... (or remove api_key_env for a local server without keys)"
+                ),
+            },
+            None => None,
+        };
+        Ok(Self::new(&base, &cfg.model, key, Duration::from_secs(cfg.timeout_s)))
+    }
+
+    pub fn new(base_url: &str, model: &str, key: Option<String>, timeout: Duration) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            agent,
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            model: model.to_string(),
+            key,
+        }
+    }
+}
+
+impl Backend for OpenAiBackend {
+    fn model_id(&self) -> String {
+        format!("openai:{}", self.model)
+    }
+
+    fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        let mut body = json!({
+            "model": self.model,
+            "messages": req.messages,
+            "temperature": req.temperature,
+            "max_tokens": req.max_tokens,
+            "seed": req.sample_index,
+        });
+        if req.json {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        let mut request = self.agent.post(&self.url).header("Content-Type", "application/json");
+        if let Some(key) = &self.key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = match request.send_json(&body) {
+            Ok(r) => r,
+            Err(e) => return Err(LlmError::Transient(format!("{}: {e}", self.url))),
+        };
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_string()
+            .map_err(|e| LlmError::Transient(format!("reading response: {e}")))?;
+        if status == 429 || status >= 500 {
+            return Err(LlmError::Transient(format!("HTTP {status}: {}", snippet(&text))));
+        }
+        if status >= 400 {
+            return Err(LlmError::Fatal(format!("HTTP {status} from {}: {}", self.url, snippet(&text))));
+        }
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| LlmError::Fatal(format!("response is not JSON ({e}): {}", snippet(&text))))?;
+        let content = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| LlmError::Fatal(format!("response has no choices[0].message.content: {}", snippet(&text))))?;
+        Ok(Completion {
+            text: content.to_string(),
+            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+fn snippet(s: &str) -> String {
+    s.chars().take(300).collect()
+}

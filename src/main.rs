@@ -1,0 +1,86 @@
+//! Command-line entry: argument parsing only; every command is one call into `app`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "metaforge", version, about = "Meta-agent search: propose, check, sandbox-evaluate and archive agent programs")]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars or per-step lines.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a search from an experiment file; prints the leaderboard at the end.
+    Run {
+        /// Experiment TOML (see experiments/).
+        experiment: PathBuf,
+        /// Archive file to create (default: runs/<name>.db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Continue an interrupted run from its archive alone.
+    Resume {
+        /// Archive file of the run.
+        db: PathBuf,
+    },
+    /// Leaderboard, proposal funnel and usage of a run.
+    Status {
+        db: PathBuf,
+    },
+    /// Statically check candidate files (syntax, entry point, rules in grammars/).
+    Check {
+        files: Vec<PathBuf>,
+        /// Check as memory designs instead of agents.
+        #[arg(long)]
+        memory: bool,
+    },
+    /// Evaluate one agent file on a domain with the embedded model.
+    Eval {
+        file: PathBuf,
+        /// Built-in domain: arith or gsm8k.
+        #[arg(long)]
+        domain: String,
+        /// Number of tasks.
+        #[arg(long, default_value_t = 20)]
+        n: usize,
+        /// Local model alias or GGUF path.
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// Archive file to cache model calls in.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("METAFORGE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run { experiment, db } => metaforge::app::run(experiment, db.as_deref(), cli.quiet, cli.json).map(|_| true),
+        Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
+        Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
+        Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
+        Command::Eval { file, domain, n, model, db } => metaforge::app::eval(file, domain, *n, model, db.as_deref(), cli.json).map(|_| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(metaforge::app::EXIT_FAILURE as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(metaforge::app::EXIT_USAGE as u8)
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! LLM-free operators: structural mutations and crossovers of agent programs with
+//! tree-sitter. They are the offline default meta-proposer because small local models
+//! cannot write useful agent code; every result must pass `check` or it is discarded and
+//! another operator is tried.
+//!
+//! Each operator is one entry of `OPERATORS` with a doc line saying what it does.
+
+use std::collections::HashMap;
+
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use rand::RngCore;
+use serde_json::json;
+use tree_sitter::Node;
+
+use super::{Proposal, Templates};
+use crate::candidate::{Candidate, CandidateKind};
+use crate::check::{parse_python, Checker};
+
+type Apply = fn(&mut dyn RngCore, &Candidate, Option<&Candidate>, &Templates) -> Option<(String, String, String)>;
+
+pub struct Operator {
+    pub name: &'static str,
+    /// Needs a second parent (crossover).
+    pub binary: bool,
+    /// What it does, for `--help`-style listings and the architecture doc.
+    pub doc: &'static str,
+    apply: Apply,
+}
+
+pub const OPERATORS: &[Operator] = &[
+    Operator { name: "tune_constant", binary: false, doc: "change one numeric module constant (sample count, rounds, temperature)", apply: tune_constant },
+    Operator { name: "swap_instruction", binary: false, doc: "replace one instruction string constant with another from templates/operators/instructions.txt", apply: swap_instruction },
+    Operator { name: "wrap_vote", binary: false, doc: "wrap the agent in a majority vote over N runs", apply: wrap_vote },
+    Operator { name: "wrap_refine", binary: false, doc: "add a self-check and correction pass after the agent", apply: wrap_refine },
+    Operator { name: "wrap_verify", binary: false, doc: "verify the agent's answer and rerun it when the verifier rejects it", apply: wrap_verify },
+    Operator { name: "crossover_constants", binary: true, doc: "take the values of constants both parents define from the second parent", apply: crossover_constants },
+    Operator { name: "crossover_ensemble", binary: true, doc: "splice both parents into one module and vote between them", apply: crossover_ensemble },
+];
+
+/// Tries operators in random order until one yields code that passes `check` and differs
+/// from its parent. Returns the failures it met too, so nothing is dropped silently.
+pub fn propose(
+    rng: &mut dyn RngCore,
+    parent: &Candidate,
+    other: Option<&Candidate>,
+    templates: &Templates,
+    checker: &Checker,
+) -> Result<Proposal, String> {
+    let mut order: Vec<&Operator> = OPERATORS.iter().filter(|o| !o.binary || other.is_some()).collect();
+    // Shuffle by repeated random picks (keeps the rng stream simple and reproducible).
+    let mut shuffled = Vec::with_capacity(order.len());
+    while !order.is_empty() {
+        let i = rng.random_range(0..order.len());
+        shuffled.push(order.remove(i));
+    }
+    let mut failures = Vec::new();
+    for op in shuffled {
+        let Some((code, name, thought)) = (op.apply)(rng, parent, other, templates) else {
+            failures.push(format!("{}: not applicable", op.name));
+            continue;
+        };
+        let report = checker.check("proposal.py", &code, CandidateKind::Agent);
+        if !report.passes() {
+            failures.push(format!("{}: produced code that fails check: {}", op.name, report.render()));
+            continue;
+        }
+        if code == parent.code {
+            failures.push(format!("{}: no change", op.name));
+            continue;
+        }
+        let mut parents = vec![parent.id.clone()];
+        if op.binary {
+            parents.extend(other.map(|o| o.id.clone()));
+        }
+        return Ok(Proposal { kind: format!("op:{}", op.name), name, thought, code, parents, prompt: None, reply: None });
+    }
+    Err(format!("no operator applied: {}", failures.join("; ")))
+}
+
+/// A module-level `NAME = literal` with an upper-case name.
+#[derive(Debug, Clone)]
+struct Constant {
+    name: String,
+    kind: &'static str,
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+fn module_constants(src: &str) -> Vec<Constant> {
+    let tree = parse_python(src);
+    let root = tree.root_node();
+    let mut out = Vec::new();
+    let mut cursor = root.walk();
+    for stmt in root.children(&mut cursor) {
+        if stmt.kind() != "expression_statement" {
+            continue;
+        }
+        let Some(assign) = stmt.named_child(0).filter(|n| n.kind() == "assignment") else { continue };
+        let (Some(left), Some(right)) = (assign.child_by_field_name("left"), assign.child_by_field_name("right")) else { continue };
+        let name = &src[left.byte_range()];
+        if left.kind() != "identifier" || name.chars().any(|c| c.is_ascii_lowercase()) {
+            continue;
+        }
+        let kind = match right.kind() {
+            "integer" => "int",
+            "float" => "float",
+            "string" if !src[right.byte_range()].starts_with('f') => "str",
+            _ => continue,
+        };
+        out.push(Constant { name: name.into(), kind, start: right.start_byte(), end: right.end_byte(), text: src[right.byte_range()].into() });
+    }
+    out
+}
+
+fn replace(src: &str, edits: &mut [(usize, usize, String)]) -> String {
+    edits.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut out = src.to_string();
+    for (s, e, text) in edits.iter() {
+        out.replace_range(*s..*e, text);
+    }
+    out
+}
+
+fn python_string(s: &str) -> String {
+    // A JSON string literal of printable text is a valid Python string literal.
+    json!(s).to_string()
+}
+
+fn display_name(c: &Candidate) -> String {
+    c.name.chars().take(60).collect()
+}
+
+fn tune_constant(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, _: &Templates) -> Option<(String, String, String)> {
+    let numeric: Vec<Constant> = module_constants(&p.code).into_iter().filter(|c| c.kind != "str").collect();
+    let c = numeric.choose(rng)?.clone();
+    let new = if c.kind == "int" {
+        let v: i64 = c.text.parse().ok()?;
+        let choices: Vec<i64> = [v - 1, v + 1, v * 2, (v + 1) / 2].into_iter().filter(|&x| (1..=9).contains(&x) && x != v).collect();
+        choices.choose(rng)?.to_string()
+    } else {
+        let v: f64 = c.text.parse().ok()?;
+        let choices: Vec<f64> = [0.0, 0.3, 0.5, 0.7, 0.9, 1.1].into_iter().filter(|x| (x - v).abs() > 1e-9).collect();
+        format!("{:.1}", choices.choose(rng)?)
+    };
+    let code = replace(&p.code, &mut [(c.start, c.end, new.clone())]);
+    Some((code, format!("{} ({}={})", display_name(p), c.name, new), format!("tune_constant: {} {} -> {}", c.name, c.text, new)))
+}
+
+fn swap_instruction(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+    let strings: Vec<Constant> = module_constants(&p.code).into_iter().filter(|c| c.kind == "str" && c.name.contains("INSTRUCTION")).collect();
+    let c = strings.choose(rng)?.clone();
+    let bank: Vec<&str> = t.lines("operators/instructions.txt").into_iter().filter(|l| c.text.trim_matches('"') != *l).collect();
+    let new = bank.choose(rng)?;
+    let code = replace(&p.code, &mut [(c.start, c.end, python_string(new))]);
+    let short: String = new.chars().take(40).collect();
+    Some((code, format!("{} (instr: {short}…)", display_name(p)), format!("swap_instruction: {} := {new:?}", c.name)))
+}
+
+/// Smallest k such that none of the names a wrapper adds exists yet.
+fn fresh_suffix(code: &str) -> usize {
+    (1..).find(|k| !code.contains(&format!("_{k}(")) && !code.contains(&format!("_{k} ")) && !code.contains(&format!("_{k}\n"))).unwrap()
+}
+
+/// Identifiers that refer to names (not attribute or keyword-argument names).
+fn identifier_refs<'a>(node: Node<'a>, out: &mut Vec<Node<'a>>) {
+    if node.kind() == "identifier" {
+        let parent = node.parent();
+        let is_attr = parent.is_some_and(|p| p.kind() == "attribute" && p.child_by_field_name("attribute") == Some(node));
+        let is_kw = parent.is_some_and(|p| p.kind() == "keyword_argument" && p.child_by_field_name("name") == Some(node));
+        if !is_attr && !is_kw {
+            out.push(node);
+        }
+    }
+    let mut cursor = node.walk();
+    for child in node.children(&mut cursor) {
+        identifier_refs(child, out);
+    }
+}
+
+fn rename(code: &str, map: &HashMap<String, String>) -> String {
+    let tree = parse_python(code);
+    let mut refs = Vec::new();
+    identifier_refs(tree.root_node(), &mut refs);
+    let mut edits: Vec<(usize, usize, String)> =
+        refs.iter().filter_map(|n| map.get(&code[n.byte_range()]).map(|new| (n.start_byte(), n.end_byte(), new.clone()))).collect();
+    replace(code, &mut edits)
+}
+
+/// Names a module defines at top level (functions, classes, assignment targets, imports).
+fn top_level_names(code: &str) -> Vec<String> {
+    let tree = parse_python(code);
+    let root = tree.root_node();
+    let mut out = Vec::new();
+    let mut cursor = root.walk();
+    for stmt in root.children(&mut cursor) {
+        let stmt = if stmt.kind() == "decorated_definition" { stmt.child_by_field_name("definition").unwrap_or(stmt) } else { stmt };
+        match stmt.kind() {
+            "function_definition" | "class_definition" => {
+                if let Some(n) = stmt.child_by_field_name("name") {
+                    out.push(code[n.byte_range()].to_string());
+                }
+            }
+            "expression_statement" => {
+                if let Some(left) = stmt.named_child(0).filter(|a| a.kind() == "assignment").and_then(|a| a.child_by_field_name("left")) {
+                    if left.kind() == "identifier" {
+                        out.push(code[left.byte_range()].to_string());
+                    }
+                }
+            }
+            "import_from_statement" | "import_statement" => {
+                let mut c = stmt.walk();
+                for child in stmt.named_children(&mut c) {
+                    let alias = match child.kind() {
+                        "aliased_import" => child.child_by_field_name("alias"),
+                        "dotted_name" if Some(child) != stmt.child_by_field_name("module_name") => child.named_child(child.named_child_count().saturating_sub(1) as u32),
+                        _ => None,
+                    };
+                    if let Some(a) = alias {
+                        out.push(code[a.byte_range()].to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn wrap(p: &Candidate, template: &str, n: u32, t: &Templates) -> Option<(String, usize, String)> {
+    let k = fresh_suffix(&p.code);
+    let inner = format!("_inner_forward_{k}");
+    let renamed = rename(&p.code, &HashMap::from([("forward".to_string(), inner.clone())]));
+    let tail = t.render(template, json!({"k": k, "n": n, "inner": inner})).ok()?;
+    Some((format!("{}{}", renamed.trim_end(), tail), k, inner))
+}
+
+fn wrap_vote(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+    let n = *[3u32, 5].choose(rng)?;
+    let (code, _, _) = wrap(p, "operators/wrap_vote.py.j2", n, t)?;
+    Some((code, format!("{} + vote×{n}", display_name(p)), format!("wrap_vote: majority over {n} runs")))
+}
+
+fn wrap_refine(_: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+    let (code, _, _) = wrap(p, "operators/wrap_refine.py.j2", 1, t)?;
+    Some((code, format!("{} + refine", display_name(p)), "wrap_refine: one self-check and correction pass".into()))
+}
+
+fn wrap_verify(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+    let n = rng.random_range(1..=2);
+    let (code, _, _) = wrap(p, "operators/wrap_verify.py.j2", n, t)?;
+    Some((code, format!("{} + verify×{n}", display_name(p)), format!("wrap_verify: up to {n} verified retries")))
+}
+
+fn crossover_constants(rng: &mut dyn RngCore, a: &Candidate, b: Option<&Candidate>, _: &Templates) -> Option<(String, String, String)> {
+    let b = b?;
+    let theirs: HashMap<String, Constant> = module_constants(&b.code).into_iter().map(|c| (c.name.clone(), c)).collect();
+    let mut edits = Vec::new();
+    let mut taken = Vec::new();
+    for c in module_constants(&a.code) {
+        if let Some(o) = theirs.get(&c.name) {
+            if o.kind == c.kind && o.text != c.text && (rng.random_bool(0.5) || edits.is_empty()) {
+                edits.push((c.start, c.end, o.text.clone()));
+                taken.push(c.name.clone());
+            }
+        }
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    let code = replace(&a.code, &mut edits);
+    Some((code, format!("{} × {} (constants)", display_name(a), display_name(b)), format!("crossover_constants: took {} from {}", taken.join(", "), b.name)))
+}
+
+fn crossover_ensemble(_: &mut dyn RngCore, a: &Candidate, b: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+    let b = b?;
+    let k = fresh_suffix(&format!("{}{}", a.code, b.code));
+    let first = format!("_first_forward_{k}");
+    let a_code = rename(&a.code, &HashMap::from([("forward".to_string(), first.clone())]));
+    // Prefix every top-level name of the second parent so the two modules cannot collide.
+    let prefix = format!("_p{k}_");
+    let map: HashMap<String, String> = top_level_names(&b.code).into_iter().map(|n| (n.clone(), format!("{prefix}{n}"))).collect();
+    let b_code = rename(&b.code, &map);
+    let b_code = strip_docstring(&b_code);
+    let second = format!("{prefix}forward");
+    let tail = t.render("operators/ensemble.py.j2", json!({"k": k, "first": first, "second": second})).ok()?;
+    let code = format!("{}\n\n\n# --- second parent: {} ---\n{}{}", a_code.trim_end(), b.name.replace('\n', " "), b_code.trim(), tail);
+    Some((code, format!("{} ⊕ {}", display_name(a), display_name(b)), format!("crossover_ensemble: vote between {} and {}", a.name, b.name)))
+}
+
+fn strip_docstring(code: &str) -> String {
+    let t = code.trim_start();
+    if let Some(rest) = t.strip_prefix("\"\"\"") {
+        if let Some(end) = rest.find("\"\"\"") {
+            return rest[end + 3..].to_string();
+        }
+    }
+    code.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candidate::candidate_id;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    fn seeds() -> Vec<Candidate> {
+        crate::assets::files_with_ext(&crate::assets::ARCHIVE, "agents", "py")
+            .into_iter()
+            .map(|(path, code)| Candidate {
+                id: candidate_id(CandidateKind::Agent, code),
+                kind: CandidateKind::Agent,
+                name: path.into(),
+                thought: String::new(),
+                code: code.into(),
+                operator: "seed".into(),
+                generation: 0,
+                parents: vec![],
+                fingerprint: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_operator_applies_to_some_seed_and_passes_check() {
+        let t = Templates::embedded().unwrap();
+        let checker = Checker::embedded().unwrap();
+        let seeds = seeds();
+        for op in OPERATORS {
+            let mut applied = 0;
+            for (i, s) in seeds.iter().enumerate() {
+                let other = &seeds[(i + 1) % seeds.len()];
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
+                if let Some((code, _, _)) = (op.apply)(&mut rng, s, Some(other), &t) {
+                    let r = checker.check("x.py", &code, CandidateKind::Agent);
+                    assert!(r.passes(), "{} on {}:\n{}\n{code}", op.name, s.name, r.render());
+                    applied += 1;
+                }
+            }
+            assert!(applied > 0, "operator {} never applied", op.name);
+        }
+    }
+
+    #[test]
+    fn ensemble_keeps_both_parents_callable() {
+        let t = Templates::embedded().unwrap();
+        let s = seeds();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let (code, _, _) = crossover_ensemble(&mut rng, &s[0], Some(&s[1]), &t).unwrap();
+        insta::assert_snapshot!(code);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Chains of operators on seeds always yield code that passes `check`.
+        #[test]
+        fn operator_chains_always_pass_check(seed in any::<u64>(), depth in 1usize..4) {
+            let t = Templates::embedded().unwrap();
+            let checker = Checker::embedded().unwrap();
+            let s = seeds();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut current = s[(seed % s.len() as u64) as usize].clone();
+            for _ in 0..depth {
+                let other = s[rng.random_range(0..s.len())].clone();
+                if let Ok(p) = propose(&mut rng, &current, Some(&other), &t, &checker) {
+                    let r = checker.check("x.py", &p.code, CandidateKind::Agent);
+                    prop_assert!(r.passes(), "{}\n{}", r.render(), p.code);
+                    current.code = p.code;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Prompt and code templates from `templates/` (minijinja). A template change needs no Rust
+//! change; rendering errors name the template.
+
+use anyhow::{Context, Result};
+use minijinja::Environment;
+use serde::Serialize;
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    pub fn embedded() -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .keep_trailing_newline(true)
+                .build()
+                .expect("default delimiters are valid"),
+        );
+        let mut stack = vec![&crate::assets::TEMPLATES];
+        while let Some(dir) = stack.pop() {
+            for f in dir.files() {
+                let name = f.path().to_string_lossy().to_string();
+                if name.ends_with(".j2") {
+                    let text = f.contents_utf8().with_context(|| format!("template {name} is not UTF-8"))?;
+                    env.add_template_owned(name.clone(), text.to_string())
+                        .with_context(|| format!("template {name} does not compile"))?;
+                }
+            }
+            stack.extend(dir.dirs());
+        }
+        Ok(Self { env })
+    }
+
+    pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> Result<String> {
+        let t = self.env.get_template(name).with_context(|| format!("template {name} is missing"))?;
+        t.render(minijinja::value::Serde(ctx)).with_context(|| format!("template {name} failed to render"))
+    }
+
+    /// A plain data file under `templates/` (e.g. the instruction bank).
+    pub fn lines(&self, name: &str) -> Vec<&'static str> {
+        crate::assets::text(&crate::assets::TEMPLATES, name)
+            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).collect())
+            .unwrap_or_default()
+    }
+}

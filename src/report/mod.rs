@@ -1,0 +1,130 @@
+//! Reports over an archive: the leaderboard `status` prints (text or JSON), the proposal
+//! funnel, usage, and the honest seed-vs-discovered comparison on held-out test.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::archive::{Archive, LeaderRow, SplitScore};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub domain: String,
+    pub finished: bool,
+    pub next_step: u64,
+    pub leaderboard: Vec<LeaderRow>,
+    /// (proposal family, status, count)
+    pub funnel: Vec<(String, String, u64)>,
+    pub improvements: u64,
+    pub tokens: u64,
+    pub cost_usd: f64,
+    pub cached_calls: u64,
+    pub verdict: String,
+}
+
+pub fn status(archive: &Archive) -> Result<Status> {
+    let (exp, _) = archive.experiment()?;
+    let leaderboard = archive.leaderboard()?;
+    let (tokens, cost_usd, cached_calls) = archive.usage()?;
+    Ok(Status {
+        name: exp.name,
+        domain: exp.domain.name,
+        finished: archive.is_finished()?,
+        next_step: archive.next_step()?,
+        verdict: verdict(&leaderboard),
+        leaderboard,
+        funnel: archive.funnel()?,
+        improvements: archive.improvements()?,
+        tokens,
+        cost_usd,
+        cached_calls,
+    })
+}
+
+/// Did a discovered agent beat the best seed on held-out test? Said plainly, with the CIs.
+fn verdict(rows: &[LeaderRow]) -> String {
+    let tested = |seed: bool| {
+        rows.iter().filter(|r| (r.operator == "seed") == seed).find(|r| r.test.is_some() && r.val.as_ref().is_some_and(|v| v.outcome == "ok"))
+    };
+    match (tested(true), tested(false)) {
+        (Some(s), Some(d)) => {
+            let (st, dt) = (s.test.as_ref().unwrap(), d.test.as_ref().unwrap());
+            let relation = if dt.mean > st.mean && dt.ci_lo > st.ci_hi {
+                "beats it, and the 95% intervals do not overlap"
+            } else if dt.mean > st.mean {
+                "scores higher, but the 95% intervals overlap: not a significant win"
+            } else if dt.mean == st.mean {
+                "ties it"
+            } else {
+                "does NOT beat it"
+            };
+            format!(
+                "held-out test: best discovered agent {:?} {:.3} [{:.3}, {:.3}] vs best seed {:?} {:.3} [{:.3}, {:.3}]: {relation}",
+                d.name, dt.mean, dt.ci_lo, dt.ci_hi, s.name, st.mean, st.ci_lo, st.ci_hi
+            )
+        }
+        (Some(_), None) => "held-out test: no discovered agent was tested (none evaluated successfully on validation)".into(),
+        _ => "held-out test: not evaluated yet (it runs at the end of the search)".into(),
+    }
+}
+
+fn cell(s: &Option<SplitScore>) -> String {
+    match s {
+        Some(s) if s.outcome == "ok" => format!("{:.2} [{:.2}, {:.2}]", s.mean, s.ci_lo, s.ci_hi),
+        Some(s) => format!("{:.2} ({})", s.mean, s.outcome),
+        None => "-".into(),
+    }
+}
+
+/// The leaderboard and summary as plain text.
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!(
+        "run {} · domain {} · {}\n\n",
+        s.name,
+        s.domain,
+        if s.finished { "finished".to_string() } else { format!("in progress (next step {})", s.next_step) }
+    );
+    out.push_str(&format!(
+        "{:>3}  {:<46} {:>3}  {:<22} {:<20} {:<20} {:>9} {:>9}\n",
+        "#", "name", "gen", "operator", "val [95% CI]", "test [95% CI]", "tokens", "cost $"
+    ));
+    for (i, r) in s.leaderboard.iter().enumerate() {
+        let tokens = r.val.as_ref().map(|v| v.tokens).unwrap_or(0);
+        let cost = r.val.as_ref().map(|v| v.cost_usd).unwrap_or(0.0);
+        let name: String = if r.name.chars().count() > 46 { format!("{}…", r.name.chars().take(45).collect::<String>()) } else { r.name.clone() };
+        let op: String = r.operator.chars().take(22).collect();
+        out.push_str(&format!(
+            "{:>3}  {:<46} {:>3}  {:<22} {:<20} {:<20} {:>9} {:>9.4}\n",
+            i + 1,
+            name,
+            r.generation,
+            op,
+            cell(&r.val),
+            cell(&r.test),
+            tokens,
+            cost
+        ));
+    }
+    out.push_str("\nproposal funnel (attempts by kind):\n");
+    let mut families: Vec<&str> = s.funnel.iter().map(|f| f.0.as_str()).collect();
+    families.dedup();
+    for fam in families {
+        let count = |st: &[&str]| -> u64 { s.funnel.iter().filter(|f| f.0 == fam && st.contains(&f.1.as_str())).map(|f| f.2).sum() };
+        let proposed = count(&["evaluated", "duplicate", "parse_error", "check_failed", "runtime_error", "llm_error"]);
+        let parsed = proposed - count(&["parse_error", "llm_error"]);
+        let checked = parsed - count(&["check_failed"]);
+        let novel = checked - count(&["duplicate"]);
+        let evaluated = count(&["evaluated", "runtime_error"]);
+        out.push_str(&format!(
+            "  {fam:<10} proposed {proposed} → parsed {parsed} → checked {checked} → novel {novel} → evaluated {evaluated} (runtime errors {})\n",
+            count(&["runtime_error"])
+        ));
+    }
+    out.push_str(&format!("  improved on their best parent: {}\n", s.improvements));
+    out.push_str(&format!(
+        "\nagent-model usage over all evaluations: {} tokens, ${:.4}; cached model calls in the archive: {}\n",
+        s.tokens, s.cost_usd, s.cached_calls
+    ));
+    out.push_str(&format!("{}\n", s.verdict));
+    out
+}

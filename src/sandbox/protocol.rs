@@ -1,0 +1,82 @@
+//! The worker protocol: JSON lines. Worker -> host messages are parsed strictly; anything
+//! else is a protocol violation, counted and never trusted.
+
+use serde::Deserialize;
+
+use crate::llm::Message;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    Ready,
+    LoadError {
+        error: String,
+        #[serde(default)]
+        traceback: Option<String>,
+    },
+    Llm {
+        id: u64,
+        #[serde(default)]
+        task_id: Option<String>,
+        #[serde(flatten)]
+        call: LlmCall,
+    },
+    Result {
+        task_id: String,
+        #[serde(default)]
+        output: Option<String>,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        traceback: Option<String>,
+        #[serde(default)]
+        stdout: Option<String>,
+    },
+    Bye,
+}
+
+/// A model call requested by a candidate.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlmCall {
+    pub messages: Vec<Message>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default = "one")]
+    pub n: u32,
+    #[serde(default)]
+    pub json: bool,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Largest prompt (characters, all messages) a candidate may send in one call.
+pub const MAX_PROMPT_CHARS: usize = 200_000;
+/// Largest `n` per call.
+pub const MAX_SAMPLES: u32 = 16;
+
+impl LlmCall {
+    /// Refuses requests that no honest agent makes (the worker's API checks too, but the
+    /// worker is not trusted).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n == 0 || self.n > MAX_SAMPLES {
+            return Err(format!("n = {} is outside 1..={MAX_SAMPLES}", self.n));
+        }
+        let chars: usize = self.messages.iter().map(|m| m.content.len()).sum();
+        if chars > MAX_PROMPT_CHARS {
+            return Err(format!("prompt of {chars} characters exceeds {MAX_PROMPT_CHARS}"));
+        }
+        if self.messages.is_empty() {
+            return Err("no messages".into());
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) || t.is_nan() {
+                return Err(format!("temperature {t} is outside 0..=2"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! The loop: select -> propose -> check -> evaluate -> insert, one archive transaction per
+//! step, resumable from the archive alone.
+//!
+//! Step plan (fixed by the config, so any process can tell what step N is):
+//! steps `0..S` evaluate the S seeds; then `generations x proposals_per_generation` proposal
+//! steps; then one step that evaluates the best validation candidates on the held-out test
+//! split. The random stream of step N is seeded from (run seed, N), and every model call is
+//! cached in the archive, so re-running a step after a crash reproduces it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::archive::{select_parent, Archive, ProposalRecord, ProposalStatus, StepRecord};
+use crate::candidate::{candidate_id, docstring_header, Candidate, CandidateKind};
+use crate::check::Checker;
+use crate::config::Experiment;
+use crate::domain::{Domain, Task};
+use crate::evaluate::{Evaluation, Evaluator, Outcome};
+use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
+use crate::propose::rewrite::{ContextCandidate, RewriteInput, RewriteSession};
+use crate::propose::{operators, Proposal, Templates};
+
+pub struct Search {
+    exp: Experiment,
+    archive: Archive,
+    checker: Checker,
+    templates: Templates,
+    domain: Domain,
+    val: Vec<Task>,
+    test: Vec<Task>,
+    meta: Gateway,
+    agent: Gateway,
+    seeds: Vec<(String, String)>,
+    quiet: bool,
+}
+
+/// What step N is.
+enum StepKind {
+    Seed(usize),
+    Propose { generation: u32 },
+    Test,
+    Done,
+}
+
+impl Search {
+    /// Starts a new run of `exp_path`, archived in `db`.
+    pub fn create(exp_path: &Path, db: &Path, quiet: bool) -> Result<Self> {
+        let exp = Experiment::load(exp_path)?;
+        let text = std::fs::read_to_string(exp_path)?;
+        // Store the config with paths made absolute-free: relative paths were resolved
+        // against the file's folder, so store the resolved form for resume.
+        let stored = toml::to_string(&exp).context("cannot serialise the experiment")?;
+        let _ = text;
+        let archive = Archive::create(db, &exp, &stored)?;
+        Self::build(exp, archive, quiet)
+    }
+
+    /// Continues the run stored in `db` from its persisted state.
+    pub fn resume(db: &Path, quiet: bool) -> Result<Self> {
+        let archive = Archive::open_existing(db)?;
+        let (exp, _) = archive.experiment()?;
+        Self::build(exp, archive, quiet)
+    }
+
+    fn build(exp: Experiment, archive: Archive, quiet: bool) -> Result<Self> {
+        let domain = Domain::load(&exp.domain)?;
+        let (val, test) = domain.splits(exp.seed, exp.domain.val_size, exp.domain.test_size)?;
+        let seeds = resolve_seeds(&exp.search.seeds)?;
+        let budget = Arc::new(Budget::new(&exp.budget));
+        let (tokens, cost, _) = archive.usage()?;
+        budget.preload(tokens, cost);
+        let cache = Arc::new(CallCache::open(archive.path())?);
+        let factory = BackendFactory::new();
+        let meta_backend = factory.build(&exp.models.meta, "meta")?;
+        let agent_backend = factory.build(&exp.models.agent, "agent")?;
+        let meta = Gateway::new(Role::Meta, meta_backend, &exp.models.meta, Some(cache.clone()), budget.clone());
+        let agent = Gateway::new(Role::Agent, agent_backend, &exp.models.agent, Some(cache), budget);
+        Ok(Self { checker: Checker::embedded()?, templates: Templates::embedded()?, exp, archive, domain, val, test, meta, agent, seeds, quiet })
+    }
+
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    fn total_steps(&self) -> u64 {
+        self.seeds.len() as u64 + u64::from(self.exp.search.generations) * u64::from(self.exp.search.proposals_per_generation) + 1
+    }
+
+    fn step_kind(&self, step: u64) -> StepKind {
+        let s = self.seeds.len() as u64;
+        let per = u64::from(self.exp.search.proposals_per_generation.max(1));
+        let proposals = u64::from(self.exp.search.generations) * u64::from(self.exp.search.proposals_per_generation);
+        if step < s {
+            StepKind::Seed(step as usize)
+        } else if step < s + proposals {
+            StepKind::Propose { generation: ((step - s) / per) as u32 + 1 }
+        } else if step == s + proposals {
+            StepKind::Test
+        } else {
+            StepKind::Done
+        }
+    }
+
+    /// Runs every remaining step, then marks the run finished.
+    pub fn run(&mut self) -> Result<()> {
+        let total = self.total_steps();
+        let start = self.archive.next_step()?;
+        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+        bar.set_style(ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise}] {wide_msg}").unwrap());
+        bar.set_position(start);
+        if start > 0 && start < total {
+            self.say(&bar, &format!("resuming {} at step {start} of {total}", self.archive.path().display()));
+        }
+        self.archive.event(Some(start), "run_started", json!({"from_step": start, "pid": std::process::id()}))?;
+        let mut step = start;
+        loop {
+            let record = match self.step_kind(step) {
+                StepKind::Done => break,
+                StepKind::Seed(i) => self.seed_step(step, i, &bar)?,
+                StepKind::Propose { generation } => self.propose_step(step, generation, &bar)?,
+                StepKind::Test => self.test_step(step, &bar)?,
+            };
+            self.archive.commit_step(&record)?;
+            bar.set_position(step + 1);
+            step += 1;
+        }
+        self.archive.mark_finished()?;
+        bar.finish_and_clear();
+        Ok(())
+    }
+
+    fn say(&self, bar: &ProgressBar, line: &str) {
+        if self.quiet {
+            return;
+        }
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    }
+
+    fn seed_step(&mut self, step: u64, index: usize, bar: &ProgressBar) -> Result<StepRecord> {
+        let (file, code) = self.seeds[index].clone();
+        let (name, idea) = docstring_header(&code);
+        let proposal = Proposal {
+            kind: "seed".into(),
+            name: name.unwrap_or_else(|| file.clone()),
+            thought: idea.unwrap_or_default(),
+            code,
+            parents: vec![],
+            prompt: None,
+            reply: None,
+        };
+        bar.set_message(format!("seed {}", proposal.name));
+        let rec = self.check_and_evaluate(step, 0, 0, proposal, bar)?;
+        Ok(StepRecord { step, generation: 0, proposals: vec![rec], ..Default::default() })
+    }
+
+    fn propose_step(&mut self, step: u64, generation: u32, bar: &ProgressBar) -> Result<StepRecord> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.exp.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let scored = self.archive.scored("val")?;
+        let strategy = self.exp.search.parent_selection.as_str();
+        let Some(pi) = select_parent(&scored, strategy, &mut rng) else {
+            self.say(bar, &format!("step {step}: no candidate ran successfully yet; nothing to mutate"));
+            return Ok(StepRecord { step, generation, events: vec![("skipped".into(), json!({"reason": "no selectable parent"}))], ..Default::default() });
+        };
+        let parent = self.archive.candidate(&scored[pi].id)?.context("selected parent vanished")?;
+        let w = &self.exp.proposers;
+        let use_rewrite = rng.random_range(0.0..w.operators + w.rewrite) >= w.operators;
+        let mut records = Vec::new();
+        if use_rewrite {
+            self.rewrite(step, generation, &scored, &parent, &mut rng, bar, &mut records)?;
+        } else {
+            let other = select_parent(&scored, strategy, &mut rng).filter(|&o| o != pi).or_else(|| (0..scored.len()).find(|&o| o != pi && scored[o].ok));
+            let other = match other {
+                Some(o) => self.archive.candidate(&scored[o].id)?,
+                None => None,
+            };
+            bar.set_message(format!("gen {generation}: operators on {}", parent.name));
+            match operators::propose(&mut rng, &parent, other.as_ref(), &self.templates, &self.checker) {
+                Ok(p) => records.push(self.check_and_evaluate(step, generation, 0, p, bar)?),
+                Err(reason) => records.push(failed(0, "op:none", vec![parent.id.clone()], ProposalStatus::CheckFailed, reason, None)),
+            }
+        }
+        Ok(StepRecord { step, generation, proposals: records, ..Default::default() })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite(
+        &self,
+        step: u64,
+        generation: u32,
+        scored: &[crate::archive::Scored],
+        parent: &Candidate,
+        rng: &mut ChaCha8Rng,
+        bar: &ProgressBar,
+        records: &mut Vec<ProposalRecord>,
+    ) -> Result<()> {
+        let opts = &self.exp.proposers.rewrite_options;
+        let mut context = vec![self.context_of(parent, scored)];
+        let front = crate::archive::pareto_front(scored);
+        for _ in 0..opts.context_candidates.saturating_sub(1) {
+            if front.is_empty() {
+                break;
+            }
+            let pick = &scored[front[rng.random_range(0..front.len())]];
+            if context.iter().all(|c| c.name != pick.name) {
+                if let Some(c) = self.archive.candidate(&pick.id)? {
+                    context.push(self.context_of(&c, scored));
+                }
+            }
+        }
+        let input = RewriteInput {
+            domain_description: &self.domain.description,
+            example: self.val.first().map(|t| t.input.to_string()),
+            context,
+            failures: self.archive.recent_failures(3)?,
+            parents: vec![parent.id.clone()],
+            step,
+        };
+        bar.set_message(format!("gen {generation}: rewrite (meta model) from {}", parent.name));
+        let (mut session, mut current) = RewriteSession::start(&self.meta, &self.templates, opts, input)?;
+        let mut attempt = 0u32;
+        loop {
+            let proposal = match current {
+                Ok(p) => p,
+                Err(f) => {
+                    let status = if f.kind == "llm" { ProposalStatus::LlmError } else { ProposalStatus::ParseError };
+                    let mut r = failed(attempt, "rewrite", vec![parent.id.clone()], status, f.reason, None);
+                    r.prompt = Some(f.prompt);
+                    r.reply = f.reply;
+                    records.push(r);
+                    return Ok(());
+                }
+            };
+            let rec = self.check_and_evaluate(step, generation, attempt, proposal, bar)?;
+            let feedback = match rec.status {
+                ProposalStatus::CheckFailed => Some(format!("The static check rejected it:\n{}", rec.reason)),
+                ProposalStatus::RuntimeError => Some(format!("It failed when run:\n{}", rec.reason)),
+                _ => None,
+            };
+            records.push(rec);
+            match feedback {
+                Some(fb) if attempt < opts.debug_rounds => {
+                    attempt += 1;
+                    current = session.debug(&fb, attempt)?;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn context_of(&self, c: &Candidate, scored: &[crate::archive::Scored]) -> ContextCandidate {
+        let s = scored.iter().find(|s| s.id == c.id);
+        ContextCandidate {
+            name: c.name.clone(),
+            code: c.code.clone(),
+            score: s.map_or(0.0, |s| s.score),
+            ci_lo: s.map_or(0.0, |s| s.ci_lo),
+            ci_hi: s.map_or(0.0, |s| s.ci_hi),
+            tokens: s.map_or(0, |s| s.tokens),
+        }
+    }
+
+    /// Check, deduplicate and evaluate one proposal; the record says how far it got.
+    fn check_and_evaluate(&self, step: u64, generation: u32, attempt: u32, p: Proposal, bar: &ProgressBar) -> Result<ProposalRecord> {
+        let report = self.checker.check("candidate.py", &p.code, CandidateKind::Agent);
+        let id = candidate_id(CandidateKind::Agent, &report.normalized);
+        let candidate = Candidate {
+            id: id.clone(),
+            kind: CandidateKind::Agent,
+            name: p.name.clone(),
+            thought: p.thought.clone(),
+            code: p.code.clone(),
+            operator: p.kind.clone(),
+            generation,
+            parents: p.parents.clone(),
+            fingerprint: report.fingerprint.clone(),
+        };
+        let mut rec = ProposalRecord {
+            attempt,
+            kind: p.kind.clone(),
+            parents: p.parents.clone(),
+            status: ProposalStatus::CheckFailed,
+            reason: String::new(),
+            candidate: Some(candidate),
+            evaluation: None,
+            prompt: p.prompt,
+            reply: p.reply,
+        };
+        if !report.passes() {
+            rec.reason = report.render();
+            self.say(bar, &format!("[step {step}] {} {:?}: rejected by check", p.kind, p.name));
+            return Ok(rec);
+        }
+        if self.archive.has_candidate(&id)? {
+            rec.status = ProposalStatus::Duplicate;
+            rec.reason = format!("same program as candidate {}", &id[..12]);
+            self.say(bar, &format!("[step {step}] {} {:?}: duplicate of an archived program", p.kind, p.name));
+            return Ok(rec);
+        }
+        let eval = self.evaluate(&p.code, &self.val, "val", &p.name, bar)?;
+        rec.status = if eval.outcome == Outcome::Ok { ProposalStatus::Evaluated } else { ProposalStatus::RuntimeError };
+        rec.reason = eval.failure_feedback().unwrap_or_else(|| format!("val {:.3}", eval.mean));
+        self.say(
+            bar,
+            &format!(
+                "[step {step}] {:<22} {:<44} val {:.2} [{:.2}, {:.2}]  {} tokens{}",
+                p.kind,
+                truncate(&p.name, 44),
+                eval.mean,
+                eval.ci_lo,
+                eval.ci_hi,
+                eval.usage.tokens(),
+                if eval.outcome == Outcome::Ok { String::new() } else { format!("  ({})", eval.outcome) }
+            ),
+        );
+        rec.evaluation = Some(eval);
+        Ok(rec)
+    }
+
+    fn evaluate(&self, code: &str, tasks: &[Task], split: &str, label: &str, bar: &ProgressBar) -> Result<Evaluation> {
+        let tasks_bar = if bar.is_hidden() { ProgressBar::hidden() } else { ProgressBar::new(tasks.len() as u64) };
+        let tasks_bar = if bar.is_hidden() { tasks_bar } else { tasks_bar.with_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} tasks ({split}) {msg}").unwrap()) };
+        tasks_bar.set_message(truncate(label, 50));
+        let _ = split;
+        let evaluator = Evaluator { gateway: &self.agent, cfg: &self.exp.evaluation, scorer: self.domain.scorer };
+        let tick = || tasks_bar.inc(1);
+        let e = evaluator.evaluate(code, tasks, split, &tick);
+        tasks_bar.finish_and_clear();
+        e
+    }
+
+    fn test_step(&mut self, step: u64, bar: &ProgressBar) -> Result<StepRecord> {
+        let mut scored = self.archive.scored("val")?;
+        scored.retain(|s| s.ok);
+        scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.tokens.cmp(&b.tokens)));
+        // The best seed is always tested too, so "did search beat the seeds?" has an answer.
+        let best_seed = self.archive.leaderboard()?.into_iter().find(|r| r.operator == "seed" && r.val.as_ref().is_some_and(|v| v.outcome == "ok"));
+        let mut chosen: Vec<String> = scored.iter().take(self.exp.search.test_top_k).map(|s| s.id.clone()).collect();
+        if let Some(s) = best_seed {
+            if !chosen.contains(&s.id) {
+                chosen.push(s.id);
+            }
+        }
+        let mut evaluations = Vec::new();
+        for id in chosen {
+            if self.archive.has_evaluation(&id, "test")? {
+                continue;
+            }
+            let c = self.archive.candidate(&id)?.context("candidate vanished")?;
+            bar.set_message(format!("held-out test: {}", c.name));
+            let e = self.evaluate(&c.code, &self.test, "test", &c.name, bar)?;
+            self.say(bar, &format!("[test] {:<60} test {:.2} [{:.2}, {:.2}]", truncate(&c.name, 60), e.mean, e.ci_lo, e.ci_hi));
+            evaluations.push((id, e));
+        }
+        Ok(StepRecord { step, generation: self.exp.search.generations, evaluations, ..Default::default() })
+    }
+}
+
+fn failed(attempt: u32, kind: &str, parents: Vec<String>, status: ProposalStatus, reason: String, candidate: Option<Candidate>) -> ProposalRecord {
+    ProposalRecord { attempt, kind: kind.into(), parents, status, reason, candidate, evaluation: None, prompt: None, reply: None }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+/// The seed programs named by `search.seeds` (file stems under `archive/agents/`).
+pub fn resolve_seeds(names: &[String]) -> Result<Vec<(String, String)>> {
+    let all: Vec<(String, String)> = crate::assets::files_with_ext(&crate::assets::ARCHIVE, "agents", "py")
+        .into_iter()
+        .map(|(p, c)| (Path::new(p).file_stem().unwrap().to_string_lossy().to_string(), c.to_string()))
+        .collect();
+    if names.iter().any(|n| n == "all") {
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match all.iter().find(|(stem, _)| stem == n) {
+            Some(s) => out.push(s.clone()),
+            None => bail!(
+                "search.seeds names {n:?}, which is not a seed; fix: use \"all\" or some of: {}",
+                all.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    Ok(out)
+}
