@@ -133,3 +133,12 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
     }
     Ok(())
 }
+
+/// `serve`: an OpenAI-compatible endpoint on the embedded model (see `llm::serve`).
+pub fn serve(model: &str, addr: &str, max_tokens: u32, concurrency: usize) -> Result<()> {
+    let mcfg: ModelConfig = toml::from_str(&format!(
+        "backend = \"local\"\nmodel = {model:?}\nmax_tokens = {max_tokens}\nmax_concurrency = {concurrency}"
+    ))?;
+    let backend = BackendFactory::new().build(&mcfg, "serve")?;
+    crate::llm::serve(backend, addr, max_tokens)
+}

@@ -60,6 +60,21 @@ enum Command {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// Serve the embedded model as an OpenAI-compatible endpoint (for tests and tools).
+    Serve {
+        /// Local model alias or GGUF path.
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// Address to bind; port 0 picks a free port (printed on stderr).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Cap on max_tokens per request.
+        #[arg(long, default_value_t = 512)]
+        max_tokens: u32,
+        /// Requests decoded together in one batch.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +88,7 @@ fn main() -> ExitCode {
         Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
         Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
+        Command::Serve { model, addr, max_tokens, concurrency } => metaforge::app::serve(model, addr, *max_tokens, *concurrency).map(|_| true),
         Command::Eval { file, domain, n, model, db } => metaforge::app::eval(file, domain, *n, model, db.as_deref(), cli.json).map(|_| true),
     };
     match result {

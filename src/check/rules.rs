@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn rule_without_header_is_refused_with_the_fix() {
-        let err = super::Rule::parse("grammars/x.scm", "(call) @violation").unwrap_err().to_string();
+        let err = super::Rule::parse("grammars/x.scm", "(call) @violation").err().unwrap().to_string();
         assert!(err.contains("grammars/x.scm") && err.contains("fix:"), "{err}");
     }
 }

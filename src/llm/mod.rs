@@ -12,6 +12,7 @@ mod fetch;
 mod local;
 mod openai;
 mod scripted;
+mod serve;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,6 +26,7 @@ pub use cache::CallCache;
 pub use fetch::{cache_dir as cache_root, resolve_local_model, DEFAULT_LOCAL_MODEL};
 pub use openai::OpenAiBackend;
 pub use scripted::ScriptedBackend;
+pub use serve::serve;
 
 use crate::config::{BackendKind, BudgetConfig, ModelConfig};
 

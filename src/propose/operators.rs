@@ -8,8 +8,7 @@
 use std::collections::HashMap;
 
 use rand::seq::IndexedRandom;
-use rand::Rng;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use serde_json::json;
 use tree_sitter::Node;
 
@@ -188,7 +187,9 @@ fn rename(code: &str, map: &HashMap<String, String>) -> String {
     replace(code, &mut edits)
 }
 
-/// Names a module defines at top level (functions, classes, assignment targets, imports).
+/// Names a module defines at top level (functions, classes, assignment targets). Imports
+/// are left alone: both parents import the same modules, and renaming an imported name
+/// would import a name that does not exist.
 fn top_level_names(code: &str) -> Vec<String> {
     let tree = parse_python(code);
     let root = tree.root_node();
@@ -206,19 +207,6 @@ fn top_level_names(code: &str) -> Vec<String> {
                 if let Some(left) = stmt.named_child(0).filter(|a| a.kind() == "assignment").and_then(|a| a.child_by_field_name("left")) {
                     if left.kind() == "identifier" {
                         out.push(code[left.byte_range()].to_string());
-                    }
-                }
-            }
-            "import_from_statement" | "import_statement" => {
-                let mut c = stmt.walk();
-                for child in stmt.named_children(&mut c) {
-                    let alias = match child.kind() {
-                        "aliased_import" => child.child_by_field_name("alias"),
-                        "dotted_name" if Some(child) != stmt.child_by_field_name("module_name") => child.named_child(child.named_child_count().saturating_sub(1) as u32),
-                        _ => None,
-                    };
-                    if let Some(a) = alias {
-                        out.push(code[a.byte_range()].to_string());
                     }
                 }
             }

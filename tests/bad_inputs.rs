@@ -1,0 +1,78 @@
+//! Bad inputs get clear errors naming the file/key/line and the fix, exit code 2 (or 1 for
+//! a candidate that fails `check`), and nothing stored is lost.
+
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_metaforge")
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).current_dir(dir).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+const GOOD: &str = "name = \"x\"\n[domain]\nname = \"arith\"\n[models.meta]\nbackend = \"local\"\nmodel = \"smollm2-135m\"\n[models.agent]\nbackend = \"local\"\nmodel = \"smollm2-135m\"\n";
+
+#[test]
+fn config_with_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("exp.toml"), GOOD.replace("[domain]\n", "[domain]\nvalsize = 10\n")).unwrap();
+    let (code, _, err) = run_in(dir.path(), &["run", "exp.toml"]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn config_with_wrong_type() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("exp.toml"), GOOD.replace("[domain]\n", "[domain]\ntest_size = \"lots\"\n")).unwrap();
+    let (code, _, err) = run_in(dir.path(), &["run", "exp.toml"]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn missing_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("exp.toml"), GOOD.replace("name = \"arith\"", "name = \"mine\"\npath = \"tasks.jsonl\"\nscorer = \"numeric\"")).unwrap();
+    let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("domain.path") && err.contains("tasks.jsonl") && err.contains("fix:"), "{err}");
+}
+
+#[test]
+fn candidate_with_syntax_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent.py"), "from metaforge import llm\n\ndef forward(task:\n    return llm(task['question'])\n").unwrap();
+    let (code, out, _) = run_in(dir.path(), &["check", "agent.py"]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn resume_of_a_missing_archive_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_in(dir.path(), &["resume", "nope.db"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nope.db") && err.contains("metaforge run"), "{err}");
+}
+
+#[test]
+fn run_refuses_to_overwrite_an_existing_archive() {
+    // An archive that already holds a run is never overwritten by `run`.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    metaforge::archive::migrate(&conn).unwrap();
+    conn.execute("INSERT INTO runs(name, seed, config_toml, domain, created_at) VALUES ('old', 1, 'x', 'arith', 'now')", []).unwrap();
+    drop(conn);
+    std::fs::write(dir.path().join("exp.toml"), GOOD).unwrap();
+    let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already holds a run") && err.contains("resume"), "{err}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let name: String = conn.query_row("SELECT name FROM runs", [], |r| r.get(0)).unwrap();
+    assert_eq!(name, "old");
+}

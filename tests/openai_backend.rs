@@ -1,0 +1,86 @@
+//! The `openai` backend against a real OpenAI-compatible server on 127.0.0.1: `metaforge
+//! serve` running the embedded model (no hand-written fake).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metaforge::llm::{Backend, Budget, CallCache, CallParams, Gateway, LlmError, Message, OpenAiBackend, Role};
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server() -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metaforge"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--max-tokens", "48"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if let Some(u) = line.strip_prefix("listening on ") {
+            break u.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Server(child), url)
+}
+
+fn model_cfg(url: &str) -> metaforge::config::ModelConfig {
+    toml::from_str(&format!("backend = \"openai\"\nmodel = \"smollm2\"\nbase_url = {url:?}\nmax_tokens = 32\nprice_prompt_per_mtok = 1.0\nprice_completion_per_mtok = 2.0")).unwrap()
+}
+
+#[test]
+fn chat_completion_through_the_gateway_is_accounted_and_cached() {
+    let (_server, url) = start_server();
+    let cfg = model_cfg(&url);
+    let backend = Arc::new(OpenAiBackend::from_config(&cfg, "agent").unwrap());
+    let cache = Arc::new(CallCache::in_memory().unwrap());
+    let gw = Gateway::new(Role::Agent, backend, &cfg, Some(cache.clone()), Arc::new(Budget::unlimited()));
+    let req = gw.request(vec![Message::new("user", "What is 2 plus 3? Answer with a number.")], CallParams::default(), 0);
+    let first = gw.complete(&req).unwrap();
+    assert!(!first.text.trim().is_empty());
+    assert!(first.prompt_tokens > 0 && first.completion_tokens > 0);
+    let expected = (first.prompt_tokens as f64 * 1.0 + first.completion_tokens as f64 * 2.0) / 1e6;
+    assert!((first.cost_usd - expected).abs() < 1e-12, "cost from the configured prices");
+    assert!(!first.cached);
+    let second = gw.complete(&req).unwrap();
+    assert!(second.cached);
+    assert_eq!(second.text, first.text);
+    assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn client_errors_are_not_retried() {
+    let (_server, url) = start_server();
+    let backend = OpenAiBackend::new(&format!("{url}/missing"), "x", None, Duration::from_secs(30));
+    let req = metaforge::llm::ChatRequest { messages: vec![Message::new("user", "hi")], temperature: 0.0, max_tokens: 4, json: false, sample_index: 0 };
+    match backend.complete(&req) {
+        Err(LlmError::Fatal(e)) => assert!(e.contains("404"), "{e}"),
+        other => panic!("expected a fatal 404, got {other:?}"),
+    }
+}
+
+#[test]
+fn unreachable_endpoint_is_transient() {
+    let backend = OpenAiBackend::new("http://127.0.0.1:9/v1", "x", None, Duration::from_secs(2));
+    let req = metaforge::llm::ChatRequest { messages: vec![Message::new("user", "hi")], temperature: 0.0, max_tokens: 4, json: false, sample_index: 0 };
+    assert!(matches!(backend.complete(&req), Err(LlmError::Transient(_))));
+}
+
+#[test]
+fn missing_api_key_variable_is_a_clear_error() {
+    let mut cfg = model_cfg("http://127.0.0.1:9/v1");
+    cfg.api_key_env = Some("METAFORGE_TEST_UNSET_KEY_VAR".into());
+    let err = OpenAiBackend::from_config(&cfg, "meta").err().unwrap().to_string();
+    assert!(err.contains("METAFORGE_TEST_UNSET_KEY_VAR") && err.contains("fix:"), "{err}");
+}

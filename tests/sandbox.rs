@@ -1,0 +1,150 @@
+//! Real Python workers under the real sandbox: outputs, model-call proxying and every typed
+//! outcome. The model handler here is a scripted stand-in (it answers "Answer: 42"): these
+//! tests are about the sandbox, not the model.
+
+use std::time::{Duration, Instant};
+
+use metaforge::llm::Usage;
+use metaforge::sandbox::{run_worker, LlmCall, LlmHandler, WorkerExit, WorkerLimits};
+use serde_json::json;
+
+struct ScriptedModel;
+impl LlmHandler for ScriptedModel {
+    fn handle(&self, _task: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
+        let usage = Usage { calls: u64::from(call.n), prompt_tokens: 10, completion_tokens: 3, ..Default::default() };
+        Ok(((0..call.n).map(|_| "Answer: 42".to_string()).collect(), usage))
+    }
+}
+
+fn tasks(n: usize) -> Vec<(String, serde_json::Value)> {
+    (0..n).map(|i| (format!("t{i}"), json!({"question": format!("q{i}")}))).collect()
+}
+
+fn limits(secs: u64) -> WorkerLimits {
+    WorkerLimits { deadline: Duration::from_secs(secs), memory_mb: 512, cpu_s: 30, tasks_in_flight: 4, ..Default::default() }
+}
+
+#[test]
+fn agent_runs_calls_the_model_and_prints_are_captured() {
+    let code = "from metaforge import llm, majority\nimport json\ndef forward(task):\n    print('noise on stdout', task['question'])\n    return majority(llm('hi ' + task['question'], n=3))\n";
+    let run = run_worker(code, &tasks(6), &ScriptedModel, &limits(30)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Completed);
+    assert_eq!(run.tasks.len(), 6);
+    for t in run.tasks.values() {
+        assert_eq!(t.output.as_deref(), Some("Answer: 42"));
+        assert_eq!(t.usage.calls, 3, "usage is attributed to the task");
+        assert!(t.stdout.as_deref().unwrap_or("").contains("noise on stdout"));
+    }
+    assert_eq!(run.protocol_violations, 0);
+}
+
+#[test]
+fn exceptions_are_per_task_with_traceback() {
+    let code = "def forward(task):\n    if task['question'] == 'q1':\n        raise ValueError('bad task')\n    return 'ok'\n";
+    let run = run_worker(code, &tasks(3), &ScriptedModel, &limits(30)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Completed);
+    let t1 = &run.tasks["t1"];
+    assert!(t1.error.as_deref().unwrap().contains("ValueError: bad task"));
+    assert!(t1.traceback.as_deref().unwrap().contains("candidate.py"));
+    assert_eq!(run.tasks["t0"].output.as_deref(), Some("ok"));
+}
+
+#[test]
+fn load_error_is_typed() {
+    let run = run_worker("raise RuntimeError('at import')\n", &tasks(2), &ScriptedModel, &limits(30)).unwrap();
+    match run.exit {
+        WorkerExit::LoadError(e) => assert!(e.contains("at import"), "{e}"),
+        other => panic!("expected LoadError, got {other:?}"),
+    }
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_and_the_group_dies() {
+    let code = "def forward(task):\n    while True:\n        pass\n";
+    let start = Instant::now();
+    let run = run_worker(code, &tasks(2), &ScriptedModel, &limits(2)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Timeout);
+    assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn sleeping_grandchild_does_not_outlive_the_worker() {
+    // A candidate that starts a background process (possible here because the sandbox is
+    // given raw code; `check` would reject the import).
+    let marker = format!("metaforge-test-sleep-{}", std::process::id());
+    let code = format!(
+        "import subprocess\ndef forward(task):\n    subprocess.Popen(['/bin/sh', '-c', 'exec -a {marker} sleep 60'])\n    return 'spawned'\n"
+    );
+    let run = run_worker(&code, &tasks(1), &ScriptedModel, &limits(20)).unwrap();
+    assert_eq!(run.tasks["t0"].output.as_deref(), Some("spawned"));
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let alive = String::from_utf8_lossy(&ps.stdout).lines().any(|l| l.starts_with(&marker));
+    assert!(!alive, "the candidate's background process survived the evaluation");
+}
+
+#[test]
+fn memory_hog_gets_memory_error() {
+    let code = "def forward(task):\n    x = bytearray(4 * 1024 * 1024 * 1024)\n    return str(len(x))\n";
+    let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
+    let t = &run.tasks["t0"];
+    assert!(t.error.as_deref().unwrap_or("").starts_with("MemoryError"), "{t:?}");
+}
+
+#[test]
+fn hard_crash_is_typed_with_its_signal() {
+    let code = "import os, signal\ndef forward(task):\n    os.kill(os.getpid(), signal.SIGSEGV)\n";
+    let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
+    match run.exit {
+        WorkerExit::Crashed { signal, .. } => assert_eq!(signal, Some(11)),
+        other => panic!("expected Crashed, got {other:?}"),
+    }
+}
+
+#[test]
+fn forged_results_are_counted_not_trusted() {
+    // Writes a fake result for a task that does not exist, straight onto the RPC pipe.
+    let code = "from metaforge import _rpc\ndef forward(task):\n    _rpc.send({'type': 'result', 'task_id': 'not-a-task', 'output': '1'})\n    return 'real'\n";
+    let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Completed);
+    assert_eq!(run.protocol_violations, 1);
+    assert!(!run.tasks.contains_key("not-a-task"));
+    assert_eq!(run.tasks["t0"].output.as_deref(), Some("real"));
+}
+
+#[test]
+fn oversized_requests_are_refused_by_the_host() {
+    let code = "from metaforge import llm, LLMError\ndef forward(task):\n    try:\n        return llm('x' * 300000)\n    except LLMError as e:\n        return 'refused: ' + str(e)\n";
+    let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
+    assert!(run.tasks["t0"].output.as_deref().unwrap().starts_with("refused: request refused by the host"));
+}
+
+#[test]
+fn environment_holds_no_secrets() {
+    std::env::set_var("METAFORGE_TEST_SECRET_KEY", "sk-should-not-leak");
+    let code = "import os\ndef forward(task):\n    return repr(sorted(os.environ))\n";
+    let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
+    let out = run.tasks["t0"].output.clone().unwrap();
+    assert!(!out.contains("METAFORGE_TEST_SECRET_KEY"), "{out}");
+}
+
+#[test]
+fn spliced_crossover_program_runs() {
+    // Regression: crossover_ensemble once renamed imported names of the second parent.
+    use metaforge::candidate::{candidate_id, Candidate, CandidateKind};
+    use rand::SeedableRng;
+    let seed = |f: &str| {
+        let code = std::fs::read_to_string(format!("{}/archive/agents/{f}.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        Candidate { id: candidate_id(CandidateKind::Agent, &code), kind: CandidateKind::Agent, name: f.into(), thought: String::new(), code, operator: "seed".into(), generation: 0, parents: vec![], fingerprint: String::new() }
+    };
+    let t = metaforge::propose::Templates::embedded().unwrap();
+    let checker = metaforge::check::Checker::embedded().unwrap();
+    let (a, b) = (seed("direct_answer"), seed("self_consistency"));
+    for s in 0..20u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s);
+        let p = metaforge::propose::operators::propose(&mut rng, &a, Some(&b), &t, &checker).unwrap();
+        let run = run_worker(&p.code, &tasks(2), &ScriptedModel, &limits(30)).unwrap();
+        assert_eq!(run.exit, WorkerExit::Completed, "{} failed:\n{}", p.kind, p.code);
+        assert!(run.tasks.values().all(|t| t.error.is_none()), "{}: {:?}\n{}", p.kind, run.tasks, p.code);
+    }
+}
