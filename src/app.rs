@@ -66,7 +66,11 @@ fn print_status(archive: &Archive, json: bool) -> Result<()> {
 /// `check FILE.py`: prints diagnostics; returns whether the file passes.
 pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
     let checker = Checker::embedded()?;
-    let kind = if memory { CandidateKind::Memory } else { CandidateKind::Agent };
+    let kind = if memory {
+        CandidateKind::Memory
+    } else {
+        CandidateKind::Agent
+    };
     let mut ok = true;
     let mut all = Vec::new();
     for f in files {
@@ -79,8 +83,20 @@ pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
             for d in &report.diagnostics {
                 println!("{d}");
             }
-            let errors = report.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-            eprintln!("{}: {}", f.display(), if errors == 0 { "ok".to_string() } else { format!("{errors} error(s)") });
+            let errors = report
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            eprintln!(
+                "{}: {}",
+                f.display(),
+                if errors == 0 {
+                    "ok".to_string()
+                } else {
+                    format!("{errors} error(s)")
+                }
+            );
         }
     }
     if json {
@@ -96,7 +112,13 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
     if !report.passes() {
         bail!("{} does not pass check:\n{}", file.display(), report.render());
     }
-    let dcfg = crate::config::DomainConfig { name: domain.into(), path: None, scorer: None, val_size: n, test_size: 0 };
+    let dcfg = crate::config::DomainConfig {
+        name: domain.into(),
+        path: None,
+        scorer: None,
+        val_size: n,
+        test_size: 0,
+    };
     let dom = Domain::load(&dcfg)?;
     let (tasks, _) = dom.splits(0, n, 0)?;
     let mcfg: ModelConfig = toml::from_str(&format!("backend = \"local\"\nmodel = {model:?}\nmax_tokens = 256"))?;
@@ -109,7 +131,12 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
     let ecfg = EvaluationConfig::default();
     let bar = indicatif::ProgressBar::new(tasks.len() as u64);
     let tick = || bar.inc(1);
-    let e = Evaluator { gateway: &gw, cfg: &ecfg, scorer: dom.scorer }.evaluate(&code, &tasks, "val", &tick)?;
+    let e = Evaluator {
+        gateway: &gw,
+        cfg: &ecfg,
+        scorer: dom.scorer,
+    }
+    .evaluate(&code, &tasks, "val", &tick)?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);

@@ -21,11 +21,7 @@ pub fn text(dir: &'static Dir<'static>, path: &str) -> Option<&'static str> {
 }
 
 /// All embedded files under `dir/sub` with the given extension, sorted by path.
-pub fn files_with_ext(
-    dir: &'static Dir<'static>,
-    sub: &str,
-    ext: &str,
-) -> Vec<(&'static str, &'static str)> {
+pub fn files_with_ext(dir: &'static Dir<'static>, sub: &str, ext: &str) -> Vec<(&'static str, &'static str)> {
     let mut out = Vec::new();
     let base = if sub.is_empty() { Some(dir) } else { dir.get_dir(sub) };
     if let Some(d) = base {

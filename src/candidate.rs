@@ -55,8 +55,12 @@ pub fn candidate_id(kind: CandidateKind, normalized: &str) -> String {
 /// Reads `name:` and `idea:` from a seed's module docstring header.
 pub fn docstring_header(code: &str) -> (Option<String>, Option<String>) {
     let body = code.trim_start();
-    let Some(rest) = body.strip_prefix("\"\"\"") else { return (None, None) };
-    let Some(end) = rest.find("\"\"\"") else { return (None, None) };
+    let Some(rest) = body.strip_prefix("\"\"\"") else {
+        return (None, None);
+    };
+    let Some(end) = rest.find("\"\"\"") else {
+        return (None, None);
+    };
     let doc = &rest[..end];
     let mut name = None;
     let mut idea = String::new();
@@ -90,6 +94,9 @@ mod tests {
 
     #[test]
     fn kind_is_part_of_the_id() {
-        assert_ne!(candidate_id(CandidateKind::Agent, "x"), candidate_id(CandidateKind::Memory, "x"));
+        assert_ne!(
+            candidate_id(CandidateKind::Agent, "x"),
+            candidate_id(CandidateKind::Memory, "x")
+        );
     }
 }

@@ -199,7 +199,11 @@ fn one() -> f64 {
 
 impl Default for ProposerMix {
     fn default() -> Self {
-        Self { operators: 1.0, rewrite: 0.0, rewrite_options: RewriteOptions::default() }
+        Self {
+            operators: 1.0,
+            rewrite: 0.0,
+            rewrite_options: RewriteOptions::default(),
+        }
     }
 }
 
@@ -232,7 +236,12 @@ fn one_u32() -> u32 {
 
 impl Default for RewriteOptions {
     fn default() -> Self {
-        Self { reflexion_rounds: 2, debug_rounds: 2, context_candidates: 2, parse_retries: 1 }
+        Self {
+            reflexion_rounds: 2,
+            debug_rounds: 2,
+            context_candidates: 2,
+            parse_retries: 1,
+        }
     }
 }
 
@@ -307,8 +316,8 @@ impl Experiment {
     /// Reads and validates an experiment file. Relative paths inside it are resolved against
     /// the file's folder, so a config works from any working directory.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read experiment file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read experiment file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base)
     }
@@ -321,15 +330,20 @@ impl Experiment {
                 e.to_string().trim_end()
             )
         })?;
-        for path in [&mut exp.domain.path, &mut exp.models.meta.script, &mut exp.models.agent.script]
-            .into_iter()
-            .flatten()
+        for path in [
+            &mut exp.domain.path,
+            &mut exp.models.meta.script,
+            &mut exp.models.agent.script,
+        ]
+        .into_iter()
+        .flatten()
         {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
         }
-        exp.validate().with_context(|| format!("{origin}: invalid experiment"))?;
+        exp.validate()
+            .with_context(|| format!("{origin}: invalid experiment"))?;
         Ok(exp)
     }
 
@@ -343,13 +357,18 @@ impl Experiment {
                 }
                 BackendKind::Scripted => {
                     if m.script.is_none() {
-                        bail!("{role}.script is missing; fix: point it at a JSON list of replies (scripted is for tests)");
+                        bail!(
+                            "{role}.script is missing; fix: point it at a JSON list of replies (scripted is for tests)"
+                        );
                     }
                 }
                 BackendKind::Local => {}
             }
             if !(0.0..=2.0).contains(&m.temperature) {
-                bail!("{role}.temperature = {} is out of range; fix: use a value in 0.0..=2.0", m.temperature);
+                bail!(
+                    "{role}.temperature = {} is out of range; fix: use a value in 0.0..=2.0",
+                    m.temperature
+                );
             }
             if m.max_concurrency == 0 {
                 bail!("{role}.max_concurrency must be at least 1");
@@ -404,28 +423,40 @@ model = "smollm2-135m"
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let text = MINIMAL.replace("[domain]", "[domain]\nval_sise = 3");
-        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err()
+        );
         insta::assert_snapshot!(err);
     }
 
     #[test]
     fn wrong_type_is_named() {
         let text = MINIMAL.replace("[domain]", "[domain]\nval_size = \"many\"");
-        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err()
+        );
         insta::assert_snapshot!(err);
     }
 
     #[test]
     fn unknown_backend_lists_the_choices() {
         let text = MINIMAL.replacen("backend = \"local\"", "backend = \"gpt\"", 1);
-        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err()
+        );
         assert!(err.contains("local") && err.contains("openai"), "{err}");
     }
 
     #[test]
     fn openai_without_url_says_how_to_fix() {
         let text = MINIMAL.replacen("backend = \"local\"", "backend = \"openai\"", 1);
-        let err = format!("{:#}", Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err()
+        );
         assert!(err.contains("models.meta.base_url") && err.contains("fix:"), "{err}");
     }
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "metaforge", version, about = "Meta-agent search: propose, check, sandbox-evaluate and archive agent programs")]
+#[command(
+    name = "metaforge",
+    version,
+    about = "Meta-agent search: propose, check, sandbox-evaluate and archive agent programs"
+)]
 struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -34,9 +38,7 @@ enum Command {
         db: PathBuf,
     },
     /// Leaderboard, proposal funnel and usage of a run.
-    Status {
-        db: PathBuf,
-    },
+    Status { db: PathBuf },
     /// Statically check candidate files (syntax, entry point, rules in grammars/).
     Check {
         files: Vec<PathBuf>,
@@ -84,12 +86,25 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Run { experiment, db } => metaforge::app::run(experiment, db.as_deref(), cli.quiet, cli.json).map(|_| true),
+        Command::Run { experiment, db } => {
+            metaforge::app::run(experiment, db.as_deref(), cli.quiet, cli.json).map(|_| true)
+        }
         Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
         Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
-        Command::Serve { model, addr, max_tokens, concurrency } => metaforge::app::serve(model, addr, *max_tokens, *concurrency).map(|_| true),
-        Command::Eval { file, domain, n, model, db } => metaforge::app::eval(file, domain, *n, model, db.as_deref(), cli.json).map(|_| true),
+        Command::Serve {
+            model,
+            addr,
+            max_tokens,
+            concurrency,
+        } => metaforge::app::serve(model, addr, *max_tokens, *concurrency).map(|_| true),
+        Command::Eval {
+            file,
+            domain,
+            n,
+            model,
+            db,
+        } => metaforge::app::eval(file, domain, *n, model, db.as_deref(), cli.json).map(|_| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

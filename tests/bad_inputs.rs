@@ -10,7 +10,11 @@ fn bin() -> &'static str {
 
 fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin()).current_dir(dir).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 const GOOD: &str = "name = \"x\"\n[domain]\nname = \"arith\"\n[models.meta]\nbackend = \"local\"\nmodel = \"smollm2-135m\"\n[models.agent]\nbackend = \"local\"\nmodel = \"smollm2-135m\"\n";
@@ -18,7 +22,11 @@ const GOOD: &str = "name = \"x\"\n[domain]\nname = \"arith\"\n[models.meta]\nbac
 #[test]
 fn config_with_unknown_key() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("exp.toml"), GOOD.replace("[domain]\n", "[domain]\nvalsize = 10\n")).unwrap();
+    std::fs::write(
+        dir.path().join("exp.toml"),
+        GOOD.replace("[domain]\n", "[domain]\nvalsize = 10\n"),
+    )
+    .unwrap();
     let (code, _, err) = run_in(dir.path(), &["run", "exp.toml"]);
     assert_eq!(code, 2);
     insta::assert_snapshot!(err);
@@ -27,7 +35,11 @@ fn config_with_unknown_key() {
 #[test]
 fn config_with_wrong_type() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("exp.toml"), GOOD.replace("[domain]\n", "[domain]\ntest_size = \"lots\"\n")).unwrap();
+    std::fs::write(
+        dir.path().join("exp.toml"),
+        GOOD.replace("[domain]\n", "[domain]\ntest_size = \"lots\"\n"),
+    )
+    .unwrap();
     let (code, _, err) = run_in(dir.path(), &["run", "exp.toml"]);
     assert_eq!(code, 2);
     insta::assert_snapshot!(err);
@@ -36,16 +48,30 @@ fn config_with_wrong_type() {
 #[test]
 fn missing_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("exp.toml"), GOOD.replace("name = \"arith\"", "name = \"mine\"\npath = \"tasks.jsonl\"\nscorer = \"numeric\"")).unwrap();
+    std::fs::write(
+        dir.path().join("exp.toml"),
+        GOOD.replace(
+            "name = \"arith\"",
+            "name = \"mine\"\npath = \"tasks.jsonl\"\nscorer = \"numeric\"",
+        ),
+    )
+    .unwrap();
     let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);
     assert_eq!(code, 2);
-    assert!(err.contains("domain.path") && err.contains("tasks.jsonl") && err.contains("fix:"), "{err}");
+    assert!(
+        err.contains("domain.path") && err.contains("tasks.jsonl") && err.contains("fix:"),
+        "{err}"
+    );
 }
 
 #[test]
 fn candidate_with_syntax_error() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("agent.py"), "from metaforge import llm\n\ndef forward(task:\n    return llm(task['question'])\n").unwrap();
+    std::fs::write(
+        dir.path().join("agent.py"),
+        "from metaforge import llm\n\ndef forward(task:\n    return llm(task['question'])\n",
+    )
+    .unwrap();
     let (code, out, _) = run_in(dir.path(), &["check", "agent.py"]);
     assert_eq!(code, 1);
     insta::assert_snapshot!(out);
@@ -66,7 +92,11 @@ fn run_refuses_to_overwrite_an_existing_archive() {
     let db = dir.path().join("r.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     metaforge::archive::migrate(&conn).unwrap();
-    conn.execute("INSERT INTO runs(name, seed, config_toml, domain, created_at) VALUES ('old', 1, 'x', 'arith', 'now')", []).unwrap();
+    conn.execute(
+        "INSERT INTO runs(name, seed, config_toml, domain, created_at) VALUES ('old', 1, 'x', 'arith', 'now')",
+        [],
+    )
+    .unwrap();
     drop(conn);
     std::fs::write(dir.path().join("exp.toml"), GOOD).unwrap();
     let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);

@@ -13,21 +13,40 @@ fn eval_with_the_embedded_model_then_replay_from_the_cache() {
     let agent = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("archive/agents/direct_answer.py");
     let db = dir.path().join("cache.db");
     let eval = || {
-        let out = Command::new(bin()).args(["eval", "--json", "--domain", "arith", "--n", "6"]).arg(&agent).arg("--db").arg(&db).output().unwrap();
+        let out = Command::new(bin())
+            .args(["eval", "--json", "--domain", "arith", "--n", "6"])
+            .arg(&agent)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let first = eval();
     assert_eq!(first["outcome"], "Ok");
     assert_eq!(first["usage"]["calls"], 6);
-    assert!(first["usage"]["completion_tokens"].as_u64().unwrap() > 0, "the model generated tokens");
+    assert!(
+        first["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "the model generated tokens"
+    );
     assert_eq!(first["usage"]["cached_calls"], 0);
-    let outputs: Vec<_> = first["tasks"].as_array().unwrap().iter().map(|t| t["output"].clone()).collect();
+    let outputs: Vec<_> = first["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["output"].clone())
+        .collect();
     assert!(outputs.iter().all(|o| o.is_string()));
     // The same evaluation again replays every call from the archive, exactly.
     let second = eval();
     assert_eq!(second["usage"]["cached_calls"], 6);
-    let again: Vec<_> = second["tasks"].as_array().unwrap().iter().map(|t| t["output"].clone()).collect();
+    let again: Vec<_> = second["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["output"].clone())
+        .collect();
     assert_eq!(outputs, again);
     assert_eq!(first["mean"], second["mean"]);
 }

@@ -45,13 +45,26 @@ fn chat_completion_through_the_gateway_is_accounted_and_cached() {
     let cfg = model_cfg(&url);
     let backend = Arc::new(OpenAiBackend::from_config(&cfg, "agent").unwrap());
     let cache = Arc::new(CallCache::in_memory().unwrap());
-    let gw = Gateway::new(Role::Agent, backend, &cfg, Some(cache.clone()), Arc::new(Budget::unlimited()));
-    let req = gw.request(vec![Message::new("user", "What is 2 plus 3? Answer with a number.")], CallParams::default(), 0);
+    let gw = Gateway::new(
+        Role::Agent,
+        backend,
+        &cfg,
+        Some(cache.clone()),
+        Arc::new(Budget::unlimited()),
+    );
+    let req = gw.request(
+        vec![Message::new("user", "What is 2 plus 3? Answer with a number.")],
+        CallParams::default(),
+        0,
+    );
     let first = gw.complete(&req).unwrap();
     assert!(!first.text.trim().is_empty());
     assert!(first.prompt_tokens > 0 && first.completion_tokens > 0);
     let expected = (first.prompt_tokens as f64 * 1.0 + first.completion_tokens as f64 * 2.0) / 1e6;
-    assert!((first.cost_usd - expected).abs() < 1e-12, "cost from the configured prices");
+    assert!(
+        (first.cost_usd - expected).abs() < 1e-12,
+        "cost from the configured prices"
+    );
     assert!(!first.cached);
     let second = gw.complete(&req).unwrap();
     assert!(second.cached);
@@ -63,7 +76,13 @@ fn chat_completion_through_the_gateway_is_accounted_and_cached() {
 fn client_errors_are_not_retried() {
     let (_server, url) = start_server();
     let backend = OpenAiBackend::new(&format!("{url}/missing"), "x", None, Duration::from_secs(30));
-    let req = metaforge::llm::ChatRequest { messages: vec![Message::new("user", "hi")], temperature: 0.0, max_tokens: 4, json: false, sample_index: 0 };
+    let req = metaforge::llm::ChatRequest {
+        messages: vec![Message::new("user", "hi")],
+        temperature: 0.0,
+        max_tokens: 4,
+        json: false,
+        sample_index: 0,
+    };
     match backend.complete(&req) {
         Err(LlmError::Fatal(e)) => assert!(e.contains("404"), "{e}"),
         other => panic!("expected a fatal 404, got {other:?}"),
@@ -73,7 +92,13 @@ fn client_errors_are_not_retried() {
 #[test]
 fn unreachable_endpoint_is_transient() {
     let backend = OpenAiBackend::new("http://127.0.0.1:9/v1", "x", None, Duration::from_secs(2));
-    let req = metaforge::llm::ChatRequest { messages: vec![Message::new("user", "hi")], temperature: 0.0, max_tokens: 4, json: false, sample_index: 0 };
+    let req = metaforge::llm::ChatRequest {
+        messages: vec![Message::new("user", "hi")],
+        temperature: 0.0,
+        max_tokens: 4,
+        json: false,
+        sample_index: 0,
+    };
     assert!(matches!(backend.complete(&req), Err(LlmError::Transient(_))));
 }
 
@@ -82,5 +107,8 @@ fn missing_api_key_variable_is_a_clear_error() {
     let mut cfg = model_cfg("http://127.0.0.1:9/v1");
     cfg.api_key_env = Some("METAFORGE_TEST_UNSET_KEY_VAR".into());
     let err = OpenAiBackend::from_config(&cfg, "meta").err().unwrap().to_string();
-    assert!(err.contains("METAFORGE_TEST_UNSET_KEY_VAR") && err.contains("fix:"), "{err}");
+    assert!(
+        err.contains("METAFORGE_TEST_UNSET_KEY_VAR") && err.contains("fix:"),
+        "{err}"
+    );
 }

@@ -11,17 +11,30 @@ use serde_json::json;
 struct ScriptedModel;
 impl LlmHandler for ScriptedModel {
     fn handle(&self, _task: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
-        let usage = Usage { calls: u64::from(call.n), prompt_tokens: 10, completion_tokens: 3, ..Default::default() };
+        let usage = Usage {
+            calls: u64::from(call.n),
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            ..Default::default()
+        };
         Ok(((0..call.n).map(|_| "Answer: 42".to_string()).collect(), usage))
     }
 }
 
 fn tasks(n: usize) -> Vec<(String, serde_json::Value)> {
-    (0..n).map(|i| (format!("t{i}"), json!({"question": format!("q{i}")}))).collect()
+    (0..n)
+        .map(|i| (format!("t{i}"), json!({"question": format!("q{i}")})))
+        .collect()
 }
 
 fn limits(secs: u64) -> WorkerLimits {
-    WorkerLimits { deadline: Duration::from_secs(secs), memory_mb: 512, cpu_s: 30, tasks_in_flight: 4, ..Default::default() }
+    WorkerLimits {
+        deadline: Duration::from_secs(secs),
+        memory_mb: 512,
+        cpu_s: 30,
+        tasks_in_flight: 4,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -40,7 +53,8 @@ fn agent_runs_calls_the_model_and_prints_are_captured() {
 
 #[test]
 fn exceptions_are_per_task_with_traceback() {
-    let code = "def forward(task):\n    if task['question'] == 'q1':\n        raise ValueError('bad task')\n    return 'ok'\n";
+    let code =
+        "def forward(task):\n    if task['question'] == 'q1':\n        raise ValueError('bad task')\n    return 'ok'\n";
     let run = run_worker(code, &tasks(3), &ScriptedModel, &limits(30)).unwrap();
     assert_eq!(run.exit, WorkerExit::Completed);
     let t1 = &run.tasks["t1"];
@@ -51,7 +65,13 @@ fn exceptions_are_per_task_with_traceback() {
 
 #[test]
 fn load_error_is_typed() {
-    let run = run_worker("raise RuntimeError('at import')\n", &tasks(2), &ScriptedModel, &limits(30)).unwrap();
+    let run = run_worker(
+        "raise RuntimeError('at import')\n",
+        &tasks(2),
+        &ScriptedModel,
+        &limits(30),
+    )
+    .unwrap();
     match run.exit {
         WorkerExit::LoadError(e) => assert!(e.contains("at import"), "{e}"),
         other => panic!("expected LoadError, got {other:?}"),
@@ -79,7 +99,9 @@ fn sleeping_grandchild_does_not_outlive_the_worker() {
     assert_eq!(run.tasks["t0"].output.as_deref(), Some("spawned"));
     std::thread::sleep(Duration::from_millis(300));
     let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    let alive = String::from_utf8_lossy(&ps.stdout).lines().any(|l| l.starts_with(&marker));
+    let alive = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .any(|l| l.starts_with(&marker));
     assert!(!alive, "the candidate's background process survived the evaluation");
 }
 
@@ -116,7 +138,11 @@ fn forged_results_are_counted_not_trusted() {
 fn oversized_requests_are_refused_by_the_host() {
     let code = "from metaforge import llm, LLMError\ndef forward(task):\n    try:\n        return llm('x' * 300000)\n    except LLMError as e:\n        return 'refused: ' + str(e)\n";
     let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
-    assert!(run.tasks["t0"].output.as_deref().unwrap().starts_with("refused: request refused by the host"));
+    assert!(run.tasks["t0"]
+        .output
+        .as_deref()
+        .unwrap()
+        .starts_with("refused: request refused by the host"));
 }
 
 #[test]
@@ -135,7 +161,17 @@ fn spliced_crossover_program_runs() {
     use rand::SeedableRng;
     let seed = |f: &str| {
         let code = std::fs::read_to_string(format!("{}/archive/agents/{f}.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        Candidate { id: candidate_id(CandidateKind::Agent, &code), kind: CandidateKind::Agent, name: f.into(), thought: String::new(), code, operator: "seed".into(), generation: 0, parents: vec![], fingerprint: String::new() }
+        Candidate {
+            id: candidate_id(CandidateKind::Agent, &code),
+            kind: CandidateKind::Agent,
+            name: f.into(),
+            thought: String::new(),
+            code,
+            operator: "seed".into(),
+            generation: 0,
+            parents: vec![],
+            fingerprint: String::new(),
+        }
     };
     let t = metaforge::propose::Templates::embedded().unwrap();
     let checker = metaforge::check::Checker::embedded().unwrap();
@@ -145,6 +181,12 @@ fn spliced_crossover_program_runs() {
         let p = metaforge::propose::operators::propose(&mut rng, &a, Some(&b), &t, &checker).unwrap();
         let run = run_worker(&p.code, &tasks(2), &ScriptedModel, &limits(30)).unwrap();
         assert_eq!(run.exit, WorkerExit::Completed, "{} failed:\n{}", p.kind, p.code);
-        assert!(run.tasks.values().all(|t| t.error.is_none()), "{}: {:?}\n{}", p.kind, run.tasks, p.code);
+        assert!(
+            run.tasks.values().all(|t| t.error.is_none()),
+            "{}: {:?}\n{}",
+            p.kind,
+            run.tasks,
+            p.code
+        );
     }
 }

@@ -45,7 +45,12 @@ fn dominates(a: &Scored, b: &Scored) -> bool {
 pub fn pareto_front(items: &[Scored]) -> Vec<usize> {
     (0..items.len())
         .filter(|&i| items[i].ok)
-        .filter(|&i| !items.iter().enumerate().any(|(j, o)| j != i && o.ok && dominates(o, &items[i])))
+        .filter(|&i| {
+            !items
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && o.ok && dominates(o, &items[i]))
+        })
         .collect()
 }
 
@@ -113,12 +118,29 @@ mod tests {
     use rand::SeedableRng;
 
     fn s(id: &str, score: f64, tokens: u64) -> Scored {
-        Scored { id: id.into(), name: id.into(), generation: 0, score, ci_lo: score, ci_hi: score, cost: 0.0, tokens, children: 0, fingerprint: String::new(), ok: true }
+        Scored {
+            id: id.into(),
+            name: id.into(),
+            generation: 0,
+            score,
+            ci_lo: score,
+            ci_hi: score,
+            cost: 0.0,
+            tokens,
+            children: 0,
+            fingerprint: String::new(),
+            ok: true,
+        }
     }
 
     #[test]
     fn front_keeps_the_trade_off() {
-        let items = vec![s("cheap", 0.3, 100), s("strong", 0.6, 1000), s("dominated", 0.2, 500), s("mid", 0.5, 400)];
+        let items = vec![
+            s("cheap", 0.3, 100),
+            s("strong", 0.6, 1000),
+            s("dominated", 0.2, 500),
+            s("mid", 0.5, 400),
+        ];
         let f: Vec<_> = pareto_front(&items).into_iter().map(|i| items[i].id.as_str()).collect();
         assert_eq!(f, vec!["cheap", "strong", "mid"]);
     }

@@ -28,7 +28,9 @@ impl Lineage {
 
     /// Every ancestor of `id` (not including itself).
     pub fn ancestors(&self, id: &str) -> Vec<String> {
-        let Some(&start) = self.index.get(id) else { return Vec::new() };
+        let Some(&start) = self.index.get(id) else {
+            return Vec::new();
+        };
         let reversed = petgraph::visit::Reversed(&self.graph);
         let mut dfs = Dfs::new(reversed, start);
         let mut out = Vec::new();
@@ -41,8 +43,13 @@ impl Lineage {
     }
 
     pub fn parents(&self, id: &str) -> Vec<String> {
-        let Some(&n) = self.index.get(id) else { return Vec::new() };
-        self.graph.neighbors_directed(n, Direction::Incoming).map(|p| self.graph[p].0.clone()).collect()
+        let Some(&n) = self.index.get(id) else {
+            return Vec::new();
+        };
+        self.graph
+            .neighbors_directed(n, Direction::Incoming)
+            .map(|p| self.graph[p].0.clone())
+            .collect()
     }
 
     /// Graphviz DOT text, nodes labelled by name, edges by operator.
@@ -50,7 +57,11 @@ impl Lineage {
         let mut s = String::from("digraph lineage {\n  rankdir=LR;\n");
         for n in self.graph.node_indices() {
             let (id, name) = &self.graph[n];
-            s.push_str(&format!("  \"{}\" [label=\"{}\"];\n", &id[..12.min(id.len())], name.replace('"', "'")));
+            s.push_str(&format!(
+                "  \"{}\" [label=\"{}\"];\n",
+                &id[..12.min(id.len())],
+                name.replace('"', "'")
+            ));
         }
         for e in self.graph.edge_indices() {
             let (a, b) = self.graph.edge_endpoints(e).unwrap();

@@ -42,7 +42,9 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
 pub fn migrate(conn: &Connection) -> Result<()> {
     let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        bail!("archive schema version {version} is newer than this metaforge ({SCHEMA_VERSION}); fix: upgrade metaforge");
+        bail!(
+            "archive schema version {version} is newer than this metaforge ({SCHEMA_VERSION}); fix: upgrade metaforge"
+        );
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
@@ -152,17 +154,27 @@ impl Archive {
 
     pub fn open(path: &Path) -> Result<Self> {
         let conn = open_connection(path)?;
-        Ok(Self { conn, path: path.to_path_buf() })
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens an archive that must already hold a run (for resume/status).
     pub fn open_existing(path: &Path) -> Result<Self> {
         if !path.exists() {
-            bail!("archive {} does not exist; fix: check the path, or start a run with `metaforge run EXP.toml`", path.display());
+            bail!(
+                "archive {} does not exist; fix: check the path, or start a run with `metaforge run EXP.toml`",
+                path.display()
+            );
         }
         let a = Self::open(path)?;
         if a.run_count()? == 0 {
-            bail!("{} holds no run; fix: start one with `metaforge run EXP.toml --db {}`", path.display(), path.display());
+            bail!(
+                "{} holds no run; fix: start one with `metaforge run EXP.toml --db {}`",
+                path.display(),
+                path.display()
+            );
         }
         Ok(a)
     }
@@ -177,29 +189,45 @@ impl Archive {
 
     /// The experiment as stored when the run began (resume never re-reads the TOML file).
     pub fn experiment(&self) -> Result<(Experiment, String)> {
-        let text: String = self.conn.query_row("SELECT config_toml FROM runs ORDER BY id LIMIT 1", [], |r| r.get(0))?;
-        let exp = Experiment::parse(&text, &format!("{} (stored config)", self.path.display()), Path::new("."))?;
+        let text: String = self
+            .conn
+            .query_row("SELECT config_toml FROM runs ORDER BY id LIMIT 1", [], |r| r.get(0))?;
+        let exp = Experiment::parse(
+            &text,
+            &format!("{} (stored config)", self.path.display()),
+            Path::new("."),
+        )?;
         Ok((exp, text))
     }
 
     /// The next step to run: one past the last committed step.
     pub fn next_step(&self) -> Result<u64> {
-        let s: Option<i64> = self.conn.query_row("SELECT max(step) FROM proposals", [], |r| r.get(0))?;
-        let e: Option<i64> = self.conn.query_row("SELECT max(step) FROM events WHERE kind = 'step_done'", [], |r| r.get(0))?;
+        let s: Option<i64> = self
+            .conn
+            .query_row("SELECT max(step) FROM proposals", [], |r| r.get(0))?;
+        let e: Option<i64> = self
+            .conn
+            .query_row("SELECT max(step) FROM events WHERE kind = 'step_done'", [], |r| {
+                r.get(0)
+            })?;
         Ok(s.max(e).map(|v| v as u64 + 1).unwrap_or(0))
     }
 
     pub fn has_candidate(&self, id: &str) -> Result<bool> {
-        Ok(self.conn.query_row("SELECT count(*) FROM candidates WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? > 0)
-    }
-
-    pub fn has_evaluation(&self, id: &str, split: &str) -> Result<bool> {
         Ok(self
             .conn
-            .query_row("SELECT count(*) FROM evaluations WHERE candidate_id = ?1 AND split = ?2", params![id, split], |r| {
+            .query_row("SELECT count(*) FROM candidates WHERE id = ?1", [id], |r| {
                 r.get::<_, i64>(0)
             })?
             > 0)
+    }
+
+    pub fn has_evaluation(&self, id: &str, split: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
+            params![id, split],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
     }
 
     pub fn candidate(&self, id: &str) -> Result<Option<Candidate>> {
@@ -325,12 +353,19 @@ impl Archive {
     }
 
     pub fn mark_finished(&self) -> Result<()> {
-        self.conn.execute("UPDATE runs SET finished_at = datetime('now') WHERE finished_at IS NULL", [])?;
+        self.conn.execute(
+            "UPDATE runs SET finished_at = datetime('now') WHERE finished_at IS NULL",
+            [],
+        )?;
         Ok(())
     }
 
     pub fn is_finished(&self) -> Result<bool> {
-        Ok(self.conn.query_row("SELECT finished_at IS NOT NULL FROM runs ORDER BY id LIMIT 1", [], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT finished_at IS NOT NULL FROM runs ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Leaderboard: every evaluated candidate, best validation score first.
@@ -341,11 +376,20 @@ impl Archive {
              ORDER BY v.mean IS NULL, v.mean DESC, v.cost_usd ASC, c.step ASC",
         )?;
         let rows: Vec<(String, String, String, u32)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u32)))?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u32))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         rows.into_iter()
             .map(|(id, name, operator, generation)| {
-                Ok(LeaderRow { val: self.split_score(&id, "val")?, test: self.split_score(&id, "test")?, id, name, operator, generation })
+                Ok(LeaderRow {
+                    val: self.split_score(&id, "val")?,
+                    test: self.split_score(&id, "test")?,
+                    id,
+                    name,
+                    operator,
+                    generation,
+                })
             })
             .collect()
     }
@@ -404,10 +448,13 @@ impl Archive {
 
     pub fn lineage(&self) -> Result<Lineage> {
         let mut stmt = self.conn.prepare("SELECT parent, child, operator FROM lineage")?;
-        let edges: Vec<(String, String, String)> =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+        let edges: Vec<(String, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut stmt = self.conn.prepare("SELECT id, name FROM candidates")?;
-        let nodes: Vec<(String, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let nodes: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(Lineage::build(&nodes, &edges))
     }
 
@@ -450,7 +497,16 @@ fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step:
         "INSERT INTO task_results(evaluation_id, task_id, score, outcome, output, error, llm_calls, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for t in &e.tasks {
-        stmt.execute(params![eval_id, t.task_id, t.score, t.outcome, t.output, t.error, t.usage.calls as i64, t.usage.tokens() as i64])?;
+        stmt.execute(params![
+            eval_id,
+            t.task_id,
+            t.score,
+            t.outcome,
+            t.output,
+            t.error,
+            t.usage.calls as i64,
+            t.usage.tokens() as i64
+        ])?;
     }
     Ok(())
 }

@@ -73,7 +73,11 @@ impl CheckReport {
 
     /// Diagnostics as text for humans and for the proposer's debug prompt.
     pub fn render(&self) -> String {
-        self.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+        self.diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -83,7 +87,9 @@ pub fn parse_python(source: &str) -> Tree {
     parser
         .set_language(&tree_sitter_python::LANGUAGE.into())
         .expect("tree-sitter-python grammar matches the tree-sitter version");
-    parser.parse(source, None).expect("parsing without a timeout always returns a tree")
+    parser
+        .parse(source, None)
+        .expect("parsing without a timeout always returns a tree")
 }
 
 /// Checks candidate programs against the syntax, the entry-point contract and the rules.
@@ -96,7 +102,9 @@ const MAX_SYNTAX_DIAGNOSTICS: usize = 5;
 impl Checker {
     /// A checker with the rules embedded from `grammars/`.
     pub fn embedded() -> Result<Self> {
-        Ok(Self { rules: RuleSet::embedded()? })
+        Ok(Self {
+            rules: RuleSet::embedded()?,
+        })
     }
 
     pub fn with_rules(rules: RuleSet) -> Self {
@@ -152,8 +160,7 @@ fn syntax_errors(file: &str, source: &str, root: Node, out: &mut Vec<Diagnostic>
                 rule: "syntax-error".into(),
                 severity: Severity::Error,
                 message,
-                fix: "make the program valid Python 3 (check brackets, quotes, colons and indentation)"
-                    .into(),
+                fix: "make the program valid Python 3 (check brackets, quotes, colons and indentation)".into(),
             });
             continue;
         }
@@ -177,11 +184,17 @@ fn entry_point(file: &str, root: Node, source: &str, kind: CandidateKind, out: &
             _ => Some(child),
         };
         let Some(def) = def else { continue };
-        let wanted_kind = if kind == CandidateKind::Agent { "function_definition" } else { "class_definition" };
+        let wanted_kind = if kind == CandidateKind::Agent {
+            "function_definition"
+        } else {
+            "class_definition"
+        };
         if def.kind() != wanted_kind {
             continue;
         }
-        let Some(name_node) = def.child_by_field_name("name") else { continue };
+        let Some(name_node) = def.child_by_field_name("name") else {
+            continue;
+        };
         if &source[name_node.byte_range()] != name {
             continue;
         }
@@ -256,6 +269,9 @@ mod tests {
         assert_eq!(a.normalized, b.normalized);
         let c = check("def forward(task):\n  return 'y'\n");
         assert_ne!(a.normalized, c.normalized);
-        assert_eq!(a.fingerprint, c.fingerprint, "literals are abstracted in the fingerprint");
+        assert_eq!(
+            a.fingerprint, c.fingerprint,
+            "literals are abstracted in the fingerprint"
+        );
     }
 }

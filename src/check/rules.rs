@@ -71,8 +71,12 @@ impl Rule {
         let mut message = None;
         let mut fix = None;
         for line in text.lines() {
-            let Some(rest) = line.trim().strip_prefix(';') else { break };
-            let Some((key, value)) = rest.split_once(':') else { continue };
+            let Some(rest) = line.trim().strip_prefix(';') else {
+                break;
+            };
+            let Some((key, value)) = rest.split_once(':') else {
+                continue;
+            };
             let value = value.trim().to_string();
             match key.trim() {
                 "id" => id = Some(value),
@@ -93,9 +97,9 @@ impl Rule {
         };
         let language = tree_sitter_python::LANGUAGE.into();
         let query = Query::new(&language, text).with_context(|| format!("{path}: query does not compile"))?;
-        let violation = query
-            .capture_index_for_name("violation")
-            .ok_or_else(|| anyhow!("{path}: query has no @violation capture; fix: capture the reported node as @violation"))?;
+        let violation = query.capture_index_for_name("violation").ok_or_else(|| {
+            anyhow!("{path}: query has no @violation capture; fix: capture the reported node as @violation")
+        })?;
         Ok(Self {
             id: need(id, "id")?,
             severity: severity.ok_or_else(|| anyhow!("{path}: header lacks `; severity: error|warning`"))?,
@@ -115,22 +119,62 @@ mod tests {
     /// Each rule has a snippet it must reject and one it must accept; the rejected diagnostic
     /// is snapshotted.
     const FIXTURES: &[(&str, &str, &str)] = &[
-        ("forbidden-import", "import os\ndef forward(task):\n    return os.name\n", "import re\ndef forward(task):\n    return re.sub('a', 'b', 'a')\n"),
-        ("forbidden-import", "from subprocess import run\ndef forward(task):\n    return ''\n", "from collections import Counter\ndef forward(task):\n    return ''\n"),
-        ("forbidden-import", "import os.path as p\ndef forward(task):\n    return ''\n", "import math as m\ndef forward(task):\n    return ''\n"),
-        ("forbidden-builtin", "def forward(task):\n    return eval(task['question'])\n", "def forward(task):\n    return str(len(task['question']))\n"),
-        ("forbidden-builtin", "def forward(task):\n    return open('/etc/passwd').read()\n", "def forward(task):\n    return task['question'].upper()\n"),
-        ("dunder-escape", "def forward(task):\n    return str(().__class__.__bases__[0].__subclasses__())\n", "def forward(task):\n    return str(type(task))\n"),
-        ("llm-not-called-directly", "from metaforge import llm\ndef forward(task):\n    f = llm\n    return f('x')\n", "from metaforge import llm\ndef forward(task):\n    return llm('x')\n"),
-        ("llm-not-called-directly", "from metaforge import llm\ndef forward(task):\n    return list(map(llm, ['a']))[0]\n", "from metaforge import llm\ndef forward(task):\n    return llm(task['question'])\n"),
-        ("mutable-global", "N = 0\ndef forward(task):\n    global N\n    N += 1\n    return str(N)\n", "N = 0\ndef forward(task):\n    return str(N + 1)\n"),
+        (
+            "forbidden-import",
+            "import os\ndef forward(task):\n    return os.name\n",
+            "import re\ndef forward(task):\n    return re.sub('a', 'b', 'a')\n",
+        ),
+        (
+            "forbidden-import",
+            "from subprocess import run\ndef forward(task):\n    return ''\n",
+            "from collections import Counter\ndef forward(task):\n    return ''\n",
+        ),
+        (
+            "forbidden-import",
+            "import os.path as p\ndef forward(task):\n    return ''\n",
+            "import math as m\ndef forward(task):\n    return ''\n",
+        ),
+        (
+            "forbidden-builtin",
+            "def forward(task):\n    return eval(task['question'])\n",
+            "def forward(task):\n    return str(len(task['question']))\n",
+        ),
+        (
+            "forbidden-builtin",
+            "def forward(task):\n    return open('/etc/passwd').read()\n",
+            "def forward(task):\n    return task['question'].upper()\n",
+        ),
+        (
+            "dunder-escape",
+            "def forward(task):\n    return str(().__class__.__bases__[0].__subclasses__())\n",
+            "def forward(task):\n    return str(type(task))\n",
+        ),
+        (
+            "llm-not-called-directly",
+            "from metaforge import llm\ndef forward(task):\n    f = llm\n    return f('x')\n",
+            "from metaforge import llm\ndef forward(task):\n    return llm('x')\n",
+        ),
+        (
+            "llm-not-called-directly",
+            "from metaforge import llm\ndef forward(task):\n    return list(map(llm, ['a']))[0]\n",
+            "from metaforge import llm\ndef forward(task):\n    return llm(task['question'])\n",
+        ),
+        (
+            "mutable-global",
+            "N = 0\ndef forward(task):\n    global N\n    N += 1\n    return str(N)\n",
+            "N = 0\ndef forward(task):\n    return str(N + 1)\n",
+        ),
     ];
 
     #[test]
     fn every_rule_has_fixtures_and_they_hold() {
         let checker = Checker::embedded().unwrap();
         for rule in checker.rules().iter() {
-            assert!(FIXTURES.iter().any(|f| f.0 == rule.id), "rule {} has no fixture", rule.id);
+            assert!(
+                FIXTURES.iter().any(|f| f.0 == rule.id),
+                "rule {} has no fixture",
+                rule.id
+            );
         }
         let mut snapshot = String::new();
         for (id, rejected, accepted) in FIXTURES {
@@ -139,14 +183,21 @@ mod tests {
             assert!(!hits.is_empty(), "rule {id} missed:\n{rejected}");
             snapshot.push_str(&format!("{}\n", hits[0]));
             let good = checker.check("good.py", accepted, CandidateKind::Agent);
-            assert!(good.diagnostics.iter().all(|d| d.rule != *id), "rule {id} false positive:\n{accepted}\n{}", good.render());
+            assert!(
+                good.diagnostics.iter().all(|d| d.rule != *id),
+                "rule {id} false positive:\n{accepted}\n{}",
+                good.render()
+            );
         }
         insta::assert_snapshot!(snapshot);
     }
 
     #[test]
     fn rule_without_header_is_refused_with_the_fix() {
-        let err = super::Rule::parse("grammars/x.scm", "(call) @violation").err().unwrap().to_string();
+        let err = super::Rule::parse("grammars/x.scm", "(call) @violation")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("grammars/x.scm") && err.contains("fix:"), "{err}");
     }
 }

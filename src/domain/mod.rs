@@ -67,12 +67,18 @@ impl Domain {
             let scorer_name = cfg.scorer.as_deref().unwrap_or("exact");
             let scorer = Scorer::parse(scorer_name).with_context(|| format!("domain.scorer = {scorer_name:?}"))?;
             let text = std::fs::read_to_string(path).with_context(|| {
-                format!("domain.path: cannot read {}; fix: point it at a JSONL file of tasks", path.display())
+                format!(
+                    "domain.path: cannot read {}; fix: point it at a JSONL file of tasks",
+                    path.display()
+                )
             })?;
             let tasks = parse_jsonl(&text, &path.display().to_string())?;
             return Ok(Self {
                 name: cfg.name.clone(),
-                description: format!("Tasks from {}; scored with the `{scorer_name}` scorer.", file_name(path)),
+                description: format!(
+                    "Tasks from {}; scored with the `{scorer_name}` scorer.",
+                    file_name(path)
+                ),
                 scorer,
                 tasks,
             });
@@ -112,7 +118,9 @@ impl Domain {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+    p.file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 /// Each line: an object with `answer` (or `answers`) and the fields the agent sees; `id` is
@@ -131,7 +139,12 @@ fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Task>> {
         let answer = obj
             .remove("answer")
             .or_else(|| obj.remove("answers"))
-            .with_context(|| format!("{origin}:{}: no `answer` field; fix: add the gold answer as `answer`", i + 1))?;
+            .with_context(|| {
+                format!(
+                    "{origin}:{}: no `answer` field; fix: add the gold answer as `answer`",
+                    i + 1
+                )
+            })?;
         let id = match obj.get("id") {
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
@@ -150,7 +163,13 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str) -> DomainConfig {
-        DomainConfig { name: name.into(), path: None, scorer: None, val_size: 10, test_size: 20 }
+        DomainConfig {
+            name: name.into(),
+            path: None,
+            scorer: None,
+            val_size: 10,
+            test_size: 20,
+        }
     }
 
     #[test]
@@ -159,9 +178,15 @@ mod tests {
             let d = Domain::load(&cfg(name)).unwrap();
             let (v, t) = d.splits(3, 10, 20).unwrap();
             let (v2, _) = d.splits(3, 10, 20).unwrap();
-            assert_eq!(v.iter().map(|t| &t.id).collect::<Vec<_>>(), v2.iter().map(|t| &t.id).collect::<Vec<_>>());
+            assert_eq!(
+                v.iter().map(|t| &t.id).collect::<Vec<_>>(),
+                v2.iter().map(|t| &t.id).collect::<Vec<_>>()
+            );
             assert!(v.iter().all(|a| t.iter().all(|b| a.id != b.id)));
-            assert!(v.iter().all(|t| t.input.get("answer").is_none()), "gold must not reach the agent");
+            assert!(
+                v.iter().all(|t| t.input.get("answer").is_none()),
+                "gold must not reach the agent"
+            );
         }
     }
 
@@ -170,12 +195,18 @@ mod tests {
         let mut c = cfg("mine");
         c.path = Some("/nonexistent/tasks.jsonl".into());
         let err = format!("{:#}", Domain::load(&c).err().unwrap());
-        assert!(err.contains("/nonexistent/tasks.jsonl") && err.contains("fix:"), "{err}");
+        assert!(
+            err.contains("/nonexistent/tasks.jsonl") && err.contains("fix:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_line_names_the_line() {
-        let err = format!("{:#}", parse_jsonl("{\"answer\": 1}\nnot json\n", "t.jsonl").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse_jsonl("{\"answer\": 1}\nnot json\n", "t.jsonl").unwrap_err()
+        );
         assert!(err.contains("t.jsonl:2"), "{err}");
     }
 

@@ -61,7 +61,11 @@ pub fn extract_number(text: &str) -> Option<f64> {
         Some(m) if num.is_match(&text[m.end()..]) => &text[m.end()..],
         _ => text,
     };
-    let pick = if scope.len() < text.len() { num.find_iter(scope).next() } else { num.find_iter(scope).last() };
+    let pick = if scope.len() < text.len() {
+        num.find_iter(scope).next()
+    } else {
+        num.find_iter(scope).last()
+    };
     let raw = pick?.as_str().replace([',', '$'], "");
     raw.trim_end_matches('.').parse().ok()
 }

@@ -31,7 +31,9 @@ pub enum Outcome {
     MemoryLimit,
     CpuLimit,
     ProtocolViolation,
-    Crashed { signal: Option<i32> },
+    Crashed {
+        signal: Option<i32>,
+    },
 }
 
 impl fmt::Display for Outcome {
@@ -102,8 +104,14 @@ impl Evaluator<'_> {
         let chunk = tasks.len().div_ceil(shards).max(1);
         let pieces: Vec<&[Task]> = tasks.chunks(chunk).collect();
         let runs: Vec<Result<crate::sandbox::WorkerRun>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = pieces.iter().map(|piece| scope.spawn(move || self.run_shard(code, piece, on_task))).collect();
-            handles.into_iter().map(|h| h.join().expect("shard thread panicked")).collect()
+            let handles: Vec<_> = pieces
+                .iter()
+                .map(|piece| scope.spawn(move || self.run_shard(code, piece, on_task)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("shard thread panicked"))
+                .collect()
         });
         let mut results = Vec::with_capacity(tasks.len());
         let mut usage = Usage::default();
@@ -116,10 +124,20 @@ impl Evaluator<'_> {
             let shard_outcome = match &run.exit {
                 WorkerExit::Completed => None,
                 WorkerExit::LoadError(e) => Some((Outcome::LoadError, e.clone())),
-                WorkerExit::Timeout => Some((Outcome::Timeout, "the worker passed its deadline and was killed".to_string())),
-                WorkerExit::CpuLimit => Some((Outcome::CpuLimit, format!("the worker used more than {} CPU seconds", self.cfg.cpu_s))),
+                WorkerExit::Timeout => Some((
+                    Outcome::Timeout,
+                    "the worker passed its deadline and was killed".to_string(),
+                )),
+                WorkerExit::CpuLimit => Some((
+                    Outcome::CpuLimit,
+                    format!("the worker used more than {} CPU seconds", self.cfg.cpu_s),
+                )),
                 WorkerExit::ProtocolViolation(e) => Some((Outcome::ProtocolViolation, e.clone())),
-                WorkerExit::Crashed { signal, code, stderr_tail } => Some((
+                WorkerExit::Crashed {
+                    signal,
+                    code,
+                    stderr_tail,
+                } => Some((
                     Outcome::Crashed { signal: *signal },
                     format!("worker died (signal {signal:?}, exit code {code:?})\n{stderr_tail}"),
                 )),
@@ -138,9 +156,18 @@ impl Evaluator<'_> {
                     ("ok".to_string(), self.scorer.score(out, &task.answer))
                 } else if tr.finished {
                     let e = tr.error.as_deref().unwrap_or("");
-                    let kind = if e.starts_with("MemoryError") { "memory_limit" } else { "error" };
+                    let kind = if e.starts_with("MemoryError") {
+                        "memory_limit"
+                    } else {
+                        "error"
+                    };
                     if details.len() < 3 {
-                        details.push(format!("task {}: {}\n{}", task.id, e, tr.traceback.as_deref().unwrap_or("")));
+                        details.push(format!(
+                            "task {}: {}\n{}",
+                            task.id,
+                            e,
+                            tr.traceback.as_deref().unwrap_or("")
+                        ));
                     }
                     (kind.to_string(), 0.0)
                 } else {
@@ -189,7 +216,11 @@ impl Evaluator<'_> {
             tasks_in_flight: self.cfg.tasks_in_flight,
             ..WorkerLimits::default()
         };
-        let handler = AgentCalls { gateway: self.gateway, samples: Mutex::new(HashMap::new()), on_task };
+        let handler = AgentCalls {
+            gateway: self.gateway,
+            samples: Mutex::new(HashMap::new()),
+            on_task,
+        };
         run_worker(code, &inputs, &handler, &limits)
     }
 }
@@ -216,7 +247,11 @@ struct AgentCalls<'a> {
 
 impl LlmHandler for AgentCalls<'_> {
     fn handle(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
-        let params = CallParams { temperature: call.temperature, max_tokens: call.max_tokens, json: call.json };
+        let params = CallParams {
+            temperature: call.temperature,
+            max_tokens: call.max_tokens,
+            json: call.json,
+        };
         let probe = self.gateway.request(call.messages.clone(), params, 0);
         let mut h = Sha256::new();
         h.update(task_id.unwrap_or("").as_bytes());

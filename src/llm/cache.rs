@@ -38,7 +38,13 @@ impl CallCache {
         conn.query_row(
             "SELECT response, prompt_tokens, completion_tokens FROM llm_calls WHERE key = ?1",
             [key],
-            |r| Ok(CachedCall { text: r.get(0)?, prompt_tokens: r.get::<_, i64>(1)? as u64, completion_tokens: r.get::<_, i64>(2)? as u64 }),
+            |r| {
+                Ok(CachedCall {
+                    text: r.get(0)?,
+                    prompt_tokens: r.get::<_, i64>(1)? as u64,
+                    completion_tokens: r.get::<_, i64>(2)? as u64,
+                })
+            },
         )
         .optional()
         .unwrap_or_else(|e| {
@@ -61,7 +67,8 @@ impl CallCache {
 
     pub fn len(&self) -> usize {
         let conn = self.conn.lock().unwrap();
-        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as usize
+        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0) as usize
     }
 
     pub fn is_empty(&self) -> bool {

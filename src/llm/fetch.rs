@@ -54,7 +54,10 @@ pub fn resolve_local_model(spec: &str) -> Result<PathBuf> {
         );
     }
     if !path.exists() {
-        bail!("model file {} does not exist; fix: check the path in models.*.model", path.display());
+        bail!(
+            "model file {} does not exist; fix: check the path in models.*.model",
+            path.display()
+        );
     }
     Ok(path)
 }

@@ -25,7 +25,10 @@ use llama_cpp_2::token::LlamaToken;
 use super::{Backend, ChatRequest, Completion, LlmError};
 use crate::config::ModelConfig;
 
-type Job = (ChatRequest, Sender<Result<Completion, LlmError>>);
+type Reply = Sender<Result<Completion, LlmError>>;
+type Job = (ChatRequest, Reply);
+/// A request ready to decode: its reply channel and its prompt tokens.
+type Prepared = (ChatRequest, Reply, Vec<LlamaToken>);
 
 pub struct LocalBackend {
     id: String,
@@ -64,7 +67,10 @@ impl LocalBackend {
             .recv()
             .map_err(|_| anyhow!("model thread died while starting"))?
             .map_err(|e| anyhow!("models.{role}: {e}"))?;
-        Ok(Self { id: format!("local:{file}"), jobs: tx })
+        Ok(Self {
+            id: format!("local:{file}"),
+            jobs: tx,
+        })
     }
 }
 
@@ -75,8 +81,11 @@ impl Backend for LocalBackend {
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
         let (tx, rx) = bounded(1);
-        self.jobs.send((req.clone(), tx)).map_err(|_| LlmError::Fatal("local model thread is gone".into()))?;
-        rx.recv().map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))?
+        self.jobs
+            .send((req.clone(), tx))
+            .map_err(|_| LlmError::Fatal("local model thread is gone".into()))?;
+        rx.recv()
+            .map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))?
     }
 }
 
@@ -213,7 +222,7 @@ fn sampler_for(req: &ChatRequest) -> LlamaSampler {
 fn generate(
     model: &LlamaModel,
     ctx: &mut LlamaContext,
-    jobs: &[(ChatRequest, Sender<Result<Completion, LlmError>>, Vec<LlamaToken>)],
+    jobs: &[Prepared],
     _per_seq: u32,
 ) -> Vec<Result<Completion, LlmError>> {
     ctx.clear_kv_cache();

@@ -38,7 +38,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -198,7 +201,10 @@ struct Limiter {
 
 impl Limiter {
     fn new(n: usize) -> Self {
-        Self { free: Mutex::new(n.max(1)), cv: Condvar::new() }
+        Self {
+            free: Mutex::new(n.max(1)),
+            cv: Condvar::new(),
+        }
     }
     fn acquire(&self) -> LimiterGuard<'_> {
         let mut f = self.free.lock().unwrap();
@@ -296,7 +302,10 @@ impl Gateway {
         ChatRequest {
             messages,
             temperature: params.temperature.unwrap_or(self.default_temperature).clamp(0.0, 2.0),
-            max_tokens: params.max_tokens.unwrap_or(self.default_max_tokens).min(self.default_max_tokens.max(1)),
+            max_tokens: params
+                .max_tokens
+                .unwrap_or(self.default_max_tokens)
+                .min(self.default_max_tokens.max(1)),
             json: params.json,
             sample_index,
         }
@@ -339,7 +348,10 @@ impl Gateway {
             self.with_retries(req)
         };
         let (tokens, micro) = match &result {
-            Ok(c) => (c.prompt_tokens + c.completion_tokens, (self.price(c.prompt_tokens, c.completion_tokens) * 1e6) as u64),
+            Ok(c) => (
+                c.prompt_tokens + c.completion_tokens,
+                (self.price(c.prompt_tokens, c.completion_tokens) * 1e6) as u64,
+            ),
             Err(_) => (0, 0),
         };
         self.budget.settle(reservation, tokens, micro);
@@ -440,7 +452,10 @@ mod tests {
     #[test]
     fn budget_refuses_before_sending() {
         let backend = Arc::new(ScriptedBackend::new("s", vec!["a".into(); 10]));
-        let budget = Arc::new(Budget::new(&BudgetConfig { max_tokens: Some(30), max_cost_usd: None }));
+        let budget = Arc::new(Budget::new(&BudgetConfig {
+            max_tokens: Some(30),
+            max_cost_usd: None,
+        }));
         let gw = Gateway::new(Role::Agent, backend.clone(), &cfg(), None, budget);
         let req = gw.request(vec![Message::new("user", "hello")], CallParams::default(), 0);
         assert!(gw.complete(&req).is_ok());

@@ -82,13 +82,20 @@ impl Backend for OpenAiBackend {
             return Err(LlmError::Transient(format!("HTTP {status}: {}", snippet(&text))));
         }
         if status >= 400 {
-            return Err(LlmError::Fatal(format!("HTTP {status} from {}: {}", self.url, snippet(&text))));
+            return Err(LlmError::Fatal(format!(
+                "HTTP {status} from {}: {}",
+                self.url,
+                snippet(&text)
+            )));
         }
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| LlmError::Fatal(format!("response is not JSON ({e}): {}", snippet(&text))))?;
-        let content = v["choices"][0]["message"]["content"]
-            .as_str()
-            .ok_or_else(|| LlmError::Fatal(format!("response has no choices[0].message.content: {}", snippet(&text))))?;
+        let content = v["choices"][0]["message"]["content"].as_str().ok_or_else(|| {
+            LlmError::Fatal(format!(
+                "response has no choices[0].message.content: {}",
+                snippet(&text)
+            ))
+        })?;
         Ok(Completion {
             text: content.to_string(),
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),

@@ -34,7 +34,11 @@ pub struct ScriptedBackend {
 
 impl ScriptedBackend {
     pub fn new(label: &str, replies: Vec<String>) -> Self {
-        Self { label: label.into(), script: Script::List(replies), next: AtomicUsize::new(0) }
+        Self {
+            label: label.into(),
+            script: Script::List(replies),
+            next: AtomicUsize::new(0),
+        }
     }
 
     pub fn from_config(cfg: &ModelConfig, role: &str) -> Result<Self> {
@@ -44,7 +48,11 @@ impl ScriptedBackend {
         let script: Script = serde_json::from_str(&text).with_context(|| {
             format!("models.{role}.script {}: expected a JSON list of strings or {{\"rules\": [...], \"default\": \"...\"}}", path.display())
         })?;
-        Ok(Self { label: cfg.model.clone(), script, next: AtomicUsize::new(0) })
+        Ok(Self {
+            label: cfg.model.clone(),
+            script,
+            next: AtomicUsize::new(0),
+        })
     }
 
     pub fn calls(&self) -> usize {
@@ -64,10 +72,18 @@ impl Backend for ScriptedBackend {
             Script::List(replies) => replies[i % replies.len()].clone(),
             Script::Rules { rules, default } => {
                 let last = req.messages.last().map(|m| m.content.as_str()).unwrap_or("");
-                rules.iter().find(|r| last.contains(&r.contains)).map(|r| r.reply.clone()).unwrap_or_else(|| default.clone())
+                rules
+                    .iter()
+                    .find(|r| last.contains(&r.contains))
+                    .map(|r| r.reply.clone())
+                    .unwrap_or_else(|| default.clone())
             }
         };
         let prompt_chars: usize = req.messages.iter().map(|m| m.content.len()).sum();
-        Ok(Completion { prompt_tokens: (prompt_chars / 4) as u64 + 1, completion_tokens: (text.len() / 4) as u64 + 1, text })
+        Ok(Completion {
+            prompt_tokens: (prompt_chars / 4) as u64 + 1,
+            completion_tokens: (text.len() / 4) as u64 + 1,
+            text,
+        })
     }
 }

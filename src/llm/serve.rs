@@ -2,7 +2,6 @@
 //! backend (normally the embedded model). Why: it lets the `openai` backend, exported agents
 //! and other tools be run and tested against a real server offline, on 127.0.0.1.
 
-
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
@@ -31,7 +30,10 @@ pub fn serve(backend: Arc<dyn Backend>, addr: &str, max_tokens_cap: u32) -> Resu
         std::thread::spawn(move || {
             let path = request.url().split('?').next().unwrap_or("").to_string();
             let (status, body) = match (request.method(), path.as_str()) {
-                (tiny_http::Method::Get, "/v1/models") => (200, json!({"object": "list", "data": [{"id": backend.model_id(), "object": "model"}]})),
+                (tiny_http::Method::Get, "/v1/models") => (
+                    200,
+                    json!({"object": "list", "data": [{"id": backend.model_id(), "object": "model"}]}),
+                ),
                 (tiny_http::Method::Post, "/v1/chat/completions") => {
                     let mut text = String::new();
                     let _ = request.as_reader().read_to_string(&mut text);
@@ -40,12 +42,15 @@ pub fn serve(backend: Arc<dyn Backend>, addr: &str, max_tokens_cap: u32) -> Resu
                 _ => (404, json!({"error": {"message": format!("no route {path}")}})),
             };
             let header = tiny_http::Header::from_bytes("Content-Type", "application/json").expect("static header");
-            let _ = request.respond(tiny_http::Response::from_string(body.to_string()).with_status_code(status).with_header(header));
+            let _ = request.respond(
+                tiny_http::Response::from_string(body.to_string())
+                    .with_status_code(status)
+                    .with_header(header),
+            );
         });
     }
     Ok(())
 }
-
 
 fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Value) {
     let body: Body = match serde_json::from_str(text) {

@@ -28,13 +28,48 @@ pub struct Operator {
 }
 
 pub const OPERATORS: &[Operator] = &[
-    Operator { name: "tune_constant", binary: false, doc: "change one numeric module constant (sample count, rounds, temperature)", apply: tune_constant },
-    Operator { name: "swap_instruction", binary: false, doc: "replace one instruction string constant with another from templates/operators/instructions.txt", apply: swap_instruction },
-    Operator { name: "wrap_vote", binary: false, doc: "wrap the agent in a majority vote over N runs", apply: wrap_vote },
-    Operator { name: "wrap_refine", binary: false, doc: "add a self-check and correction pass after the agent", apply: wrap_refine },
-    Operator { name: "wrap_verify", binary: false, doc: "verify the agent's answer and rerun it when the verifier rejects it", apply: wrap_verify },
-    Operator { name: "crossover_constants", binary: true, doc: "take the values of constants both parents define from the second parent", apply: crossover_constants },
-    Operator { name: "crossover_ensemble", binary: true, doc: "splice both parents into one module and vote between them", apply: crossover_ensemble },
+    Operator {
+        name: "tune_constant",
+        binary: false,
+        doc: "change one numeric module constant (sample count, rounds, temperature)",
+        apply: tune_constant,
+    },
+    Operator {
+        name: "swap_instruction",
+        binary: false,
+        doc: "replace one instruction string constant with another from templates/operators/instructions.txt",
+        apply: swap_instruction,
+    },
+    Operator {
+        name: "wrap_vote",
+        binary: false,
+        doc: "wrap the agent in a majority vote over N runs",
+        apply: wrap_vote,
+    },
+    Operator {
+        name: "wrap_refine",
+        binary: false,
+        doc: "add a self-check and correction pass after the agent",
+        apply: wrap_refine,
+    },
+    Operator {
+        name: "wrap_verify",
+        binary: false,
+        doc: "verify the agent's answer and rerun it when the verifier rejects it",
+        apply: wrap_verify,
+    },
+    Operator {
+        name: "crossover_constants",
+        binary: true,
+        doc: "take the values of constants both parents define from the second parent",
+        apply: crossover_constants,
+    },
+    Operator {
+        name: "crossover_ensemble",
+        binary: true,
+        doc: "splice both parents into one module and vote between them",
+        apply: crossover_ensemble,
+    },
 ];
 
 /// Tries operators in random order until one yields code that passes `check` and differs
@@ -61,7 +96,11 @@ pub fn propose(
         };
         let report = checker.check("proposal.py", &code, CandidateKind::Agent);
         if !report.passes() {
-            failures.push(format!("{}: produced code that fails check: {}", op.name, report.render()));
+            failures.push(format!(
+                "{}: produced code that fails check: {}",
+                op.name,
+                report.render()
+            ));
             continue;
         }
         if code == parent.code {
@@ -72,7 +111,15 @@ pub fn propose(
         if op.binary {
             parents.extend(other.map(|o| o.id.clone()));
         }
-        return Ok(Proposal { kind: format!("op:{}", op.name), name, thought, code, parents, prompt: None, reply: None });
+        return Ok(Proposal {
+            kind: format!("op:{}", op.name),
+            name,
+            thought,
+            code,
+            parents,
+            prompt: None,
+            reply: None,
+        });
     }
     Err(format!("no operator applied: {}", failures.join("; ")))
 }
@@ -96,8 +143,13 @@ fn module_constants(src: &str) -> Vec<Constant> {
         if stmt.kind() != "expression_statement" {
             continue;
         }
-        let Some(assign) = stmt.named_child(0).filter(|n| n.kind() == "assignment") else { continue };
-        let (Some(left), Some(right)) = (assign.child_by_field_name("left"), assign.child_by_field_name("right")) else { continue };
+        let Some(assign) = stmt.named_child(0).filter(|n| n.kind() == "assignment") else {
+            continue;
+        };
+        let (Some(left), Some(right)) = (assign.child_by_field_name("left"), assign.child_by_field_name("right"))
+        else {
+            continue;
+        };
         let name = &src[left.byte_range()];
         if left.kind() != "identifier" || name.chars().any(|c| c.is_ascii_lowercase()) {
             continue;
@@ -108,13 +160,19 @@ fn module_constants(src: &str) -> Vec<Constant> {
             "string" if !src[right.byte_range()].starts_with('f') => "str",
             _ => continue,
         };
-        out.push(Constant { name: name.into(), kind, start: right.start_byte(), end: right.end_byte(), text: src[right.byte_range()].into() });
+        out.push(Constant {
+            name: name.into(),
+            kind,
+            start: right.start_byte(),
+            end: right.end_byte(),
+            text: src[right.byte_range()].into(),
+        });
     }
     out
 }
 
 fn replace(src: &str, edits: &mut [(usize, usize, String)]) -> String {
-    edits.sort_by(|a, b| b.0.cmp(&a.0));
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
     let mut out = src.to_string();
     for (s, e, text) in edits.iter() {
         out.replace_range(*s..*e, text);
@@ -131,43 +189,83 @@ fn display_name(c: &Candidate) -> String {
     c.name.chars().take(60).collect()
 }
 
-fn tune_constant(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, _: &Templates) -> Option<(String, String, String)> {
-    let numeric: Vec<Constant> = module_constants(&p.code).into_iter().filter(|c| c.kind != "str").collect();
+fn tune_constant(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    _: &Templates,
+) -> Option<(String, String, String)> {
+    let numeric: Vec<Constant> = module_constants(&p.code)
+        .into_iter()
+        .filter(|c| c.kind != "str")
+        .collect();
     let c = numeric.choose(rng)?.clone();
     let new = if c.kind == "int" {
         let v: i64 = c.text.parse().ok()?;
-        let choices: Vec<i64> = [v - 1, v + 1, v * 2, (v + 1) / 2].into_iter().filter(|&x| (1..=9).contains(&x) && x != v).collect();
+        let choices: Vec<i64> = [v - 1, v + 1, v * 2, (v + 1) / 2]
+            .into_iter()
+            .filter(|&x| (1..=9).contains(&x) && x != v)
+            .collect();
         choices.choose(rng)?.to_string()
     } else {
         let v: f64 = c.text.parse().ok()?;
-        let choices: Vec<f64> = [0.0, 0.3, 0.5, 0.7, 0.9, 1.1].into_iter().filter(|x| (x - v).abs() > 1e-9).collect();
+        let choices: Vec<f64> = [0.0, 0.3, 0.5, 0.7, 0.9, 1.1]
+            .into_iter()
+            .filter(|x| (x - v).abs() > 1e-9)
+            .collect();
         format!("{:.1}", choices.choose(rng)?)
     };
     let code = replace(&p.code, &mut [(c.start, c.end, new.clone())]);
-    Some((code, format!("{} ({}={})", display_name(p), c.name, new), format!("tune_constant: {} {} -> {}", c.name, c.text, new)))
+    Some((
+        code,
+        format!("{} ({}={})", display_name(p), c.name, new),
+        format!("tune_constant: {} {} -> {}", c.name, c.text, new),
+    ))
 }
 
-fn swap_instruction(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
-    let strings: Vec<Constant> = module_constants(&p.code).into_iter().filter(|c| c.kind == "str" && c.name.contains("INSTRUCTION")).collect();
+fn swap_instruction(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let strings: Vec<Constant> = module_constants(&p.code)
+        .into_iter()
+        .filter(|c| c.kind == "str" && c.name.contains("INSTRUCTION"))
+        .collect();
     let c = strings.choose(rng)?.clone();
-    let bank: Vec<&str> = t.lines("operators/instructions.txt").into_iter().filter(|l| c.text.trim_matches('"') != *l).collect();
+    let bank: Vec<&str> = t
+        .lines("operators/instructions.txt")
+        .into_iter()
+        .filter(|l| c.text.trim_matches('"') != *l)
+        .collect();
     let new = bank.choose(rng)?;
     let code = replace(&p.code, &mut [(c.start, c.end, python_string(new))]);
     let short: String = new.chars().take(40).collect();
-    Some((code, format!("{} (instr: {short}…)", display_name(p)), format!("swap_instruction: {} := {new:?}", c.name)))
+    Some((
+        code,
+        format!("{} (instr: {short}…)", display_name(p)),
+        format!("swap_instruction: {} := {new:?}", c.name),
+    ))
 }
 
 /// Smallest k such that none of the names a wrapper adds exists yet.
 fn fresh_suffix(code: &str) -> usize {
-    (1..).find(|k| !code.contains(&format!("_{k}(")) && !code.contains(&format!("_{k} ")) && !code.contains(&format!("_{k}\n"))).unwrap()
+    (1..)
+        .find(|k| {
+            !code.contains(&format!("_{k}(")) && !code.contains(&format!("_{k} ")) && !code.contains(&format!("_{k}\n"))
+        })
+        .unwrap()
 }
 
 /// Identifiers that refer to names (not attribute or keyword-argument names).
 fn identifier_refs<'a>(node: Node<'a>, out: &mut Vec<Node<'a>>) {
     if node.kind() == "identifier" {
         let parent = node.parent();
-        let is_attr = parent.is_some_and(|p| p.kind() == "attribute" && p.child_by_field_name("attribute") == Some(node));
-        let is_kw = parent.is_some_and(|p| p.kind() == "keyword_argument" && p.child_by_field_name("name") == Some(node));
+        let is_attr =
+            parent.is_some_and(|p| p.kind() == "attribute" && p.child_by_field_name("attribute") == Some(node));
+        let is_kw =
+            parent.is_some_and(|p| p.kind() == "keyword_argument" && p.child_by_field_name("name") == Some(node));
         if !is_attr && !is_kw {
             out.push(node);
         }
@@ -182,8 +280,13 @@ fn rename(code: &str, map: &HashMap<String, String>) -> String {
     let tree = parse_python(code);
     let mut refs = Vec::new();
     identifier_refs(tree.root_node(), &mut refs);
-    let mut edits: Vec<(usize, usize, String)> =
-        refs.iter().filter_map(|n| map.get(&code[n.byte_range()]).map(|new| (n.start_byte(), n.end_byte(), new.clone()))).collect();
+    let mut edits: Vec<(usize, usize, String)> = refs
+        .iter()
+        .filter_map(|n| {
+            map.get(&code[n.byte_range()])
+                .map(|new| (n.start_byte(), n.end_byte(), new.clone()))
+        })
+        .collect();
     replace(code, &mut edits)
 }
 
@@ -196,7 +299,11 @@ fn top_level_names(code: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cursor = root.walk();
     for stmt in root.children(&mut cursor) {
-        let stmt = if stmt.kind() == "decorated_definition" { stmt.child_by_field_name("definition").unwrap_or(stmt) } else { stmt };
+        let stmt = if stmt.kind() == "decorated_definition" {
+            stmt.child_by_field_name("definition").unwrap_or(stmt)
+        } else {
+            stmt
+        };
         match stmt.kind() {
             "function_definition" | "class_definition" => {
                 if let Some(n) = stmt.child_by_field_name("name") {
@@ -204,7 +311,11 @@ fn top_level_names(code: &str) -> Vec<String> {
                 }
             }
             "expression_statement" => {
-                if let Some(left) = stmt.named_child(0).filter(|a| a.kind() == "assignment").and_then(|a| a.child_by_field_name("left")) {
+                if let Some(left) = stmt
+                    .named_child(0)
+                    .filter(|a| a.kind() == "assignment")
+                    .and_then(|a| a.child_by_field_name("left"))
+                {
                     if left.kind() == "identifier" {
                         out.push(code[left.byte_range()].to_string());
                     }
@@ -224,26 +335,61 @@ fn wrap(p: &Candidate, template: &str, n: u32, t: &Templates) -> Option<(String,
     Some((format!("{}{}", renamed.trim_end(), tail), k, inner))
 }
 
-fn wrap_vote(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+fn wrap_vote(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
     let n = *[3u32, 5].choose(rng)?;
     let (code, _, _) = wrap(p, "operators/wrap_vote.py.j2", n, t)?;
-    Some((code, format!("{} + vote×{n}", display_name(p)), format!("wrap_vote: majority over {n} runs")))
+    Some((
+        code,
+        format!("{} + vote×{n}", display_name(p)),
+        format!("wrap_vote: majority over {n} runs"),
+    ))
 }
 
-fn wrap_refine(_: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+fn wrap_refine(
+    _: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
     let (code, _, _) = wrap(p, "operators/wrap_refine.py.j2", 1, t)?;
-    Some((code, format!("{} + refine", display_name(p)), "wrap_refine: one self-check and correction pass".into()))
+    Some((
+        code,
+        format!("{} + refine", display_name(p)),
+        "wrap_refine: one self-check and correction pass".into(),
+    ))
 }
 
-fn wrap_verify(rng: &mut dyn RngCore, p: &Candidate, _: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+fn wrap_verify(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
     let n = rng.random_range(1..=2);
     let (code, _, _) = wrap(p, "operators/wrap_verify.py.j2", n, t)?;
-    Some((code, format!("{} + verify×{n}", display_name(p)), format!("wrap_verify: up to {n} verified retries")))
+    Some((
+        code,
+        format!("{} + verify×{n}", display_name(p)),
+        format!("wrap_verify: up to {n} verified retries"),
+    ))
 }
 
-fn crossover_constants(rng: &mut dyn RngCore, a: &Candidate, b: Option<&Candidate>, _: &Templates) -> Option<(String, String, String)> {
+fn crossover_constants(
+    rng: &mut dyn RngCore,
+    a: &Candidate,
+    b: Option<&Candidate>,
+    _: &Templates,
+) -> Option<(String, String, String)> {
     let b = b?;
-    let theirs: HashMap<String, Constant> = module_constants(&b.code).into_iter().map(|c| (c.name.clone(), c)).collect();
+    let theirs: HashMap<String, Constant> = module_constants(&b.code)
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect();
     let mut edits = Vec::new();
     let mut taken = Vec::new();
     for c in module_constants(&a.code) {
@@ -258,23 +404,50 @@ fn crossover_constants(rng: &mut dyn RngCore, a: &Candidate, b: Option<&Candidat
         return None;
     }
     let code = replace(&a.code, &mut edits);
-    Some((code, format!("{} × {} (constants)", display_name(a), display_name(b)), format!("crossover_constants: took {} from {}", taken.join(", "), b.name)))
+    Some((
+        code,
+        format!("{} × {} (constants)", display_name(a), display_name(b)),
+        format!("crossover_constants: took {} from {}", taken.join(", "), b.name),
+    ))
 }
 
-fn crossover_ensemble(_: &mut dyn RngCore, a: &Candidate, b: Option<&Candidate>, t: &Templates) -> Option<(String, String, String)> {
+fn crossover_ensemble(
+    _: &mut dyn RngCore,
+    a: &Candidate,
+    b: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
     let b = b?;
     let k = fresh_suffix(&format!("{}{}", a.code, b.code));
     let first = format!("_first_forward_{k}");
     let a_code = rename(&a.code, &HashMap::from([("forward".to_string(), first.clone())]));
     // Prefix every top-level name of the second parent so the two modules cannot collide.
     let prefix = format!("_p{k}_");
-    let map: HashMap<String, String> = top_level_names(&b.code).into_iter().map(|n| (n.clone(), format!("{prefix}{n}"))).collect();
+    let map: HashMap<String, String> = top_level_names(&b.code)
+        .into_iter()
+        .map(|n| (n.clone(), format!("{prefix}{n}")))
+        .collect();
     let b_code = rename(&b.code, &map);
     let b_code = strip_docstring(&b_code);
     let second = format!("{prefix}forward");
-    let tail = t.render("operators/ensemble.py.j2", json!({"k": k, "first": first, "second": second})).ok()?;
-    let code = format!("{}\n\n\n# --- second parent: {} ---\n{}{}", a_code.trim_end(), b.name.replace('\n', " "), b_code.trim(), tail);
-    Some((code, format!("{} ⊕ {}", display_name(a), display_name(b)), format!("crossover_ensemble: vote between {} and {}", a.name, b.name)))
+    let tail = t
+        .render(
+            "operators/ensemble.py.j2",
+            json!({"k": k, "first": first, "second": second}),
+        )
+        .ok()?;
+    let code = format!(
+        "{}\n\n\n# --- second parent: {} ---\n{}{}",
+        a_code.trim_end(),
+        b.name.replace('\n', " "),
+        b_code.trim(),
+        tail
+    );
+    Some((
+        code,
+        format!("{} ⊕ {}", display_name(a), display_name(b)),
+        format!("crossover_ensemble: vote between {} and {}", a.name, b.name),
+    ))
 }
 
 fn strip_docstring(code: &str) -> String {
@@ -351,7 +524,7 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut current = s[(seed % s.len() as u64) as usize].clone();
             for _ in 0..depth {
-                let other = s[rng.random_range(0..s.len())].clone();
+                let other = s[rand::Rng::random_range(&mut rng, 0..s.len())].clone();
                 if let Ok(p) = propose(&mut rng, &current, Some(&other), &t, &checker) {
                     let r = checker.check("x.py", &p.code, CandidateKind::Agent);
                     prop_assert!(r.passes(), "{}\n{}", r.render(), p.code);

@@ -23,15 +23,41 @@ pub fn parse_reply(text: &str) -> Result<ParsedReply, String> {
         let name = get("name").unwrap_or_else(|| "unnamed".into());
         let thought = get("thought").unwrap_or_default();
         match (code, &fence) {
-            (Some(code), _) => return Ok(ParsedReply { thought, name, code: unfence(&code), via: "json" }),
-            (None, Some(code)) => return Ok(ParsedReply { thought, name, code: code.clone(), via: "json+fence" }),
+            (Some(code), _) => {
+                return Ok(ParsedReply {
+                    thought,
+                    name,
+                    code: unfence(&code),
+                    via: "json",
+                })
+            }
+            (None, Some(code)) => {
+                return Ok(ParsedReply {
+                    thought,
+                    name,
+                    code: code.clone(),
+                    via: "json+fence",
+                })
+            }
             (None, None) => return Err("the JSON object has no non-empty \"code\" string".into()),
         }
     }
     if let Some(code) = fence {
         let name = name_line(text).unwrap_or_else(|| "unnamed".into());
-        let thought = text.split("```").next().unwrap_or("").trim().chars().take(2000).collect();
-        return Ok(ParsedReply { thought, name, code, via: "fence" });
+        let thought = text
+            .split("```")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(2000)
+            .collect();
+        return Ok(ParsedReply {
+            thought,
+            name,
+            code,
+            via: "fence",
+        });
     }
     Err("the reply has neither a JSON object with a \"code\" key nor a ```python code block".into())
 }
@@ -41,13 +67,19 @@ pub fn parse_reply(text: &str) -> Result<ParsedReply, String> {
 fn json_object(text: &str) -> Option<Value> {
     static JSON_FENCE: OnceLock<Regex> = OnceLock::new();
     let re = JSON_FENCE.get_or_init(|| Regex::new(r"(?s)```(?:json|JSON)\s*\n(.*?)```").unwrap());
-    let mut candidates: Vec<&str> = re.captures_iter(text).filter_map(|c| c.get(1)).map(|m| m.as_str()).collect();
+    let mut candidates: Vec<&str> = re
+        .captures_iter(text)
+        .filter_map(|c| c.get(1))
+        .map(|m| m.as_str())
+        .collect();
     if let (Some(a), Some(b)) = (text.find('{'), text.rfind('}')) {
         if a < b {
             candidates.push(&text[a..=b]);
         }
     }
-    candidates.into_iter().find_map(|c| serde_json::from_str::<Value>(c.trim()).ok().filter(Value::is_object))
+    candidates
+        .into_iter()
+        .find_map(|c| serde_json::from_str::<Value>(c.trim()).ok().filter(Value::is_object))
 }
 
 fn python_fence(text: &str) -> Option<String> {
@@ -66,7 +98,9 @@ fn unfence(code: &str) -> String {
 fn name_line(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
         let t = l.trim().trim_start_matches(['#', '*', ' ']);
-        t.strip_prefix("name:").or_else(|| t.strip_prefix("Name:")).map(|v| v.trim().trim_matches('*').trim().to_string())
+        t.strip_prefix("name:")
+            .or_else(|| t.strip_prefix("Name:"))
+            .map(|v| v.trim().trim_matches('*').trim().to_string())
     })
 }
 
@@ -83,7 +117,10 @@ mod tests {
 
     #[test]
     fn json_in_fence_with_prose_around() {
-        let r = parse_reply("Sure!\n```json\n{\"name\": \"B\", \"code\": \"def forward(task):\\n    return 'x'\"}\n```\nDone.").unwrap();
+        let r = parse_reply(
+            "Sure!\n```json\n{\"name\": \"B\", \"code\": \"def forward(task):\\n    return 'x'\"}\n```\nDone.",
+        )
+        .unwrap();
         assert_eq!(r.name, "B");
     }
 
@@ -95,7 +132,9 @@ mod tests {
 
     #[test]
     fn json_without_code_but_fence() {
-        let r = parse_reply("{\"name\": \"C\", \"thought\": \"x\"}\n```python\ndef forward(task):\n    return '3'\n```").unwrap();
+        let r =
+            parse_reply("{\"name\": \"C\", \"thought\": \"x\"}\n```python\ndef forward(task):\n    return '3'\n```")
+                .unwrap();
         assert_eq!(r.via, "json+fence");
     }
 

@@ -84,7 +84,11 @@ impl<'a> RewriteSession<'a> {
         let mut current = s.ask("rewrite");
         if current.is_ok() {
             for round in 1..=s.opts.reflexion_rounds {
-                let name = if round == 1 { "rewrite/reflexion_1.j2" } else { "rewrite/reflexion_2.j2" };
+                let name = if round == 1 {
+                    "rewrite/reflexion_1.j2"
+                } else {
+                    "rewrite/reflexion_2.j2"
+                };
                 let prompt = s.templates.render(name, json!({}))?;
                 s.messages.push(Message::new("user", prompt));
                 match s.ask("rewrite") {
@@ -101,7 +105,9 @@ impl<'a> RewriteSession<'a> {
 
     /// One debug round: feed back what went wrong and ask for a fix.
     pub fn debug(&mut self, feedback: &str, round: u32) -> anyhow::Result<Result<Proposal, RewriteFailure>> {
-        let prompt = self.templates.render("rewrite/debug.j2", json!({"feedback": feedback}))?;
+        let prompt = self
+            .templates
+            .render("rewrite/debug.j2", json!({"feedback": feedback}))?;
         self.messages.push(Message::new("user", prompt));
         Ok(self.ask(&format!("rewrite:debug{round}")))
     }
@@ -110,12 +116,23 @@ impl<'a> RewriteSession<'a> {
     fn ask(&mut self, kind: &str) -> Result<Proposal, RewriteFailure> {
         let mut tries = 0;
         loop {
-            let req = self.gateway.request(self.messages.clone(), CallParams::default(), self.sample_base + self.calls);
+            let req = self.gateway.request(
+                self.messages.clone(),
+                CallParams::default(),
+                self.sample_base + self.calls,
+            );
             self.calls += 1;
             let prompt_text = self.transcript();
             let reply = match self.gateway.complete(&req) {
                 Ok(r) => r.text,
-                Err(e) => return Err(RewriteFailure { kind: "llm", reason: e.to_string(), prompt: prompt_text, reply: None }),
+                Err(e) => {
+                    return Err(RewriteFailure {
+                        kind: "llm",
+                        reason: e.to_string(),
+                        prompt: prompt_text,
+                        reply: None,
+                    })
+                }
             };
             self.messages.push(Message::new("assistant", reply.clone()));
             match parse_reply(&reply) {
@@ -133,7 +150,12 @@ impl<'a> RewriteSession<'a> {
                 Err(reason) => {
                     self.malformed_replies += 1;
                     if tries >= self.opts.parse_retries {
-                        return Err(RewriteFailure { kind: "parse", reason, prompt: prompt_text, reply: Some(reply) });
+                        return Err(RewriteFailure {
+                            kind: "parse",
+                            reason,
+                            prompt: prompt_text,
+                            reply: Some(reply),
+                        });
                     }
                     tries += 1;
                     let retry = self
@@ -147,6 +169,10 @@ impl<'a> RewriteSession<'a> {
     }
 
     fn transcript(&self) -> String {
-        self.messages.iter().map(|m| format!("## {}\n{}", m.role, m.content)).collect::<Vec<_>>().join("\n\n")
+        self.messages
+            .iter()
+            .map(|m| format!("## {}\n{}", m.role, m.content))
+            .collect::<Vec<_>>()
+            .join("\n\n")
     }
 }

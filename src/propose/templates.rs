@@ -24,7 +24,9 @@ impl Templates {
             for f in dir.files() {
                 let name = f.path().to_string_lossy().to_string();
                 if name.ends_with(".j2") {
-                    let text = f.contents_utf8().with_context(|| format!("template {name} is not UTF-8"))?;
+                    let text = f
+                        .contents_utf8()
+                        .with_context(|| format!("template {name} is not UTF-8"))?;
                     env.add_template_owned(name.clone(), text.to_string())
                         .with_context(|| format!("template {name} does not compile"))?;
                 }
@@ -35,8 +37,12 @@ impl Templates {
     }
 
     pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> Result<String> {
-        let t = self.env.get_template(name).with_context(|| format!("template {name} is missing"))?;
-        t.render(minijinja::value::Serde(ctx)).with_context(|| format!("template {name} failed to render"))
+        let t = self
+            .env
+            .get_template(name)
+            .with_context(|| format!("template {name} is missing"))?;
+        t.render(minijinja::value::Serde(ctx))
+            .with_context(|| format!("template {name} failed to render"))
     }
 
     /// A plain data file under `templates/` (e.g. the instruction bank).

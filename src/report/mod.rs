@@ -44,7 +44,9 @@ pub fn status(archive: &Archive) -> Result<Status> {
 /// Did a discovered agent beat the best seed on held-out test? Said plainly, with the CIs.
 fn verdict(rows: &[LeaderRow]) -> String {
     let tested = |seed: bool| {
-        rows.iter().filter(|r| (r.operator == "seed") == seed).find(|r| r.test.is_some() && r.val.as_ref().is_some_and(|v| v.outcome == "ok"))
+        rows.iter()
+            .filter(|r| (r.operator == "seed") == seed)
+            .find(|r| r.test.is_some() && r.val.as_ref().is_some_and(|v| v.outcome == "ok"))
     };
     match (tested(true), tested(false)) {
         (Some(s), Some(d)) => {
@@ -63,7 +65,9 @@ fn verdict(rows: &[LeaderRow]) -> String {
                 d.name, dt.mean, dt.ci_lo, dt.ci_hi, s.name, st.mean, st.ci_lo, st.ci_hi
             )
         }
-        (Some(_), None) => "held-out test: no discovered agent was tested (none evaluated successfully on validation)".into(),
+        (Some(_), None) => {
+            "held-out test: no discovered agent was tested (none evaluated successfully on validation)".into()
+        }
         _ => "held-out test: not evaluated yet (it runs at the end of the search)".into(),
     }
 }
@@ -82,7 +86,11 @@ pub fn render_status(s: &Status) -> String {
         "run {} · domain {} · {}\n\n",
         s.name,
         s.domain,
-        if s.finished { "finished".to_string() } else { format!("in progress (next step {})", s.next_step) }
+        if s.finished {
+            "finished".to_string()
+        } else {
+            format!("in progress (next step {})", s.next_step)
+        }
     );
     out.push_str(&format!(
         "{:>3}  {:<46} {:>3}  {:<22} {:<20} {:<20} {:>9} {:>9}\n",
@@ -91,7 +99,11 @@ pub fn render_status(s: &Status) -> String {
     for (i, r) in s.leaderboard.iter().enumerate() {
         let tokens = r.val.as_ref().map(|v| v.tokens).unwrap_or(0);
         let cost = r.val.as_ref().map(|v| v.cost_usd).unwrap_or(0.0);
-        let name: String = if r.name.chars().count() > 46 { format!("{}…", r.name.chars().take(45).collect::<String>()) } else { r.name.clone() };
+        let name: String = if r.name.chars().count() > 46 {
+            format!("{}…", r.name.chars().take(45).collect::<String>())
+        } else {
+            r.name.clone()
+        };
         let op: String = r.operator.chars().take(22).collect();
         out.push_str(&format!(
             "{:>3}  {:<46} {:>3}  {:<22} {:<20} {:<20} {:>9} {:>9.4}\n",
@@ -109,8 +121,21 @@ pub fn render_status(s: &Status) -> String {
     let mut families: Vec<&str> = s.funnel.iter().map(|f| f.0.as_str()).collect();
     families.dedup();
     for fam in families {
-        let count = |st: &[&str]| -> u64 { s.funnel.iter().filter(|f| f.0 == fam && st.contains(&f.1.as_str())).map(|f| f.2).sum() };
-        let proposed = count(&["evaluated", "duplicate", "parse_error", "check_failed", "runtime_error", "llm_error"]);
+        let count = |st: &[&str]| -> u64 {
+            s.funnel
+                .iter()
+                .filter(|f| f.0 == fam && st.contains(&f.1.as_str()))
+                .map(|f| f.2)
+                .sum()
+        };
+        let proposed = count(&[
+            "evaluated",
+            "duplicate",
+            "parse_error",
+            "check_failed",
+            "runtime_error",
+            "llm_error",
+        ]);
         let parsed = proposed - count(&["parse_error", "llm_error"]);
         let checked = parsed - count(&["check_failed"]);
         let novel = checked - count(&["duplicate"]);

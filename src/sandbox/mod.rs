@@ -34,7 +34,9 @@ pub fn python_interpreter() -> Result<PathBuf> {
             let out = Command::new("python3")
                 .args(["-c", "import sys; print(sys.executable)"])
                 .output()
-                .context("cannot run python3; fix: install Python 3 (apt-get install python3) or set METAFORGE_PYTHON")?;
+                .context(
+                    "cannot run python3; fix: install Python 3 (apt-get install python3) or set METAFORGE_PYTHON",
+                )?;
             if !out.status.success() {
                 bail!("python3 failed to start; fix: install Python 3 or set METAFORGE_PYTHON to an interpreter");
             }
@@ -42,7 +44,10 @@ pub fn python_interpreter() -> Result<PathBuf> {
         }
     };
     if !resolved.exists() {
-        bail!("Python interpreter {} does not exist; fix: set METAFORGE_PYTHON", resolved.display());
+        bail!(
+            "Python interpreter {} does not exist; fix: set METAFORGE_PYTHON",
+            resolved.display()
+        );
     }
     Ok(PY.get_or_init(|| resolved).clone())
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -80,7 +80,11 @@ pub enum WorkerExit {
     /// The worker broke the protocol (oversized or malformed messages).
     ProtocolViolation(String),
     /// Died on a signal (other than ours) or exited before reporting every task.
-    Crashed { signal: Option<i32>, code: Option<i32>, stderr_tail: String },
+    Crashed {
+        signal: Option<i32>,
+        code: Option<i32>,
+        stderr_tail: String,
+    },
 }
 
 pub struct WorkerRun {
@@ -107,7 +111,10 @@ pub fn run_worker(
     let started = Instant::now();
     let python = super::python_interpreter()?;
     let runtime = super::runtime_dir()?;
-    let dir = tempfile::Builder::new().prefix("metaforge-worker-").tempdir().context("cannot create worker temp dir")?;
+    let dir = tempfile::Builder::new()
+        .prefix("metaforge-worker-")
+        .tempdir()
+        .context("cannot create worker temp dir")?;
     let candidate_path = dir.path().join("candidate.py");
     std::fs::write(&candidate_path, code)?;
     let stderr_path = dir.path().join("stderr.txt");
@@ -151,7 +158,10 @@ pub fn run_worker(
             libc::close(a);
             libc::close(b);
             let set = |res, soft: u64, hard: u64| {
-                let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+                let lim = libc::rlimit {
+                    rlim_cur: soft as libc::rlim_t,
+                    rlim_max: hard as libc::rlim_t,
+                };
                 libc::setrlimit(res, &lim)
             };
             set(libc::RLIMIT_AS, memory, memory);
@@ -164,12 +174,14 @@ pub fn run_worker(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("cannot start worker {}", python.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start worker {}", python.display()))?;
     let pgid = Pid::from_raw(child.id() as i32);
     drop(to_worker_r);
     drop(from_worker_w);
-    let writer = Mutex::new(File::from(OwnedFd::from(to_worker_w)));
-    let reader = File::from(OwnedFd::from(from_worker_r));
+    let writer = Mutex::new(File::from(to_worker_w));
+    let reader = File::from(from_worker_r);
 
     let (tx, rx) = unbounded::<Event>();
     let max_line = limits.max_message_bytes;
@@ -241,7 +253,13 @@ pub fn run_worker(
                         send(msg);
                     });
                 }
-                Event::Message(WorkerMessage::Result { task_id, output, error, traceback, stdout }) => {
+                Event::Message(WorkerMessage::Result {
+                    task_id,
+                    output,
+                    error,
+                    traceback,
+                    stdout,
+                }) => {
                     let mut map = results.lock().unwrap();
                     match map.get_mut(&task_id) {
                         Some(r) if !r.finished => {
@@ -262,7 +280,9 @@ pub fn run_worker(
                 Event::Message(WorkerMessage::Bye) | Event::Eof => break,
                 Event::Malformed => violations += 1,
                 Event::Oversized => {
-                    exit = Some(WorkerExit::ProtocolViolation(format!("a message exceeded {max_line} bytes")));
+                    exit = Some(WorkerExit::ProtocolViolation(format!(
+                        "a message exceeded {max_line} bytes"
+                    )));
                     break;
                 }
             }
@@ -295,11 +315,20 @@ pub fn run_worker(
             let stderr_tail = read_tail(&stderr_path, 2000);
             match status.signal() {
                 Some(sig) if sig == libc::SIGXCPU => WorkerExit::CpuLimit,
-                signal => WorkerExit::Crashed { signal, code: status.code(), stderr_tail },
+                signal => WorkerExit::Crashed {
+                    signal,
+                    code: status.code(),
+                    stderr_tail,
+                },
             }
         }
     };
-    Ok(WorkerRun { tasks, exit, protocol_violations: violations, wall: started.elapsed() })
+    Ok(WorkerRun {
+        tasks,
+        exit,
+        protocol_violations: violations,
+        wall: started.elapsed(),
+    })
 }
 
 fn read_messages(reader: File, max_line: usize, tx: crossbeam_channel::Sender<Event>) {
@@ -307,10 +336,10 @@ fn read_messages(reader: File, max_line: usize, tx: crossbeam_channel::Sender<Ev
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = match (&mut reader).take(max_line as u64 + 1).read_until(b'\n', &mut line) {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        let n = (&mut reader)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .unwrap_or_default();
         if n == 0 {
             let _ = tx.send(Event::Eof);
             return;

@@ -79,9 +79,27 @@ impl Search {
         let factory = BackendFactory::new();
         let meta_backend = factory.build(&exp.models.meta, "meta")?;
         let agent_backend = factory.build(&exp.models.agent, "agent")?;
-        let meta = Gateway::new(Role::Meta, meta_backend, &exp.models.meta, Some(cache.clone()), budget.clone());
+        let meta = Gateway::new(
+            Role::Meta,
+            meta_backend,
+            &exp.models.meta,
+            Some(cache.clone()),
+            budget.clone(),
+        );
         let agent = Gateway::new(Role::Agent, agent_backend, &exp.models.agent, Some(cache), budget);
-        Ok(Self { checker: Checker::embedded()?, templates: Templates::embedded()?, exp, archive, domain, val, test, meta, agent, seeds, quiet })
+        Ok(Self {
+            checker: Checker::embedded()?,
+            templates: Templates::embedded()?,
+            exp,
+            archive,
+            domain,
+            val,
+            test,
+            meta,
+            agent,
+            seeds,
+            quiet,
+        })
     }
 
     pub fn archive(&self) -> &Archive {
@@ -89,7 +107,9 @@ impl Search {
     }
 
     fn total_steps(&self) -> u64 {
-        self.seeds.len() as u64 + u64::from(self.exp.search.generations) * u64::from(self.exp.search.proposals_per_generation) + 1
+        self.seeds.len() as u64
+            + u64::from(self.exp.search.generations) * u64::from(self.exp.search.proposals_per_generation)
+            + 1
     }
 
     fn step_kind(&self, step: u64) -> StepKind {
@@ -99,7 +119,9 @@ impl Search {
         if step < s {
             StepKind::Seed(step as usize)
         } else if step < s + proposals {
-            StepKind::Propose { generation: ((step - s) / per) as u32 + 1 }
+            StepKind::Propose {
+                generation: ((step - s) / per) as u32 + 1,
+            }
         } else if step == s + proposals {
             StepKind::Test
         } else {
@@ -111,13 +133,26 @@ impl Search {
     pub fn run(&mut self) -> Result<()> {
         let total = self.total_steps();
         let start = self.archive.next_step()?;
-        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
-        bar.set_style(ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise}] {wide_msg}").unwrap());
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(total)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise}] {wide_msg}").unwrap(),
+        );
         bar.set_position(start);
         if start > 0 && start < total {
-            self.say(&bar, &format!("resuming {} at step {start} of {total}", self.archive.path().display()));
+            self.say(
+                &bar,
+                &format!("resuming {} at step {start} of {total}", self.archive.path().display()),
+            );
         }
-        self.archive.event(Some(start), "run_started", json!({"from_step": start, "pid": std::process::id()}))?;
+        self.archive.event(
+            Some(start),
+            "run_started",
+            json!({"from_step": start, "pid": std::process::id()}),
+        )?;
         let mut step = start;
         loop {
             let record = match self.step_kind(step) {
@@ -160,7 +195,12 @@ impl Search {
         };
         bar.set_message(format!("seed {}", proposal.name));
         let rec = self.check_and_evaluate(step, 0, 0, proposal, bar)?;
-        Ok(StepRecord { step, generation: 0, proposals: vec![rec], ..Default::default() })
+        Ok(StepRecord {
+            step,
+            generation: 0,
+            proposals: vec![rec],
+            ..Default::default()
+        })
     }
 
     fn propose_step(&mut self, step: u64, generation: u32, bar: &ProgressBar) -> Result<StepRecord> {
@@ -168,17 +208,30 @@ impl Search {
         let scored = self.archive.scored("val")?;
         let strategy = self.exp.search.parent_selection.as_str();
         let Some(pi) = select_parent(&scored, strategy, &mut rng) else {
-            self.say(bar, &format!("step {step}: no candidate ran successfully yet; nothing to mutate"));
-            return Ok(StepRecord { step, generation, events: vec![("skipped".into(), json!({"reason": "no selectable parent"}))], ..Default::default() });
+            self.say(
+                bar,
+                &format!("step {step}: no candidate ran successfully yet; nothing to mutate"),
+            );
+            return Ok(StepRecord {
+                step,
+                generation,
+                events: vec![("skipped".into(), json!({"reason": "no selectable parent"}))],
+                ..Default::default()
+            });
         };
-        let parent = self.archive.candidate(&scored[pi].id)?.context("selected parent vanished")?;
+        let parent = self
+            .archive
+            .candidate(&scored[pi].id)?
+            .context("selected parent vanished")?;
         let w = &self.exp.proposers;
         let use_rewrite = rng.random_range(0.0..w.operators + w.rewrite) >= w.operators;
         let mut records = Vec::new();
         if use_rewrite {
             self.rewrite(step, generation, &scored, &parent, &mut rng, bar, &mut records)?;
         } else {
-            let other = select_parent(&scored, strategy, &mut rng).filter(|&o| o != pi).or_else(|| (0..scored.len()).find(|&o| o != pi && scored[o].ok));
+            let other = select_parent(&scored, strategy, &mut rng)
+                .filter(|&o| o != pi)
+                .or_else(|| (0..scored.len()).find(|&o| o != pi && scored[o].ok));
             let other = match other {
                 Some(o) => self.archive.candidate(&scored[o].id)?,
                 None => None,
@@ -186,10 +239,22 @@ impl Search {
             bar.set_message(format!("gen {generation}: operators on {}", parent.name));
             match operators::propose(&mut rng, &parent, other.as_ref(), &self.templates, &self.checker) {
                 Ok(p) => records.push(self.check_and_evaluate(step, generation, 0, p, bar)?),
-                Err(reason) => records.push(failed(0, "op:none", vec![parent.id.clone()], ProposalStatus::CheckFailed, reason, None)),
+                Err(reason) => records.push(failed(
+                    0,
+                    "op:none",
+                    vec![parent.id.clone()],
+                    ProposalStatus::CheckFailed,
+                    reason,
+                    None,
+                )),
             }
         }
-        Ok(StepRecord { step, generation, proposals: records, ..Default::default() })
+        Ok(StepRecord {
+            step,
+            generation,
+            proposals: records,
+            ..Default::default()
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -232,7 +297,11 @@ impl Search {
             let proposal = match current {
                 Ok(p) => p,
                 Err(f) => {
-                    let status = if f.kind == "llm" { ProposalStatus::LlmError } else { ProposalStatus::ParseError };
+                    let status = if f.kind == "llm" {
+                        ProposalStatus::LlmError
+                    } else {
+                        ProposalStatus::ParseError
+                    };
                     let mut r = failed(attempt, "rewrite", vec![parent.id.clone()], status, f.reason, None);
                     r.prompt = Some(f.prompt);
                     r.reply = f.reply;
@@ -270,7 +339,14 @@ impl Search {
     }
 
     /// Check, deduplicate and evaluate one proposal; the record says how far it got.
-    fn check_and_evaluate(&self, step: u64, generation: u32, attempt: u32, p: Proposal, bar: &ProgressBar) -> Result<ProposalRecord> {
+    fn check_and_evaluate(
+        &self,
+        step: u64,
+        generation: u32,
+        attempt: u32,
+        p: Proposal,
+        bar: &ProgressBar,
+    ) -> Result<ProposalRecord> {
         let report = self.checker.check("candidate.py", &p.code, CandidateKind::Agent);
         let id = candidate_id(CandidateKind::Agent, &report.normalized);
         let candidate = Candidate {
@@ -297,18 +373,33 @@ impl Search {
         };
         if !report.passes() {
             rec.reason = report.render();
-            self.say(bar, &format!("[step {step}] {} {:?}: rejected by check", p.kind, p.name));
+            self.say(
+                bar,
+                &format!("[step {step}] {} {:?}: rejected by check", p.kind, p.name),
+            );
             return Ok(rec);
         }
         if self.archive.has_candidate(&id)? {
             rec.status = ProposalStatus::Duplicate;
             rec.reason = format!("same program as candidate {}", &id[..12]);
-            self.say(bar, &format!("[step {step}] {} {:?}: duplicate of an archived program", p.kind, p.name));
+            self.say(
+                bar,
+                &format!(
+                    "[step {step}] {} {:?}: duplicate of an archived program",
+                    p.kind, p.name
+                ),
+            );
             return Ok(rec);
         }
         let eval = self.evaluate(&p.code, &self.val, "val", &p.name, bar)?;
-        rec.status = if eval.outcome == Outcome::Ok { ProposalStatus::Evaluated } else { ProposalStatus::RuntimeError };
-        rec.reason = eval.failure_feedback().unwrap_or_else(|| format!("val {:.3}", eval.mean));
+        rec.status = if eval.outcome == Outcome::Ok {
+            ProposalStatus::Evaluated
+        } else {
+            ProposalStatus::RuntimeError
+        };
+        rec.reason = eval
+            .failure_feedback()
+            .unwrap_or_else(|| format!("val {:.3}", eval.mean));
         self.say(
             bar,
             &format!(
@@ -319,7 +410,11 @@ impl Search {
                 eval.ci_lo,
                 eval.ci_hi,
                 eval.usage.tokens(),
-                if eval.outcome == Outcome::Ok { String::new() } else { format!("  ({})", eval.outcome) }
+                if eval.outcome == Outcome::Ok {
+                    String::new()
+                } else {
+                    format!("  ({})", eval.outcome)
+                }
             ),
         );
         rec.evaluation = Some(eval);
@@ -327,11 +422,23 @@ impl Search {
     }
 
     fn evaluate(&self, code: &str, tasks: &[Task], split: &str, label: &str, bar: &ProgressBar) -> Result<Evaluation> {
-        let tasks_bar = if bar.is_hidden() { ProgressBar::hidden() } else { ProgressBar::new(tasks.len() as u64) };
-        let tasks_bar = if bar.is_hidden() { tasks_bar } else { tasks_bar.with_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} tasks ({split}) {msg}").unwrap()) };
+        let tasks_bar = if bar.is_hidden() {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(tasks.len() as u64)
+        };
+        let tasks_bar = if bar.is_hidden() {
+            tasks_bar
+        } else {
+            tasks_bar.with_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} tasks ({split}) {msg}").unwrap())
+        };
         tasks_bar.set_message(truncate(label, 50));
         let _ = split;
-        let evaluator = Evaluator { gateway: &self.agent, cfg: &self.exp.evaluation, scorer: self.domain.scorer };
+        let evaluator = Evaluator {
+            gateway: &self.agent,
+            cfg: &self.exp.evaluation,
+            scorer: self.domain.scorer,
+        };
         let tick = || tasks_bar.inc(1);
         let e = evaluator.evaluate(code, tasks, split, &tick);
         tasks_bar.finish_and_clear();
@@ -343,8 +450,16 @@ impl Search {
         scored.retain(|s| s.ok);
         scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.tokens.cmp(&b.tokens)));
         // The best seed is always tested too, so "did search beat the seeds?" has an answer.
-        let best_seed = self.archive.leaderboard()?.into_iter().find(|r| r.operator == "seed" && r.val.as_ref().is_some_and(|v| v.outcome == "ok"));
-        let mut chosen: Vec<String> = scored.iter().take(self.exp.search.test_top_k).map(|s| s.id.clone()).collect();
+        let best_seed = self
+            .archive
+            .leaderboard()?
+            .into_iter()
+            .find(|r| r.operator == "seed" && r.val.as_ref().is_some_and(|v| v.outcome == "ok"));
+        let mut chosen: Vec<String> = scored
+            .iter()
+            .take(self.exp.search.test_top_k)
+            .map(|s| s.id.clone())
+            .collect();
         if let Some(s) = best_seed {
             if !chosen.contains(&s.id) {
                 chosen.push(s.id);
@@ -358,15 +473,46 @@ impl Search {
             let c = self.archive.candidate(&id)?.context("candidate vanished")?;
             bar.set_message(format!("held-out test: {}", c.name));
             let e = self.evaluate(&c.code, &self.test, "test", &c.name, bar)?;
-            self.say(bar, &format!("[test] {:<60} test {:.2} [{:.2}, {:.2}]", truncate(&c.name, 60), e.mean, e.ci_lo, e.ci_hi));
+            self.say(
+                bar,
+                &format!(
+                    "[test] {:<60} test {:.2} [{:.2}, {:.2}]",
+                    truncate(&c.name, 60),
+                    e.mean,
+                    e.ci_lo,
+                    e.ci_hi
+                ),
+            );
             evaluations.push((id, e));
         }
-        Ok(StepRecord { step, generation: self.exp.search.generations, evaluations, ..Default::default() })
+        Ok(StepRecord {
+            step,
+            generation: self.exp.search.generations,
+            evaluations,
+            ..Default::default()
+        })
     }
 }
 
-fn failed(attempt: u32, kind: &str, parents: Vec<String>, status: ProposalStatus, reason: String, candidate: Option<Candidate>) -> ProposalRecord {
-    ProposalRecord { attempt, kind: kind.into(), parents, status, reason, candidate, evaluation: None, prompt: None, reply: None }
+fn failed(
+    attempt: u32,
+    kind: &str,
+    parents: Vec<String>,
+    status: ProposalStatus,
+    reason: String,
+    candidate: Option<Candidate>,
+) -> ProposalRecord {
+    ProposalRecord {
+        attempt,
+        kind: kind.into(),
+        parents,
+        status,
+        reason,
+        candidate,
+        evaluation: None,
+        prompt: None,
+        reply: None,
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -381,7 +527,12 @@ fn truncate(s: &str, n: usize) -> String {
 pub fn resolve_seeds(names: &[String]) -> Result<Vec<(String, String)>> {
     let all: Vec<(String, String)> = crate::assets::files_with_ext(&crate::assets::ARCHIVE, "agents", "py")
         .into_iter()
-        .map(|(p, c)| (Path::new(p).file_stem().unwrap().to_string_lossy().to_string(), c.to_string()))
+        .map(|(p, c)| {
+            (
+                Path::new(p).file_stem().unwrap().to_string_lossy().to_string(),
+                c.to_string(),
+            )
+        })
         .collect();
     if names.iter().any(|n| n == "all") {
         return Ok(all);
