@@ -6,8 +6,9 @@ file only loads the candidate, runs tasks on a thread pool (so llm() latency ove
 speaks JSON lines on two dedicated pipes. The candidate's print() never reaches the
 protocol: stdout is captured per task and truncated.
 
-Usage: python3 -I -S worker.py --rpc-in FD --rpc-out FD --candidate FILE
-       --tasks-in-flight N --stdout-limit BYTES
+Usage: python3 -I -S -B worker.py --rpc-in FD --rpc-out FD --candidate FILE
+       --tasks-in-flight N --stdout-limit CHARS --output-limit CHARS
+       --workdir DIR --scratch DIR [--read-root DIR ...] [--no-policy-hook]
 """
 import argparse
 import json
@@ -20,29 +21,41 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import metaforge  # noqa: E402  (the agent API: llm())
-from metaforge import _rpc  # noqa: E402
+from metaforge import _policy, _rpc  # noqa: E402
+
+
+class OutputLimitExceeded(RuntimeError):
+    """A task printed more than the output limit."""
 
 
 class _TaskLocalStdout:
     """Routes print() of each task thread into that task's bounded buffer."""
 
-    def __init__(self, limit):
+    def __init__(self, limit, hard_limit):
         self.limit = limit
+        self.hard_limit = hard_limit
         self.local = threading.local()
 
     def begin(self):
         self.local.parts = []
         self.local.size = 0
+        self.local.written = 0
 
     def end(self):
         parts = getattr(self.local, "parts", [])
         self.local.parts = None
         return "".join(parts)
 
+    def overflowed(self):
+        return getattr(self.local, "written", 0) > self.hard_limit
+
     def write(self, text):
         parts = getattr(self.local, "parts", None)
         if parts is None:
             return len(text)
+        self.local.written += len(text)
+        if self.local.written > self.hard_limit:
+            raise OutputLimitExceeded(f"task printed more than {self.hard_limit} characters")
         room = self.limit - self.local.size
         if room > 0:
             chunk = text[:room]
@@ -71,7 +84,7 @@ def _load_candidate(path):
     return forward
 
 
-def _run_task(forward, capture, task_id, task):
+def _run_task(forward, capture, task_id, task, nonce):
     _rpc.current.task_id = task_id
     capture.begin()
     output, error, tb = None, None, None
@@ -84,9 +97,11 @@ def _run_task(forward, capture, task_id, task):
         error = f"{type(exc).__name__}: {exc}"[:2000]
         tb = traceback.format_exc(limit=20)
     finally:
+        if capture.overflowed() and not (error or "").startswith("OutputLimitExceeded"):
+            error = f"OutputLimitExceeded: task printed more than {capture.hard_limit} characters"
         stdout = capture.end()
         _rpc.current.task_id = None
-    _rpc.send({"type": "result", "task_id": task_id, "output": output,
+    _rpc.send({"type": "result", "task_id": task_id, "nonce": nonce, "output": output,
                "error": error, "traceback": tb, "stdout": stdout})
 
 
@@ -97,12 +112,19 @@ def main():
     parser.add_argument("--candidate", required=True)
     parser.add_argument("--tasks-in-flight", type=int, default=4)
     parser.add_argument("--stdout-limit", type=int, default=4000)
+    parser.add_argument("--output-limit", type=int, default=1 << 20)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--scratch", required=True)
+    parser.add_argument("--read-root", action="append", default=[])
+    parser.add_argument("--no-policy-hook", action="store_true")
     args = parser.parse_args()
 
     rpc_in = os.fdopen(args.rpc_in, "r", encoding="utf-8", buffering=1)
     _rpc.connect(os.fdopen(args.rpc_out, "w", encoding="utf-8", buffering=1))
-    capture = _TaskLocalStdout(args.stdout_limit)
+    capture = _TaskLocalStdout(args.stdout_limit, args.output_limit)
     sys.stdout = capture
+    if not args.no_policy_hook:
+        _policy.install(args.read_root, args.workdir, args.scratch)
 
     try:
         forward = _load_candidate(args.candidate)
@@ -120,7 +142,7 @@ def main():
             continue
         kind = msg.get("type")
         if kind == "task":
-            pool.submit(_run_task, forward, capture, msg["task_id"], msg["task"])
+            pool.submit(_run_task, forward, capture, msg["task_id"], msg["task"], msg.get("nonce"))
         elif kind == "llm_result":
             _rpc.deliver(msg)
         elif kind == "shutdown":

@@ -161,6 +161,45 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
     Ok(())
 }
 
+/// `doctor`: which sandbox layers this kernel gives, and a real worker started under them.
+/// Returns false when a layer is missing (exit code 1), so scripts can gate on it.
+pub fn doctor(json: bool) -> Result<bool> {
+    let layers = crate::sandbox::isolation::doctor_lines();
+    let python = crate::sandbox::python_interpreter()?;
+    let probe = crate::sandbox::live_probe()?;
+    let all_active = layers.iter().all(|(_, r)| r.is_ok());
+    if json {
+        let rows: Vec<_> = layers
+            .iter()
+            .map(|(name, r)| serde_json::json!({"layer": name, "active": r.is_ok(), "detail": r.as_ref().unwrap_or_else(|e| e)}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "layers": rows, "python": python, "probe": probe, "all_active": all_active
+            }))?
+        );
+    } else {
+        println!("sandbox layers on this machine:");
+        for (name, r) in &layers {
+            match r {
+                Ok(d) => println!("  [ok]      {name}: {d}"),
+                Err(e) => println!("  [MISSING] {name}: {e}"),
+            }
+        }
+        println!("  [ok]      rlimits (memory, CPU, file size, open files, processes), process group, cleared environment: always");
+        println!("python: {}", python.display());
+        println!("live probe (a worker under every available layer):");
+        for line in &probe {
+            println!("  {line}");
+        }
+        if !all_active {
+            println!("some layers are missing: evaluation.isolation = \"strict\" refuses to run here; \"best-effort\" runs with a warning");
+        }
+    }
+    Ok(all_active)
+}
+
 /// `serve`: an OpenAI-compatible endpoint on the embedded model (see `llm::serve`).
 pub fn serve(model: &str, addr: &str, max_tokens: u32, concurrency: usize) -> Result<()> {
     let mcfg: ModelConfig = toml::from_str(&format!(

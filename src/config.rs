@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::IsolationMode;
+
 /// A whole experiment, as written in `experiments/*.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +268,13 @@ pub struct EvaluationConfig {
     /// Bootstrap resamples for the 95% confidence interval.
     #[serde(default = "default_bootstrap")]
     pub bootstrap_samples: usize,
+    /// `best-effort` (default: every kernel layer available, a warning naming any missing),
+    /// `strict` (refuse to run unless all are active) or `off` (rlimits only).
+    #[serde(default)]
+    pub isolation: IsolationMode,
+    /// Size of a worker's scratch tmpfs, MiB (also the largest file it may write).
+    #[serde(default = "default_disk")]
+    pub disk_mb: u64,
 }
 
 fn default_in_flight() -> usize {
@@ -286,6 +295,9 @@ fn default_cpu() -> u64 {
 fn default_bootstrap() -> usize {
     2000
 }
+fn default_disk() -> u64 {
+    64
+}
 
 impl Default for EvaluationConfig {
     fn default() -> Self {
@@ -296,6 +308,8 @@ impl Default for EvaluationConfig {
             memory_mb: default_memory(),
             cpu_s: default_cpu(),
             bootstrap_samples: default_bootstrap(),
+            isolation: IsolationMode::default(),
+            disk_mb: default_disk(),
         }
     }
 }

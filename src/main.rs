@@ -62,6 +62,8 @@ enum Command {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// Show which sandbox protections this machine's kernel gives, with a live probe.
+    Doctor,
     /// Serve the embedded model as an OpenAI-compatible endpoint (for tests and tools).
     Serve {
         /// Local model alias or GGUF path.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         }
         Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
+        Command::Doctor => metaforge::app::doctor(cli.json),
         Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
         Command::Serve {
             model,

@@ -24,7 +24,7 @@ fn eval_with_the_embedded_model_then_replay_from_the_cache() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let first = eval();
-    assert_eq!(first["outcome"], "Ok");
+    assert_eq!(first["outcome"]["kind"], "ok");
     assert_eq!(first["usage"]["calls"], 6);
     assert!(
         first["usage"]["completion_tokens"].as_u64().unwrap() > 0,

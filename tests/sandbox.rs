@@ -1,5 +1,5 @@
 //! Real Python workers under the real sandbox: outputs, model-call proxying and every typed
-//! outcome. The model handler here is a scripted stand-in (it answers "Answer: 42"): these
+//! outcome. Attacks live in the hostile corpus (`tests/hostile.rs`). The model handler here is a scripted stand-in (it answers "Answer: 42"): these
 //! tests are about the sandbox, not the model.
 
 use std::time::{Duration, Instant};
@@ -88,39 +88,11 @@ fn infinite_loop_hits_the_deadline_and_the_group_dies() {
 }
 
 #[test]
-fn sleeping_grandchild_does_not_outlive_the_worker() {
-    // A candidate that starts a background process (possible here because the sandbox is
-    // given raw code; `check` would reject the import).
-    let marker = format!("metaforge-test-sleep-{}", std::process::id());
-    let code = format!(
-        "import subprocess\ndef forward(task):\n    subprocess.Popen(['/bin/sh', '-c', 'exec -a {marker} sleep 60'])\n    return 'spawned'\n"
-    );
-    let run = run_worker(&code, &tasks(1), &ScriptedModel, &limits(20)).unwrap();
-    assert_eq!(run.tasks["t0"].output.as_deref(), Some("spawned"));
-    std::thread::sleep(Duration::from_millis(300));
-    let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    let alive = String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .any(|l| l.starts_with(&marker));
-    assert!(!alive, "the candidate's background process survived the evaluation");
-}
-
-#[test]
 fn memory_hog_gets_memory_error() {
     let code = "def forward(task):\n    x = bytearray(4 * 1024 * 1024 * 1024)\n    return str(len(x))\n";
     let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
     let t = &run.tasks["t0"];
     assert!(t.error.as_deref().unwrap_or("").starts_with("MemoryError"), "{t:?}");
-}
-
-#[test]
-fn hard_crash_is_typed_with_its_signal() {
-    let code = "import os, signal\ndef forward(task):\n    os.kill(os.getpid(), signal.SIGSEGV)\n";
-    let run = run_worker(code, &tasks(1), &ScriptedModel, &limits(30)).unwrap();
-    match run.exit {
-        WorkerExit::Crashed { signal, .. } => assert_eq!(signal, Some(11)),
-        other => panic!("expected Crashed, got {other:?}"),
-    }
 }
 
 #[test]
@@ -189,4 +161,17 @@ fn spliced_crossover_program_runs() {
             p.code
         );
     }
+}
+
+#[test]
+fn folders_of_killed_hosts_are_swept() {
+    // pid 4194305 is above the kernel's pid_max ceiling: never alive.
+    let stale = std::env::temp_dir().join("metaforge-worker-4194305-abcdef");
+    std::fs::create_dir_all(stale.join("scratch")).unwrap();
+    let ours = std::env::temp_dir().join(format!("metaforge-worker-{}-keep", std::process::id()));
+    std::fs::create_dir_all(&ours).unwrap();
+    metaforge::sandbox::sweep_stale_workdirs();
+    assert!(!stale.exists(), "a dead host's folder survived the sweep");
+    assert!(ours.exists(), "a live host's folder was swept");
+    std::fs::remove_dir_all(ours).unwrap();
 }

@@ -5,7 +5,6 @@
 mod stats;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,45 +17,17 @@ pub use stats::{bootstrap_ci, mean};
 use crate::config::EvaluationConfig;
 use crate::domain::{Scorer, Task};
 use crate::llm::{CallParams, Gateway, Usage};
-use crate::sandbox::{run_worker, LlmCall, LlmHandler, WorkerExit, WorkerLimits};
+use crate::sandbox::{classify, run_worker, task_outcome, Isolation, LlmCall, LlmHandler, WorkerLimits};
 
-/// How an evaluation ended, as stored and as fed back to the proposer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Outcome {
-    Ok,
-    /// Every task raised an exception.
-    Error,
-    LoadError,
-    Timeout,
-    MemoryLimit,
-    CpuLimit,
-    ProtocolViolation,
-    Crashed {
-        signal: Option<i32>,
-    },
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Ok => f.write_str("ok"),
-            Outcome::Error => f.write_str("error"),
-            Outcome::LoadError => f.write_str("load_error"),
-            Outcome::Timeout => f.write_str("timeout"),
-            Outcome::MemoryLimit => f.write_str("memory_limit"),
-            Outcome::CpuLimit => f.write_str("cpu_limit"),
-            Outcome::ProtocolViolation => f.write_str("protocol_violation"),
-            Outcome::Crashed { signal: Some(s) } => write!(f, "crashed:{s}"),
-            Outcome::Crashed { signal: None } => f.write_str("crashed"),
-        }
-    }
-}
+/// How an evaluation ended (defined by the sandbox, which knows what a breach is).
+pub use crate::sandbox::Outcome;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskResult {
     pub task_id: String,
     pub score: f64,
-    /// ok | error | timeout | memory_limit | cpu_limit | crashed | load_error
+    /// ok | error | timeout | memory_limit | cpu_limit | output_limit | policy_denied |
+    /// protocol_violation | crashed | load_error
     pub outcome: String,
     pub output: Option<String>,
     pub error: Option<String>,
@@ -113,81 +84,30 @@ impl Evaluator<'_> {
                 .map(|h| h.join().expect("shard thread panicked"))
                 .collect()
         });
+        let runs = runs.into_iter().collect::<Result<Vec<_>>>()?;
+        let (outcome, details) = classify(&runs.iter().collect::<Vec<_>>(), self.cfg.cpu_s);
         let mut results = Vec::with_capacity(tasks.len());
         let mut usage = Usage::default();
-        let mut outcome = Outcome::Ok;
-        let mut details = Vec::new();
         let mut wall = Duration::ZERO;
-        for (piece, run) in pieces.iter().zip(runs) {
-            let run = run?;
+        for (piece, run) in pieces.iter().zip(&runs) {
             wall = wall.max(run.wall);
-            let shard_outcome = match &run.exit {
-                WorkerExit::Completed => None,
-                WorkerExit::LoadError(e) => Some((Outcome::LoadError, e.clone())),
-                WorkerExit::Timeout => Some((
-                    Outcome::Timeout,
-                    "the worker passed its deadline and was killed".to_string(),
-                )),
-                WorkerExit::CpuLimit => Some((
-                    Outcome::CpuLimit,
-                    format!("the worker used more than {} CPU seconds", self.cfg.cpu_s),
-                )),
-                WorkerExit::ProtocolViolation(e) => Some((Outcome::ProtocolViolation, e.clone())),
-                WorkerExit::Crashed {
-                    signal,
-                    code,
-                    stderr_tail,
-                } => Some((
-                    Outcome::Crashed { signal: *signal },
-                    format!("worker died (signal {signal:?}, exit code {code:?})\n{stderr_tail}"),
-                )),
-            };
-            if let Some((o, d)) = shard_outcome {
-                if outcome == Outcome::Ok {
-                    outcome = o;
-                }
-                details.push(d);
-            }
             for task in piece.iter() {
                 let tr = run.tasks.get(&task.id).cloned().unwrap_or_default();
                 usage.merge(&tr.usage);
-                let (task_outcome, score) = if tr.finished && tr.error.is_none() {
-                    let out = tr.output.as_deref().unwrap_or("");
-                    ("ok".to_string(), self.scorer.score(out, &task.answer))
-                } else if tr.finished {
-                    let e = tr.error.as_deref().unwrap_or("");
-                    let kind = if e.starts_with("MemoryError") {
-                        "memory_limit"
-                    } else {
-                        "error"
-                    };
-                    if details.len() < 3 {
-                        details.push(format!(
-                            "task {}: {}\n{}",
-                            task.id,
-                            e,
-                            tr.traceback.as_deref().unwrap_or("")
-                        ));
-                    }
-                    (kind.to_string(), 0.0)
+                let kind = task_outcome(&tr, &run.exit);
+                let score = if kind == "ok" {
+                    self.scorer.score(tr.output.as_deref().unwrap_or(""), &task.answer)
                 } else {
-                    (outcome_of_unfinished(&run.exit), 0.0)
+                    0.0
                 };
                 results.push(TaskResult {
                     task_id: task.id.clone(),
                     score,
-                    outcome: task_outcome,
+                    outcome: kind.to_string(),
                     output: tr.output,
                     error: tr.error.or(tr.traceback),
                     usage: tr.usage,
                 });
-            }
-        }
-        if outcome == Outcome::Ok && !results.is_empty() {
-            if results.iter().all(|r| r.outcome == "memory_limit") {
-                outcome = Outcome::MemoryLimit;
-            } else if results.iter().all(|r| r.outcome != "ok") {
-                outcome = Outcome::Error;
             }
         }
         let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
@@ -214,6 +134,8 @@ impl Evaluator<'_> {
             memory_mb: self.cfg.memory_mb,
             cpu_s: self.cfg.cpu_s,
             tasks_in_flight: self.cfg.tasks_in_flight,
+            disk_mb: self.cfg.disk_mb,
+            isolation: Isolation::for_mode(self.cfg.isolation)?,
             ..WorkerLimits::default()
         };
         let handler = AgentCalls {
@@ -223,17 +145,6 @@ impl Evaluator<'_> {
         };
         run_worker(code, &inputs, &handler, &limits)
     }
-}
-
-fn outcome_of_unfinished(exit: &WorkerExit) -> String {
-    match exit {
-        WorkerExit::Timeout => "timeout",
-        WorkerExit::CpuLimit => "cpu_limit",
-        WorkerExit::LoadError(_) => "load_error",
-        WorkerExit::ProtocolViolation(_) => "protocol_violation",
-        _ => "crashed",
-    }
-    .into()
 }
 
 /// Answers a worker's `llm()` calls through the gateway. Identical requests within one task

@@ -8,6 +8,8 @@
 //!
 //! Architecture Invariant: the sandbox never touches the archive; it returns values.
 
+pub mod isolation;
+mod outcome;
 mod protocol;
 mod worker;
 
@@ -17,8 +19,10 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 
+pub use isolation::{Isolation, IsolationMode};
+pub use outcome::{classify, task_outcome, Outcome};
 pub use protocol::{LlmCall, WorkerMessage};
-pub use worker::{run_worker, LlmHandler, TaskRun, WorkerExit, WorkerLimits, WorkerRun};
+pub use worker::{run_worker, sweep_stale_workdirs, Denial, LlmHandler, TaskRun, WorkerExit, WorkerLimits, WorkerRun};
 
 /// The real Python interpreter, resolved once. Why: `python3` on PATH may be a version
 /// manager shim costing ~100 ms a start; the interpreter it resolves to starts in ~10 ms.
@@ -50,6 +54,65 @@ pub fn python_interpreter() -> Result<PathBuf> {
         );
     }
     Ok(PY.get_or_init(|| resolved).clone())
+}
+
+/// Starts a real worker under every available layer with `runtime/probe_candidate.py`, which
+/// tries a connection, a secret file, a fork and a write outside; one line per attempt.
+pub fn live_probe() -> Result<Vec<String>> {
+    struct NoModel;
+    impl LlmHandler for NoModel {
+        fn handle(&self, _: Option<&str>, _: &LlmCall) -> Result<(Vec<String>, crate::llm::Usage), String> {
+            Err("no model in the probe".into())
+        }
+    }
+    let code = std::fs::read_to_string(runtime_dir()?.join("probe_candidate.py"))?;
+    let limits = WorkerLimits {
+        deadline: std::time::Duration::from_secs(20),
+        ..WorkerLimits::default()
+    };
+    let run = run_worker(&code, &[("probe".into(), serde_json::json!({}))], &NoModel, &limits)?;
+    let mut lines: Vec<String> = match run.tasks.get("probe").and_then(|t| t.output.clone()) {
+        Some(out) => out.lines().map(str::to_string).collect(),
+        None => vec![format!("the probe worker did not report: {:?}", run.exit)],
+    };
+    lines.push(format!(
+        "worker start-to-finish: {:.1} ms",
+        run.wall.as_secs_f64() * 1e3
+    ));
+    Ok(lines)
+}
+
+/// Folders of the Python installation the worker must read (landlock's read roots): its
+/// prefixes and the folder of the executable, resolved once.
+pub fn python_prefixes() -> Result<&'static [PathBuf]> {
+    static PREFIXES: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    if let Some(p) = PREFIXES.get() {
+        return Ok(p);
+    }
+    let python = python_interpreter()?;
+    let out = Command::new(&python)
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import sys; print(sys.prefix); print(sys.base_prefix); print(sys.exec_prefix)",
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    let mut prefixes: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .collect();
+    if let Some(bin) = python.parent() {
+        prefixes.push(bin.to_path_buf());
+    }
+    if let Ok(real) = std::fs::canonicalize(&python) {
+        prefixes.extend(real.parent().map(Path::to_path_buf));
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    Ok(PREFIXES.get_or_init(|| prefixes))
 }
 
 /// The embedded `runtime/` written once to the cache folder under a content hash, so every

@@ -31,6 +31,16 @@ pub enum WorkerMessage {
         traceback: Option<String>,
         #[serde(default)]
         stdout: Option<String>,
+        /// Echo of the nonce the task was sent with.
+        #[serde(default)]
+        nonce: Option<u64>,
+    },
+    /// The worker's policy hook refused an operation (named in `what`) before the kernel
+    /// would have. Only a label: enforcement is the kernel's.
+    Denied {
+        #[serde(default)]
+        task_id: Option<String>,
+        what: String,
     },
     Bye,
 }
@@ -47,6 +57,10 @@ pub struct LlmCall {
     pub json: bool,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Never honoured: present only so a candidate asking for another model is refused by
+    /// name instead of silently served.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 fn one() -> u32 {
@@ -62,6 +76,11 @@ impl LlmCall {
     /// Refuses requests that no honest agent makes (the worker's API checks too, but the
     /// worker is not trusted).
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(m) = &self.model {
+            return Err(format!(
+                "model {m:?} requested; the experiment chooses the model, not the candidate"
+            ));
+        }
         if self.n == 0 || self.n > MAX_SAMPLES {
             return Err(format!("n = {} is outside 1..={MAX_SAMPLES}", self.n));
         }

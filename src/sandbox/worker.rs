@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -18,6 +19,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
+use super::isolation::{ChildSetup, Isolation};
 use super::protocol::{LlmCall, WorkerMessage};
 use crate::llm::Usage;
 
@@ -33,6 +35,17 @@ pub struct WorkerLimits {
     pub stdout_limit: usize,
     /// Largest protocol line accepted from the worker.
     pub max_message_bytes: usize,
+    /// Captured print() output beyond which a task is stopped with `OutputLimitExceeded`.
+    pub output_limit: usize,
+    /// Size of the scratch tmpfs (the only writable place), MiB; also the file-size rlimit.
+    pub disk_mb: u64,
+    /// RLIMIT_NPROC (threads count). Not enforced for root; seccomp stops new processes.
+    pub processes: u64,
+    /// Kernel layers around the worker.
+    pub isolation: Isolation,
+    /// The Python audit hook that names denied operations (`runtime/metaforge/_policy.py`).
+    /// Off only in tests that prove the kernel layers hold by themselves.
+    pub policy_hook: bool,
 }
 
 impl Default for WorkerLimits {
@@ -44,6 +57,11 @@ impl Default for WorkerLimits {
             tasks_in_flight: 4,
             stdout_limit: 4000,
             max_message_bytes: 4 << 20,
+            output_limit: 1 << 20,
+            disk_mb: 64,
+            processes: 1024,
+            isolation: Isolation::available(),
+            policy_hook: true,
         }
     }
 }
@@ -91,8 +109,50 @@ pub struct WorkerRun {
     pub tasks: HashMap<String, TaskRun>,
     pub exit: WorkerExit,
     pub protocol_violations: u32,
+    /// Operations the sandbox refused (worker policy hook and host-side refusals).
+    pub denials: Vec<Denial>,
     pub wall: Duration,
+    /// The worker's folder, already removed when this is returned (tests check it).
+    pub workdir: PathBuf,
 }
+
+/// One refused operation.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub task_id: Option<String>,
+    pub what: String,
+}
+
+const WORKDIR_PREFIX: &str = "metaforge-worker-";
+
+/// Removes worker folders left by hosts that were killed (SIGKILL leaves no chance to clean
+/// up): a folder is stale when the pid in its name is no longer alive. `run_worker` calls it
+/// once per process.
+pub fn sweep_stale_workdirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix(WORKDIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// How often the host checks whether the worker is still alive while waiting for messages.
+const EXIT_POLL: Duration = Duration::from_millis(100);
+
+/// Denials kept per worker: enough to name the attack, bounded against a flood.
+const MAX_DENIALS: usize = 32;
 
 enum Event {
     Message(WorkerMessage),
@@ -111,14 +171,20 @@ pub fn run_worker(
     let started = Instant::now();
     let python = super::python_interpreter()?;
     let runtime = super::runtime_dir()?;
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_stale_workdirs);
     let dir = tempfile::Builder::new()
-        .prefix("metaforge-worker-")
+        .prefix(&format!("{WORKDIR_PREFIX}{}-", std::process::id()))
         .tempdir()
         .context("cannot create worker temp dir")?;
     let candidate_path = dir.path().join("candidate.py");
     std::fs::write(&candidate_path, code)?;
     let stderr_path = dir.path().join("stderr.txt");
     let stderr_file = File::create(&stderr_path)?;
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    let read_roots = super::isolation::read_roots(super::python_prefixes()?, &runtime);
+    let setup = ChildSetup::prepare(&limits.isolation, dir.path(), &scratch, &read_roots, limits.disk_mb)?;
 
     let (to_worker_r, to_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (from_worker_r, from_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -133,11 +199,23 @@ pub fn run_worker(
         .arg(limits.tasks_in_flight.to_string())
         .arg("--stdout-limit")
         .arg(limits.stdout_limit.to_string())
-        .current_dir(dir.path())
+        .arg("--output-limit")
+        .arg(limits.output_limit.to_string())
+        .arg("--workdir")
+        .arg(dir.path())
+        .arg("--scratch")
+        .arg(&scratch);
+    for root in &read_roots {
+        cmd.arg("--read-root").arg(root);
+    }
+    if !limits.policy_hook {
+        cmd.arg("--no-policy-hook");
+    }
+    cmd.current_dir(&scratch)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir.path())
-        .env("TMPDIR", dir.path())
+        .env("HOME", &scratch)
+        .env("TMPDIR", &scratch)
         .env("PYTHONIOENCODING", "utf-8")
         .env("PYTHONHASHSEED", "0")
         .stdin(Stdio::null())
@@ -146,6 +224,8 @@ pub fn run_worker(
         .process_group(0);
     let memory = limits.memory_mb << 20;
     let cpu = limits.cpu_s;
+    let file_size = limits.disk_mb.max(1) << 20;
+    let processes = limits.processes;
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -166,9 +246,11 @@ pub fn run_worker(
             };
             set(libc::RLIMIT_AS, memory, memory);
             set(libc::RLIMIT_CPU, cpu, cpu + 1);
-            set(libc::RLIMIT_FSIZE, 64 << 20, 64 << 20);
+            set(libc::RLIMIT_FSIZE, file_size, file_size);
             set(libc::RLIMIT_NOFILE, 64, 64);
             set(libc::RLIMIT_CORE, 0, 0);
+            set(libc::RLIMIT_NPROC, processes, processes);
+            setup.apply()?;
             // Die with the host: a killed search leaves no orphan workers burning the CPU.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
             Ok(())
@@ -185,12 +267,29 @@ pub fn run_worker(
 
     let (tx, rx) = unbounded::<Event>();
     let max_line = limits.max_message_bytes;
-    let reader_thread = std::thread::spawn(move || read_messages(reader, max_line, tx));
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let reader_thread = {
+        let stop = stop_reading.clone();
+        std::thread::spawn(move || read_messages(reader, max_line, tx, &stop))
+    };
 
     let task_ids: HashMap<&str, ()> = tasks.iter().map(|(id, _)| (id.as_str(), ())).collect();
+    // A result counts only with the nonce its task was sent with: a candidate writing onto
+    // the pipe cannot claim a task's result without digging the nonce out of the worker.
+    let nonces: HashMap<&str, u64> = tasks
+        .iter()
+        .map(|(id, _)| (id.as_str(), rand::random::<u64>() >> 12))
+        .collect();
     let results: Mutex<HashMap<String, TaskRun>> =
         Mutex::new(tasks.iter().map(|(id, _)| (id.clone(), TaskRun::default())).collect());
     let mut violations = 0u32;
+    let denials: Mutex<Vec<Denial>> = Mutex::new(Vec::new());
+    let deny = |task_id: Option<String>, what: String| {
+        let mut d = denials.lock().unwrap();
+        if d.len() < MAX_DENIALS {
+            d.push(Denial { task_id, what });
+        }
+    };
     let mut exit: Option<WorkerExit> = None;
     let deadline = started + limits.deadline;
 
@@ -206,15 +305,20 @@ pub fn run_worker(
                 exit = Some(WorkerExit::Timeout);
                 break;
             }
-            let event = match rx.recv_timeout(deadline - now) {
+            let event = match rx.recv_timeout((deadline - now).min(EXIT_POLL)) {
                 Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => continue,
+                // The worker may be gone while something it left behind still holds the pipe
+                // open (no EOF then): its last words are already queued or never coming.
+                Err(RecvTimeoutError::Timeout) => match child.try_wait() {
+                    Ok(Some(_)) => rx.recv_timeout(EXIT_POLL).unwrap_or(Event::Eof),
+                    _ => continue,
+                },
                 Err(RecvTimeoutError::Disconnected) => Event::Eof,
             };
             match event {
                 Event::Message(WorkerMessage::Ready) => {
                     for (id, task) in tasks {
-                        if !send(json!({"type": "task", "task_id": id, "task": task})) {
+                        if !send(json!({"type": "task", "task_id": id, "nonce": nonces[id.as_str()], "task": task})) {
                             break;
                         }
                     }
@@ -234,9 +338,13 @@ pub fn run_worker(
                     let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
                     let results = &results;
                     let send = &send;
+                    let deny = &deny;
                     scope.spawn(move || {
                         let reply = match call.validate() {
-                            Err(e) => Err(format!("request refused by the host: {e}")),
+                            Err(e) => {
+                                deny(task_id.clone(), format!("llm request: {e}"));
+                                Err(format!("request refused by the host: {e}"))
+                            }
                             Ok(()) => handler.handle(task_id.as_deref(), &call),
                         };
                         let msg = match reply {
@@ -259,10 +367,12 @@ pub fn run_worker(
                     error,
                     traceback,
                     stdout,
+                    nonce,
                 }) => {
                     let mut map = results.lock().unwrap();
+                    let genuine = nonce.is_some() && nonce == nonces.get(task_id.as_str()).copied();
                     match map.get_mut(&task_id) {
-                        Some(r) if !r.finished => {
+                        Some(r) if !r.finished && genuine => {
                             r.output = output.map(|o| truncate(o, 20_000));
                             r.error = error;
                             r.traceback = traceback.map(|t| tail(&t, 4000));
@@ -271,11 +381,15 @@ pub fn run_worker(
                             pending -= 1;
                             handler.task_finished();
                         }
-                        _ => violations += 1, // unknown or repeated task id: forged
+                        _ => violations += 1, // unknown task, repeated result or wrong nonce: forged
                     }
                     if pending == 0 {
                         break;
                     }
+                }
+                Event::Message(WorkerMessage::Denied { task_id, what }) => {
+                    let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
+                    deny(task_id, what.chars().take(300).collect());
                 }
                 Event::Message(WorkerMessage::Bye) | Event::Eof => break,
                 Event::Malformed => violations += 1,
@@ -304,6 +418,7 @@ pub fn run_worker(
     });
     let status = child.wait()?;
     let _ = killpg(pgid, Signal::SIGKILL);
+    stop_reading.store(true, Ordering::Relaxed);
     let _ = reader_thread.join();
 
     let tasks = results.into_inner().unwrap();
@@ -323,39 +438,63 @@ pub fn run_worker(
             }
         }
     };
+    let workdir = dir.path().to_path_buf();
+    drop(dir);
     Ok(WorkerRun {
         tasks,
         exit,
         protocol_violations: violations,
+        denials: denials.into_inner().unwrap(),
         wall: started.elapsed(),
+        workdir,
     })
 }
 
-fn read_messages(reader: File, max_line: usize, tx: crossbeam_channel::Sender<Event>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = (&mut reader)
-            .take(max_line as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .unwrap_or_default();
-        if n == 0 {
-            let _ = tx.send(Event::Eof);
-            return;
+/// Reads protocol lines until EOF, an oversized line, or `stop`. Polls with a short timeout
+/// instead of blocking: a process that escaped the group could hold the pipe open forever,
+/// and the host must never wait on it.
+fn read_messages(reader: File, max_line: usize, tx: crossbeam_channel::Sender<Event>, stop: &AtomicBool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut scanned = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(50u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => break,
         }
-        if line.len() > max_line {
+        let n = match (&reader).read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf[scanned..].iter().position(|&b| b == b'\n').map(|p| p + scanned) {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            scanned = 0;
+            if line.len() > max_line {
+                let _ = tx.send(Event::Oversized);
+                return;
+            }
+            let event = match serde_json::from_slice::<WorkerMessage>(&line) {
+                Ok(m) => Event::Message(m),
+                Err(_) => Event::Malformed,
+            };
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+        scanned = buf.len();
+        if buf.len() > max_line {
             let _ = tx.send(Event::Oversized);
             return;
         }
-        let event = match serde_json::from_slice::<WorkerMessage>(&line) {
-            Ok(m) => Event::Message(m),
-            Err(_) => Event::Malformed,
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
     }
+    let _ = tx.send(Event::Eof);
 }
 
 fn truncate(s: String, max: usize) -> String {

@@ -25,6 +25,7 @@ use crate::evaluate::{Evaluation, Evaluator, Outcome};
 use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
 use crate::propose::rewrite::{ContextCandidate, RewriteInput, RewriteSession};
 use crate::propose::{operators, Proposal, Templates};
+use crate::sandbox::Isolation;
 
 pub struct Search {
     exp: Experiment,
@@ -52,11 +53,11 @@ impl Search {
     /// Starts a new run of `exp_path`, archived in `db`.
     pub fn create(exp_path: &Path, db: &Path, quiet: bool) -> Result<Self> {
         let exp = Experiment::load(exp_path)?;
-        let text = std::fs::read_to_string(exp_path)?;
-        // Store the config with paths made absolute-free: relative paths were resolved
-        // against the file's folder, so store the resolved form for resume.
+        // Refuse before anything is created when `isolation = "strict"` cannot be met.
+        Isolation::for_mode(exp.evaluation.isolation)?;
+        // Relative paths were resolved against the file's folder; store the resolved form so
+        // resume never reads the original file.
         let stored = toml::to_string(&exp).context("cannot serialise the experiment")?;
-        let _ = text;
         let archive = Archive::create(db, &exp, &stored)?;
         Self::build(exp, archive, quiet)
     }
@@ -65,6 +66,7 @@ impl Search {
     pub fn resume(db: &Path, quiet: bool) -> Result<Self> {
         let archive = Archive::open_existing(db)?;
         let (exp, _) = archive.experiment()?;
+        Isolation::for_mode(exp.evaluation.isolation)?;
         Self::build(exp, archive, quiet)
     }
 

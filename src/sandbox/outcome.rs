@@ -1,0 +1,186 @@
+//! Typed outcomes: how an evaluation ended, from what the workers did. Stored with the
+//! evaluation (`evaluations.outcome`) and fed back to the proposer as text.
+//!
+//! Why one place: the hostile-code corpus, the evaluator and the proposer's feedback must
+//! agree on what a breach is called.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::worker::{TaskRun, WorkerExit, WorkerRun};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// Every task raised an exception.
+    Error,
+    /// The candidate failed to load (syntax, import, missing `forward`).
+    LoadError,
+    /// The wall-clock deadline passed; the process group was killed.
+    Timeout,
+    /// Every task ran out of address space.
+    MemoryLimit,
+    /// The CPU-seconds limit killed the worker.
+    CpuLimit,
+    /// Captured output, a file or the scratch disk went over its limit.
+    OutputLimit,
+    /// The sandbox refused an operation; `what` names the first one.
+    PolicyDenied {
+        what: String,
+    },
+    /// Forged, malformed or oversized messages on the worker's pipes.
+    ProtocolViolation,
+    /// The worker died on a signal or exited before reporting every task.
+    Crashed {
+        signal: Option<i32>,
+    },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Error => f.write_str("error"),
+            Outcome::LoadError => f.write_str("load_error"),
+            Outcome::Timeout => f.write_str("timeout"),
+            Outcome::MemoryLimit => f.write_str("memory_limit"),
+            Outcome::CpuLimit => f.write_str("cpu_limit"),
+            Outcome::OutputLimit => f.write_str("output_limit"),
+            Outcome::PolicyDenied { .. } => f.write_str("policy_denied"),
+            Outcome::ProtocolViolation => f.write_str("protocol_violation"),
+            Outcome::Crashed { signal: Some(s) } => write!(f, "crashed:{s}"),
+            Outcome::Crashed { signal: None } => f.write_str("crashed"),
+        }
+    }
+}
+
+/// Outcome of one task, as stored in `task_results.outcome`.
+pub fn task_outcome(task: &TaskRun, exit: &WorkerExit) -> &'static str {
+    if task.finished {
+        return match task.error.as_deref() {
+            None => "ok",
+            Some(e) => error_kind(e),
+        };
+    }
+    match exit {
+        WorkerExit::Timeout => "timeout",
+        WorkerExit::CpuLimit => "cpu_limit",
+        WorkerExit::LoadError(_) => "load_error",
+        WorkerExit::ProtocolViolation(_) => "protocol_violation",
+        WorkerExit::Crashed {
+            signal: Some(nix::libc::SIGXFSZ),
+            ..
+        } => "output_limit",
+        _ => "crashed",
+    }
+}
+
+/// Names the breach behind a task's exception text (`Type: message`).
+fn error_kind(error: &str) -> &'static str {
+    if error.starts_with("MemoryError") {
+        "memory_limit"
+    } else if error.starts_with("PolicyDenied") || error.starts_with("PermissionError") {
+        "policy_denied"
+    } else if error.starts_with("OutputLimitExceeded")
+        || error.contains("[Errno 27]") // EFBIG: the file-size rlimit
+        || error.contains("[Errno 28]")
+    // ENOSPC: the scratch tmpfs is full
+    {
+        "output_limit"
+    } else {
+        "error"
+    }
+}
+
+/// The outcome of an evaluation run by `runs` (one per shard), with detail lines for the
+/// proposer. Precedence: a policy denial names the root cause of whatever followed, then
+/// how the worker ended, then protocol abuse, then what the tasks did.
+pub fn classify(runs: &[&WorkerRun], cpu_s: u64) -> (Outcome, Vec<String>) {
+    let mut details = Vec::new();
+    if let Some(d) = runs.iter().flat_map(|r| r.denials.iter()).next() {
+        let all: Vec<&str> = runs
+            .iter()
+            .flat_map(|r| r.denials.iter().map(|d| d.what.as_str()))
+            .take(5)
+            .collect();
+        details.push(format!("the sandbox refused: {}", all.join("; ")));
+        return (Outcome::PolicyDenied { what: d.what.clone() }, details);
+    }
+    let mut outcome = Outcome::Ok;
+    for run in runs {
+        let exit_outcome = match &run.exit {
+            WorkerExit::Completed => None,
+            WorkerExit::LoadError(e) => Some((Outcome::LoadError, e.clone())),
+            WorkerExit::Timeout => Some((
+                Outcome::Timeout,
+                "the worker passed its deadline and was killed".to_string(),
+            )),
+            WorkerExit::CpuLimit => Some((
+                Outcome::CpuLimit,
+                format!("the worker used more than {cpu_s} CPU seconds"),
+            )),
+            WorkerExit::ProtocolViolation(e) => Some((Outcome::ProtocolViolation, e.clone())),
+            WorkerExit::Crashed {
+                signal: Some(nix::libc::SIGXFSZ),
+                ..
+            } => Some((
+                Outcome::OutputLimit,
+                "the worker wrote a file over the size limit".into(),
+            )),
+            WorkerExit::Crashed {
+                signal,
+                code,
+                stderr_tail,
+            } => Some((
+                Outcome::Crashed { signal: *signal },
+                format!("worker died (signal {signal:?}, exit code {code:?})\n{stderr_tail}"),
+            )),
+        };
+        if let Some((o, d)) = exit_outcome {
+            if outcome == Outcome::Ok {
+                outcome = o;
+            }
+            details.push(d);
+        }
+    }
+    let violations: u32 = runs.iter().map(|r| r.protocol_violations).sum();
+    if outcome == Outcome::Ok && violations > 0 {
+        outcome = Outcome::ProtocolViolation;
+        details.push(format!(
+            "{violations} forged or malformed messages on the worker's pipes"
+        ));
+    }
+    let mut kinds = Vec::new();
+    for run in runs {
+        let mut ids: Vec<&String> = run.tasks.keys().collect();
+        ids.sort();
+        for id in ids {
+            let task = &run.tasks[id];
+            let kind = task_outcome(task, &run.exit);
+            if kind != "ok" && task.finished && details.len() < 3 {
+                details.push(format!(
+                    "task {id}: {}\n{}",
+                    task.error.as_deref().unwrap_or(""),
+                    task.traceback.as_deref().unwrap_or("")
+                ));
+            }
+            kinds.push((kind, task.error.clone()));
+        }
+    }
+    if outcome == Outcome::Ok && !kinds.is_empty() {
+        if let Some((_, e)) = kinds.iter().find(|(k, _)| *k == "policy_denied") {
+            outcome = Outcome::PolicyDenied {
+                what: e.clone().unwrap_or_default(),
+            };
+        } else if kinds.iter().any(|(k, _)| *k == "output_limit") {
+            outcome = Outcome::OutputLimit;
+        } else if kinds.iter().all(|(k, _)| *k == "memory_limit") {
+            outcome = Outcome::MemoryLimit;
+        } else if kinds.iter().all(|(k, _)| *k != "ok") {
+            outcome = Outcome::Error;
+        }
+    }
+    (outcome, details)
+}
