@@ -187,12 +187,31 @@ impl Default for SearchConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProposerMix {
+    /// LLM-free structural mutations and crossovers.
     #[serde(default = "one")]
     pub operators: f64,
+    /// The meta-model writes a whole program (ADAS style).
     #[serde(default)]
     pub rewrite: f64,
+    /// The meta-model edits the parent with SEARCH/REPLACE blocks.
+    #[serde(default)]
+    pub diff: f64,
+    /// The meta-model writes one program from two parents.
+    #[serde(default)]
+    pub crossover: f64,
+    /// Proposals whose estimated similarity (MinHash over token 3-grams, 64 slots) to an
+    /// archived program reaches this are rejected as near-duplicates before evaluation.
+    /// 1.0 (default) rejects only programs with the same 3-gram set (reordered or repeated
+    /// lines); 0.9 also rejects one-constant tweaks of short programs; above 1.0 disables it.
+    #[serde(default = "default_novelty")]
+    pub novelty_threshold: f64,
+    /// Options of the three LLM kinds.
     #[serde(default)]
     pub rewrite_options: RewriteOptions,
+}
+
+fn default_novelty() -> f64 {
+    1.0
 }
 
 fn one() -> f64 {
@@ -204,6 +223,9 @@ impl Default for ProposerMix {
         Self {
             operators: 1.0,
             rewrite: 0.0,
+            diff: 0.0,
+            crossover: 0.0,
+            novelty_threshold: default_novelty(),
             rewrite_options: RewriteOptions::default(),
         }
     }
@@ -224,6 +246,15 @@ pub struct RewriteOptions {
     /// Malformed replies are retried this many times with the parse error.
     #[serde(default = "one_u32")]
     pub parse_retries: u32,
+    /// Budget for the sampled context (programs and failures) in a prompt, in tokens
+    /// estimated at 4 characters each; inspirations are dropped until it fits. The tokens
+    /// actually sent are measured in the archive's `llm_calls`.
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: usize,
+}
+
+fn default_context_tokens() -> usize {
+    6000
 }
 
 fn two() -> u32 {
@@ -243,6 +274,7 @@ impl Default for RewriteOptions {
             debug_rounds: 2,
             context_candidates: 2,
             parse_retries: 1,
+            context_tokens: default_context_tokens(),
         }
     }
 }
@@ -394,10 +426,11 @@ impl Experiment {
         if self.evaluation.tasks_in_flight == 0 || self.evaluation.shards == 0 {
             bail!("evaluation.tasks_in_flight and evaluation.shards must be at least 1");
         }
-        if self.proposers.operators < 0.0 || self.proposers.rewrite < 0.0 {
+        let p = &self.proposers;
+        if [p.operators, p.rewrite, p.diff, p.crossover].iter().any(|w| *w < 0.0 || w.is_nan()) {
             bail!("proposers.* probabilities must be >= 0");
         }
-        if self.proposers.operators + self.proposers.rewrite <= 0.0 {
+        if p.operators + p.rewrite + p.diff + p.crossover <= 0.0 {
             bail!("proposers: all probabilities are zero; fix: set proposers.operators = 1.0");
         }
         if !["pareto", "uniform"].contains(&self.search.parent_selection.as_str()) {

@@ -74,6 +74,8 @@ pub struct ProposalRecord {
 pub enum ProposalStatus {
     Evaluated,
     Duplicate,
+    /// Passed check but too similar to an archived program (`proposers.novelty_threshold`).
+    NotNovel,
     ParseError,
     CheckFailed,
     RuntimeError,
@@ -85,6 +87,7 @@ impl ProposalStatus {
         match self {
             ProposalStatus::Evaluated => "evaluated",
             ProposalStatus::Duplicate => "duplicate",
+            ProposalStatus::NotNovel => "not_novel",
             ProposalStatus::ParseError => "parse_error",
             ProposalStatus::CheckFailed => "check_failed",
             ProposalStatus::RuntimeError => "runtime_error",
@@ -92,6 +95,10 @@ impl ProposalStatus {
         }
     }
 }
+
+/// SQL mapping a proposal kind (`op:wrap_vote`, `rewrite:debug1`, `diff`, ...) to its family.
+const FAMILY: &str = "CASE WHEN kind LIKE 'op:%' THEN 'operators' WHEN kind LIKE 'rewrite%' THEN 'rewrite' \
+     WHEN kind LIKE 'diff%' THEN 'diff' WHEN kind LIKE 'crossover%' THEN 'crossover' ELSE kind END";
 
 /// Everything one loop step writes, committed in one transaction.
 #[derive(Debug, Clone, Default)]
@@ -417,24 +424,32 @@ impl Archive {
 
     /// Count of proposal attempts by status, per proposal kind family.
     pub fn funnel(&self) -> Result<Vec<(String, String, u64)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT CASE WHEN kind LIKE 'op:%' THEN 'operators' WHEN kind LIKE 'rewrite%' THEN 'rewrite' ELSE kind END AS family,
-                    status, count(*) FROM proposals GROUP BY family, status ORDER BY family, status",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {FAMILY} AS family, status, count(*) FROM proposals GROUP BY family, status ORDER BY family, status"
+        ))?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Number of evaluated children that beat their best parent on validation.
-    pub fn improvements(&self) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = 'val'
-             WHERE c.operator != 'seed' AND e.mean > (
+    /// Evaluated children that beat their best parent on validation, per proposal family.
+    pub fn improvements(&self) -> Result<Vec<(String, u64)>> {
+        let family = FAMILY.replace("kind", "c.operator");
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {family} AS family, count(*) FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = 'val'
+             WHERE c.operator != 'seed' AND e.outcome = 'ok' AND e.mean > (
                 SELECT max(pe.mean) FROM lineage l JOIN evaluations pe ON pe.candidate_id = l.parent AND pe.split = 'val'
-                WHERE l.child = c.id)",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+                WHERE l.child = c.id)
+             GROUP BY family ORDER BY family"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Id and code of every archived program (the loop's near-duplicate check).
+    pub fn programs(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare("SELECT id, code FROM candidates")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// Model usage over the whole run (all evaluations) and the number of cached calls.

@@ -13,7 +13,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tree_sitter::{Node, Parser, Tree};
 
-pub use normalize::{normalized_source, structure_fingerprint};
+pub use normalize::{normalized_source, structure_fingerprint, Signature};
 pub use rules::{Rule, RuleSet};
 
 use crate::candidate::CandidateKind;

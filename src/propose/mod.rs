@@ -2,6 +2,7 @@
 //! and crossovers with tree-sitter) and `rewrite` (the ADAS-style meta-agent with reflexion
 //! and debug rounds). The loop picks one per proposal by the configured probabilities.
 
+pub mod diff;
 pub mod operators;
 pub mod reply;
 pub mod rewrite;

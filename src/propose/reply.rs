@@ -95,7 +95,7 @@ fn unfence(code: &str) -> String {
     python_fence(code).unwrap_or_else(|| code.to_string())
 }
 
-fn name_line(text: &str) -> Option<String> {
+pub(crate) fn name_line(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
         let t = l.trim().trim_start_matches(['#', '*', ' ']);
         t.strip_prefix("name:")

@@ -1,11 +1,14 @@
-//! The ADAS-style meta-agent: one proposal (thought, name, code), reflexion rounds in the
-//! same conversation, then debug rounds driven by the loop with check diagnostics or runtime
+//! The meta-agent conversation behind the LLM proposal kinds: `rewrite` (ADAS style: a whole
+//! program as thought, name, code), `crossover` (one program from two parents) and `diff`
+//! (SEARCH/REPLACE edits to the parent). One proposal, reflexion rounds in the same
+//! conversation, then debug rounds driven by the loop with check diagnostics or runtime
 //! errors. Unlike ADAS, the context holds a *sample* of the archive (never all of it), and
-//! the loop checks and evaluates the *last* fix too.
+//! the loop checks and evaluates the *last* fix too. Prompts are `templates/{kind}/...`.
 
 use serde::Serialize;
 use serde_json::json;
 
+use super::diff::{apply_edits, parse_edits};
 use super::reply::parse_reply;
 use super::{Proposal, Templates};
 use crate::config::RewriteOptions;
@@ -31,10 +34,32 @@ pub struct RewriteFailure {
     pub reply: Option<String>,
 }
 
+/// The LLM proposal kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmKind {
+    Rewrite,
+    Crossover,
+    Diff,
+}
+
+impl LlmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmKind::Rewrite => "rewrite",
+            LlmKind::Crossover => "crossover",
+            LlmKind::Diff => "diff",
+        }
+    }
+}
+
 pub struct RewriteSession<'a> {
     gateway: &'a Gateway,
     templates: &'a Templates,
     opts: &'a RewriteOptions,
+    kind: LlmKind,
+    domain: String,
+    /// `diff` only: the program the next edits apply to (the parent, then each accepted fix).
+    base_code: Option<String>,
     messages: Vec<Message>,
     parents: Vec<String>,
     /// Distinguishes this step's calls from identical prompts in other steps.
@@ -45,11 +70,15 @@ pub struct RewriteSession<'a> {
 }
 
 pub struct RewriteInput<'a> {
+    pub kind: LlmKind,
+    pub domain_name: &'a str,
     pub domain_description: &'a str,
     pub example: Option<String>,
     pub context: Vec<ContextCandidate>,
     pub failures: Vec<(String, String)>,
     pub parents: Vec<String>,
+    /// `diff`: the code the edits apply to.
+    pub base_code: Option<String>,
     pub step: u64,
 }
 
@@ -61,37 +90,40 @@ impl<'a> RewriteSession<'a> {
         opts: &'a RewriteOptions,
         input: RewriteInput,
     ) -> anyhow::Result<(Self, Result<Proposal, RewriteFailure>)> {
-        let system = templates.render("rewrite/system.j2", json!({}))?;
-        let user = templates.render(
-            "rewrite/propose.j2",
+        let kind = input.kind.as_str();
+        let system = templates.render_for(kind, input.domain_name, "system.j2", json!({}))?;
+        let user = templates.render_for(
+            kind,
+            input.domain_name,
+            "propose.j2",
             json!({
                 "domain": {"description": input.domain_description},
                 "example": input.example,
                 "context": input.context,
                 "failures": input.failures,
+                "base_code": input.base_code,
             }),
         )?;
         let mut s = Self {
             gateway,
             templates,
             opts,
+            kind: input.kind,
+            domain: input.domain_name.to_string(),
+            base_code: input.base_code,
             messages: vec![Message::new("system", system), Message::new("user", user)],
             parents: input.parents,
             sample_base: (input.step as u32).wrapping_mul(64),
             calls: 0,
             malformed_replies: 0,
         };
-        let mut current = s.ask("rewrite");
+        let mut current = s.ask(kind);
         if current.is_ok() {
             for round in 1..=s.opts.reflexion_rounds {
-                let name = if round == 1 {
-                    "rewrite/reflexion_1.j2"
-                } else {
-                    "rewrite/reflexion_2.j2"
-                };
-                let prompt = s.templates.render(name, json!({}))?;
+                let name = if round == 1 { "reflexion_1.j2" } else { "reflexion_2.j2" };
+                let prompt = s.render(name, json!({}))?;
                 s.messages.push(Message::new("user", prompt));
-                match s.ask("rewrite") {
+                match s.ask(kind) {
                     Ok(p) => current = Ok(p),
                     // A failed reflexion keeps the previous proposal; drop the bad exchange.
                     Err(_) => {
@@ -105,11 +137,31 @@ impl<'a> RewriteSession<'a> {
 
     /// One debug round: feed back what went wrong and ask for a fix.
     pub fn debug(&mut self, feedback: &str, round: u32) -> anyhow::Result<Result<Proposal, RewriteFailure>> {
-        let prompt = self
-            .templates
-            .render("rewrite/debug.j2", json!({"feedback": feedback}))?;
+        let prompt = self.render("debug.j2", json!({"feedback": feedback}))?;
         self.messages.push(Message::new("user", prompt));
-        Ok(self.ask(&format!("rewrite:debug{round}")))
+        Ok(self.ask(&format!("{}:debug{round}", self.kind.as_str())))
+    }
+
+    fn render(&self, file: &str, ctx: serde_json::Value) -> anyhow::Result<String> {
+        self.templates.render_for(self.kind.as_str(), &self.domain, file, ctx)
+    }
+
+    /// Reads a reply in this kind's format: a whole program, or edits to the base code.
+    fn read_reply(&self, reply: &str) -> Result<super::reply::ParsedReply, String> {
+        match (&self.kind, &self.base_code) {
+            (LlmKind::Diff, Some(base)) => {
+                let code = apply_edits(base, &parse_edits(reply)?)?;
+                let name = super::reply::name_line(reply).unwrap_or_default();
+                let thought = reply.split("<<<<<<< SEARCH").next().unwrap_or("").trim().to_string();
+                Ok(super::reply::ParsedReply {
+                    thought,
+                    name,
+                    code,
+                    via: "diff",
+                })
+            }
+            _ => parse_reply(reply),
+        }
     }
 
     /// Calls the model; on an unreadable reply retries with the parse error.
@@ -135,8 +187,11 @@ impl<'a> RewriteSession<'a> {
                 }
             };
             self.messages.push(Message::new("assistant", reply.clone()));
-            match parse_reply(&reply) {
+            match self.read_reply(&reply) {
                 Ok(p) => {
+                    if self.kind == LlmKind::Diff {
+                        self.base_code = Some(p.code.clone());
+                    }
                     return Ok(Proposal {
                         kind: kind.into(),
                         name: p.name,
@@ -159,8 +214,7 @@ impl<'a> RewriteSession<'a> {
                     }
                     tries += 1;
                     let retry = self
-                        .templates
-                        .render("rewrite/parse_retry.j2", json!({"error": reason}))
+                        .render("parse_retry.j2", json!({"error": reason}))
                         .unwrap_or_else(|_| reason.clone());
                     self.messages.push(Message::new("user", retry));
                 }

@@ -45,6 +45,23 @@ impl Templates {
             .with_context(|| format!("template {name} failed to render"))
     }
 
+    /// Renders `file` for a proposal `kind` in `domain`, taking the most specific template
+    /// that exists: `{kind}/{domain}/{file}`, `{kind}/{file}`, then the `rewrite/` ones. So a
+    /// domain or a kind overrides only the prompts it needs to.
+    pub fn render_for<S: Serialize>(&self, kind: &str, domain: &str, file: &str, ctx: S) -> Result<String> {
+        let candidates = [
+            format!("{kind}/{domain}/{file}"),
+            format!("{kind}/{file}"),
+            format!("rewrite/{domain}/{file}"),
+            format!("rewrite/{file}"),
+        ];
+        let name = candidates
+            .iter()
+            .find(|n| self.env.get_template(n).is_ok())
+            .with_context(|| format!("no template for {kind}/{file} (looked for {})", candidates.join(", ")))?;
+        self.render(name, ctx)
+    }
+
     /// A plain data file under `templates/` (e.g. the instruction bank).
     pub fn lines(&self, name: &str) -> Vec<&'static str> {
         crate::assets::text(&crate::assets::TEMPLATES, name)

@@ -15,7 +15,8 @@ pub struct Status {
     pub leaderboard: Vec<LeaderRow>,
     /// (proposal family, status, count)
     pub funnel: Vec<(String, String, u64)>,
-    pub improvements: u64,
+    /// (proposal family, children that beat their best parent on validation)
+    pub improvements: Vec<(String, u64)>,
     pub tokens: u64,
     pub cost_usd: f64,
     pub cached_calls: u64,
@@ -131,6 +132,7 @@ pub fn render_status(s: &Status) -> String {
         let proposed = count(&[
             "evaluated",
             "duplicate",
+            "not_novel",
             "parse_error",
             "check_failed",
             "runtime_error",
@@ -138,14 +140,14 @@ pub fn render_status(s: &Status) -> String {
         ]);
         let parsed = proposed - count(&["parse_error", "llm_error"]);
         let checked = parsed - count(&["check_failed"]);
-        let novel = checked - count(&["duplicate"]);
-        let evaluated = count(&["evaluated", "runtime_error"]);
+        let novel = checked - count(&["duplicate", "not_novel"]);
+        let evaluated = count(&["evaluated"]);
+        let improved = s.improvements.iter().find(|(f, _)| f == fam).map_or(0, |(_, n)| *n);
         out.push_str(&format!(
-            "  {fam:<10} proposed {proposed} → parsed {parsed} → checked {checked} → novel {novel} → evaluated {evaluated} (runtime errors {})\n",
+            "  {fam:<10} proposed {proposed} → parsed {parsed} → checked {checked} → novel {novel} → evaluated {evaluated} → improved {improved} (runtime errors {})\n",
             count(&["runtime_error"])
         ));
     }
-    out.push_str(&format!("  improved on their best parent: {}\n", s.improvements));
     out.push_str(&format!(
         "\nagent-model usage over all evaluations: {} tokens, ${:.4}; cached model calls in the archive: {}\n",
         s.tokens, s.cost_usd, s.cached_calls

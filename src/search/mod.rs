@@ -18,12 +18,12 @@ use serde_json::json;
 
 use crate::archive::{select_parent, Archive, ProposalRecord, ProposalStatus, StepRecord};
 use crate::candidate::{candidate_id, docstring_header, Candidate, CandidateKind};
-use crate::check::Checker;
+use crate::check::{Checker, Signature};
 use crate::config::Experiment;
 use crate::domain::{Domain, Task};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
 use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
-use crate::propose::rewrite::{ContextCandidate, RewriteInput, RewriteSession};
+use crate::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
 use crate::propose::{operators, Proposal, Templates};
 use crate::sandbox::Isolation;
 
@@ -39,6 +39,8 @@ pub struct Search {
     agent: Gateway,
     seeds: Vec<(String, String)>,
     quiet: bool,
+    /// Token signatures of archived programs, by id, filled lazily (near-duplicate check).
+    signatures: std::sync::Mutex<std::collections::HashMap<String, Signature>>,
 }
 
 /// What step N is.
@@ -101,6 +103,7 @@ impl Search {
             agent,
             seeds,
             quiet,
+            signatures: Default::default(),
         })
     }
 
@@ -225,19 +228,29 @@ impl Search {
             .archive
             .candidate(&scored[pi].id)?
             .context("selected parent vanished")?;
-        let w = &self.exp.proposers;
-        let use_rewrite = rng.random_range(0.0..w.operators + w.rewrite) >= w.operators;
+        let kind = choose_kind(&self.exp.proposers, &mut rng);
         let mut records = Vec::new();
-        if use_rewrite {
-            self.rewrite(step, generation, &scored, &parent, &mut rng, bar, &mut records)?;
-        } else {
-            let other = select_parent(&scored, strategy, &mut rng)
-                .filter(|&o| o != pi)
-                .or_else(|| (0..scored.len()).find(|&o| o != pi && scored[o].ok));
-            let other = match other {
-                Some(o) => self.archive.candidate(&scored[o].id)?,
-                None => None,
+        let mut events = Vec::new();
+        let other = select_parent(&scored, strategy, &mut rng)
+            .filter(|&o| o != pi)
+            .or_else(|| (0..scored.len()).find(|&o| o != pi && scored[o].ok));
+        let other = match other {
+            Some(o) => self.archive.candidate(&scored[o].id)?,
+            None => None,
+        };
+        if let Some(kind) = kind {
+            let mates: Vec<&Candidate> = match (kind, &other) {
+                (LlmKind::Crossover, Some(o)) => vec![&parent, o],
+                _ => vec![&parent],
             };
+            let job = LlmJob {
+                step,
+                generation,
+                kind,
+                parents: &mates,
+            };
+            self.llm_proposal(job, &scored, &mut rng, bar, &mut records, &mut events)?;
+        } else {
             bar.set_message(format!("gen {generation}: operators on {}", parent.name));
             match operators::propose(&mut rng, &parent, other.as_ref(), &self.templates, &self.checker) {
                 Ok(p) => records.push(self.check_and_evaluate(step, generation, 0, p, bar)?),
@@ -255,25 +268,34 @@ impl Search {
             step,
             generation,
             proposals: records,
+            events,
             ..Default::default()
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn rewrite(
+    /// A proposal by the meta-model (`rewrite`, `crossover` or `diff`), with its reflexion
+    /// and debug rounds; every attempt becomes a proposal record.
+    fn llm_proposal(
         &self,
-        step: u64,
-        generation: u32,
+        job: LlmJob,
         scored: &[crate::archive::Scored],
-        parent: &Candidate,
         rng: &mut ChaCha8Rng,
         bar: &ProgressBar,
         records: &mut Vec<ProposalRecord>,
+        events: &mut Vec<(String, serde_json::Value)>,
     ) -> Result<()> {
+        let LlmJob {
+            step,
+            generation,
+            kind,
+            parents,
+        } = job;
         let opts = &self.exp.proposers.rewrite_options;
-        let mut context = vec![self.context_of(parent, scored)];
+        let parent = parents[0];
+        let mut context: Vec<ContextCandidate> = parents.iter().map(|p| self.context_of(p, scored)).collect();
+        let required = context.len();
         let front = crate::archive::pareto_front(scored);
-        for _ in 0..opts.context_candidates.saturating_sub(1) {
+        for _ in 0..opts.context_candidates.saturating_sub(required) {
             if front.is_empty() {
                 break;
             }
@@ -284,15 +306,25 @@ impl Search {
                 }
             }
         }
+        let mut failures = self.archive.recent_failures(3)?;
+        let budget = fit_context(&mut context, required, &mut failures, opts.context_tokens);
+        events.push(("context".into(), budget));
         let input = RewriteInput {
+            kind,
+            domain_name: &self.exp.domain.name,
             domain_description: &self.domain.description,
             example: self.val.first().map(|t| t.input.to_string()),
             context,
-            failures: self.archive.recent_failures(3)?,
-            parents: vec![parent.id.clone()],
+            failures,
+            parents: parents.iter().map(|p| p.id.clone()).collect(),
+            base_code: (kind == LlmKind::Diff).then(|| parent.code.clone()),
             step,
         };
-        bar.set_message(format!("gen {generation}: rewrite (meta model) from {}", parent.name));
+        bar.set_message(format!(
+            "gen {generation}: {} (meta model) from {}",
+            kind.as_str(),
+            parent.name
+        ));
         let (mut session, mut current) = RewriteSession::start(&self.meta, &self.templates, opts, input)?;
         let mut attempt = 0u32;
         loop {
@@ -304,7 +336,8 @@ impl Search {
                     } else {
                         ProposalStatus::ParseError
                     };
-                    let mut r = failed(attempt, "rewrite", vec![parent.id.clone()], status, f.reason, None);
+                    let ids = parents.iter().map(|p| p.id.clone()).collect();
+                    let mut r = failed(attempt, kind.as_str(), ids, status, f.reason, None);
                     r.prompt = Some(f.prompt);
                     r.reply = f.reply;
                     records.push(r);
@@ -326,6 +359,28 @@ impl Search {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// The most similar archived program when it reaches the novelty threshold.
+    fn near_duplicate(&self, normalized: &str) -> Result<Option<(f64, String)>> {
+        let threshold = self.exp.proposers.novelty_threshold;
+        if threshold > 1.0 {
+            return Ok(None);
+        }
+        let mine = Signature::of(normalized);
+        let mut known = self.signatures.lock().unwrap();
+        for (id, code) in self.archive.programs()? {
+            if !known.contains_key(&id) {
+                let report = self.checker.check("archived.py", &code, CandidateKind::Agent);
+                known.insert(id, Signature::of(&report.normalized));
+            }
+        }
+        Ok(known
+            .iter()
+            .map(|(id, sig)| (mine.similarity(sig), id))
+            .filter(|(sim, _)| *sim >= threshold)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(sim, id)| (sim, id.clone())))
     }
 
     fn context_of(&self, c: &Candidate, scored: &[crate::archive::Scored]) -> ContextCandidate {
@@ -390,6 +445,19 @@ impl Search {
                     "[step {step}] {} {:?}: duplicate of an archived program",
                     p.kind, p.name
                 ),
+            );
+            return Ok(rec);
+        }
+        if let Some((similarity, twin)) = self.near_duplicate(&report.normalized)? {
+            rec.status = ProposalStatus::NotNovel;
+            rec.reason = format!(
+                "near-duplicate: similarity {similarity:.2} >= proposers.novelty_threshold {} to candidate {}",
+                self.exp.proposers.novelty_threshold,
+                &twin[..12.min(twin.len())]
+            );
+            self.say(
+                bar,
+                &format!("[step {step}] {} {:?}: near-duplicate, not evaluated", p.kind, p.name),
             );
             return Ok(rec);
         }
@@ -550,4 +618,68 @@ pub fn resolve_seeds(names: &[String]) -> Result<Vec<(String, String)>> {
         }
     }
     Ok(out)
+}
+
+/// What an LLM proposal works from.
+struct LlmJob<'a> {
+    step: u64,
+    generation: u32,
+    kind: LlmKind,
+    /// The parent, and for `crossover` its mate.
+    parents: &'a [&'a Candidate],
+}
+
+/// Picks the proposal kind by the configured weights; `None` is `operators`.
+fn choose_kind(mix: &crate::config::ProposerMix, rng: &mut ChaCha8Rng) -> Option<LlmKind> {
+    let weights = [
+        (None, mix.operators),
+        (Some(LlmKind::Rewrite), mix.rewrite),
+        (Some(LlmKind::Diff), mix.diff),
+        (Some(LlmKind::Crossover), mix.crossover),
+    ];
+    let total: f64 = weights.iter().map(|(_, w)| w).sum();
+    let mut x = rng.random_range(0.0..total);
+    for (kind, w) in weights {
+        if x < w {
+            return kind;
+        }
+        x -= w;
+    }
+    None
+}
+
+/// Keeps the prompt's sampled context under `budget_tokens` (4 characters a token): drops
+/// inspirations beyond the `required` parents from the end, then failures. Returns what it
+/// measured, stored as a `context` event of the step.
+fn fit_context(
+    context: &mut Vec<ContextCandidate>,
+    required: usize,
+    failures: &mut Vec<(String, String)>,
+    budget_tokens: usize,
+) -> serde_json::Value {
+    let estimate = |c: &[ContextCandidate], f: &[(String, String)]| {
+        let chars: usize = c.iter().map(|c| c.code.len() + c.name.len() + 64).sum::<usize>()
+            + f.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
+        chars / 4
+    };
+    let before = estimate(context, failures);
+    let mut dropped = 0;
+    while estimate(context, failures) > budget_tokens {
+        if context.len() > required {
+            context.pop();
+            dropped += 1;
+        } else if !failures.is_empty() {
+            failures.pop();
+            dropped += 1;
+        } else {
+            break;
+        }
+    }
+    json!({
+        "estimated_tokens_before": before,
+        "estimated_tokens": estimate(context, failures),
+        "budget_tokens": budget_tokens,
+        "dropped": dropped,
+        "programs": context.len(),
+    })
 }
