@@ -427,7 +427,10 @@ impl Experiment {
             bail!("evaluation.tasks_in_flight and evaluation.shards must be at least 1");
         }
         let p = &self.proposers;
-        if [p.operators, p.rewrite, p.diff, p.crossover].iter().any(|w| *w < 0.0 || w.is_nan()) {
+        if [p.operators, p.rewrite, p.diff, p.crossover]
+            .iter()
+            .any(|w| *w < 0.0 || w.is_nan())
+        {
             bail!("proposers.* probabilities must be >= 0");
         }
         if p.operators + p.rewrite + p.diff + p.crossover <= 0.0 {

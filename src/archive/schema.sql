@@ -32,9 +32,9 @@ CREATE TABLE proposals (
     step         INTEGER NOT NULL,
     attempt      INTEGER NOT NULL,
     generation   INTEGER NOT NULL,
-    kind         TEXT    NOT NULL,            -- seed | op:<name> | rewrite | rewrite:debug ...
+    kind         TEXT    NOT NULL,            -- seed | op:<name> | rewrite | diff | crossover [:debug<n>]
     parents      TEXT    NOT NULL,            -- JSON list of candidate ids
-    status       TEXT    NOT NULL,            -- evaluated | duplicate | parse_error | check_failed | runtime_error | llm_error
+    status       TEXT    NOT NULL,            -- evaluated | duplicate | not_novel | parse_error | check_failed | runtime_error | llm_error
     reason       TEXT    NOT NULL,
     candidate_id TEXT,
     prompt       TEXT,

@@ -3,7 +3,8 @@
 //!
 //! Script file: a JSON list of replies (served in order, cycling), or an object
 //! `{"rules": [{"contains": "...", "reply": "..."}], "default": "..."}` whose first rule
-//! matching the last message wins (order-independent, so safe under concurrency).
+//! matching the last message wins (order-independent, so safe under concurrency), or a
+//! recorded transcript `{"replies": [...]}` of a real model, replayed in order.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,7 +18,15 @@ use crate::config::ModelConfig;
 #[serde(untagged)]
 enum Script {
     List(Vec<String>),
-    Rules { rules: Vec<RuleEntry>, default: String },
+    Rules {
+        rules: Vec<RuleEntry>,
+        default: String,
+    },
+    /// A recorded transcript of a real model (`scripts/record-transcripts.sh`): its replies
+    /// served in call order.
+    Transcript {
+        replies: Vec<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -68,8 +77,10 @@ impl Backend for ScriptedBackend {
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
         let i = self.next.fetch_add(1, Ordering::SeqCst);
         let text = match &self.script {
-            Script::List(replies) if replies.is_empty() => return Err(LlmError::Fatal("script is empty".into())),
-            Script::List(replies) => replies[i % replies.len()].clone(),
+            Script::List(replies) | Script::Transcript { replies } if replies.is_empty() => {
+                return Err(LlmError::Fatal("script is empty".into()))
+            }
+            Script::List(replies) | Script::Transcript { replies } => replies[i % replies.len()].clone(),
             Script::Rules { rules, default } => {
                 let last = req.messages.last().map(|m| m.content.as_str()).unwrap_or("");
                 rules

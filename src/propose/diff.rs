@@ -115,6 +115,8 @@ mod tests {
         let e = parse_edits("<<<<<<< SEARCH\nx = 1\n=======\nx = 2\n>>>>>>> REPLACE").unwrap();
         assert!(apply_edits(code, &e).unwrap_err().contains("occurs 2 times"));
         assert!(parse_edits("<<<<<<< SEARCH\nx = 1\n").unwrap_err().contains("missing"));
-        assert!(parse_edits("just prose").unwrap_err().starts_with("no edit blocks found"));
+        assert!(parse_edits("just prose")
+            .unwrap_err()
+            .starts_with("no edit blocks found"));
     }
 }

@@ -200,7 +200,7 @@ impl<'a> RewriteSession<'a> {
                         parents: self.parents.clone(),
                         prompt: Some(prompt_text),
                         reply: Some(reply),
-                    })
+                    });
                 }
                 Err(reason) => {
                     self.malformed_replies += 1;

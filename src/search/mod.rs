@@ -341,7 +341,7 @@ impl Search {
                     r.prompt = Some(f.prompt);
                     r.reply = f.reply;
                     records.push(r);
-                    return Ok(());
+                    break;
                 }
             };
             let rec = self.check_and_evaluate(step, generation, attempt, proposal, bar)?;
@@ -356,9 +356,17 @@ impl Search {
                     attempt += 1;
                     current = session.debug(&fb, attempt)?;
                 }
-                _ => return Ok(()),
+                _ => break,
             }
         }
+        if session.malformed_replies > 0 {
+            // Retried replies leave no proposal row of their own; count them here.
+            events.push((
+                "malformed_replies".into(),
+                json!({"kind": kind.as_str(), "count": session.malformed_replies}),
+            ));
+        }
+        Ok(())
     }
 
     /// The most similar archived program when it reaches the novelty threshold.
@@ -370,10 +378,10 @@ impl Search {
         let mine = Signature::of(normalized);
         let mut known = self.signatures.lock().unwrap();
         for (id, code) in self.archive.programs()? {
-            if !known.contains_key(&id) {
+            known.entry(id).or_insert_with(|| {
                 let report = self.checker.check("archived.py", &code, CandidateKind::Agent);
-                known.insert(id, Signature::of(&report.normalized));
-            }
+                Signature::of(&report.normalized)
+            });
         }
         Ok(known
             .iter()
