@@ -199,6 +199,10 @@ pub struct ProposerMix {
     /// The meta-model writes one program from two parents.
     #[serde(default)]
     pub crossover: f64,
+    /// Share of `operators` proposals in which the meta-model rewrites one instruction string
+    /// of the parent instead of a structural mutation (0 = LLM-free operators only).
+    #[serde(default)]
+    pub llm_instruction: f64,
     /// Proposals whose estimated similarity (MinHash over token 3-grams, 64 slots) to an
     /// archived program reaches this are rejected as near-duplicates before evaluation.
     /// 1.0 (default) rejects only programs with the same 3-gram set (reordered or repeated
@@ -225,6 +229,7 @@ impl Default for ProposerMix {
             rewrite: 0.0,
             diff: 0.0,
             crossover: 0.0,
+            llm_instruction: 0.0,
             novelty_threshold: default_novelty(),
             rewrite_options: RewriteOptions::default(),
         }
@@ -240,8 +245,9 @@ pub struct RewriteOptions {
     /// Debug rounds fed with check diagnostics or runtime errors; the last fix is evaluated too.
     #[serde(default = "two")]
     pub debug_rounds: u32,
-    /// Parents and inspirations shown in the prompt (sampled, never the whole archive).
-    #[serde(default = "two_usize")]
+    /// Programs shown in the prompt: the parent(s), then inspirations alternating between
+    /// the Pareto front and other structural niches (sampled, never the whole archive).
+    #[serde(default = "three")]
     pub context_candidates: usize,
     /// Malformed replies are retried this many times with the parse error.
     #[serde(default = "one_u32")]
@@ -260,8 +266,8 @@ fn default_context_tokens() -> usize {
 fn two() -> u32 {
     2
 }
-fn two_usize() -> usize {
-    2
+fn three() -> usize {
+    3
 }
 fn one_u32() -> u32 {
     1
@@ -272,7 +278,7 @@ impl Default for RewriteOptions {
         Self {
             reflexion_rounds: 2,
             debug_rounds: 2,
-            context_candidates: 2,
+            context_candidates: 3,
             parse_retries: 1,
             context_tokens: default_context_tokens(),
         }
@@ -432,6 +438,12 @@ impl Experiment {
             .any(|w| *w < 0.0 || w.is_nan())
         {
             bail!("proposers.* probabilities must be >= 0");
+        }
+        if !(0.0..=1.0).contains(&p.llm_instruction) {
+            bail!(
+                "proposers.llm_instruction = {} must be between 0 and 1",
+                p.llm_instruction
+            );
         }
         if p.operators + p.rewrite + p.diff + p.crossover <= 0.0 {
             bail!("proposers: all probabilities are zero; fix: set proposers.operators = 1.0");

@@ -272,3 +272,35 @@ fn near_duplicates_are_refused_before_evaluation() {
     );
     assert!(out.contains("novel"), "{out}");
 }
+
+/// SCRIPTED replies: with `llm_instruction = 1.0` every operator proposal asks the meta-model
+/// to rewrite one instruction string; a usable line replaces it and nothing else, an
+/// unusable reply is a stored `parse_error`.
+#[test]
+fn the_meta_model_rewrites_one_instruction_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let replies = vec![
+        "New instruction: \"Reply with just the final number, no words.\"\nThis is clearer.".to_string(),
+        "ok".to_string(),
+    ];
+    let script = dir.path().join("meta.json");
+    std::fs::write(&script, serde_json::to_string(&replies).unwrap()).unwrap();
+    let exp = experiment(dir.path(), &script, "operators = 1.0\nllm_instruction = 1.0", "", 2);
+    let db = dir.path().join("run.db");
+    run(&exp, &db);
+    let props = rows(
+        &db,
+        "SELECT p.status, p.reason, coalesce(p.prompt, ''), coalesce(c.code, '') FROM proposals p LEFT JOIN candidates c ON c.id = p.candidate_id WHERE p.kind = 'op:llm_instruction'",
+    );
+    assert!(!props.is_empty(), "no instruction rewrite was proposed");
+    let done: Vec<_> = props.iter().filter(|p| p[0] == "evaluated").collect();
+    assert!(!done.is_empty(), "{props:?}");
+    for p in &done {
+        assert!(p[3].contains("\"Reply with just the final number, no words.\""), "{}", p[3]);
+        assert!(p[2].contains("Write a better instruction"), "the prompt was not stored");
+    }
+    assert!(
+        props.iter().any(|p| p[0] == "parse_error" && p[1] == "the reply holds no instruction line"),
+        "{props:?}"
+    );
+}

@@ -3,6 +3,7 @@
 //! and debug rounds). The loop picks one per proposal by the configured probabilities.
 
 pub mod diff;
+pub mod instruction;
 pub mod operators;
 pub mod reply;
 pub mod rewrite;

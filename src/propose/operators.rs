@@ -74,12 +74,17 @@ pub const OPERATORS: &[Operator] = &[
 
 /// Tries operators in random order until one yields code that passes `check` and differs
 /// from its parent. Returns the failures it met too, so nothing is dropped silently.
+/// Tries the operators in a random order and returns the first result that passes `check`
+/// and that `is_known` (given the normalised source) does not recognise as an archived
+/// program: deterministic operators on the same parents would otherwise keep proposing the
+/// same child.
 pub fn propose(
     rng: &mut dyn RngCore,
     parent: &Candidate,
     other: Option<&Candidate>,
     templates: &Templates,
     checker: &Checker,
+    is_known: &dyn Fn(&str) -> bool,
 ) -> Result<Proposal, String> {
     let mut order: Vec<&Operator> = OPERATORS.iter().filter(|o| !o.binary || other.is_some()).collect();
     // Shuffle by repeated random picks (keeps the rng stream simple and reproducible).
@@ -105,6 +110,10 @@ pub fn propose(
         }
         if code == parent.code {
             failures.push(format!("{}: no change", op.name));
+            continue;
+        }
+        if is_known(&report.normalized) {
+            failures.push(format!("{}: its result is already archived", op.name));
             continue;
         }
         let mut parents = vec![parent.id.clone()];
@@ -169,6 +178,29 @@ fn module_constants(src: &str) -> Vec<Constant> {
         });
     }
     out
+}
+
+/// The parent's module-level `*INSTRUCTION*` strings, as (name, value).
+pub fn instruction_constants(src: &str) -> Vec<(String, String)> {
+    module_constants(src)
+        .into_iter()
+        .filter(|c| c.kind == "str" && c.name.contains("INSTRUCTION"))
+        .filter_map(|c| {
+            let value: String = serde_json::from_str(&c.text).ok().or_else(|| {
+                let t = c.text.as_str();
+                (t.len() >= 2).then(|| t[1..t.len() - 1].to_string())
+            })?;
+            Some((c.name, value))
+        })
+        .collect()
+}
+
+/// `src` with the module-level string constant `name` set to `value`.
+pub fn set_string_constant(src: &str, name: &str, value: &str) -> Option<String> {
+    let c = module_constants(src)
+        .into_iter()
+        .find(|c| c.kind == "str" && c.name == name)?;
+    Some(replace(src, &mut [(c.start, c.end, python_string(value))]))
 }
 
 fn replace(src: &str, edits: &mut [(usize, usize, String)]) -> String {
@@ -513,6 +545,23 @@ mod tests {
         insta::assert_snapshot!(code);
     }
 
+    #[test]
+    fn archived_results_are_skipped_for_the_next_operator() {
+        let t = Templates::embedded().unwrap();
+        let checker = Checker::embedded().unwrap();
+        let s = seeds();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let err = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|_| true).unwrap_err();
+        assert!(err.contains("its result is already archived"), "{err}");
+        let first = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|_| false).unwrap();
+        let known = checker.check("p.py", &first.code, CandidateKind::Agent).normalized;
+        for seed in 0..20 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let p = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|n| n == known).unwrap();
+            assert_ne!(p.code, first.code, "an archived result was proposed again");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Chains of operators on seeds always yield code that passes `check`.
@@ -525,7 +574,7 @@ mod tests {
             let mut current = s[(seed % s.len() as u64) as usize].clone();
             for _ in 0..depth {
                 let other = s[rand::Rng::random_range(&mut rng, 0..s.len())].clone();
-                if let Ok(p) = propose(&mut rng, &current, Some(&other), &t, &checker) {
+                if let Ok(p) = propose(&mut rng, &current, Some(&other), &t, &checker, &|_| false) {
                     let r = checker.check("x.py", &p.code, CandidateKind::Agent);
                     prop_assert!(r.passes(), "{}\n{}", r.render(), p.code);
                     current.code = p.code;

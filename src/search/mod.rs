@@ -24,7 +24,7 @@ use crate::domain::{Domain, Task};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
 use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
 use crate::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
-use crate::propose::{operators, Proposal, Templates};
+use crate::propose::{instruction, operators, Proposal, Templates};
 use crate::sandbox::Isolation;
 
 pub struct Search {
@@ -250,18 +250,64 @@ impl Search {
                 parents: &mates,
             };
             self.llm_proposal(job, &scored, &mut rng, bar, &mut records, &mut events)?;
+        } else if self.exp.proposers.llm_instruction > 0.0 && rng.random_bool(self.exp.proposers.llm_instruction) {
+            bar.set_message(format!(
+                "gen {generation}: instruction rewrite (meta model) of {}",
+                parent.name
+            ));
+            let sample = (step as u32).wrapping_mul(64);
+            match instruction::propose(
+                &mut rng,
+                &self.meta,
+                &self.templates,
+                &parent,
+                &self.domain.description,
+                sample,
+            )? {
+                Ok(p) => records.push(self.check_and_evaluate(step, generation, 0, p, bar)?),
+                Err(f) => {
+                    let status = if f.llm_error {
+                        ProposalStatus::LlmError
+                    } else {
+                        ProposalStatus::ParseError
+                    };
+                    self.say(
+                        bar,
+                        &format!("[step {step}] op:llm_instruction     {}: {}", status.as_str(), f.reason),
+                    );
+                    let mut r = failed(0, "op:llm_instruction", vec![parent.id.clone()], status, f.reason, None);
+                    r.prompt = f.prompt;
+                    r.reply = f.reply;
+                    records.push(r);
+                }
+            }
         } else {
             bar.set_message(format!("gen {generation}: operators on {}", parent.name));
-            match operators::propose(&mut rng, &parent, other.as_ref(), &self.templates, &self.checker) {
+            let is_known = |normalized: &str| {
+                self.archive
+                    .has_candidate(&candidate_id(CandidateKind::Agent, normalized))
+                    .unwrap_or(false)
+            };
+            match operators::propose(
+                &mut rng,
+                &parent,
+                other.as_ref(),
+                &self.templates,
+                &self.checker,
+                &is_known,
+            ) {
                 Ok(p) => records.push(self.check_and_evaluate(step, generation, 0, p, bar)?),
-                Err(reason) => records.push(failed(
-                    0,
-                    "op:none",
-                    vec![parent.id.clone()],
-                    ProposalStatus::CheckFailed,
-                    reason,
-                    None,
-                )),
+                Err(reason) => {
+                    self.say(bar, &format!("[step {step}] operators: {}", truncate(&reason, 120)));
+                    records.push(failed(
+                        0,
+                        "op:none",
+                        vec![parent.id.clone()],
+                        ProposalStatus::CheckFailed,
+                        reason,
+                        None,
+                    ));
+                }
             }
         }
         Ok(StepRecord {
@@ -294,14 +340,31 @@ impl Search {
         let parent = parents[0];
         let mut context: Vec<ContextCandidate> = parents.iter().map(|p| self.context_of(p, scored)).collect();
         let required = context.len();
+        // Inspirations alternate between the Pareto front and other niches: evaluated
+        // programs off the front whose structure differs from everything already shown.
         let front = crate::archive::pareto_front(scored);
-        for _ in 0..opts.context_candidates.saturating_sub(required) {
-            if front.is_empty() {
+        let off_front: Vec<usize> = (0..scored.len())
+            .filter(|i| scored[*i].ok && !front.contains(i))
+            .collect();
+        let mut shown: Vec<String> = parents.iter().map(|p| p.fingerprint.clone()).collect();
+        for k in 0..opts.context_candidates.saturating_sub(required) {
+            let niche: Vec<usize> = off_front
+                .iter()
+                .copied()
+                .filter(|i| !shown.contains(&scored[*i].fingerprint))
+                .collect();
+            let pool = if k % 2 == 1 && !niche.is_empty() {
+                &niche
+            } else {
+                &front
+            };
+            if pool.is_empty() {
                 break;
             }
-            let pick = &scored[front[rng.random_range(0..front.len())]];
+            let pick = &scored[pool[rng.random_range(0..pool.len())]];
             if context.iter().all(|c| c.name != pick.name) {
                 if let Some(c) = self.archive.candidate(&pick.id)? {
+                    shown.push(c.fingerprint.clone());
                     context.push(self.context_of(&c, scored));
                 }
             }
@@ -336,6 +399,15 @@ impl Search {
                     } else {
                         ProposalStatus::ParseError
                     };
+                    self.say(
+                        bar,
+                        &format!(
+                            "[step {step}] {:<22} {}: {}",
+                            kind.as_str(),
+                            status.as_str(),
+                            truncate(f.reason.lines().next().unwrap_or(""), 90)
+                        ),
+                    );
                     let ids = parents.iter().map(|p| p.id.clone()).collect();
                     let mut r = failed(attempt, kind.as_str(), ids, status, f.reason, None);
                     r.prompt = Some(f.prompt);
