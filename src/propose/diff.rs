@@ -19,28 +19,16 @@ const REPLACE: &str = ">>>>>>> REPLACE";
 /// Reads every SEARCH/REPLACE block of a reply. Errors say what is malformed.
 pub fn parse_edits(reply: &str) -> Result<Vec<Edit>, String> {
     let mut edits = Vec::new();
-    let mut lines = reply.lines().peekable();
+    let mut lines = reply.lines();
     while let Some(line) = lines.next() {
         if line.trim_end() != SEARCH {
             continue;
         }
         let n = edits.len() + 1;
-        let mut search = Vec::new();
-        loop {
-            match lines.next() {
-                Some(l) if l.trim_end() == DIVIDER => break,
-                Some(l) => search.push(l),
-                None => return Err(format!("edit block {n}: `{DIVIDER}` missing after `{SEARCH}`")),
-            }
-        }
-        let mut replace = Vec::new();
-        loop {
-            match lines.next() {
-                Some(l) if l.trim_end() == REPLACE => break,
-                Some(l) => replace.push(l),
-                None => return Err(format!("edit block {n}: `{REPLACE}` missing after `{DIVIDER}`")),
-            }
-        }
+        let search = lines_until(&mut lines, DIVIDER)
+            .ok_or_else(|| format!("edit block {n}: `{DIVIDER}` missing after `{SEARCH}`"))?;
+        let replace = lines_until(&mut lines, REPLACE)
+            .ok_or_else(|| format!("edit block {n}: `{REPLACE}` missing after `{DIVIDER}`"))?;
         if search.iter().all(|l| l.trim().is_empty()) {
             return Err(format!("edit block {n}: the SEARCH part is empty"));
         }
@@ -55,6 +43,18 @@ pub fn parse_edits(reply: &str) -> Result<Vec<Edit>, String> {
         ));
     }
     Ok(edits)
+}
+
+/// The lines before the next `marker` line (consumed), or None when the reply ends first.
+fn lines_until<'a>(lines: &mut impl Iterator<Item = &'a str>, marker: &str) -> Option<Vec<&'a str>> {
+    let mut out = Vec::new();
+    for l in lines.by_ref() {
+        if l.trim_end() == marker {
+            return Some(out);
+        }
+        out.push(l);
+    }
+    None
 }
 
 /// Applies `edits` in order to `code`. Each SEARCH text must occur exactly once.
