@@ -53,6 +53,79 @@ pub fn status(db: &Path, json: bool) -> Result<()> {
     print_status(&archive, json)
 }
 
+/// `metaforge lineage`: the whole family tree, or one candidate's ancestry, as text, JSON or DOT.
+pub fn lineage(db: &Path, of: Option<&str>, dot: bool, json: bool) -> Result<()> {
+    let archive = Archive::open_existing(db)?;
+    let lineage = archive.lineage()?;
+    let report = crate::report::lineage::report(&lineage, of)?;
+    if dot {
+        let ids: std::collections::HashSet<&str> = report.nodes.iter().map(|n| n.node.id.as_str()).collect();
+        print!("{}", lineage.subgraph(&ids).to_dot());
+    } else if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::report::lineage::render(&report));
+    }
+    Ok(())
+}
+
+/// `metaforge merge A B -o OUT`: one archive holding both runs (see `archive::merge`).
+pub fn merge(a: &Path, b: &Path, out: &Path, force: bool, json: bool) -> Result<()> {
+    let summary = crate::archive::merge(a, b, out, force)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let s = &summary;
+        println!(
+            "merged {} into a copy of {} → {}
+  candidates: {} added, {} already present
+  evaluations: {} added ({} task results), {} present in both ({} with a different score; A's kept)
+  lineage edges added: {}; cached model calls added: {}; runs kept: {} with {} proposals",
+            b.display(),
+            a.display(),
+            out.display(),
+            s.candidates_added,
+            s.candidates_shared,
+            s.evaluations_added,
+            s.task_results_added,
+            s.evaluations_shared,
+            s.evaluations_differing,
+            s.lineage_added,
+            s.llm_calls_added,
+            s.runs_merged,
+            s.proposals_kept
+        );
+    }
+    Ok(())
+}
+
+/// `metaforge export-bundle` / `import-bundle`: one checked file that carries a run.
+pub fn bundle(from: &Path, out: &Path, import: bool, json: bool) -> Result<()> {
+    let summary = if import {
+        crate::archive::bundle::import(from, out)?
+    } else {
+        crate::archive::bundle::export(from, out)?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!(
+        "{} run {:?} → {} ({} bytes): {} candidates, {} evaluations, {} stored file(s)",
+        if import { "imported" } else { "exported" },
+        summary.run,
+        out.display(),
+        summary.bytes,
+        summary.candidates,
+        summary.evaluations,
+        summary.stored_files
+    );
+    for p in &summary.outside_paths {
+        eprintln!("warning: the run's config names {p}, which the archive does not carry; the other machine needs it at that path");
+    }
+    Ok(())
+}
+
 fn print_status(archive: &Archive, json: bool) -> Result<()> {
     let s = crate::report::status(archive)?;
     if json {
@@ -117,6 +190,7 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         path: None,
         scorer: None,
         val_size: n,
+        split_seed: None,
         test_size: 0,
     };
     let dom = Domain::load(&dcfg)?;

@@ -49,6 +49,10 @@ pub struct DomainConfig {
     pub scorer: Option<String>,
     #[serde(default = "default_val_size")]
     pub val_size: usize,
+    /// Seed of the validation/test shuffle; defaults to the run's `seed`. Runs that should be
+    /// merged later (`metaforge merge`) share it while their search seeds differ.
+    #[serde(default)]
+    pub split_seed: Option<u64>,
     #[serde(default = "default_test_size")]
     pub test_size: usize,
 }
@@ -150,7 +154,8 @@ pub struct SearchConfig {
     /// How many of the best validation candidates get a held-out test evaluation at the end.
     #[serde(default = "default_test_top_k")]
     pub test_top_k: usize,
-    /// `pareto` (front sampled by score sigmoid x 1/(1+children)) or `uniform`.
+    /// `pareto` (front sampled by score sigmoid x 1/(1+children)), `tournament`, `softmax`
+    /// (with a visit penalty) or `uniform`; see `archive::front::select_parent`.
     #[serde(default = "default_selection")]
     pub parent_selection: String,
 }
@@ -382,14 +387,7 @@ impl Experiment {
                 e.to_string().trim_end()
             )
         })?;
-        for path in [
-            &mut exp.domain.path,
-            &mut exp.models.meta.script,
-            &mut exp.models.agent.script,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for (_, path) in exp.file_refs_mut() {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -397,6 +395,18 @@ impl Experiment {
         exp.validate()
             .with_context(|| format!("{origin}: invalid experiment"))?;
         Ok(exp)
+    }
+
+    /// The files the experiment names, by config key: they travel inside the archive.
+    pub fn file_refs_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
+        [
+            ("domain.path", &mut self.domain.path),
+            ("models.meta.script", &mut self.models.meta.script),
+            ("models.agent.script", &mut self.models.agent.script),
+        ]
+        .into_iter()
+        .filter_map(|(key, p)| p.as_mut().map(|p| (key, p)))
+        .collect()
     }
 
     fn validate(&self) -> Result<()> {
@@ -448,10 +458,11 @@ impl Experiment {
         if p.operators + p.rewrite + p.diff + p.crossover <= 0.0 {
             bail!("proposers: all probabilities are zero; fix: set proposers.operators = 1.0");
         }
-        if !["pareto", "uniform"].contains(&self.search.parent_selection.as_str()) {
+        if !crate::archive::STRATEGIES.contains(&self.search.parent_selection.as_str()) {
             bail!(
-                "search.parent_selection = {:?} is unknown; fix: use \"pareto\" or \"uniform\"",
-                self.search.parent_selection
+                "search.parent_selection = {:?} is unknown; fix: use one of {}",
+                self.search.parent_selection,
+                crate::archive::STRATEGIES.join(", ")
             );
         }
         Ok(())

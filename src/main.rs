@@ -62,6 +62,39 @@ enum Command {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// Family tree of a run: who produced whom, by which operator, and which steps improved.
+    Lineage {
+        db: PathBuf,
+        /// Only the ancestry of the candidate whose id starts with this.
+        #[arg(long)]
+        of: Option<String>,
+        /// Graphviz DOT instead of text (`| dot -Tsvg > lineage.svg`).
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Unite two archives by content hash into a new one (a copy of A plus what B adds).
+    Merge {
+        a: PathBuf,
+        b: PathBuf,
+        /// The merged archive to write (never overwritten).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Merge even when domain, agent model or validation tasks differ.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a run as one consistent, portable file (safe while the run is live).
+    ExportBundle {
+        db: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Check a bundle and turn it into an archive ready for `status` and `resume`.
+    ImportBundle {
+        bundle: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Show which sandbox protections this machine's kernel gives, with a live probe.
     Doctor,
     /// Serve the embedded model as an OpenAI-compatible endpoint (for tests and tools).
@@ -93,6 +126,10 @@ fn main() -> ExitCode {
         }
         Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
+        Command::Lineage { db, of, dot } => metaforge::app::lineage(db, of.as_deref(), *dot, cli.json).map(|_| true),
+        Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
+        Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),
+        Command::ImportBundle { bundle, out } => metaforge::app::bundle(bundle, out, true, cli.json).map(|_| true),
         Command::Doctor => metaforge::app::doctor(cli.json),
         Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
         Command::Serve {

@@ -17,13 +17,9 @@ use metaforge::propose::diff::{apply_edits, parse_edits};
 use metaforge::propose::reply::parse_reply;
 use rusqlite::Connection;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_metaforge")
-}
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use common::{bin, fixtures};
 
 fn recorded() -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures().join("recorded_meta_smollm2.json")).unwrap();
@@ -296,11 +292,17 @@ fn the_meta_model_rewrites_one_instruction_string() {
     let done: Vec<_> = props.iter().filter(|p| p[0] == "evaluated").collect();
     assert!(!done.is_empty(), "{props:?}");
     for p in &done {
-        assert!(p[3].contains("\"Reply with just the final number, no words.\""), "{}", p[3]);
+        assert!(
+            p[3].contains("\"Reply with just the final number, no words.\""),
+            "{}",
+            p[3]
+        );
         assert!(p[2].contains("Write a better instruction"), "the prompt was not stored");
     }
     assert!(
-        props.iter().any(|p| p[0] == "parse_error" && p[1] == "the reply holds no instruction line"),
+        props
+            .iter()
+            .any(|p| p[0] == "parse_error" && p[1] == "the reply holds no instruction line"),
         "{props:?}"
     );
 }

@@ -2,102 +2,15 @@
 //! SCRIPTED models (canned replies from tests/fixtures/scripted_*.json): these tests cover
 //! the loop's logic, resume and bad inputs, not search quality.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use rusqlite::Connection;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rusqlite::Connection;
+mod common;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_metaforge")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A small experiment on the arith domain with scripted models; `rewrite` share as given.
-fn experiment(dir: &Path, rewrite: f64, generations: u32) -> PathBuf {
-    let text = format!(
-        r#"name = "loop-test"
-seed = 3
-[domain]
-name = "arith"
-val_size = 6
-test_size = 6
-[models.meta]
-backend = "scripted"
-model = "meta"
-script = "{meta}"
-[models.agent]
-backend = "scripted"
-model = "agent"
-script = "{agent}"
-[search]
-seeds = ["direct_answer", "chain_of_thought", "self_consistency"]
-generations = {generations}
-proposals_per_generation = 3
-test_top_k = 2
-[proposers]
-operators = {ops}
-rewrite = {rewrite}
-[proposers.rewrite_options]
-reflexion_rounds = 2
-debug_rounds = 1
-[evaluation]
-tasks_in_flight = 3
-task_timeout_s = 20
-"#,
-        meta = fixtures().join("scripted_meta.json").display(),
-        agent = fixtures().join("scripted_agent.json").display(),
-        ops = 1.0 - rewrite,
-    );
-    let path = dir.join("exp.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn count(db: &Path, sql: &str) -> i64 {
-    Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-fn candidate_ids(db: &Path) -> Vec<String> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT id FROM candidates ORDER BY id").unwrap();
-    s.query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-/// Invariants every archive must keep, whatever happened to the process.
-fn assert_archive_sound(db: &Path) {
-    assert_eq!(
-        count(
-            db,
-            "SELECT count(*) FROM (SELECT id FROM candidates GROUP BY id HAVING count(*) > 1)"
-        ),
-        0
-    );
-    assert_eq!(
-        count(
-            db,
-            "SELECT count(*) FROM evaluations e LEFT JOIN candidates c ON c.id = e.candidate_id WHERE c.id IS NULL"
-        ),
-        0,
-        "orphaned evaluations"
-    );
-    assert_eq!(
-        count(
-            db,
-            "SELECT count(*) FROM task_results t LEFT JOIN evaluations e ON e.id = t.evaluation_id WHERE e.id IS NULL"
-        ),
-        0,
-        "orphaned task results"
-    );
-    assert_eq!(count(db, "SELECT count(*) FROM candidates c WHERE NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.candidate_id = c.id AND e.split = 'val')"), 0, "candidate without its validation evaluation");
-    assert_eq!(count(db, "SELECT count(*) FROM evaluations e WHERE e.n != (SELECT count(*) FROM task_results t WHERE t.evaluation_id = e.id)"), 0, "evaluation missing task results");
-}
+use common::*;
 
 #[test]
 fn full_run_then_status() {
@@ -195,8 +108,14 @@ fn rewrite_failures_are_stored_not_dropped() {
 
 #[test]
 fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
+    // METAFORGE_KILLS kills must land mid-run (6 here, 50 in scripts/kill9.sh); the search is
+    // long enough that they can.
+    let kills: usize = std::env::var("METAFORGE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
     let dir = tempfile::tempdir().unwrap();
-    let exp = experiment(dir.path(), 0.3, 3);
+    let exp = experiment(dir.path(), 0.3, 3 + kills as u32 / 2);
     // Reference: one uninterrupted run.
     let reference = dir.path().join("reference.db");
     let out = Command::new(bin())
@@ -208,17 +127,12 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let kills: usize = std::env::var("METAFORGE_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
     let db = dir.path().join("killed.db");
     let mut rng_state = 0x2545_f491_4f6c_dd1du64;
     let mut killed = 0;
-    let mut first = true;
-    for _ in 0..kills {
+    while killed < kills {
         let mut cmd = Command::new(bin());
-        if first {
+        if count_or_zero(&db, "SELECT count(*) FROM runs") == 0 {
             cmd.args(["run", "--quiet"]).arg(&exp).arg("--db").arg(&db);
         } else {
             cmd.args(["resume", "--quiet"]).arg(&db);
@@ -227,16 +141,18 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
         rng_state ^= rng_state << 13;
         rng_state ^= rng_state >> 7;
         rng_state ^= rng_state << 17;
-        let wait = Duration::from_millis(150 + rng_state % 900);
-        std::thread::sleep(wait);
-        if child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20 + rng_state % 400));
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
             child.kill().unwrap(); // SIGKILL
             killed += 1;
         }
         child.wait().unwrap();
-        if db.exists() && count(&db, "SELECT count(*) FROM runs") > 0 {
-            first = false;
+        if count_or_zero(&db, "SELECT count(*) FROM runs") > 0 {
             assert_archive_sound(&db);
+        }
+        if finished {
+            break;
         }
     }
     let out = Command::new(bin())
@@ -248,11 +164,13 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
     assert_archive_sound(&db);
     let steps = count(&db, "SELECT count(DISTINCT step) FROM events WHERE kind = 'step_done'");
     println!(
-        "kill-9 harness: {killed} kills, {steps} steps, {} candidates, {} evaluations checked",
+        "kill-9 harness: {killed} kills, {steps} steps, {} candidates, {} evaluations, {} task results, front of {} checked",
         candidate_ids(&db).len(),
-        count(&db, "SELECT count(*) FROM evaluations")
+        count(&db, "SELECT count(*) FROM evaluations"),
+        count(&db, "SELECT count(*) FROM task_results"),
+        front(&db).len()
     );
-    assert!(killed >= 1, "no kill landed mid-run");
+    assert_eq!(killed, kills, "every kill landed mid-run (the search ended first)");
     assert_eq!(
         candidate_ids(&db),
         candidate_ids(&reference),
@@ -263,6 +181,23 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
         count(&reference, "SELECT count(*) FROM evaluations"),
         "same evaluations as the uninterrupted run"
     );
+    assert_eq!(
+        front(&db),
+        front(&reference),
+        "same final Pareto front as the uninterrupted run"
+    );
+}
+
+/// Ids of the validation Pareto front, as selection sees it.
+fn front(db: &std::path::Path) -> Vec<String> {
+    let archive = metaforge::archive::Archive::open_existing(db).unwrap();
+    let scored = archive.scored("val").unwrap();
+    let mut ids: Vec<String> = metaforge::archive::pareto_front(&scored)
+        .into_iter()
+        .map(|i| scored[i].id.clone())
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[test]

@@ -8,24 +8,29 @@
 //! Architecture Invariant: `archive` knows nothing of the loop. It stores and answers
 //! queries; deciding what to do next is `search`'s job.
 
+pub mod bundle;
 mod front;
 mod lineage;
+mod merge;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+use sha2::Digest;
 
-pub use front::{crowding_distance, pareto_front, select_parent, Scored};
-pub use lineage::Lineage;
+pub use bundle::BundleSummary;
+pub use front::{crowding_distance, pareto_front, pareto_front_pairwise, select_parent, Scored, STRATEGIES};
+pub use lineage::{Improvement, Lineage, LineageNode};
+pub use merge::{merge, MergeSummary};
 
 use crate::candidate::{Candidate, CandidateKind};
 use crate::config::Experiment;
 use crate::evaluate::Evaluation;
 
-const SCHEMA_VERSION: i32 = 1;
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+pub const SCHEMA_VERSION: i32 = 2;
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
 
 /// Opens (creating if needed) a connection with WAL, a busy timeout and the current schema.
 pub fn open_connection(path: &Path) -> Result<Connection> {
@@ -111,6 +116,15 @@ pub struct StepRecord {
     pub events: Vec<(String, serde_json::Value)>,
 }
 
+/// A file the run's config names, stored in the archive.
+#[derive(Debug, Clone)]
+pub struct RunFile {
+    /// The config key naming it (`domain.path`, `models.meta.script`, ...).
+    pub key: String,
+    pub file_name: String,
+    pub content: Vec<u8>,
+}
+
 /// One leaderboard line.
 #[derive(Debug, Clone, Serialize)]
 pub struct LeaderRow {
@@ -139,8 +153,9 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Creates a new archive for an experiment. Refuses to overwrite an existing run.
-    pub fn create(path: &Path, exp: &Experiment, config_toml: &str) -> Result<Self> {
+    /// Creates a new archive for an experiment, with the files its config names (`files`:
+    /// config key, file name, content) stored inside. Refuses to overwrite an existing run.
+    pub fn create(path: &Path, exp: &Experiment, config_toml: &str, files: &[RunFile]) -> Result<Self> {
         if path.exists() {
             let existing = Self::open(path)?;
             if existing.run_count()? > 0 {
@@ -151,12 +166,40 @@ impl Archive {
                 );
             }
         }
-        let archive = Self::open(path)?;
-        archive.conn.execute(
+        let mut archive = Self::open(path)?;
+        let tx = archive.conn.transaction()?;
+        tx.execute(
             "INSERT INTO runs(name, seed, config_toml, domain, created_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
             params![exp.name, exp.seed as i64, config_toml, exp.domain.name],
         )?;
+        for f in files {
+            tx.execute(
+                "INSERT INTO run_files(key, file_name, sha256, content) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    f.key,
+                    f.file_name,
+                    hex::encode(sha2::Sha256::digest(&f.content)),
+                    f.content
+                ],
+            )?;
+        }
+        tx.commit()?;
         Ok(archive)
+    }
+
+    /// The files stored with the run (see `create`).
+    pub fn run_files(&self) -> Result<Vec<RunFile>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, file_name, content FROM run_files ORDER BY key")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RunFile {
+                key: r.get(0)?,
+                file_name: r.get(1)?,
+                content: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     pub fn open(path: &Path) -> Result<Self> {
@@ -191,14 +234,18 @@ impl Archive {
     }
 
     fn run_count(&self) -> Result<i64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM runs WHERE merged_at IS NULL", [], |r| r.get(0))?)
     }
 
     /// The experiment as stored when the run began (resume never re-reads the TOML file).
     pub fn experiment(&self) -> Result<(Experiment, String)> {
-        let text: String = self
-            .conn
-            .query_row("SELECT config_toml FROM runs ORDER BY id LIMIT 1", [], |r| r.get(0))?;
+        let text: String = self.conn.query_row(
+            "SELECT config_toml FROM runs WHERE merged_at IS NULL ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )?;
         let exp = Experiment::parse(
             &text,
             &format!("{} (stored config)", self.path.display()),
@@ -361,7 +408,7 @@ impl Archive {
 
     pub fn mark_finished(&self) -> Result<()> {
         self.conn.execute(
-            "UPDATE runs SET finished_at = datetime('now') WHERE finished_at IS NULL",
+            "UPDATE runs SET finished_at = datetime('now') WHERE finished_at IS NULL AND merged_at IS NULL",
             [],
         )?;
         Ok(())
@@ -369,7 +416,7 @@ impl Archive {
 
     pub fn is_finished(&self) -> Result<bool> {
         Ok(self.conn.query_row(
-            "SELECT finished_at IS NOT NULL FROM runs ORDER BY id LIMIT 1",
+            "SELECT finished_at IS NOT NULL FROM runs WHERE merged_at IS NULL ORDER BY id LIMIT 1",
             [],
             |r| r.get(0),
         )?)
@@ -461,16 +508,29 @@ impl Archive {
         )?)
     }
 
+    /// The lineage DAG, each node with its validation score when evaluated without a breach.
     pub fn lineage(&self) -> Result<Lineage> {
         let mut stmt = self.conn.prepare("SELECT parent, child, operator FROM lineage")?;
         let edges: Vec<(String, String, String)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        let mut stmt = self.conn.prepare("SELECT id, name FROM candidates")?;
-        let nodes: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut stmt = self.conn.prepare(
+            "SELECT c.id, c.name, c.operator, c.generation, e.mean FROM candidates c
+             LEFT JOIN evaluations e ON e.candidate_id = c.id AND e.split = 'val' AND e.outcome = 'ok'
+             ORDER BY c.step, c.id",
+        )?;
+        let nodes: Vec<LineageNode> = stmt
+            .query_map([], |r| {
+                Ok(LineageNode {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    operator: r.get(2)?,
+                    generation: r.get::<_, i64>(3)? as u32,
+                    val: r.get(4)?,
+                })
+            })?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(Lineage::build(&nodes, &edges))
+        Ok(Lineage::build(nodes, &edges))
     }
 
     /// Raw access for tests and reports that need ad-hoc queries.

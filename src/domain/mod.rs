@@ -169,6 +169,7 @@ mod tests {
             scorer: None,
             val_size: 10,
             test_size: 20,
+            split_seed: None,
         }
     }
 

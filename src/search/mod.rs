@@ -7,6 +7,8 @@
 //! split. The random stream of step N is seeded from (run seed, N), and every model call is
 //! cached in the archive, so re-running a step after a crash reproduces it.
 
+mod run_files;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,6 +43,8 @@ pub struct Search {
     quiet: bool,
     /// Token signatures of archived programs, by id, filled lazily (near-duplicate check).
     signatures: std::sync::Mutex<std::collections::HashMap<String, Signature>>,
+    /// The run's stored files, written out for the domain loader and scripted backends.
+    _run_files: tempfile::TempDir,
 }
 
 /// What step N is.
@@ -54,13 +58,14 @@ enum StepKind {
 impl Search {
     /// Starts a new run of `exp_path`, archived in `db`.
     pub fn create(exp_path: &Path, db: &Path, quiet: bool) -> Result<Self> {
-        let exp = Experiment::load(exp_path)?;
+        let mut exp = Experiment::load(exp_path)?;
         // Refuse before anything is created when `isolation = "strict"` cannot be met.
         Isolation::for_mode(exp.evaluation.isolation)?;
-        // Relative paths were resolved against the file's folder; store the resolved form so
-        // resume never reads the original file.
+        // The files the config names go inside the archive; the stored config keeps their
+        // names only, so resume never reads the original files (and the .db moves freely).
+        let files = run_files::take(&mut exp)?;
         let stored = toml::to_string(&exp).context("cannot serialise the experiment")?;
-        let archive = Archive::create(db, &exp, &stored)?;
+        let archive = Archive::create(db, &exp, &stored, &files)?;
         Self::build(exp, archive, quiet)
     }
 
@@ -72,9 +77,14 @@ impl Search {
         Self::build(exp, archive, quiet)
     }
 
-    fn build(exp: Experiment, archive: Archive, quiet: bool) -> Result<Self> {
+    fn build(mut exp: Experiment, archive: Archive, quiet: bool) -> Result<Self> {
+        let run_files = run_files::materialize(&archive, &mut exp)?;
         let domain = Domain::load(&exp.domain)?;
-        let (val, test) = domain.splits(exp.seed, exp.domain.val_size, exp.domain.test_size)?;
+        let (val, test) = domain.splits(
+            exp.domain.split_seed.unwrap_or(exp.seed),
+            exp.domain.val_size,
+            exp.domain.test_size,
+        )?;
         let seeds = resolve_seeds(&exp.search.seeds)?;
         let budget = Arc::new(Budget::new(&exp.budget));
         let (tokens, cost, _) = archive.usage()?;
@@ -104,6 +114,7 @@ impl Search {
             seeds,
             quiet,
             signatures: Default::default(),
+            _run_files: run_files,
         })
     }
 

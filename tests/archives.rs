@@ -1,0 +1,240 @@
+//! Archives that travel: lineage, merge, bundles, and runs whose files live inside the
+//! archive. Real binary, real SQLite files, real Python workers, SCRIPTED models (canned
+//! replies from tests/fixtures/scripted_*.json).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+
+use common::*;
+
+fn metaforge(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).current_dir(cwd).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "expected a refusal, got {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a scripted experiment to the end in `dir`, returning its archive.
+fn finished_run(dir: &Path, file: &str, seed: u64, domain: &str) -> std::path::PathBuf {
+    let exp = write_experiment(dir, file, seed, domain, 0.0, 2);
+    let db = dir.join(file.replace(".toml", ".db"));
+    ok(&metaforge(
+        dir,
+        &["run", "--quiet", exp.to_str().unwrap(), "--db", db.to_str().unwrap()],
+    ));
+    db
+}
+
+#[test]
+fn lineage_lists_every_candidate_ancestry_and_dot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = finished_run(dir.path(), "exp.toml", 3, ARITH);
+    let db = db.to_str().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&metaforge(dir.path(), &["lineage", db, "--json"]))).unwrap();
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(
+        nodes.len() as i64,
+        count(Path::new(db), "SELECT count(*) FROM candidates")
+    );
+    let edges: usize = nodes.iter().map(|n| n["parents"].as_array().unwrap().len()).sum();
+    assert_eq!(edges as i64, count(Path::new(db), "SELECT count(*) FROM lineage"));
+    // Every improvement names a producer and really beats its best parent.
+    for imp in report["improvements"].as_array().unwrap() {
+        assert!(imp["to"].as_f64() > imp["from"].as_f64(), "{imp}");
+        assert_ne!(imp["operator"], "seed");
+    }
+
+    let child = nodes
+        .iter()
+        .rev()
+        .find(|n| !n["parents"].as_array().unwrap().is_empty())
+        .expect("a child");
+    let id = child["id"].as_str().unwrap();
+    let ancestry: serde_json::Value = serde_json::from_str(&ok(&metaforge(
+        dir.path(),
+        &["lineage", db, "--of", &id[..10], "--json"],
+    )))
+    .unwrap();
+    let chain = ancestry["nodes"].as_array().unwrap();
+    assert_eq!(chain.last().unwrap()["id"], id, "the candidate itself comes last");
+    assert!(chain.len() >= 2);
+    assert_eq!(chain[0]["operator"], "seed", "every ancestry starts at a seed");
+
+    let dot = ok(&metaforge(dir.path(), &["lineage", db, "--dot"]));
+    assert!(dot.starts_with("digraph lineage {"), "{dot}");
+    assert_eq!(dot.matches(" -> ").count(), edges);
+    let text = ok(&metaforge(dir.path(), &["lineage", db]));
+    assert!(text.contains("improvements over the best parent"), "{text}");
+    let err = refused(&metaforge(dir.path(), &["lineage", db, "--of", "zzzz"]));
+    assert!(err.contains("no candidate id starts with \"zzzz\""), "{err}");
+}
+
+#[test]
+fn merge_unites_by_content_hash_and_the_result_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two searches with different seeds over the same validation split.
+    let same_split = format!("{ARITH}split_seed = 11\n");
+    let a = finished_run(dir.path(), "a.toml", 3, &same_split);
+    let b = finished_run(dir.path(), "b.toml", 5, &same_split);
+    let merged = dir.path().join("merged.db");
+    let (a_s, b_s, m_s) = (a.to_str().unwrap(), b.to_str().unwrap(), merged.to_str().unwrap());
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&metaforge(dir.path(), &["merge", a_s, b_s, "-o", m_s, "--json"]))).unwrap();
+
+    let mut union = candidate_ids(&a);
+    union.extend(candidate_ids(&b));
+    union.sort();
+    union.dedup();
+    assert_eq!(candidate_ids(&merged), union, "one row per program, from both runs");
+    assert!(
+        summary["candidates_shared"].as_u64().unwrap() >= 3,
+        "the seeds are shared: {summary}"
+    );
+    assert_eq!(
+        summary["candidates_added"].as_u64().unwrap() as usize,
+        union.len() - candidate_ids(&a).len()
+    );
+    let lineage_union = count(&a, "SELECT count(*) FROM lineage") + summary["lineage_added"].as_i64().unwrap();
+    assert_eq!(count(&merged, "SELECT count(*) FROM lineage"), lineage_union);
+    assert_eq!(
+        count(&merged, "SELECT count(*) FROM evaluations"),
+        count(&a, "SELECT count(*) FROM evaluations") + summary["evaluations_added"].as_i64().unwrap()
+    );
+    assert_eq!(
+        count(&merged, "SELECT count(*) FROM merged_proposals"),
+        count(&b, "SELECT count(*) FROM proposals"),
+        "B's proposal history is kept"
+    );
+    assert_archive_sound(&merged);
+    // The merged archive is A's run, with B's candidates as possible parents: it resumes,
+    // reports, and A and B are untouched.
+    ok(&metaforge(dir.path(), &["status", m_s]));
+    ok(&metaforge(dir.path(), &["resume", "--quiet", m_s]));
+    assert_eq!(count(&a, "SELECT count(*) FROM runs"), 1);
+    assert_eq!(
+        count(&merged, "SELECT count(*) FROM runs WHERE merged_at IS NOT NULL"),
+        1
+    );
+
+    // Refusals: an existing output, and runs scored on different validation tasks.
+    let err = refused(&metaforge(dir.path(), &["merge", a_s, b_s, "-o", m_s]));
+    assert!(err.contains("already exists"), "{err}");
+    let c = finished_run(dir.path(), "c.toml", 9, ARITH);
+    let other = dir.path().join("other.db");
+    let err = refused(&metaforge(
+        dir.path(),
+        &["merge", a_s, c.to_str().unwrap(), "-o", other.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("validation tasks") && err.contains("split_seed") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!other.exists(), "a refused merge writes nothing");
+    ok(&metaforge(
+        dir.path(),
+        &[
+            "merge",
+            a_s,
+            c.to_str().unwrap(),
+            "-o",
+            other.to_str().unwrap(),
+            "--force",
+        ],
+    ));
+    assert_archive_sound(&other);
+}
+
+#[test]
+fn a_user_domain_run_moves_as_one_bundle_and_resumes_elsewhere() {
+    let home = tempfile::tempdir().unwrap();
+    let tasks: String = (1..=30)
+        .map(|i| {
+            format!(
+                "{{\"id\": \"t{i}\", \"question\": \"What is {i} plus {i}?\", \"answer\": {}}}\n",
+                2 * i
+            )
+        })
+        .collect();
+    std::fs::write(home.path().join("doubles.jsonl"), tasks).unwrap();
+    let domain = "name = \"doubles\"\npath = \"doubles.jsonl\"\nscorer = \"numeric\"\nval_size = 6\ntest_size = 6\n";
+    let exp = write_experiment(home.path(), "exp.toml", 3, domain, 0.0, 2);
+    let db = home.path().join("run.db");
+    // Interrupt the run part-way, as a machine going down would.
+    let mut child = Command::new(bin())
+        .current_dir(home.path())
+        .args(["run", "--quiet", exp.to_str().unwrap(), "--db", "run.db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while count_or_zero(&db, "SELECT count(*) FROM events WHERE kind = 'step_done'") < 2 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let config: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT config_toml FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        !config.contains(home.path().to_str().unwrap()),
+        "no machine path is stored:\n{config}"
+    );
+
+    let bundle = home.path().join("run.mfbundle");
+    ok(&metaforge(
+        home.path(),
+        &["export-bundle", "run.db", "-o", bundle.to_str().unwrap()],
+    ));
+    // Another machine: a different folder layout, the original folder (data, config) gone.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let arrived = elsewhere.path().join("incoming").join("run.mfbundle");
+    std::fs::create_dir_all(arrived.parent().unwrap()).unwrap();
+    std::fs::copy(&bundle, &arrived).unwrap();
+    drop(home);
+    let imported = ok(&metaforge(
+        elsewhere.path(),
+        &["import-bundle", "incoming/run.mfbundle", "-o", "restored.db"],
+    ));
+    assert!(
+        imported.contains("3 stored file(s)"),
+        "the tasks and both scripts travel: {imported}"
+    );
+    let resumed = ok(&metaforge(elsewhere.path(), &["resume", "--quiet", "restored.db"]));
+    assert!(resumed.contains("finished"), "{resumed}");
+    let restored = elsewhere.path().join("restored.db");
+    assert_archive_sound(&restored);
+    assert!(
+        count(&restored, "SELECT count(*) FROM task_results WHERE task_id LIKE 't%'") > 0,
+        "the user domain's tasks"
+    );
+
+    // A damaged transfer is refused, and nothing is written.
+    let bytes = std::fs::read(&arrived).unwrap();
+    let cut = elsewhere.path().join("cut.mfbundle");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let err = refused(&metaforge(
+        elsewhere.path(),
+        &["import-bundle", "cut.mfbundle", "-o", "cut.db"],
+    ));
+    assert!(
+        err.contains("not a usable metaforge bundle") && err.contains("fix:"),
+        "{err}"
+    );
+    assert!(!elsewhere.path().join("cut.db").exists());
+}

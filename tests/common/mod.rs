@@ -1,0 +1,115 @@
+//! Helpers shared by the integration tests that drive the real binary with SCRIPTED models
+//! (canned replies from tests/fixtures/scripted_*.json): loop logic, resume, archives.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_metaforge")
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The `[domain]` block of the small built-in arith experiment.
+pub const ARITH: &str = "name = \"arith\"\nval_size = 6\ntest_size = 6\n";
+
+/// A small experiment on the arith domain with scripted models; `rewrite` share as given.
+pub fn experiment(dir: &Path, rewrite: f64, generations: u32) -> PathBuf {
+    write_experiment(dir, "exp.toml", 3, ARITH, rewrite, generations)
+}
+
+/// Writes `dir/file`: an experiment with scripted models, run seed `seed` and the given
+/// `[domain]` block.
+pub fn write_experiment(dir: &Path, file: &str, seed: u64, domain: &str, rewrite: f64, generations: u32) -> PathBuf {
+    let text = format!(
+        r#"name = "loop-test"
+seed = {seed}
+[domain]
+{domain}[models.meta]
+backend = "scripted"
+model = "meta"
+script = "{meta}"
+[models.agent]
+backend = "scripted"
+model = "agent"
+script = "{agent}"
+[search]
+seeds = ["direct_answer", "chain_of_thought", "self_consistency"]
+generations = {generations}
+proposals_per_generation = 3
+test_top_k = 2
+[proposers]
+operators = {ops}
+rewrite = {rewrite}
+[proposers.rewrite_options]
+reflexion_rounds = 2
+debug_rounds = 1
+[evaluation]
+tasks_in_flight = 3
+task_timeout_s = 20
+"#,
+        meta = fixtures().join("scripted_meta.json").display(),
+        agent = fixtures().join("scripted_agent.json").display(),
+        ops = 1.0 - rewrite,
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn count(db: &Path, sql: &str) -> i64 {
+    Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Polls a live or half-made archive without creating it: 0 until the run has made it (a
+/// process killed before its first commit leaves a file without tables).
+pub fn count_or_zero(db: &Path, sql: &str) -> i64 {
+    if !db.exists() {
+        return 0;
+    }
+    Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+pub fn candidate_ids(db: &Path) -> Vec<String> {
+    let c = Connection::open(db).unwrap();
+    let mut s = c.prepare("SELECT id FROM candidates ORDER BY id").unwrap();
+    s.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Invariants every archive must keep, whatever happened to the process.
+pub fn assert_archive_sound(db: &Path) {
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM (SELECT id FROM candidates GROUP BY id HAVING count(*) > 1)"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM evaluations e LEFT JOIN candidates c ON c.id = e.candidate_id WHERE c.id IS NULL"
+        ),
+        0,
+        "orphaned evaluations"
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM task_results t LEFT JOIN evaluations e ON e.id = t.evaluation_id WHERE e.id IS NULL"
+        ),
+        0,
+        "orphaned task results"
+    );
+    assert_eq!(count(db, "SELECT count(*) FROM candidates c WHERE NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.candidate_id = c.id AND e.split = 'val')"), 0, "candidate without its validation evaluation");
+    assert_eq!(count(db, "SELECT count(*) FROM evaluations e WHERE e.n != (SELECT count(*) FROM task_results t WHERE t.evaluation_id = e.id)"), 0, "evaluation missing task results");
+}
