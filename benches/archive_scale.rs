@@ -11,7 +11,8 @@
 use std::time::Instant;
 
 use metaforge::archive::{
-    pareto_front, pareto_front_pairwise, select_parent, Archive, ProposalRecord, ProposalStatus, StepRecord, STRATEGIES,
+    pareto_front, pareto_front_pairwise, select_parent, Archive, ProposalRecord, ProposalStatus, StepRecord,
+    DEFAULT_OBJECTIVES, STRATEGIES,
 };
 use metaforge::candidate::{Candidate, CandidateKind};
 use metaforge::config::Experiment;
@@ -151,11 +152,11 @@ fn main() {
         );
 
         let start = Instant::now();
-        let front = pareto_front(&scored);
+        let front = pareto_front(&scored, DEFAULT_OBJECTIVES);
         let sweep = start.elapsed().as_secs_f64();
         if n <= 20_000 {
             let start = Instant::now();
-            let reference = pareto_front_pairwise(&scored);
+            let reference = pareto_front_pairwise(&scored, DEFAULT_OBJECTIVES);
             let pairwise = start.elapsed().as_secs_f64();
             assert_eq!(front, reference);
             println!(
@@ -182,10 +183,10 @@ fn main() {
                 c.cost = 0.0;
             }
             let start = Instant::now();
-            let front = pareto_front(&line);
+            let front = pareto_front(&line, DEFAULT_OBJECTIVES);
             let sweep = start.elapsed().as_secs_f64();
             let start = Instant::now();
-            assert_eq!(front, pareto_front_pairwise(&line));
+            assert_eq!(front, pareto_front_pairwise(&line, DEFAULT_OBJECTIVES));
             let pairwise = start.elapsed().as_secs_f64();
             println!(
                 "  pareto front, worst case ({} members): sweep {:.2} ms vs pairwise {:.0} ms — {:.0}x faster",
@@ -199,7 +200,7 @@ fn main() {
             let draws = 200;
             let start = Instant::now();
             for _ in 0..draws {
-                select_parent(&scored, strategy, &mut rng).unwrap();
+                select_parent(&scored, strategy, DEFAULT_OBJECTIVES, &mut rng).unwrap();
             }
             println!(
                 "  select_parent {strategy:<10} {:.3} ms per draw",

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::Objective;
 use crate::sandbox::IsolationMode;
 
 /// A whole experiment, as written in `experiments/*.toml`.
@@ -158,6 +159,14 @@ pub struct SearchConfig {
     /// (with a visit penalty) or `uniform`; see `archive::front::select_parent`.
     #[serde(default = "default_selection")]
     pub parent_selection: String,
+    /// What the Pareto front trades off: `score` (maximised) and any of `cost`, `tokens`,
+    /// `latency`, `code_size` (minimised).
+    #[serde(default = "default_objectives")]
+    pub objectives: Vec<Objective>,
+}
+
+fn default_objectives() -> Vec<Objective> {
+    crate::archive::DEFAULT_OBJECTIVES.to_vec()
 }
 
 fn default_seeds() -> Vec<String> {
@@ -184,6 +193,7 @@ impl Default for SearchConfig {
             proposals_per_generation: default_per_generation(),
             test_top_k: default_test_top_k(),
             parent_selection: default_selection(),
+            objectives: default_objectives(),
         }
     }
 }
@@ -318,6 +328,18 @@ pub struct EvaluationConfig {
     /// Size of a worker's scratch tmpfs, MiB (also the largest file it may write).
     #[serde(default = "default_disk")]
     pub disk_mb: u64,
+    /// Staged evaluation: the share of validation tasks a proposal runs first (0 = off; seeds
+    /// and the held-out test always run whole). See `evaluate::staged`.
+    #[serde(default)]
+    pub cascade_fraction: f64,
+    /// A proposal goes on only while it can still reach this share of its best parent's
+    /// validation score.
+    #[serde(default = "default_cascade_threshold")]
+    pub cascade_threshold: f64,
+}
+
+fn default_cascade_threshold() -> f64 {
+    0.8
 }
 
 fn default_in_flight() -> usize {
@@ -353,6 +375,8 @@ impl Default for EvaluationConfig {
             bootstrap_samples: default_bootstrap(),
             isolation: IsolationMode::default(),
             disk_mb: default_disk(),
+            cascade_fraction: 0.0,
+            cascade_threshold: default_cascade_threshold(),
         }
     }
 }
@@ -410,6 +434,19 @@ impl Experiment {
     }
 
     fn validate(&self) -> Result<()> {
+        let ev = &self.evaluation;
+        if !(0.0..1.0).contains(&ev.cascade_fraction) {
+            bail!(
+                "evaluation.cascade_fraction = {} must be at least 0 and below 1; fix: 0 turns staged evaluation off, 0.25 runs a quarter of the validation tasks first",
+                ev.cascade_fraction
+            );
+        }
+        if !(ev.cascade_threshold > 0.0 && ev.cascade_threshold <= 1.0) {
+            bail!(
+                "evaluation.cascade_threshold = {} must be in (0, 1]; fix: 0.8 continues while a proposal can still reach 80% of its parent's score",
+                ev.cascade_threshold
+            );
+        }
         for (role, m) in [("models.meta", &self.models.meta), ("models.agent", &self.models.agent)] {
             match m.backend {
                 BackendKind::Openai => {
@@ -457,6 +494,13 @@ impl Experiment {
         }
         if p.operators + p.rewrite + p.diff + p.crossover <= 0.0 {
             bail!("proposers: all probabilities are zero; fix: set proposers.operators = 1.0");
+        }
+        let objectives = &self.search.objectives;
+        if !objectives.contains(&Objective::Score) {
+            bail!("search.objectives = {objectives:?} lacks \"score\"; fix: list it first, e.g. [\"score\", \"cost\"]");
+        }
+        if (1..objectives.len()).any(|i| objectives[..i].contains(&objectives[i])) {
+            bail!("search.objectives = {objectives:?} names an objective twice; fix: list each once");
         }
         if !crate::archive::STRATEGIES.contains(&self.search.parent_selection.as_str()) {
             bail!(
@@ -531,5 +575,30 @@ model = "smollm2-135m"
             Experiment::parse(&text, "bad.toml", Path::new(".")).unwrap_err()
         );
         assert!(err.contains("models.meta.base_url") && err.contains("fix:"), "{err}");
+    }
+
+    #[test]
+    fn objectives_and_stages_are_checked() {
+        let parse = |extra: &str| {
+            Experiment::parse(&format!("{MINIMAL}{extra}"), "t.toml", Path::new(".")).map_err(|e| format!("{e:#}"))
+        };
+        let e = parse("[search]\nobjectives = [\"score\", \"latency\", \"code_size\"]\n").unwrap();
+        assert_eq!(
+            e.search.objectives,
+            [Objective::Score, Objective::Latency, Objective::CodeSize]
+        );
+        let err = parse("[search]\nobjectives = [\"score\", \"speed\"]\n").unwrap_err();
+        assert!(err.contains("speed") && err.contains("code_size"), "{err}");
+        let err = parse("[search]\nobjectives = [\"cost\"]\n").unwrap_err();
+        assert!(err.contains("lacks \"score\"") && err.contains("fix:"), "{err}");
+        let err = parse("[search]\nobjectives = [\"score\", \"cost\", \"cost\"]\n").unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        let err = parse("[evaluation]\ncascade_fraction = 1.5\n").unwrap_err();
+        assert!(
+            err.contains("evaluation.cascade_fraction = 1.5") && err.contains("fix:"),
+            "{err}"
+        );
+        let err = parse("[evaluation]\ncascade_threshold = 0\n").unwrap_err();
+        assert!(err.contains("cascade_threshold"), "{err}");
     }
 }

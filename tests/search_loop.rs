@@ -192,7 +192,7 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
 fn front(db: &std::path::Path) -> Vec<String> {
     let archive = metaforge::archive::Archive::open_existing(db).unwrap();
     let scored = archive.scored("val").unwrap();
-    let mut ids: Vec<String> = metaforge::archive::pareto_front(&scored)
+    let mut ids: Vec<String> = metaforge::archive::pareto_front(&scored, metaforge::archive::DEFAULT_OBJECTIVES)
         .into_iter()
         .map(|i| scored[i].id.clone())
         .collect();
@@ -234,4 +234,87 @@ fn resume_works_from_another_directory() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_archive_sound(&target);
+}
+
+#[test]
+fn staged_evaluation_stops_losers_early_and_never_selects_them() {
+    // Every answer is 7: agents whose prompts the scripted model answers with 7 score 1.0,
+    // the rest ("Answer: 5") score 0 and must be stopped at the cascade against a parent's 1.0.
+    let dir = tempfile::tempdir().unwrap();
+    let tasks: String = (0..24)
+        .map(|i| format!("{{\"id\": \"s{i}\", \"question\": \"What is {i} minus {i} plus 7?\", \"answer\": 7}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("sevens.jsonl"), tasks).unwrap();
+    let domain = "name = \"sevens\"\npath = \"sevens.jsonl\"\nscorer = \"numeric\"\nval_size = 12\ntest_size = 6\n";
+    let whole = write_experiment(dir.path(), "whole.toml", 3, domain, 0.0, 3);
+    let staged = write_experiment(dir.path(), "staged.toml", 3, domain, 0.0, 3);
+    let mut text = std::fs::read_to_string(&staged).unwrap();
+    text.push_str("cascade_fraction = 0.25\ncascade_threshold = 0.8\n");
+    std::fs::write(&staged, text).unwrap();
+    let run = |exp: &std::path::Path, db: &str| {
+        let db = dir.path().join(db);
+        let out = Command::new(bin())
+            .args(["run", "--quiet"])
+            .arg(exp)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (db, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (whole_db, _) = run(&whole, "whole.db");
+    let (db, status) = run(&staged, "staged.db");
+    assert_archive_sound(&db);
+
+    let stopped = count(
+        &db,
+        "SELECT count(*) FROM evaluations WHERE split = 'val' AND stage != 'full'",
+    );
+    assert!(stopped > 0, "no proposal was stopped:\n{status}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM evaluations WHERE split = 'val' AND stage != 'full' AND n >= 12"
+        ),
+        0,
+        "a stopped evaluation ran fewer tasks"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM evaluations WHERE split = 'val' AND stage = 'cascade' AND n != 3"
+        ),
+        0,
+        "the cascade is a quarter of 12 tasks"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM lineage l JOIN evaluations e ON e.candidate_id = l.parent AND e.split = 'val' WHERE e.stage != 'full'"),
+        0,
+        "a stopped candidate was used as a parent"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id WHERE e.split = 'val' AND c.operator = 'seed' AND e.stage != 'full'"),
+        0,
+        "seeds run every task"
+    );
+    let val_tasks =
+        "SELECT count(*) FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id WHERE e.split = 'val'";
+    assert!(
+        count(&db, val_tasks) < count(&whole_db, val_tasks),
+        "staging saved no tasks"
+    );
+    assert!(
+        status.contains("staged evaluation:") && status.contains("validation tasks not run"),
+        "{status}"
+    );
+    let reason: String = Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT reason FROM proposals WHERE reason LIKE '%stopped after%' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(reason.contains("× parent 1.00"), "{reason}");
 }

@@ -26,7 +26,8 @@ pub struct MergeSummary {
     pub candidates_shared: u64,
     pub lineage_added: u64,
     pub evaluations_added: u64,
-    /// Evaluations both archives held for one (candidate, split, stage): A's is kept.
+    /// Evaluations both archives held for one (candidate, split): A's is kept (one
+    /// evaluation per candidate and split, whatever stage it reached).
     pub evaluations_shared: u64,
     /// Of those, how many had a different score in B (a sign of non-determinism).
     pub evaluations_differing: u64,
@@ -41,6 +42,7 @@ pub struct MergeSummary {
 struct Identity {
     domain: String,
     agent_model: String,
+    objectives: String,
     val_tasks: BTreeSet<String>,
 }
 
@@ -56,6 +58,7 @@ fn identity(path: &Path) -> Result<Identity> {
     Ok(Identity {
         domain: exp.domain.name,
         agent_model: format!("{:?} {}", exp.models.agent.backend, exp.models.agent.model),
+        objectives: format!("{:?}", exp.search.objectives),
         val_tasks,
     })
 }
@@ -68,6 +71,9 @@ fn incompatibilities(a: &Identity, b: &Identity) -> Vec<String> {
     }
     if a.agent_model != b.agent_model {
         out.push(format!("agent model: {} vs {}", a.agent_model, b.agent_model));
+    }
+    if a.objectives != b.objectives {
+        out.push(format!("objectives: {} vs {}", a.objectives, b.objectives));
     }
     if !a.val_tasks.is_empty() && !b.val_tasks.is_empty() && a.val_tasks != b.val_tasks {
         let shared = a.val_tasks.intersection(&b.val_tasks).count();
@@ -143,18 +149,18 @@ fn unite(conn: &mut Connection, b_name: &str, problems: &[String]) -> Result<Mer
     s.evaluations_shared = count(
         &tx,
         "SELECT count(*) FROM b.evaluations be JOIN main.evaluations me
-           ON me.candidate_id = be.candidate_id AND me.split = be.split AND me.stage = be.stage",
+           ON me.candidate_id = be.candidate_id AND me.split = be.split",
     )?;
     s.evaluations_differing = count(
         &tx,
         "SELECT count(*) FROM b.evaluations be JOIN main.evaluations me
-           ON me.candidate_id = be.candidate_id AND me.split = be.split AND me.stage = be.stage
-         WHERE me.mean != be.mean OR me.n != be.n",
+           ON me.candidate_id = be.candidate_id AND me.split = be.split
+         WHERE me.mean != be.mean OR me.n != be.n OR me.stage != be.stage",
     )?;
     let new_evaluations: Vec<i64> = tx
         .prepare(
             "SELECT be.id FROM b.evaluations be WHERE NOT EXISTS (SELECT 1 FROM main.evaluations me
-               WHERE me.candidate_id = be.candidate_id AND me.split = be.split AND me.stage = be.stage)
+               WHERE me.candidate_id = be.candidate_id AND me.split = be.split)
              ORDER BY be.id",
         )?
         .query_map([], |r| r.get(0))?
@@ -222,6 +228,7 @@ mod tests {
         Identity {
             domain: domain.into(),
             agent_model: "Local smollm2-135m".into(),
+            objectives: "[Score, Cost]".into(),
             val_tasks: tasks.iter().map(|t| t.to_string()).collect(),
         }
     }

@@ -21,7 +21,10 @@ use serde::Serialize;
 use sha2::Digest;
 
 pub use bundle::BundleSummary;
-pub use front::{crowding_distance, pareto_front, pareto_front_pairwise, select_parent, Scored, STRATEGIES};
+pub use front::{
+    crowding_distance, pareto_front, pareto_front_pairwise, select_parent, Objective, Scored, DEFAULT_OBJECTIVES,
+    STRATEGIES,
+};
 pub use lineage::{Improvement, Lineage, LineageNode};
 pub use merge::{merge, MergeSummary};
 
@@ -145,6 +148,8 @@ pub struct SplitScore {
     pub cost_usd: f64,
     pub tokens: u64,
     pub outcome: String,
+    /// `full`, or where staged evaluation stopped it (`cascade`, `stopped`).
+    pub stage: String,
 }
 
 pub struct Archive {
@@ -307,12 +312,28 @@ impl Archive {
             .map_err(Into::into)
     }
 
-    /// Candidates with a successful evaluation on `split`, for selection and reporting.
+    /// The best full validation score among `ids` (a proposal's parents): the bar staged
+    /// evaluation measures it against. None when no parent has one (seeds).
+    pub fn best_val_score(&self, ids: &[String]) -> Result<Option<f64>> {
+        let mut best: Option<f64> = None;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT mean FROM evaluations WHERE candidate_id = ?1 AND split = 'val' AND stage = 'full' AND outcome = 'ok'",
+        )?;
+        for id in ids {
+            if let Some(m) = stmt.query_row([id], |r| r.get::<_, f64>(0)).optional()? {
+                best = Some(best.map_or(m, |b: f64| b.max(m)));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Candidates evaluated on every task of `split` (not stopped by staged evaluation), for
+    /// selection and reporting.
     pub fn scored(&self, split: &str) -> Result<Vec<Scored>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.name, c.generation, e.mean, e.ci_lo, e.ci_hi, e.cost_usd, e.prompt_tokens + e.completion_tokens,
-                    (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome
-             FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = ?1
+                    (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome, e.wall_ms, length(c.code)
+             FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = ?1 AND e.stage = 'full'
              ORDER BY c.step, c.id",
         )?;
         let rows = stmt.query_map([split], |r| {
@@ -328,6 +349,8 @@ impl Archive {
                 children: r.get::<_, i64>(8)? as u32,
                 fingerprint: r.get(9)?,
                 ok: r.get::<_, String>(10)? == "ok",
+                latency_ms: r.get(11)?,
+                code_bytes: r.get::<_, i64>(12)? as u64,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -427,7 +450,7 @@ impl Archive {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.name, c.operator, c.generation FROM candidates c
              LEFT JOIN evaluations v ON v.candidate_id = c.id AND v.split = 'val'
-             ORDER BY v.mean IS NULL, v.mean DESC, v.cost_usd ASC, c.step ASC",
+             ORDER BY v.mean IS NULL, v.stage != 'full', v.mean DESC, v.cost_usd ASC, c.step ASC",
         )?;
         let rows: Vec<(String, String, String, u32)> = stmt
             .query_map([], |r| {
@@ -451,7 +474,7 @@ impl Archive {
     fn split_score(&self, id: &str, split: &str) -> Result<Option<SplitScore>> {
         self.conn
             .query_row(
-                "SELECT n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens + completion_tokens, outcome FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
+                "SELECT n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens + completion_tokens, outcome, stage FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
                 params![id, split],
                 |r| {
                     Ok(SplitScore {
@@ -462,6 +485,7 @@ impl Archive {
                         cost_usd: r.get(4)?,
                         tokens: r.get::<_, i64>(5)? as u64,
                         outcome: r.get(6)?,
+                        stage: r.get(7)?,
                     })
                 },
             )
@@ -483,7 +507,7 @@ impl Archive {
         let family = FAMILY.replace("kind", "c.operator");
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {family} AS family, count(*) FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = 'val'
-             WHERE c.operator != 'seed' AND e.outcome = 'ok' AND e.mean > (
+             WHERE c.operator != 'seed' AND e.outcome = 'ok' AND e.stage = 'full' AND e.mean > (
                 SELECT max(pe.mean) FROM lineage l JOIN evaluations pe ON pe.candidate_id = l.parent AND pe.split = 'val'
                 WHERE l.child = c.id)
              GROUP BY family ORDER BY family"
@@ -497,6 +521,24 @@ impl Archive {
         let mut stmt = self.conn.prepare("SELECT id, code FROM candidates")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Staged evaluation's savings: (proposals stopped at the cascade, stopped later,
+    /// validation tasks not run).
+    pub fn staged_savings(&self, val_size: u64) -> Result<(u64, u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(stage = 'cascade'), 0), coalesce(sum(stage = 'stopped'), 0),
+                    coalesce(sum(CASE WHEN stage != 'full' THEN ?1 - n ELSE 0 END), 0)
+             FROM evaluations WHERE split = 'val'",
+            [val_size as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            },
+        )?)
     }
 
     /// Model usage over the whole run (all evaluations) and the number of cached calls.

@@ -2,6 +2,7 @@
 //! every `llm()` call answered through the agent gateway, each output scored, and the mean
 //! reported with a bootstrap 95% confidence interval.
 
+pub mod staged;
 mod stats;
 
 use std::collections::HashMap;
@@ -50,6 +51,34 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// An evaluation from its per-task results: mean and bootstrap 95% CI over their scores.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_tasks(
+        split: &str,
+        stage: &str,
+        tasks: Vec<TaskResult>,
+        usage: Usage,
+        wall_ms: f64,
+        outcome: Outcome,
+        detail: String,
+        bootstrap_samples: usize,
+    ) -> Self {
+        let scores: Vec<f64> = tasks.iter().map(|r| r.score).collect();
+        let (ci_lo, ci_hi) = bootstrap_ci(&scores, bootstrap_samples, 0x5eed);
+        Self {
+            split: split.into(),
+            stage: stage.into(),
+            mean: mean(&scores),
+            ci_lo,
+            ci_hi,
+            usage,
+            wall_ms,
+            outcome,
+            detail,
+            tasks,
+        }
+    }
+
     /// Feedback text for the proposer when the candidate misbehaved; None when it ran.
     pub fn failure_feedback(&self) -> Option<String> {
         match self.outcome {
@@ -110,20 +139,16 @@ impl Evaluator<'_> {
                 });
             }
         }
-        let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
-        let (ci_lo, ci_hi) = bootstrap_ci(&scores, self.cfg.bootstrap_samples, 0x5eed);
-        Ok(Evaluation {
-            split: split.into(),
-            stage: "full".into(),
-            mean: mean(&scores),
-            ci_lo,
-            ci_hi,
+        Ok(Evaluation::from_tasks(
+            split,
+            "full",
+            results,
             usage,
-            wall_ms: wall.as_secs_f64() * 1e3,
+            wall.as_secs_f64() * 1e3,
             outcome,
-            detail: details.join("\n---\n"),
-            tasks: results,
-        })
+            details.join("\n---\n"),
+            self.cfg.bootstrap_samples,
+        ))
     }
 
     fn run_shard(&self, code: &str, tasks: &[Task], on_task: TaskDone) -> Result<crate::sandbox::WorkerRun> {

@@ -22,6 +22,8 @@ pub struct Status {
     pub tokens: u64,
     pub cost_usd: f64,
     pub cached_calls: u64,
+    /// Staged evaluation: (stopped at the cascade, stopped later, validation tasks not run).
+    pub staged: (u64, u64, u64),
     pub verdict: String,
 }
 
@@ -41,6 +43,7 @@ pub fn status(archive: &Archive) -> Result<Status> {
         tokens,
         cost_usd,
         cached_calls,
+        staged: archive.staged_savings(exp.domain.val_size as u64)?,
     })
 }
 
@@ -77,6 +80,7 @@ fn verdict(rows: &[LeaderRow]) -> String {
 
 fn cell(s: &Option<SplitScore>) -> String {
     match s {
+        Some(s) if s.outcome == "ok" && s.stage != "full" => format!("{:.2} ({} n={})", s.mean, s.stage, s.n),
         Some(s) if s.outcome == "ok" => format!("{:.2} [{:.2}, {:.2}]", s.mean, s.ci_lo, s.ci_hi),
         Some(s) => format!("{:.2} ({})", s.mean, s.outcome),
         None => "-".into(),
@@ -154,6 +158,12 @@ pub fn render_status(s: &Status) -> String {
         "\nagent-model usage over all evaluations: {} tokens, ${:.4}; cached model calls in the archive: {}\n",
         s.tokens, s.cost_usd, s.cached_calls
     ));
+    let (cascade, stopped, saved) = s.staged;
+    if cascade + stopped > 0 {
+        out.push_str(&format!(
+            "staged evaluation: {cascade} proposals stopped at the cascade, {stopped} stopped later; {saved} validation tasks not run\n"
+        ));
+    }
     out.push_str(&format!("{}\n", s.verdict));
     out
 }

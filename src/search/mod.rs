@@ -23,6 +23,7 @@ use crate::candidate::{candidate_id, docstring_header, Candidate, CandidateKind}
 use crate::check::{Checker, Signature};
 use crate::config::Experiment;
 use crate::domain::{Domain, Task};
+use crate::evaluate::staged::{evaluate_staged, Stages};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
 use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
 use crate::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
@@ -223,7 +224,7 @@ impl Search {
         let mut rng = ChaCha8Rng::seed_from_u64(self.exp.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let scored = self.archive.scored("val")?;
         let strategy = self.exp.search.parent_selection.as_str();
-        let Some(pi) = select_parent(&scored, strategy, &mut rng) else {
+        let Some(pi) = select_parent(&scored, strategy, &self.exp.search.objectives, &mut rng) else {
             self.say(
                 bar,
                 &format!("step {step}: no candidate ran successfully yet; nothing to mutate"),
@@ -242,7 +243,7 @@ impl Search {
         let kind = choose_kind(&self.exp.proposers, &mut rng);
         let mut records = Vec::new();
         let mut events = Vec::new();
-        let other = select_parent(&scored, strategy, &mut rng)
+        let other = select_parent(&scored, strategy, &self.exp.search.objectives, &mut rng)
             .filter(|&o| o != pi)
             .or_else(|| (0..scored.len()).find(|&o| o != pi && scored[o].ok));
         let other = match other {
@@ -353,7 +354,7 @@ impl Search {
         let required = context.len();
         // Inspirations alternate between the Pareto front and other niches: evaluated
         // programs off the front whose structure differs from everything already shown.
-        let front = crate::archive::pareto_front(scored);
+        let front = crate::archive::pareto_front(scored, &self.exp.search.objectives);
         let off_front: Vec<usize> = (0..scored.len())
             .filter(|i| scored[*i].ok && !front.contains(i))
             .collect();
@@ -552,19 +553,26 @@ impl Search {
             );
             return Ok(rec);
         }
-        let eval = self.evaluate(&p.code, &self.val, "val", &p.name, bar)?;
+        // Staged: a proposal is measured against its best parent; seeds run every task.
+        let parent_score = self.archive.best_val_score(&p.parents)?;
+        let eval = self.evaluate(&p.code, &self.val, "val", &p.name, parent_score, bar)?;
         rec.status = if eval.outcome == Outcome::Ok {
             ProposalStatus::Evaluated
         } else {
             ProposalStatus::RuntimeError
         };
-        rec.reason = eval
-            .failure_feedback()
-            .unwrap_or_else(|| format!("val {:.3}", eval.mean));
+        rec.reason = eval.failure_feedback().unwrap_or_else(|| match eval.stage.as_str() {
+            "full" => format!("val {:.3}", eval.mean),
+            _ => format!(
+                "val {:.3}; {}",
+                eval.mean,
+                eval.detail.rsplit("\n---\n").next().unwrap_or("")
+            ),
+        });
         self.say(
             bar,
             &format!(
-                "[step {step}] {:<22} {:<44} val {:.2} [{:.2}, {:.2}]  {} tokens{}",
+                "[step {step}] {:<22} {:<44} val {:.2} [{:.2}, {:.2}]  {} tokens{}{}",
                 p.kind,
                 truncate(&p.name, 44),
                 eval.mean,
@@ -575,6 +583,11 @@ impl Search {
                     String::new()
                 } else {
                     format!("  ({})", eval.outcome)
+                },
+                if eval.stage == "full" {
+                    String::new()
+                } else {
+                    format!("  ({} at {}/{} tasks)", eval.stage, eval.tasks.len(), self.val.len())
                 }
             ),
         );
@@ -582,7 +595,16 @@ impl Search {
         Ok(rec)
     }
 
-    fn evaluate(&self, code: &str, tasks: &[Task], split: &str, label: &str, bar: &ProgressBar) -> Result<Evaluation> {
+    /// Evaluates `code` on `tasks`, in stages against `parent_score` when staging is on.
+    fn evaluate(
+        &self,
+        code: &str,
+        tasks: &[Task],
+        split: &str,
+        label: &str,
+        parent_score: Option<f64>,
+        bar: &ProgressBar,
+    ) -> Result<Evaluation> {
         let tasks_bar = if bar.is_hidden() {
             ProgressBar::hidden()
         } else {
@@ -594,14 +616,21 @@ impl Search {
             tasks_bar.with_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} tasks ({split}) {msg}").unwrap())
         };
         tasks_bar.set_message(truncate(label, 50));
-        let _ = split;
         let evaluator = Evaluator {
             gateway: &self.agent,
             cfg: &self.exp.evaluation,
             scorer: self.domain.scorer,
         };
         let tick = || tasks_bar.inc(1);
-        let e = evaluator.evaluate(code, tasks, split, &tick);
+        let cfg = &self.exp.evaluation;
+        let stages = Stages {
+            fraction: cfg.cascade_fraction,
+            threshold: cfg.cascade_threshold,
+            bootstrap_samples: cfg.bootstrap_samples,
+        };
+        let e = evaluate_staged(tasks, parent_score, &stages, |slice| {
+            evaluator.evaluate(code, slice, split, &tick)
+        });
         tasks_bar.finish_and_clear();
         e
     }
@@ -633,7 +662,7 @@ impl Search {
             }
             let c = self.archive.candidate(&id)?.context("candidate vanished")?;
             bar.set_message(format!("held-out test: {}", c.name));
-            let e = self.evaluate(&c.code, &self.test, "test", &c.name, bar)?;
+            let e = self.evaluate(&c.code, &self.test, "test", &c.name, None, bar)?;
             self.say(
                 bar,
                 &format!(
