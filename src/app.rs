@@ -53,6 +53,17 @@ pub fn status(db: &Path, json: bool) -> Result<()> {
     print_status(&archive, json)
 }
 
+/// `metaforge test`: held-out test evaluations of a finished run's best candidates on demand.
+pub fn test(db: &Path, top: Option<usize>, front: bool, quiet: bool, json: bool) -> Result<()> {
+    let mut search = Search::resume(db, quiet)?;
+    let top = top.unwrap_or(search.experiment().search.test_top_k);
+    let tested = search.test_on_demand(top, front)?;
+    if !quiet {
+        eprintln!("metaforge: {tested} new held-out test evaluation(s)");
+    }
+    print_status(search.archive(), json)
+}
+
 /// `metaforge lineage`: the whole family tree, or one candidate's ancestry, as text, JSON or DOT.
 pub fn lineage(db: &Path, of: Option<&str>, dot: bool, json: bool) -> Result<()> {
     let archive = Archive::open_existing(db)?;

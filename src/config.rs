@@ -156,13 +156,25 @@ pub struct SearchConfig {
     #[serde(default = "default_test_top_k")]
     pub test_top_k: usize,
     /// `pareto` (front sampled by score sigmoid x 1/(1+children)), `tournament`, `softmax`
-    /// (with a visit penalty) or `uniform`; see `archive::front::select_parent`.
+    /// (with a visit penalty), `instance` (GEPA per-task fronts) or `uniform`; see
+    /// `archive::front::select_parent`.
     #[serde(default = "default_selection")]
     pub parent_selection: String,
     /// What the Pareto front trades off: `score` (maximised) and any of `cost`, `tokens`,
     /// `latency`, `code_size` (minimised).
     #[serde(default = "default_objectives")]
     pub objectives: Vec<Objective>,
+    /// Islands: proposal step N selects only among candidates made at steps of the same
+    /// island (N mod islands). 1 = one population.
+    #[serde(default = "one_u32")]
+    pub islands: u32,
+    /// Every this many generations each island may also select its neighbour's best.
+    #[serde(default = "default_migration")]
+    pub migration_interval: u32,
+}
+
+fn default_migration() -> u32 {
+    2
 }
 
 fn default_objectives() -> Vec<Objective> {
@@ -194,6 +206,8 @@ impl Default for SearchConfig {
             test_top_k: default_test_top_k(),
             parent_selection: default_selection(),
             objectives: default_objectives(),
+            islands: 1,
+            migration_interval: default_migration(),
         }
     }
 }
@@ -494,6 +508,9 @@ impl Experiment {
         }
         if p.operators + p.rewrite + p.diff + p.crossover <= 0.0 {
             bail!("proposers: all probabilities are zero; fix: set proposers.operators = 1.0");
+        }
+        if self.search.islands == 0 {
+            bail!("search.islands = 0; fix: 1 for one population, or more for islands");
         }
         let objectives = &self.search.objectives;
         if !objectives.contains(&Objective::Score) {

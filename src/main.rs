@@ -62,6 +62,16 @@ enum Command {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// Held-out test of a finished run's best candidates, on demand (never used for selection).
+    Test {
+        db: PathBuf,
+        /// How many of the best validation candidates (default: the run's search.test_top_k).
+        #[arg(long)]
+        top: Option<usize>,
+        /// Also every member of the Pareto front.
+        #[arg(long)]
+        front: bool,
+    },
     /// Family tree of a run: who produced whom, by which operator, and which steps improved.
     Lineage {
         db: PathBuf,
@@ -126,6 +136,7 @@ fn main() -> ExitCode {
         }
         Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
+        Command::Test { db, top, front } => metaforge::app::test(db, *top, *front, cli.quiet, cli.json).map(|_| true),
         Command::Lineage { db, of, dot } => metaforge::app::lineage(db, of.as_deref(), *dot, cli.json).map(|_| true),
         Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),

@@ -238,3 +238,48 @@ fn a_user_domain_run_moves_as_one_bundle_and_resumes_elsewhere() {
     );
     assert!(!elsewhere.path().join("cut.db").exists());
 }
+
+#[test]
+fn held_out_test_on_demand_only_adds_and_only_for_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = finished_run(dir.path(), "exp.toml", 3, ARITH);
+    let s = db.to_str().unwrap();
+    let tested = "SELECT count(*) FROM evaluations WHERE split = 'test'";
+    let before = count(&db, tested);
+    let out = metaforge(dir.path(), &["test", s, "--top", "50", "--front"]);
+    ok(&out);
+    let after = count(&db, tested);
+    let feasible = count(
+        &db,
+        "SELECT count(*) FROM evaluations WHERE split = 'val' AND stage = 'full' AND outcome = 'ok'",
+    );
+    assert_eq!(
+        after, feasible,
+        "every feasible candidate is tested with --top 50 (before: {before})"
+    );
+    assert!(after > before);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{} new held-out test", after - before)));
+    ok(&metaforge(dir.path(), &["test", s, "--top", "50"]));
+    assert_eq!(count(&db, tested), after, "nothing is tested twice");
+    assert_archive_sound(&db);
+
+    // An unfinished run: refused with the fix.
+    let exp = write_experiment(dir.path(), "live.toml", 4, ARITH, 0.0, 2);
+    let live = dir.path().join("live.db");
+    let mut child = Command::new(bin())
+        .args(["run", "--quiet", exp.to_str().unwrap(), "--db", live.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while count_or_zero(&live, "SELECT count(*) FROM events WHERE kind = 'step_done'") < 1 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = refused(&metaforge(dir.path(), &["test", live.to_str().unwrap()]));
+    assert!(
+        err.contains("still in progress") && err.contains("metaforge resume"),
+        "{err}"
+    );
+}

@@ -318,3 +318,35 @@ fn staged_evaluation_stops_losers_early_and_never_selects_them() {
         .unwrap();
     assert!(reason.contains("× parent 1.00"), "{reason}");
 }
+
+#[test]
+fn islands_breed_apart_except_when_migrating() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), 0.0, 4);
+    let text = std::fs::read_to_string(&exp).unwrap().replace(
+        "test_top_k = 2\n",
+        "test_top_k = 2\nislands = 2\nmigration_interval = 3\nparent_selection = \"instance\"\n",
+    );
+    std::fs::write(&exp, text).unwrap();
+    let db = dir.path().join("islands.db");
+    let out = Command::new(bin())
+        .args(["run", "--quiet"])
+        .arg(&exp)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_archive_sound(&db);
+    let edges = "FROM lineage l JOIN candidates p ON p.id = l.parent JOIN candidates c ON c.id = l.child";
+    let children = count(&db, &format!("SELECT count(*) {edges}"));
+    assert!(children >= 4, "too few children to tell: {children}");
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) {edges} WHERE p.step % 2 != c.step % 2 AND c.generation % 3 != 0")
+        ),
+        0,
+        "a parent crossed islands outside a migration generation"
+    );
+}

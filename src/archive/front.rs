@@ -24,6 +24,11 @@ pub struct Scored {
     pub code_bytes: u64,
     pub children: u32,
     pub fingerprint: String,
+    /// The loop step that made it (islands are derived from it).
+    pub step: u64,
+    /// Validation tasks on which it scores the best of all candidates (ties count), for
+    /// `instance` selection; 0 unless filled by `Archive::fill_instance_wins`.
+    pub instance_wins: u32,
     /// The evaluation finished without a sandbox breach or load error. Candidates that did
     /// not are infeasible: never on the front, never parents.
     pub ok: bool,
@@ -166,7 +171,7 @@ pub fn crowding_distance(items: &[Scored], front: &[usize], objectives: &[Object
 }
 
 /// The parent-selection strategies `search.parent_selection` accepts.
-pub const STRATEGIES: &[&str] = &["pareto", "tournament", "softmax", "uniform"];
+pub const STRATEGIES: &[&str] = &["pareto", "tournament", "softmax", "instance", "uniform"];
 
 /// Candidates drawn per tournament.
 const TOURNAMENT_SIZE: usize = 3;
@@ -182,6 +187,9 @@ const VISIT_PENALTY: f64 = 0.5;
 ///   (DGM, ShinkaEvolve).
 /// - `tournament`: the best of three ok candidates drawn uniformly (ties: the cheaper).
 /// - `softmax`: any ok candidate, weight exp(score / 0.1 - 0.5 children) (ALMA's visit penalty).
+/// - `instance`: per-instance fronts (GEPA): a candidate that is best on some validation task
+///   is kept however its mean compares, weight = the number of such tasks; falls back to
+///   `pareto` while no candidate is best anywhere (all scores 0).
 /// - `uniform`: any ok candidate.
 pub fn select_parent(items: &[Scored], strategy: &str, objectives: &[Objective], rng: &mut impl Rng) -> Option<usize> {
     let ok: Vec<usize> = (0..items.len()).filter(|&i| items[i].ok).collect();
@@ -199,6 +207,11 @@ pub fn select_parent(items: &[Scored], strategy: &str, objectives: &[Objective],
                         .total_cmp(&Objective::Cost.loss(&items[a])),
                 )
             }),
+        "instance" if ok.iter().any(|&i| items[i].instance_wins > 0) => {
+            let pool: Vec<usize> = ok.iter().copied().filter(|&i| items[i].instance_wins > 0).collect();
+            let weights: Vec<f64> = pool.iter().map(|&i| f64::from(items[i].instance_wins)).collect();
+            weighted_pick(&pool, &weights, rng)
+        }
         "softmax" => {
             let best = ok.iter().map(|&i| items[i].score).fold(f64::MIN, f64::max);
             let weights: Vec<f64> = ok
@@ -256,6 +269,8 @@ mod tests {
             tokens,
             latency_ms: 0.0,
             code_bytes: 0,
+            step: 0,
+            instance_wins: 0,
             children: 0,
             fingerprint: String::new(),
             ok: true,
@@ -329,6 +344,29 @@ mod tests {
         assert!(
             penalised[2] > penalised[1],
             "the unexpanded one is now preferred: {penalised:?}"
+        );
+    }
+
+    #[test]
+    fn instance_selection_keeps_a_specialist_off_the_mean_front() {
+        // "specialist" has the worst mean but is the only one to solve some task.
+        let mut items = vec![
+            s("generalist", 0.8, 100),
+            s("specialist", 0.2, 900),
+            s("never", 0.5, 500),
+        ];
+        items[0].instance_wins = 7;
+        items[1].instance_wins = 1;
+        let n = picks(&items, "instance");
+        assert!(n[1] > 200 && n[0] > n[1] * 4 && n[2] == 0, "{n:?}");
+        assert_eq!(picks(&items, "pareto")[1], 0, "pareto never picks it");
+        for c in &mut items {
+            c.instance_wins = 0;
+        }
+        assert_eq!(
+            picks(&items, "instance"),
+            picks(&items, "pareto"),
+            "falls back to pareto"
         );
     }
 

@@ -332,7 +332,7 @@ impl Archive {
     pub fn scored(&self, split: &str) -> Result<Vec<Scored>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.name, c.generation, e.mean, e.ci_lo, e.ci_hi, e.cost_usd, e.prompt_tokens + e.completion_tokens,
-                    (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome, e.wall_ms, length(c.code)
+                    (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome, e.wall_ms, length(c.code), c.step
              FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = ?1 AND e.stage = 'full'
              ORDER BY c.step, c.id",
         )?;
@@ -351,9 +351,30 @@ impl Archive {
                 ok: r.get::<_, String>(10)? == "ok",
                 latency_ms: r.get(11)?,
                 code_bytes: r.get::<_, i64>(12)? as u64,
+                step: r.get::<_, i64>(13)? as u64,
+                instance_wins: 0,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Fills `instance_wins`: on how many validation tasks each candidate scores the best of
+    /// all fully evaluated, feasible candidates (a task nobody solves counts for nobody).
+    pub fn fill_instance_wins(&self, scored: &mut [Scored]) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "WITH full AS (SELECT id, candidate_id FROM evaluations WHERE split = 'val' AND stage = 'full' AND outcome = 'ok'),
+                  best AS (SELECT t.task_id, max(t.score) AS top FROM task_results t JOIN full f ON f.id = t.evaluation_id
+                           GROUP BY t.task_id HAVING top > 0)
+             SELECT f.candidate_id, count(*) FROM task_results t JOIN full f ON f.id = t.evaluation_id
+             JOIN best b ON b.task_id = t.task_id AND t.score = b.top GROUP BY f.candidate_id",
+        )?;
+        let wins: std::collections::HashMap<String, u32> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u32)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for s in scored {
+            s.instance_wins = wins.get(&s.id).copied().unwrap_or(0);
+        }
+        Ok(())
     }
 
     /// Recent failed proposals with their reasons: fed back to the proposer.

@@ -7,6 +7,7 @@
 //! split. The random stream of step N is seeded from (run seed, N), and every model call is
 //! cached in the archive, so re-running a step after a crash reproduces it.
 
+mod islands;
 mod run_files;
 
 use std::path::Path;
@@ -123,6 +124,10 @@ impl Search {
         &self.archive
     }
 
+    pub fn experiment(&self) -> &Experiment {
+        &self.exp
+    }
+
     fn total_steps(&self) -> u64 {
         self.seeds.len() as u64
             + u64::from(self.exp.search.generations) * u64::from(self.exp.search.proposals_per_generation)
@@ -176,7 +181,7 @@ impl Search {
                 StepKind::Done => break,
                 StepKind::Seed(i) => self.seed_step(step, i, &bar)?,
                 StepKind::Propose { generation } => self.propose_step(step, generation, &bar)?,
-                StepKind::Test => self.test_step(step, &bar)?,
+                StepKind::Test => self.test_step(step, self.exp.search.test_top_k, false, &bar)?,
             };
             self.archive.commit_step(&record)?;
             bar.set_position(step + 1);
@@ -185,6 +190,30 @@ impl Search {
         self.archive.mark_finished()?;
         bar.finish_and_clear();
         Ok(())
+    }
+
+    /// Held-out test on demand, for a finished run: the `top_k` best validation candidates
+    /// (and the best seed), or with `front` every member of the Pareto front too. Candidates
+    /// already tested are skipped; the new evaluations are filed under the run's test step.
+    pub fn test_on_demand(&mut self, top_k: usize, front: bool) -> Result<usize> {
+        if !self.archive.is_finished()? {
+            bail!(
+                "{} is still in progress; fix: `metaforge resume {}` first (its last step tests the best candidates)",
+                self.archive.path().display(),
+                self.archive.path().display()
+            );
+        }
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(1)
+        };
+        let test_step = self.total_steps() - 1;
+        let record = self.test_step(test_step, top_k, front, &bar)?;
+        let tested = record.evaluations.len();
+        self.archive.commit_step(&record)?;
+        bar.finish_and_clear();
+        Ok(tested)
     }
 
     fn say(&self, bar: &ProgressBar, line: &str) {
@@ -222,8 +251,13 @@ impl Search {
 
     fn propose_step(&mut self, step: u64, generation: u32, bar: &ProgressBar) -> Result<StepRecord> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.exp.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let scored = self.archive.scored("val")?;
-        let strategy = self.exp.search.parent_selection.as_str();
+        let search = &self.exp.search;
+        let strategy = search.parent_selection.as_str();
+        let mut scored = self.archive.scored("val")?;
+        if strategy == "instance" {
+            self.archive.fill_instance_wins(&mut scored)?;
+        }
+        let scored = islands::selectable(scored, step, generation, search.islands, search.migration_interval);
         let Some(pi) = select_parent(&scored, strategy, &self.exp.search.objectives, &mut rng) else {
             self.say(
                 bar,
@@ -635,8 +669,16 @@ impl Search {
         e
     }
 
-    fn test_step(&mut self, step: u64, bar: &ProgressBar) -> Result<StepRecord> {
+    fn test_step(&mut self, step: u64, top_k: usize, with_front: bool, bar: &ProgressBar) -> Result<StepRecord> {
         let mut scored = self.archive.scored("val")?;
+        let front: Vec<String> = if with_front {
+            crate::archive::pareto_front(&scored, &self.exp.search.objectives)
+                .into_iter()
+                .map(|i| scored[i].id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         scored.retain(|s| s.ok);
         scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.tokens.cmp(&b.tokens)));
         // The best seed is always tested too, so "did search beat the seeds?" has an answer.
@@ -645,11 +687,12 @@ impl Search {
             .leaderboard()?
             .into_iter()
             .find(|r| r.operator == "seed" && r.val.as_ref().is_some_and(|v| v.outcome == "ok"));
-        let mut chosen: Vec<String> = scored
-            .iter()
-            .take(self.exp.search.test_top_k)
-            .map(|s| s.id.clone())
-            .collect();
+        let mut chosen: Vec<String> = scored.iter().take(top_k).map(|s| s.id.clone()).collect();
+        for id in front {
+            if !chosen.contains(&id) {
+                chosen.push(id);
+            }
+        }
         if let Some(s) = best_seed {
             if !chosen.contains(&s.id) {
                 chosen.push(s.id);
