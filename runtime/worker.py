@@ -13,6 +13,7 @@ Usage: python3 -I -S -B worker.py --rpc-in FD --rpc-out FD --candidate FILE
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import traceback
@@ -77,10 +78,19 @@ def _load_candidate(path):
     with open(path, "r", encoding="utf-8") as f:
         source = f.read()
     namespace = {"__name__": "candidate", "__file__": "candidate.py"}
+    adas = re.search(r"^def\s+forward\s*\(\s*self\s*,", source, re.M) is not None
+    if adas:
+        # ADAS agents use Info and LLMAgentBase as globals of their harness.
+        from metaforge import adas as adas_api
+
+        namespace.update({name: getattr(adas_api, name) for name in adas_api.__all__})
     exec(compile(source, "candidate.py", "exec"), namespace)
     forward = namespace.get("forward")
     if not callable(forward):
         raise RuntimeError("candidate defines no callable `forward(task)`")
+    if adas:
+        adas_forward = forward
+        return lambda task: adas_api.run_adas_forward(adas_forward, task)
     return forward
 
 

@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Installs what building metaforge needs on a fresh Debian machine with Rust and Python 3:
-# cmake and libclang (llama.cpp's build and bindgen). Idempotent; uses sudo when not root.
+# cmake and libclang (llama.cpp's build and bindgen), and target/pyenv with the openai
+# package for exported agents. Idempotent; uses sudo when not root.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: installing ${need[*]} (Debian packages)" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Exported agents run outside metaforge with the `openai` package; the tests run them with
+# this private Python (never the system's).
+pyenv="$(dirname "$0")/../target/pyenv"
+if ! "$pyenv/bin/python" -c "import openai" >/dev/null 2>&1; then
+  echo "setup: creating target/pyenv with the openai package (PyPI)" >&2
+  python3 -m venv "$pyenv"
+  "$pyenv/bin/pip" install -q --disable-pip-version-check "openai>=1,<4"
 fi

@@ -64,6 +64,25 @@ pub fn test(db: &Path, top: Option<usize>, front: bool, quiet: bool, json: bool)
     print_status(search.archive(), json)
 }
 
+/// `metaforge export`: picked agents as standalone Python files plus README and agents.json.
+pub fn export(db: &Path, pick: &crate::export::Pick, out: &Path, json: bool) -> Result<()> {
+    let archive = Archive::open_existing(db)?;
+    let agents = crate::export::export(&archive, pick, out)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+        return Ok(());
+    }
+    for a in &agents {
+        println!("{:<56} val {}", out.join(&a.file).display(), a.val_text);
+    }
+    println!(
+        "{} agent(s) exported; see {}",
+        agents.len(),
+        out.join("README.md").display()
+    );
+    Ok(())
+}
+
 /// `metaforge lineage`: the whole family tree, or one candidate's ancestry, as text, JSON or DOT.
 pub fn lineage(db: &Path, of: Option<&str>, dot: bool, json: bool) -> Result<()> {
     let archive = Archive::open_existing(db)?;

@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod domain;
 pub mod evaluate;
+pub mod export;
 pub mod llm;
 pub mod propose;
 pub mod report;

@@ -72,6 +72,22 @@ enum Command {
         #[arg(long)]
         front: bool,
     },
+    /// Write discovered agents as standalone Python files (openai package), with README and agents.json.
+    Export {
+        db: PathBuf,
+        /// Folder to write (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The Pareto front over the run's objectives.
+        #[arg(long, conflicts_with_all = ["top", "id"])]
+        front: bool,
+        /// The best N by validation score (default 3 when nothing else is given).
+        #[arg(long, conflicts_with = "id")]
+        top: Option<usize>,
+        /// Candidates by id prefix (repeatable).
+        #[arg(long)]
+        id: Vec<String>,
+    },
     /// Family tree of a run: who produced whom, by which operator, and which steps improved.
     Lineage {
         db: PathBuf,
@@ -137,6 +153,22 @@ fn main() -> ExitCode {
         Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
         Command::Test { db, top, front } => metaforge::app::test(db, *top, *front, cli.quiet, cli.json).map(|_| true),
+        Command::Export {
+            db,
+            out,
+            front,
+            top,
+            id,
+        } => {
+            let pick = if *front {
+                metaforge::export::Pick::Front
+            } else if !id.is_empty() {
+                metaforge::export::Pick::Ids(id.clone())
+            } else {
+                metaforge::export::Pick::Top(top.unwrap_or(3))
+            };
+            metaforge::app::export(db, &pick, out, cli.json).map(|_| true)
+        }
         Command::Lineage { db, of, dot } => metaforge::app::lineage(db, of.as_deref(), *dot, cli.json).map(|_| true),
         Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),

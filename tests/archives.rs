@@ -3,41 +3,11 @@
 //! replies from tests/fixtures/scripted_*.json).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
 
 use common::*;
-
-fn metaforge(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).current_dir(cwd).args(args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn refused(out: &Output) -> String {
-    assert_eq!(out.status.code(), Some(2), "expected a refusal, got {out:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs a scripted experiment to the end in `dir`, returning its archive.
-fn finished_run(dir: &Path, file: &str, seed: u64, domain: &str) -> std::path::PathBuf {
-    let exp = write_experiment(dir, file, seed, domain, 0.0, 2);
-    let db = dir.join(file.replace(".toml", ".db"));
-    ok(&metaforge(
-        dir,
-        &["run", "--quiet", exp.to_str().unwrap(), "--db", db.to_str().unwrap()],
-    ));
-    db
-}
 
 #[test]
 fn lineage_lists_every_candidate_ancestry_and_dot() {

@@ -1,39 +1,13 @@
 //! The `openai` backend against a real OpenAI-compatible server on 127.0.0.1: `metaforge
 //! serve` running the embedded model (no hand-written fake).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::start_server;
 use metaforge::llm::{Backend, Budget, CallCache, CallParams, Gateway, LlmError, Message, OpenAiBackend, Role};
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server() -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metaforge"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--max-tokens", "48"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if let Some(u) = line.strip_prefix("listening on ") {
-            break u.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Server(child), url)
-}
 
 fn model_cfg(url: &str) -> metaforge::config::ModelConfig {
     toml::from_str(&format!("backend = \"openai\"\nmodel = \"smollm2\"\nbase_url = {url:?}\nmax_tokens = 32\nprice_prompt_per_mtok = 1.0\nprice_completion_per_mtok = 2.0")).unwrap()
@@ -41,7 +15,7 @@ fn model_cfg(url: &str) -> metaforge::config::ModelConfig {
 
 #[test]
 fn chat_completion_through_the_gateway_is_accounted_and_cached() {
-    let (_server, url) = start_server();
+    let (_server, url) = start_server(48);
     let cfg = model_cfg(&url);
     let backend = Arc::new(OpenAiBackend::from_config(&cfg, "agent").unwrap());
     let cache = Arc::new(CallCache::in_memory().unwrap());
@@ -74,7 +48,7 @@ fn chat_completion_through_the_gateway_is_accounted_and_cached() {
 
 #[test]
 fn client_errors_are_not_retried() {
-    let (_server, url) = start_server();
+    let (_server, url) = start_server(48);
     let backend = OpenAiBackend::new(&format!("{url}/missing"), "x", None, Duration::from_secs(30));
     let req = metaforge::llm::ChatRequest {
         messages: vec![Message::new("user", "hi")],

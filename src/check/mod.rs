@@ -201,7 +201,12 @@ fn entry_point(file: &str, root: Node, source: &str, kind: CandidateKind, out: &
         if kind == CandidateKind::Agent {
             let params = def.child_by_field_name("parameters");
             let count = params.map(|p| p.named_child_count()).unwrap_or(0);
-            if count != arity {
+            // ADAS's form, `forward(self, taskInfo)`, runs through runtime/metaforge/adas.py.
+            let adas = count == 2
+                && params
+                    .and_then(|p| p.named_child(0))
+                    .is_some_and(|first| &source[first.byte_range()] == "self");
+            if count != arity && !adas {
                 let pos = def.start_position();
                 out.push(Diagnostic {
                     file: file.into(),
@@ -209,7 +214,9 @@ fn entry_point(file: &str, root: Node, source: &str, kind: CandidateKind, out: &
                     col: pos.column + 1,
                     rule: "entry-point".into(),
                     severity: Severity::Error,
-                    message: format!("`forward` takes {count} parameters; it must take exactly one (the task dict)"),
+                    message: format!(
+                        "`forward` takes {count} parameters; it must take exactly one (the task dict), or be ADAS's `forward(self, taskInfo)`"
+                    ),
                     fix: fix.into(),
                 });
             }
@@ -258,8 +265,12 @@ mod tests {
 
     #[test]
     fn wrong_arity() {
-        let r = check("def forward(self, taskInfo):\n    return '1'\n");
+        let r = check("def forward(task, hint, extra):\n    return '1'\n");
         insta::assert_snapshot!(r.render());
+        assert!(
+            check("def forward(self, taskInfo):\n    return '1'\n").passes(),
+            "ADAS's form is accepted"
+        );
     }
 
     #[test]

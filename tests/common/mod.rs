@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
 use rusqlite::Connection;
 
 pub fn bin() -> &'static str {
@@ -112,4 +115,79 @@ pub fn assert_archive_sound(db: &Path) {
     );
     assert_eq!(count(db, "SELECT count(*) FROM candidates c WHERE NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.candidate_id = c.id AND e.split = 'val')"), 0, "candidate without its validation evaluation");
     assert_eq!(count(db, "SELECT count(*) FROM evaluations e WHERE e.n != (SELECT count(*) FROM task_results t WHERE t.evaluation_id = e.id)"), 0, "evaluation missing task results");
+}
+
+pub fn metaforge(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).current_dir(cwd).args(args).output().unwrap()
+}
+
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn refused(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "expected a refusal, got {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a scripted experiment to the end in `dir`, returning its archive.
+pub fn finished_run(dir: &Path, file: &str, seed: u64, domain: &str) -> std::path::PathBuf {
+    let exp = write_experiment(dir, file, seed, domain, 0.0, 2);
+    let db = dir.join(file.replace(".toml", ".db"));
+    ok(&metaforge(
+        dir,
+        &["run", "--quiet", exp.to_str().unwrap(), "--db", db.to_str().unwrap()],
+    ));
+    db
+}
+
+/// `metaforge serve` running the embedded model on a free port; killed when dropped.
+pub struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_server(max_tokens: u32) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metaforge"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--max-tokens",
+            &max_tokens.to_string(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if let Some(u) = line.strip_prefix("listening on ") {
+            break u.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Server(child), url)
+}
+
+/// The Python that `scripts/setup.sh` made with the `openai` package (for exported agents).
+pub fn python_with_openai() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing; fix: run scripts/setup.sh (it installs the openai package there)",
+        python.display()
+    );
+    python
 }
