@@ -64,6 +64,84 @@ pub fn test(db: &Path, top: Option<usize>, front: bool, quiet: bool, json: bool)
     print_status(search.archive(), json)
 }
 
+/// `metaforge import-adas`: a new run whose seeds are an ADAS archive's agents, ready to
+/// `resume` (nothing is evaluated here). Based on `experiment`, else the embedded quickstart
+/// (whose own seeds are then left out: ADAS archives carry theirs).
+pub fn import_adas(
+    archive_json: &Path,
+    domain: Option<&str>,
+    experiment: Option<&Path>,
+    db: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let agents = crate::adas::read_archive(archive_json)?;
+    let mut exp = match experiment {
+        Some(p) => Experiment::load(p)?,
+        None => {
+            let text = crate::assets::text(&crate::assets::EXPERIMENTS, "quickstart.toml")
+                .context("experiments/quickstart.toml is missing from this build")?;
+            let mut e = Experiment::parse(text, "experiments/quickstart.toml (embedded)", Path::new("."))?;
+            e.search.seeds.clear();
+            e
+        }
+    };
+    let stem = archive_json
+        .file_stem()
+        .map_or("adas".into(), |s| s.to_string_lossy().into_owned());
+    exp.name = format!("adas-{stem}");
+    if let Some(d) = domain {
+        exp.domain.name = d.into();
+        exp.domain.path = None;
+        exp.domain.scorer = None;
+    }
+    exp.search.import_adas =
+        Some(std::fs::canonicalize(archive_json).with_context(|| format!("cannot read {}", archive_json.display()))?);
+    let db = db.map_or_else(
+        || PathBuf::from("runs").join(format!("{}.db", exp.name)),
+        Path::to_path_buf,
+    );
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let search = Search::create_from(exp, &db, true)?;
+    search.archive().event(
+        None,
+        "adas_import",
+        serde_json::json!({ "from": stem, "agents": &agents }),
+    )?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "db": db, "agents": agents }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "imported {} ADAS agents into {} (domain {}):",
+        agents.len(),
+        db.display(),
+        search.experiment().domain.name
+    );
+    for a in &agents {
+        println!(
+            "  {:<40} ADAS {:<12} fitness {}",
+            a.name.chars().take(40).collect::<String>(),
+            a.generation.map_or("initial".into(), |g| format!("generation {g}")),
+            a.fitness.map_or("-".into(), |f| format!(
+                "{:.1}% [{:.1}%, {:.1}%]",
+                f.median * 100.0,
+                f.ci_lo * 100.0,
+                f.ci_hi * 100.0
+            ))
+        );
+    }
+    println!(
+        "each is re-evaluated on this run's validation split first; continue with: metaforge resume {}",
+        db.display()
+    );
+    Ok(())
+}
+
 /// `metaforge export`: picked agents as standalone Python files plus README and agents.json.
 pub fn export(db: &Path, pick: &crate::export::Pick, out: &Path, json: bool) -> Result<()> {
     let archive = Archive::open_existing(db)?;

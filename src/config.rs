@@ -171,6 +171,10 @@ pub struct SearchConfig {
     /// Every this many generations each island may also select its neighbour's best.
     #[serde(default = "default_migration")]
     pub migration_interval: u32,
+    /// An ADAS archive (`*_run_archive.json`) whose agents join the seeds (`metaforge
+    /// import-adas` writes this); stored inside the run like every file the config names.
+    #[serde(default)]
+    pub import_adas: Option<PathBuf>,
 }
 
 fn default_migration() -> u32 {
@@ -208,6 +212,7 @@ impl Default for SearchConfig {
             objectives: default_objectives(),
             islands: 1,
             migration_interval: default_migration(),
+            import_adas: None,
         }
     }
 }
@@ -441,6 +446,7 @@ impl Experiment {
             ("domain.path", &mut self.domain.path),
             ("models.meta.script", &mut self.models.meta.script),
             ("models.agent.script", &mut self.models.agent.script),
+            ("search.import_adas", &mut self.search.import_adas),
         ]
         .into_iter()
         .filter_map(|(key, p)| p.as_mut().map(|p| (key, p)))

@@ -1,5 +1,6 @@
 //! metaforge: meta-agent search. See ARCHITECTURE.md for the map of modules.
 
+pub mod adas;
 pub mod app;
 pub mod archive;
 pub mod assets;

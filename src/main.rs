@@ -88,6 +88,20 @@ enum Command {
         #[arg(long)]
         id: Vec<String>,
     },
+    /// Start a run from an ADAS archive (its agents become the seeds); continue with `resume`.
+    ImportAdas {
+        /// ADAS's `*_run_archive.json`.
+        archive: PathBuf,
+        /// Built-in domain to evaluate on (default: the experiment's).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Experiment to base the run on (default: the embedded quickstart, without its seeds).
+        #[arg(long)]
+        experiment: Option<PathBuf>,
+        /// Archive file to create (default: runs/adas-<name>.db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
     /// Family tree of a run: who produced whom, by which operator, and which steps improved.
     Lineage {
         db: PathBuf,
@@ -169,6 +183,19 @@ fn main() -> ExitCode {
             };
             metaforge::app::export(db, &pick, out, cli.json).map(|_| true)
         }
+        Command::ImportAdas {
+            archive,
+            domain,
+            experiment,
+            db,
+        } => metaforge::app::import_adas(
+            archive,
+            domain.as_deref(),
+            experiment.as_deref(),
+            db.as_deref(),
+            cli.json,
+        )
+        .map(|_| true),
         Command::Lineage { db, of, dot } => metaforge::app::lineage(db, of.as_deref(), *dot, cli.json).map(|_| true),
         Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),

@@ -60,7 +60,15 @@ enum StepKind {
 impl Search {
     /// Starts a new run of `exp_path`, archived in `db`.
     pub fn create(exp_path: &Path, db: &Path, quiet: bool) -> Result<Self> {
-        let mut exp = Experiment::load(exp_path)?;
+        Self::create_from(Experiment::load(exp_path)?, db, quiet)
+    }
+
+    /// Starts a new run of an experiment already loaded (and possibly adjusted, as
+    /// `import-adas` does), archived in `db`.
+    pub fn create_from(mut exp: Experiment, db: &Path, quiet: bool) -> Result<Self> {
+        if exp.search.seeds.is_empty() && exp.search.import_adas.is_none() {
+            bail!("search.seeds is empty and nothing is imported; fix: seeds = [\"all\"], or import an ADAS archive (`metaforge import-adas`)");
+        }
         // Refuse before anything is created when `isolation = "strict"` cannot be met.
         Isolation::for_mode(exp.evaluation.isolation)?;
         // The files the config names go inside the archive; the stored config keeps their
@@ -87,7 +95,14 @@ impl Search {
             exp.domain.val_size,
             exp.domain.test_size,
         )?;
-        let seeds = resolve_seeds(&exp.search.seeds)?;
+        let mut seeds = resolve_seeds(&exp.search.seeds)?;
+        if let Some(path) = &exp.search.import_adas {
+            seeds.extend(
+                crate::adas::read_archive(path)?
+                    .iter()
+                    .map(|a| (a.name.clone(), a.seed_code())),
+            );
+        }
         let budget = Arc::new(Budget::new(&exp.budget));
         let (tokens, cost, _) = archive.usage()?;
         budget.preload(tokens, cost);
