@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what building metaforge needs on a fresh Debian machine with Rust and Python 3:
 # cmake and libclang (llama.cpp's build and bindgen), and target/pyenv with the openai
-# package for exported agents. Idempotent; uses sudo when not root.
+# package for exported agents; with --with-browser also headless Chromium (report test).
+# Idempotent; uses sudo when not root.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
+# --with-browser (the test command): headless Chromium for the HTML report test.
+if [ "${1:-}" = "--with-browser" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -3,5 +3,5 @@
 # and the quickstart share one build of llama.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --with-browser
 cargo test --release --locked

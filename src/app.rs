@@ -142,6 +142,15 @@ pub fn import_adas(
     Ok(())
 }
 
+/// `metaforge report`: one self-contained HTML file.
+pub fn report(db: &Path, out: &Path) -> Result<()> {
+    let archive = Archive::open_existing(db)?;
+    let html = crate::report::html::render(&archive)?;
+    std::fs::write(out, html).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("report written to {}", out.display());
+    Ok(())
+}
+
 /// `metaforge export`: picked agents as standalone Python files plus README and agents.json.
 pub fn export(db: &Path, pick: &crate::export::Pick, out: &Path, json: bool) -> Result<()> {
     let archive = Archive::open_existing(db)?;

@@ -102,6 +102,13 @@ enum Command {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// One self-contained HTML report: front, generations, lineage, funnel, code and diffs.
+    Report {
+        db: PathBuf,
+        /// The HTML file to write.
+        #[arg(short, long, default_value = "report.html")]
+        out: PathBuf,
+    },
     /// Family tree of a run: who produced whom, by which operator, and which steps improved.
     Lineage {
         db: PathBuf,
@@ -196,6 +203,7 @@ fn main() -> ExitCode {
             cli.json,
         )
         .map(|_| true),
+        Command::Report { db, out } => metaforge::app::report(db, out).map(|_| true),
         Command::Lineage { db, of, dot } => metaforge::app::lineage(db, of.as_deref(), *dot, cli.json).map(|_| true),
         Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),

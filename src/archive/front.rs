@@ -54,8 +54,8 @@ pub enum Objective {
 pub const DEFAULT_OBJECTIVES: &[Objective] = &[Objective::Score, Objective::Cost];
 
 impl Objective {
-    /// The value to minimise.
-    fn loss(self, s: &Scored) -> f64 {
+    /// The value to minimise (the score negated).
+    pub fn loss(self, s: &Scored) -> f64 {
         match self {
             Objective::Score => -s.score,
             Objective::Cost if s.cost > 0.0 => s.cost,

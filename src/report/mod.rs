@@ -1,6 +1,7 @@
 //! Reports over an archive: the leaderboard `status` prints (text or JSON), the proposal
 //! funnel, usage, and the honest seed-vs-discovered comparison on held-out test.
 
+pub mod html;
 pub mod lineage;
 
 use anyhow::Result;

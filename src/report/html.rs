@@ -1,0 +1,275 @@
+//! `metaforge report`: one self-contained HTML file (no network, no script) a person wants to
+//! read: summary and verdict, the Pareto scatter with the front, score over generations, the
+//! lineage tree with operators on its edges, the proposal funnel, and every candidate with its
+//! code and a diff against its first parent.
+//!
+//! Charts are SVG drawn with plotters (no hand-written drawing code); the page layout is the
+//! template `templates/report/report.html.j2`.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::archive::{pareto_front, Archive, Objective, Scored};
+use crate::propose::Templates;
+
+#[derive(Serialize)]
+struct CandidateView {
+    id: String,
+    short: String,
+    name: String,
+    operator: String,
+    generation: u32,
+    val: String,
+    test: String,
+    on_front: bool,
+    parents: Vec<String>,
+    code: String,
+    diff: Option<String>,
+}
+
+fn cell(s: &Option<crate::archive::SplitScore>) -> String {
+    match s {
+        Some(s) if s.outcome == "ok" && s.stage == "full" => format!("{:.2} [{:.2}, {:.2}]", s.mean, s.ci_lo, s.ci_hi),
+        Some(s) if s.outcome == "ok" => format!("{:.2} ({} n={})", s.mean, s.stage, s.n),
+        Some(s) => format!("{:.2} ({})", s.mean, s.outcome),
+        None => "-".into(),
+    }
+}
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing a report chart failed: {e:?}")
+}
+
+/// Score against cost, every feasible candidate, the front highlighted and joined.
+fn pareto_svg(scored: &[Scored], front: &[usize], cost_label: &str) -> Result<String> {
+    let cost = |s: &Scored| Objective::Cost.loss(s);
+    let max_cost = scored.iter().filter(|s| s.ok).map(cost).fold(1.0, f64::max) * 1.08;
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (720, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Validation score vs cost (front in red)", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..max_cost, 0f64..1.02f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(cost_label)
+            .y_desc("validation score")
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(
+                scored
+                    .iter()
+                    .filter(|s| s.ok)
+                    .map(|s| Circle::new((cost(s), s.score), 4, RGBColor(120, 144, 156).filled())),
+            )
+            .map_err(plot_err)?;
+        let mut line: Vec<(f64, f64)> = front.iter().map(|&i| (cost(&scored[i]), scored[i].score)).collect();
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(line.clone(), RED.stroke_width(2)))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(line.iter().map(|p| Circle::new(*p, 6, RED.filled())))
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(buf)
+}
+
+/// Every candidate's validation score by generation, and the best so far.
+fn generations_svg(scored: &[Scored]) -> Result<String> {
+    let last = scored.iter().map(|s| s.generation).max().unwrap_or(0).max(1);
+    let mut best = Vec::new();
+    let mut so_far = f64::MIN;
+    for g in 0..=last {
+        if let Some(m) = scored
+            .iter()
+            .filter(|s| s.ok && s.generation == g)
+            .map(|s| s.score)
+            .reduce(f64::max)
+        {
+            so_far = so_far.max(m);
+        }
+        if so_far > f64::MIN {
+            best.push((g as f64, so_far));
+        }
+    }
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (720, 320)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Validation score over generations (line: best so far)",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.3f64..last as f64 + 0.3, 0f64..1.02f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("generation")
+            .y_desc("validation score")
+            .x_labels(last as usize + 1)
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(
+                scored
+                    .iter()
+                    .filter(|s| s.ok)
+                    .map(|s| Circle::new((s.generation as f64, s.score), 4, BLUE.mix(0.6).filled())),
+            )
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(best, GREEN.stroke_width(2)))
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(buf)
+}
+
+/// The lineage as a layered tree: one column per generation, edges labelled by operator.
+fn lineage_svg(views: &[CandidateView]) -> Result<String> {
+    let mut columns: HashMap<u32, Vec<&CandidateView>> = HashMap::new();
+    for v in views {
+        columns.entry(v.generation).or_default().push(v);
+    }
+    let generations = columns.keys().max().copied().unwrap_or(0) + 1;
+    let rows = columns.values().map(Vec::len).max().unwrap_or(1);
+    let (col_w, row_h) = (230i32, 56i32);
+    let size = (
+        (generations as i32 * col_w + 40) as u32,
+        (rows as i32 * row_h + 60) as u32,
+    );
+    let mut at: HashMap<&str, (i32, i32)> = HashMap::new();
+    for (g, members) in &columns {
+        for (k, v) in members.iter().enumerate() {
+            at.insert(v.id.as_str(), (20 + *g as i32 * col_w, 40 + k as i32 * row_h));
+        }
+    }
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        for g in 0..generations {
+            root.draw(&Text::new(
+                format!("generation {g}"),
+                (20 + g as i32 * col_w, 12),
+                ("sans-serif", 13).into_font().color(&BLACK),
+            ))
+            .map_err(plot_err)?;
+        }
+        let font = ("sans-serif", 11).into_font();
+        for v in views {
+            let (x, y) = at[v.id.as_str()];
+            for p in &v.parents {
+                if let Some(&(px, py)) = at.get(p.as_str()) {
+                    let (from, to) = ((px + 170, py + 10), (x, y + 10));
+                    root.draw(&PathElement::new(
+                        vec![from, to],
+                        RGBColor(150, 150, 150).stroke_width(1),
+                    ))
+                    .map_err(plot_err)?;
+                    let mid = ((from.0 + to.0) / 2 - 30, (from.1 + to.1) / 2 - 10);
+                    root.draw(&Text::new(
+                        v.operator.clone(),
+                        mid,
+                        font.clone().color(&RGBColor(110, 110, 110)),
+                    ))
+                    .map_err(plot_err)?;
+                }
+            }
+        }
+        for v in views {
+            let (x, y) = at[v.id.as_str()];
+            let color = if v.on_front {
+                RGBColor(229, 57, 53)
+            } else {
+                RGBColor(84, 110, 122)
+            };
+            root.draw(&Rectangle::new([(x, y), (x + 170, y + 22)], color.filled()))
+                .map_err(plot_err)?;
+            let label: String = v.name.chars().take(24).collect();
+            root.draw(&Text::new(
+                format!("{label} {}", v.val.split(' ').next().unwrap_or("")),
+                (x + 4, y + 5),
+                font.clone().color(&WHITE),
+            ))
+            .map_err(plot_err)?;
+        }
+        root.present().map_err(plot_err)?;
+    }
+    Ok(buf)
+}
+
+/// The whole report page.
+pub fn render(archive: &Archive) -> Result<String> {
+    let status = super::status(archive)?;
+    let (exp, _) = archive.experiment()?;
+    let scored = archive.scored("val")?;
+    let front_idx = pareto_front(&scored, &exp.search.objectives);
+    let front: std::collections::HashSet<&str> = front_idx.iter().map(|&i| scored[i].id.as_str()).collect();
+    let lineage = archive.lineage()?;
+    let mut views = Vec::new();
+    for row in &status.leaderboard {
+        let code = archive.candidate(&row.id)?.map(|c| c.code).unwrap_or_default();
+        let parents = lineage.parents(&row.id);
+        let diff = match parents.first() {
+            Some(p) => archive.candidate(p)?.map(|parent| {
+                similar::TextDiff::from_lines(&parent.code, &code)
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(&format!("parent {}", &p[..12.min(p.len())]), "this candidate")
+                    .to_string()
+            }),
+            None => None,
+        };
+        views.push(CandidateView {
+            short: row.id[..12.min(row.id.len())].to_string(),
+            id: row.id.clone(),
+            name: row.name.clone(),
+            operator: row.operator.clone(),
+            generation: row.generation,
+            val: cell(&row.val),
+            test: cell(&row.test),
+            on_front: front.contains(row.id.as_str()),
+            parents,
+            code,
+            diff,
+        });
+    }
+    let priced = scored.iter().any(|s| s.cost > 0.0);
+    let cost_label = if priced {
+        "cost (USD, validation)"
+    } else {
+        "cost (tokens, validation)"
+    };
+    let templates = Templates::embedded()?;
+    templates.render(
+        "report/report.html.j2",
+        serde_json::json!({
+            "status": &status,
+            "status_text": super::render_status(&status),
+            "objectives": format!("{:?}", exp.search.objectives),
+            "agent_model": exp.models.agent.model,
+            "meta_model": exp.models.meta.model,
+            "candidates": &views,
+            "front_count": front_idx.len(),
+            "pareto_svg": pareto_svg(&scored, &front_idx, cost_label)?,
+            "generations_svg": generations_svg(&scored)?,
+            "lineage_svg": lineage_svg(&views)?,
+        }),
+    )
+}
