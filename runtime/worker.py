@@ -6,18 +6,20 @@ file only loads the candidate, runs tasks on a thread pool (so llm() latency ove
 speaks JSON lines on two dedicated pipes. The candidate's print() never reaches the
 protocol: stdout is captured per task and truncated.
 
+Start-up cost matters (one worker per evaluation): only json, os, sys and threading are
+imported up front; argparse, concurrent.futures, traceback and re would add ~20 ms to every
+evaluation (`python3 -X importtime`), so arguments are read by hand, the pool is a few
+threads on a C queue, and traceback and re are imported only when needed.
+
 Usage: python3 -I -S -B worker.py --rpc-in FD --rpc-out FD --candidate FILE
        --tasks-in-flight N --stdout-limit CHARS --output-limit CHARS
        --workdir DIR --scratch DIR [--read-root DIR ...] [--no-policy-hook]
 """
-import argparse
 import json
 import os
-import re
 import sys
 import threading
-import traceback
-from concurrent.futures import ThreadPoolExecutor
+from _queue import SimpleQueue
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,11 +76,26 @@ class _TaskLocalStdout:
         return False
 
 
+def _is_adas(source):
+    import re
+
+    return re.search(r"^def\s+forward\s*\(\s*self\s*,", source, re.M) is not None
+
+
+def _traceback():
+    try:
+        import traceback
+
+        return traceback.format_exc(limit=20)
+    except BaseException as exc:  # the candidate may have broken the import system
+        return f"(traceback unavailable: {type(exc).__name__})"
+
+
 def _load_candidate(path):
     with open(path, "r", encoding="utf-8") as f:
         source = f.read()
     namespace = {"__name__": "candidate", "__file__": "candidate.py"}
-    adas = re.search(r"^def\s+forward\s*\(\s*self\s*,", source, re.M) is not None
+    adas = "self" in source and _is_adas(source)
     if adas:
         # ADAS agents use Info and LLMAgentBase as globals of their harness.
         from metaforge import adas as adas_api
@@ -102,10 +119,10 @@ def _run_task(forward, capture, task_id, task, nonce):
         result = forward(task)
         output = result if isinstance(result, str) else str(result)
     except MemoryError:
-        error, tb = "MemoryError", traceback.format_exc(limit=20)
+        error, tb = "MemoryError", "MemoryError (no traceback: formatting it needs memory)"
     except BaseException as exc:  # the candidate may raise anything, SystemExit included
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        tb = traceback.format_exc(limit=20)
+        tb = _traceback()
     finally:
         if capture.overflowed() and not (error or "").startswith("OutputLimitExceeded"):
             error = f"OutputLimitExceeded: task printed more than {capture.hard_limit} characters"
@@ -115,19 +132,61 @@ def _run_task(forward, capture, task_id, task, nonce):
                "error": error, "traceback": tb, "stdout": stdout})
 
 
+_FLAGS = {"--rpc-in": int, "--rpc-out": int, "--candidate": str, "--tasks-in-flight": int,
+          "--stdout-limit": int, "--output-limit": int, "--workdir": str, "--scratch": str}
+
+
+class _Args:
+    tasks_in_flight = 4
+    stdout_limit = 4000
+    output_limit = 1 << 20
+    no_policy_hook = False
+
+    def __init__(self):
+        self.read_root = []
+
+
+def _parse_args(argv):
+    """The host's fixed command line (see Usage); anything else is a host bug, exit 2."""
+    args = _Args()
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        if flag == "--no-policy-hook":
+            args.no_policy_hook = True
+            i += 1
+            continue
+        if i + 1 >= len(argv) or (flag not in _FLAGS and flag != "--read-root"):
+            sys.stderr.write(f"worker: bad argument {flag!r}\n")
+            sys.exit(2)
+        if flag == "--read-root":
+            args.read_root.append(argv[i + 1])
+        else:
+            setattr(args, flag[2:].replace("-", "_"), _FLAGS[flag](argv[i + 1]))
+        i += 2
+    for required in ("rpc_in", "rpc_out", "candidate", "workdir", "scratch"):
+        if not hasattr(args, required):
+            sys.stderr.write(f"worker: --{required.replace('_', '-')} is required\n")
+            sys.exit(2)
+    return args
+
+
+def _start_pool(size):
+    """`size` daemon threads running queued calls; os._exit ends them with the process."""
+    jobs = SimpleQueue()
+
+    def serve():
+        while True:
+            fn, fn_args = jobs.get()
+            fn(*fn_args)
+
+    for _ in range(max(1, size)):
+        threading.Thread(target=serve, daemon=True).start()
+    return jobs
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rpc-in", type=int, required=True)
-    parser.add_argument("--rpc-out", type=int, required=True)
-    parser.add_argument("--candidate", required=True)
-    parser.add_argument("--tasks-in-flight", type=int, default=4)
-    parser.add_argument("--stdout-limit", type=int, default=4000)
-    parser.add_argument("--output-limit", type=int, default=1 << 20)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--scratch", required=True)
-    parser.add_argument("--read-root", action="append", default=[])
-    parser.add_argument("--no-policy-hook", action="store_true")
-    args = parser.parse_args()
+    args = _parse_args(sys.argv[1:])
 
     rpc_in = os.fdopen(args.rpc_in, "r", encoding="utf-8", buffering=1)
     _rpc.connect(os.fdopen(args.rpc_out, "w", encoding="utf-8", buffering=1))
@@ -140,11 +199,11 @@ def main():
         forward = _load_candidate(args.candidate)
     except BaseException as exc:
         _rpc.send({"type": "load_error", "error": f"{type(exc).__name__}: {exc}"[:2000],
-                   "traceback": traceback.format_exc(limit=20)})
+                   "traceback": _traceback()})
         return 0
     _rpc.send({"type": "ready"})
 
-    pool = ThreadPoolExecutor(max_workers=max(1, args.tasks_in_flight))
+    jobs = _start_pool(args.tasks_in_flight)
     for line in rpc_in:
         try:
             msg = json.loads(line)
@@ -152,13 +211,12 @@ def main():
             continue
         kind = msg.get("type")
         if kind == "task":
-            pool.submit(_run_task, forward, capture, msg["task_id"], msg["task"], msg.get("nonce"))
+            jobs.put((_run_task, (forward, capture, msg["task_id"], msg["task"], msg.get("nonce"))))
         elif kind == "llm_result":
             _rpc.deliver(msg)
         elif kind == "shutdown":
             break
     _rpc.fail_pending("worker shutting down")
-    pool.shutdown(wait=False, cancel_futures=True)
     _rpc.send({"type": "bye"})
     sys.stdout.flush()
     os._exit(0)  # do not wait for candidate threads that refuse to finish

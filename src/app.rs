@@ -26,7 +26,7 @@ pub fn default_db(exp: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from("runs").join(format!("{}.db", e.name)))
 }
 
-pub fn run(exp: &Path, db: Option<&Path>, quiet: bool, json: bool) -> Result<()> {
+pub fn run(exp: &Path, db: Option<&Path>, cache_from: Option<&Path>, quiet: bool, json: bool) -> Result<()> {
     let db = match db {
         Some(d) => d.to_path_buf(),
         None => default_db(exp)?,
@@ -37,7 +37,20 @@ pub fn run(exp: &Path, db: Option<&Path>, quiet: bool, json: bool) -> Result<()>
     if !quiet {
         eprintln!("metaforge: archive {}", db.display());
     }
+    if let Some(from) = cache_from {
+        // Checked before the new archive exists, so a wrong path leaves nothing behind.
+        Archive::open_existing(from).with_context(|| format!("--cache-from {}", from.display()))?;
+    }
     let mut search = Search::create(exp, &db, quiet)?;
+    if let Some(from) = cache_from {
+        let n = search.archive().import_call_cache(from)?;
+        if !quiet {
+            eprintln!(
+                "metaforge: {n} cached model calls from {} (identical requests are replayed, not sent)",
+                from.display()
+            );
+        }
+    }
     search.run()?;
     print_status(search.archive(), json)
 }

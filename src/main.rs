@@ -31,6 +31,10 @@ enum Command {
         /// Archive file to create (default: runs/<name>.db).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Reuse the model-call cache of an earlier run: a rerun of the same experiment sends
+        /// no request it has an answer for.
+        #[arg(long)]
+        cache_from: Option<PathBuf>,
     },
     /// Continue an interrupted run from its archive alone.
     Resume {
@@ -168,9 +172,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Run { experiment, db } => {
-            metaforge::app::run(experiment, db.as_deref(), cli.quiet, cli.json).map(|_| true)
-        }
+        Command::Run {
+            experiment,
+            db,
+            cache_from,
+        } => metaforge::app::run(experiment, db.as_deref(), cache_from.as_deref(), cli.quiet, cli.json).map(|_| true),
         Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
         Command::Test { db, top, front } => metaforge::app::test(db, *top, *front, cli.quiet, cli.json).map(|_| true),

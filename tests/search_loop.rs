@@ -350,3 +350,54 @@ fn islands_breed_apart_except_when_migrating() {
         "a parent crossed islands outside a migration generation"
     );
 }
+
+#[test]
+fn a_rerun_with_the_old_cache_sends_no_model_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), 0.3, 2);
+    let first = dir.path().join("first.db");
+    let second = dir.path().join("second.db");
+    for (db, extra) in [(&first, None), (&second, Some(&first))] {
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "--quiet"]).arg(&exp).arg("--db").arg(db);
+        if let Some(from) = extra {
+            cmd.arg("--cache-from").arg(from);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let calls = "SELECT count(*) FROM llm_calls";
+    assert!(count(&first, calls) > 0);
+    assert_eq!(
+        count(&second, calls),
+        count(&first, calls),
+        "the rerun cached no new call: none was sent"
+    );
+    let agent_calls = "SELECT sum(llm_calls) FROM evaluations";
+    assert_eq!(
+        count(&second, "SELECT sum(cached_calls) FROM evaluations"),
+        count(&second, agent_calls),
+        "every agent call was a cache hit"
+    );
+    assert_eq!(
+        candidate_ids(&second),
+        candidate_ids(&first),
+        "and the rerun found the same programs"
+    );
+    let err = Command::new(bin())
+        .args(["run", "--quiet"])
+        .arg(&exp)
+        .arg("--db")
+        .arg(dir.path().join("third.db"))
+        .arg("--cache-from")
+        .arg(dir.path().join("missing.db"))
+        .output()
+        .unwrap();
+    assert_eq!(err.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+    assert!(!dir.path().join("third.db").exists(), "a refused rerun creates nothing");
+}

@@ -571,6 +571,29 @@ impl Archive {
         )?)
     }
 
+    /// Copies the model-call cache of another archive into this one (existing keys win), so a
+    /// rerun of the same experiment replays its calls instead of sending them again. Returns
+    /// how many calls were added.
+    pub fn import_call_cache(&self, from: &Path) -> Result<u64> {
+        self.conn
+            .execute("ATTACH DATABASE ?1 AS cache_source", [from.to_string_lossy()])
+            .with_context(|| format!("cannot open {}", from.display()))?;
+        let copied = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO main.llm_calls SELECT * FROM cache_source.llm_calls",
+                [],
+            )
+            .with_context(|| {
+                format!(
+                    "{} is not a metaforge archive; fix: give the .db of an earlier run",
+                    from.display()
+                )
+            });
+        self.conn.execute("DETACH DATABASE cache_source", [])?;
+        Ok(copied? as u64)
+    }
+
     /// The lineage DAG, each node with its validation score when evaluated without a breach.
     pub fn lineage(&self) -> Result<Lineage> {
         let mut stmt = self.conn.prepare("SELECT parent, child, operator FROM lineage")?;

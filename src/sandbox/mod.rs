@@ -116,7 +116,9 @@ pub fn python_prefixes() -> Result<&'static [PathBuf]> {
 }
 
 /// The embedded `runtime/` written once to the cache folder under a content hash, so every
-/// worker reads the same files and concurrent metaforge processes never race on them.
+/// worker reads the same files and concurrent metaforge processes never race on them. The
+/// modules are byte-compiled once here: workers run with `-B` on a read-only view and would
+/// otherwise compile them from source at every start (~7 ms each, `benches/RESULTS.md`).
 pub fn runtime_dir() -> Result<PathBuf> {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     if let Some(d) = DIR.get() {
@@ -141,6 +143,18 @@ pub fn runtime_dir() -> Result<PathBuf> {
             let target = staging.path().join(p);
             std::fs::create_dir_all(target.parent().unwrap())?;
             std::fs::write(&target, c)?;
+        }
+        // Best effort: without bytecode the workers still run, only slower to start.
+        let compiled = python_interpreter().ok().and_then(|py| {
+            Command::new(py)
+                .args(["-I", "-S", "-m", "compileall", "-q"])
+                .arg(staging.path())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .ok()
+        });
+        if !compiled.is_some_and(|s| s.success()) {
+            tracing::warn!("could not byte-compile the worker runtime; workers will compile it at each start");
         }
         let staged = staging.keep();
         if std::fs::rename(&staged, &dir).is_err() {
