@@ -17,15 +17,7 @@ fn full_run_then_status() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path(), 0.0, 2);
     let db = dir.path().join("run.db");
-    let out = Command::new(bin())
-        .args(["run", "--quiet"])
-        .arg(&exp)
-        .arg("--db")
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = run_to_end(&exp, &db);
     assert!(
         text.contains("Direct Answer") && text.contains("val [95% CI]") && text.contains("finished"),
         "{text}"
@@ -64,14 +56,7 @@ fn rewrite_failures_are_stored_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path(), 1.0, 1);
     let db = dir.path().join("run.db");
-    let out = Command::new(bin())
-        .args(["run", "--quiet"])
-        .arg(&exp)
-        .arg("--db")
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_to_end(&exp, &db);
     // The scripted meta model first proposes code that fails at run time (undefined name),
     // its reflexion replies are prose (unparseable, so the proposal stands), the debug
     // round returns a fix that is checked and evaluated too.
@@ -118,14 +103,7 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
     let exp = experiment(dir.path(), 0.3, 3 + kills as u32 / 2);
     // Reference: one uninterrupted run.
     let reference = dir.path().join("reference.db");
-    let out = Command::new(bin())
-        .args(["run", "--quiet"])
-        .arg(&exp)
-        .arg("--db")
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_to_end(&exp, &reference);
 
     let db = dir.path().join("killed.db");
     let mut rng_state = 0x2545_f491_4f6c_dd1du64;
@@ -253,15 +231,8 @@ fn staged_evaluation_stops_losers_early_and_never_selects_them() {
     std::fs::write(&staged, text).unwrap();
     let run = |exp: &std::path::Path, db: &str| {
         let db = dir.path().join(db);
-        let out = Command::new(bin())
-            .args(["run", "--quiet"])
-            .arg(exp)
-            .arg("--db")
-            .arg(&db)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        (db, String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = run_to_end(exp, &db);
+        (db, out)
     };
     let (whole_db, _) = run(&whole, "whole.db");
     let (db, status) = run(&staged, "staged.db");
@@ -329,14 +300,7 @@ fn islands_breed_apart_except_when_migrating() {
     );
     std::fs::write(&exp, text).unwrap();
     let db = dir.path().join("islands.db");
-    let out = Command::new(bin())
-        .args(["run", "--quiet"])
-        .arg(&exp)
-        .arg("--db")
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_to_end(&exp, &db);
     assert_archive_sound(&db);
     let edges = "FROM lineage l JOIN candidates p ON p.id = l.parent JOIN candidates c ON c.id = l.child";
     let children = count(&db, &format!("SELECT count(*) {edges}"));

@@ -34,6 +34,30 @@ pub struct Scored {
     pub ok: bool,
 }
 
+#[cfg(test)]
+impl Scored {
+    /// A feasible candidate with only a score and a token cost, for unit tests.
+    pub(crate) fn example(id: &str, score: f64, tokens: u64) -> Scored {
+        Scored {
+            id: id.into(),
+            name: id.into(),
+            generation: 0,
+            score,
+            ci_lo: score,
+            ci_hi: score,
+            cost: 0.0,
+            tokens,
+            latency_ms: 0.0,
+            code_bytes: 0,
+            children: 0,
+            fingerprint: String::new(),
+            step: 0,
+            instance_wins: 0,
+            ok: true,
+        }
+    }
+}
+
 /// What the front trades off (`search.objectives`). Score is maximised, the rest minimised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -258,23 +282,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn s(id: &str, score: f64, tokens: u64) -> Scored {
-        Scored {
-            id: id.into(),
-            name: id.into(),
-            generation: 0,
-            score,
-            ci_lo: score,
-            ci_hi: score,
-            cost: 0.0,
-            tokens,
-            latency_ms: 0.0,
-            code_bytes: 0,
-            step: 0,
-            instance_wins: 0,
-            children: 0,
-            fingerprint: String::new(),
-            ok: true,
-        }
+        Scored::example(id, score, tokens)
     }
 
     #[test]

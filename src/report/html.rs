@@ -43,27 +43,62 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a report chart failed: {e:?}")
 }
 
+type Root<'b> = DrawingArea<SVGBackend<'b>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// An SVG picture of `size` drawn by `draw` on a white ground.
+fn svg(size: (u32, u32), draw: impl FnOnce(&Root) -> Result<()>) -> Result<String> {
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        draw(&root)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(buf)
+}
+
+/// Axes with a caption, validation score (0 to 1) upwards and `x` across.
+fn score_axes<'a, 'b>(
+    root: &'a Root<'b>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    x_desc: &str,
+    x_labels: usize,
+) -> Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x, 0f64..1.02f64)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("validation score")
+        .x_labels(x_labels)
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
+}
+
 /// Score against cost, every feasible candidate, the front highlighted and joined.
 fn pareto_svg(scored: &[Scored], front: &[usize], cost_label: &str) -> Result<String> {
     let cost = |s: &Scored| Objective::Cost.loss(s);
     let max_cost = scored.iter().filter(|s| s.ok).map(cost).fold(1.0, f64::max) * 1.08;
-    let mut buf = String::new();
-    {
-        let root = SVGBackend::with_string(&mut buf, (720, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Validation score vs cost (front in red)", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..max_cost, 0f64..1.02f64)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(cost_label)
-            .y_desc("validation score")
-            .draw()
-            .map_err(plot_err)?;
+    svg((720, 420), |root| {
+        let mut chart = score_axes(
+            root,
+            "Validation score vs cost (front in red)",
+            0f64..max_cost,
+            cost_label,
+            10,
+        )?;
         chart
             .draw_series(
                 scored
@@ -80,9 +115,8 @@ fn pareto_svg(scored: &[Scored], front: &[usize], cost_label: &str) -> Result<St
         chart
             .draw_series(line.iter().map(|p| Circle::new(*p, 6, RED.filled())))
             .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
-    Ok(buf)
+        Ok(())
+    })
 }
 
 /// Every candidate's validation score by generation, and the best so far.
@@ -103,27 +137,14 @@ fn generations_svg(scored: &[Scored]) -> Result<String> {
             best.push((g as f64, so_far));
         }
     }
-    let mut buf = String::new();
-    {
-        let root = SVGBackend::with_string(&mut buf, (720, 320)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Validation score over generations (line: best so far)",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.3f64..last as f64 + 0.3, 0f64..1.02f64)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("generation")
-            .y_desc("validation score")
-            .x_labels(last as usize + 1)
-            .draw()
-            .map_err(plot_err)?;
+    svg((720, 320), |root| {
+        let mut chart = score_axes(
+            root,
+            "Validation score over generations (line: best so far)",
+            -0.3f64..last as f64 + 0.3,
+            "generation",
+            last as usize + 1,
+        )?;
         chart
             .draw_series(
                 scored
@@ -135,9 +156,8 @@ fn generations_svg(scored: &[Scored]) -> Result<String> {
         chart
             .draw_series(LineSeries::new(best, GREEN.stroke_width(2)))
             .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
-    Ok(buf)
+        Ok(())
+    })
 }
 
 /// The lineage as a layered tree: one column per generation, edges labelled by operator.
@@ -159,10 +179,7 @@ fn lineage_svg(views: &[CandidateView]) -> Result<String> {
             at.insert(v.id.as_str(), (20 + *g as i32 * col_w, 40 + k as i32 * row_h));
         }
     }
-    let mut buf = String::new();
-    {
-        let root = SVGBackend::with_string(&mut buf, size).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
+    svg(size, |root| {
         for g in 0..generations {
             root.draw(&Text::new(
                 format!("generation {g}"),
@@ -209,9 +226,8 @@ fn lineage_svg(views: &[CandidateView]) -> Result<String> {
             ))
             .map_err(plot_err)?;
         }
-        root.present().map_err(plot_err)?;
-    }
-    Ok(buf)
+        Ok(())
+    })
 }
 
 /// The whole report page.

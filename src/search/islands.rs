@@ -53,21 +53,8 @@ mod tests {
 
     fn c(id: &str, step: u64, score: f64) -> Scored {
         Scored {
-            id: id.into(),
-            name: id.into(),
-            generation: 0,
-            score,
-            ci_lo: score,
-            ci_hi: score,
-            cost: 0.0,
-            tokens: 1,
-            latency_ms: 0.0,
-            code_bytes: 0,
-            children: 0,
-            fingerprint: String::new(),
             step,
-            instance_wins: 0,
-            ok: true,
+            ..Scored::example(id, score, 1)
         }
     }
 

@@ -140,11 +140,20 @@ pub fn refused(out: &Output) -> String {
 pub fn finished_run(dir: &Path, file: &str, seed: u64, domain: &str) -> std::path::PathBuf {
     let exp = write_experiment(dir, file, seed, domain, 0.0, 2);
     let db = dir.join(file.replace(".toml", ".db"));
-    ok(&metaforge(
-        dir,
-        &["run", "--quiet", exp.to_str().unwrap(), "--db", db.to_str().unwrap()],
-    ));
+    run_to_end(&exp, &db);
     db
+}
+
+/// `metaforge run --quiet EXP --db DB`, which must succeed; returns what it printed.
+pub fn run_to_end(exp: &Path, db: &Path) -> String {
+    let out = Command::new(bin())
+        .args(["run", "--quiet"])
+        .arg(exp)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    ok(&out)
 }
 
 /// `metaforge serve` running the embedded model on a free port; killed when dropped.
