@@ -11,7 +11,6 @@
 //! The agent model is scripted in both (canned answers): these tests are about proposing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use metaforge::propose::diff::{apply_edits, parse_edits};
 use metaforge::propose::reply::parse_reply;
@@ -19,7 +18,7 @@ use rusqlite::Connection;
 
 mod common;
 
-use common::{bin, fixtures};
+use common::{fixtures, run_to_end as run};
 
 fn recorded() -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures().join("recorded_meta_smollm2.json")).unwrap();
@@ -65,18 +64,6 @@ task_timeout_s = 20
     let path = dir.join("exp.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn run(exp: &Path, db: &Path) -> String {
-    let out = Command::new(bin())
-        .args(["run", "--quiet"])
-        .arg(exp)
-        .arg("--db")
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
