@@ -88,7 +88,8 @@ fn incompatibilities(a: &Identity, b: &Identity) -> Vec<String> {
 }
 
 /// Writes `out` = A ∪ B. Refuses an existing `out` and incompatible archives unless `force`.
-/// A and B are only read.
+/// A and B are only read (an older schema is first brought up to date in place, which only
+/// adds tables and columns).
 pub fn merge(a: &Path, b: &Path, out: &Path, force: bool) -> Result<MergeSummary> {
     if out.exists() {
         bail!(
