@@ -13,12 +13,8 @@ use common::*;
 fn an_adas_archive_seeds_a_run_that_continues_the_search() {
     let dir = tempfile::tempdir().unwrap();
     // Every answer is 7, which the scripted model answers in ADAS's JSON format.
-    let tasks: String = (0..24)
-        .map(|i| format!("{{\"id\": \"s{i}\", \"question\": \"What is {i} minus {i} plus 7?\", \"answer\": 7}}\n"))
-        .collect();
-    std::fs::write(dir.path().join("sevens.jsonl"), tasks).unwrap();
-    let domain = "name = \"sevens\"\npath = \"sevens.jsonl\"\nscorer = \"numeric\"\nval_size = 8\ntest_size = 4\n";
-    let base = write_experiment(dir.path(), "base.toml", 3, domain, 0.0, 1);
+    let domain = sevens_domain(dir.path(), 8, 4);
+    let base = write_experiment(dir.path(), "base.toml", 3, &domain, 0.0, 1);
     let text = std::fs::read_to_string(&base).unwrap().replace(
         "seeds = [\"direct_answer\", \"chain_of_thought\", \"self_consistency\"]",
         "seeds = []",

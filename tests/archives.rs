@@ -3,7 +3,6 @@
 //! replies from tests/fixtures/scripted_*.json).
 
 use std::path::Path;
-use std::process::Command;
 
 mod common;
 
@@ -144,19 +143,7 @@ fn a_user_domain_run_moves_as_one_bundle_and_resumes_elsewhere() {
     let domain = "name = \"doubles\"\npath = \"doubles.jsonl\"\nscorer = \"numeric\"\nval_size = 6\ntest_size = 6\n";
     let exp = write_experiment(home.path(), "exp.toml", 3, domain, 0.0, 2);
     let db = home.path().join("run.db");
-    // Interrupt the run part-way, as a machine going down would.
-    let mut child = Command::new(bin())
-        .current_dir(home.path())
-        .args(["run", "--quiet", exp.to_str().unwrap(), "--db", "run.db"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    while count_or_zero(&db, "SELECT count(*) FROM events WHERE kind = 'step_done'") < 2 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    interrupted_run(&exp, &db, 2);
     let config: String = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row("SELECT config_toml FROM runs", [], |r| r.get(0))
@@ -236,17 +223,7 @@ fn held_out_test_on_demand_only_adds_and_only_for_finished_runs() {
     // An unfinished run: refused with the fix.
     let exp = write_experiment(dir.path(), "live.toml", 4, ARITH, 0.0, 2);
     let live = dir.path().join("live.db");
-    let mut child = Command::new(bin())
-        .args(["run", "--quiet", exp.to_str().unwrap(), "--db", live.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    while count_or_zero(&live, "SELECT count(*) FROM events WHERE kind = 'step_done'") < 1 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    interrupted_run(&exp, &live, 1);
     let err = refused(&metaforge(dir.path(), &["test", live.to_str().unwrap()]));
     assert!(
         err.contains("still in progress") && err.contains("metaforge resume"),

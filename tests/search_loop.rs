@@ -219,13 +219,9 @@ fn staged_evaluation_stops_losers_early_and_never_selects_them() {
     // Every answer is 7: agents whose prompts the scripted model answers with 7 score 1.0,
     // the rest ("Answer: 5") score 0 and must be stopped at the cascade against a parent's 1.0.
     let dir = tempfile::tempdir().unwrap();
-    let tasks: String = (0..24)
-        .map(|i| format!("{{\"id\": \"s{i}\", \"question\": \"What is {i} minus {i} plus 7?\", \"answer\": 7}}\n"))
-        .collect();
-    std::fs::write(dir.path().join("sevens.jsonl"), tasks).unwrap();
-    let domain = "name = \"sevens\"\npath = \"sevens.jsonl\"\nscorer = \"numeric\"\nval_size = 12\ntest_size = 6\n";
-    let whole = write_experiment(dir.path(), "whole.toml", 3, domain, 0.0, 3);
-    let staged = write_experiment(dir.path(), "staged.toml", 3, domain, 0.0, 3);
+    let domain = sevens_domain(dir.path(), 12, 6);
+    let whole = write_experiment(dir.path(), "whole.toml", 3, &domain, 0.0, 3);
+    let staged = write_experiment(dir.path(), "staged.toml", 3, &domain, 0.0, 3);
     let mut text = std::fs::read_to_string(&staged).unwrap();
     text.push_str("cascade_fraction = 0.25\ncascade_threshold = 0.8\n");
     std::fs::write(&staged, text).unwrap();

@@ -200,3 +200,32 @@ pub fn python_with_openai() -> PathBuf {
     );
     python
 }
+
+/// Writes `dir/sevens.jsonl`, 24 tasks whose answer is always 7 (the scripted agent's "7"
+/// replies score 1.0, its "Answer: 5" 0), and returns the `[domain]` block that uses it.
+pub fn sevens_domain(dir: &Path, val_size: usize, test_size: usize) -> String {
+    let tasks: String = (0..24)
+        .map(|i| format!("{{\"id\": \"s{i}\", \"question\": \"What is {i} minus {i} plus 7?\", \"answer\": 7}}\n"))
+        .collect();
+    std::fs::write(dir.join("sevens.jsonl"), tasks).unwrap();
+    format!("name = \"sevens\"\npath = \"sevens.jsonl\"\nscorer = \"numeric\"\nval_size = {val_size}\ntest_size = {test_size}\n")
+}
+
+/// Starts `metaforge run EXP --db DB` and SIGKILLs it once `steps` steps are committed, as a
+/// machine going down would.
+pub fn interrupted_run(exp: &Path, db: &Path, steps: i64) {
+    let mut child = Command::new(bin())
+        .args(["run", "--quiet"])
+        .arg(exp)
+        .arg("--db")
+        .arg(db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while count_or_zero(db, "SELECT count(*) FROM events WHERE kind = 'step_done'") < steps {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
