@@ -20,20 +20,22 @@ pub const EXIT_FAILURE: i32 = 1;
 /// Exit code for bad usage, configs or inputs.
 pub const EXIT_USAGE: i32 = 2;
 
-/// The archive path a run uses when `--db` is not given: `runs/<name>.db` beside the cwd.
-pub fn default_db(exp: &Path) -> Result<PathBuf> {
-    let e = Experiment::load(exp)?;
-    Ok(PathBuf::from("runs").join(format!("{}.db", e.name)))
-}
-
-pub fn run(exp: &Path, db: Option<&Path>, cache_from: Option<&Path>, quiet: bool, json: bool) -> Result<()> {
-    let db = match db {
-        Some(d) => d.to_path_buf(),
-        None => default_db(exp)?,
-    };
+/// The archive a new run writes: `db` when given, else `runs/<run name>.db` beside the cwd;
+/// its folder is created.
+fn new_archive_path(db: Option<&Path>, run_name: &str) -> Result<PathBuf> {
+    let db = db.map_or_else(
+        || PathBuf::from("runs").join(format!("{run_name}.db")),
+        Path::to_path_buf,
+    );
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    Ok(db)
+}
+
+pub fn run(exp: &Path, db: Option<&Path>, cache_from: Option<&Path>, quiet: bool, json: bool) -> Result<()> {
+    let exp = Experiment::load(exp)?;
+    let db = new_archive_path(db, &exp.name)?;
     if !quiet {
         eprintln!("metaforge: archive {}", db.display());
     }
@@ -41,7 +43,7 @@ pub fn run(exp: &Path, db: Option<&Path>, cache_from: Option<&Path>, quiet: bool
         // Checked before the new archive exists, so a wrong path leaves nothing behind.
         Archive::open_existing(from).with_context(|| format!("--cache-from {}", from.display()))?;
     }
-    let mut search = Search::create(exp, &db, quiet)?;
+    let mut search = Search::create_from(exp, &db, quiet)?;
     if let Some(from) = cache_from {
         let n = search.archive().import_call_cache(from)?;
         if !quiet {
@@ -109,13 +111,7 @@ pub fn import_adas(
     }
     exp.search.import_adas =
         Some(std::fs::canonicalize(archive_json).with_context(|| format!("cannot read {}", archive_json.display()))?);
-    let db = db.map_or_else(
-        || PathBuf::from("runs").join(format!("{}.db", exp.name)),
-        Path::to_path_buf,
-    );
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    let db = new_archive_path(db, &exp.name)?;
     let search = Search::create_from(exp, &db, true)?;
     search.archive().event(
         None,
