@@ -273,7 +273,7 @@ impl Search {
             self.archive.fill_instance_wins(&mut scored)?;
         }
         let scored = islands::selectable(scored, step, generation, search.islands, search.migration_interval);
-        let Some(pi) = select_parent(&scored, strategy, &self.exp.search.objectives, &mut rng) else {
+        let Some(pi) = select_parent(&scored, strategy, &search.objectives, &mut rng) else {
             self.say(
                 bar,
                 &format!("step {step}: no candidate ran successfully yet; nothing to mutate"),
@@ -292,7 +292,7 @@ impl Search {
         let kind = choose_kind(&self.exp.proposers, &mut rng);
         let mut records = Vec::new();
         let mut events = Vec::new();
-        let other = select_parent(&scored, strategy, &self.exp.search.objectives, &mut rng)
+        let other = select_parent(&scored, strategy, &search.objectives, &mut rng)
             .filter(|&o| o != pi)
             .or_else(|| (0..scored.len()).find(|&o| o != pi && scored[o].ok));
         let other = match other {
