@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building metaforge needs on a fresh Debian machine with Rust and Python 3:
-# cmake and libclang (llama.cpp's build and bindgen), and target/pyenv with the openai
+# cmake and libclang (llama.cpp's build and bindgen), z3 (proofs of guard fallbacks), and target/pyenv with the openai
 # package for exported agents; with --with-browser also headless Chromium (report test).
 # Idempotent; uses sudo when not root.
 set -euo pipefail
@@ -9,6 +9,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
+# z3 proves guard fallbacks (src/guard/verify.rs); without it they are labelled "tested".
+command -v z3 >/dev/null 2>&1 || need+=(z3)
 # --with-browser (the test command): headless Chromium for the HTML report test.
 if [ "${1:-}" = "--with-browser" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver)

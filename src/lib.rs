@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod evaluate;
 pub mod export;
+pub mod guard;
 pub mod llm;
 pub mod propose;
 pub mod report;

@@ -1,0 +1,17 @@
+//! Contract guards: static contract rules on candidate code, output contracts enforced on
+//! every guarded model call in the host, and agent-level contracts over each episode.
+//!
+//! Architecture Invariant: guards run in the host. The candidate only ever receives a
+//! value that passed its contract or a fallback checked before evaluation; nothing on the
+//! Python side can skip a check.
+
+pub mod agent;
+pub mod contract;
+pub mod expr;
+pub mod sampler;
+pub mod verify;
+
+pub use contract::{Contract, ContractSpec, Stage, Violation};
+pub use sampler::{guarded_call, CallRecord, GuardOutcome};
+pub use verify::{verify_fallback, Tier};
+pub use agent::{AgentContract, Decision, Event, Monitor, Verdict};
