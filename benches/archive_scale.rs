@@ -59,6 +59,7 @@ fn step(i: u64, rng: &mut impl Rng) -> StepRecord {
                 completion_tokens: tokens / 40,
                 ..Usage::default()
             },
+            guard: None,
         })
         .collect();
     let evaluation = Evaluation {
@@ -77,6 +78,7 @@ fn step(i: u64, rng: &mut impl Rng) -> StepRecord {
         outcome: Outcome::Ok,
         detail: String::new(),
         tasks,
+        guard: None,
     };
     let candidate = Candidate {
         id: format!("{i:064x}"),

@@ -335,6 +335,8 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         gateway: &gw,
         cfg: &ecfg,
         scorer: dom.scorer,
+        agent_contract: None,
+        require_call_contracts: false,
     }
     .evaluate(&code, &tasks, "val", &tick)?;
     bar.finish_and_clear();

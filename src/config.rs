@@ -30,6 +30,49 @@ pub struct Experiment {
     pub evaluation: EvaluationConfig,
     #[serde(default)]
     pub budget: BudgetConfig,
+    #[serde(default)]
+    pub guards: GuardsConfig,
+}
+
+/// Contract guards (`src/guard`): off unless a key here is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardsConfig {
+    /// An agent contract (TOML): task preconditions, budgets, invariants and a final-output
+    /// contract with a proved fallback. Relative to the experiment; stored inside the run.
+    #[serde(default)]
+    pub contract: Option<PathBuf>,
+    /// Every `llm()` call must name a contract declared in the candidate's `CONTRACTS`.
+    #[serde(default)]
+    pub require_call_contracts: bool,
+    /// Modules candidates may import (`metaforge` always); unset: only the built-in deny-list.
+    #[serde(default)]
+    pub allowed_imports: Option<Vec<String>>,
+}
+
+impl GuardsConfig {
+    pub fn rules(&self) -> crate::guard::GuardRules {
+        crate::guard::GuardRules {
+            require_call_contracts: self.require_call_contracts,
+            allowed_imports: self.allowed_imports.clone(),
+        }
+    }
+
+    /// Reads and compiles the agent contract, proving its output fallback.
+    pub fn agent_contract(&self) -> Result<Option<crate::guard::AgentContract>> {
+        let Some(path) = &self.contract else { return Ok(None) };
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "guards.contract: cannot read {}; fix: point it at a contract TOML file",
+                path.display()
+            )
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        crate::guard::AgentContract::from_toml(&name, &text).map(Some)
+    }
 }
 
 fn default_seed() -> u64 {
@@ -447,6 +490,7 @@ impl Experiment {
             ("models.meta.script", &mut self.models.meta.script),
             ("models.agent.script", &mut self.models.agent.script),
             ("search.import_adas", &mut self.search.import_adas),
+            ("guards.contract", &mut self.guards.contract),
         ]
         .into_iter()
         .filter_map(|(key, p)| p.as_mut().map(|p| (key, p)))

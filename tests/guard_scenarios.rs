@@ -105,18 +105,30 @@ fn scenario_suite_verdicts_and_per_rule_precision_recall() {
             differ("fallback", f.to_string(), verdict.fallback.to_string());
         }
         if let Some(f) = &e.final_output {
-            differ("final", f.to_string(), verdict.final_output.as_ref().map_or("none".into(), |v| v.to_string()));
+            differ(
+                "final",
+                f.to_string(),
+                verdict.final_output.as_ref().map_or("none".into(), |v| v.to_string()),
+            );
         }
         if !wrong.is_empty() {
             failures.push(format!("{}: {}\n  hits: {:?}", s.id, wrong.join("; "), verdict.hits));
         }
     }
     println!("{} scenarios; verdicts {verdicts:?}", scenarios.len());
-    println!("{:<26} {:>4} {:>4} {:>4} {:>9} {:>7}", "rule", "tp", "fp", "fn", "precision", "recall");
+    println!(
+        "{:<26} {:>4} {:>4} {:>4} {:>9} {:>7}",
+        "rule", "tp", "fp", "fn", "precision", "recall"
+    );
     for (rule, (tp, fp, fneg)) in &counts {
         let p = *tp as f64 / (tp + fp).max(1) as f64;
         let r = *tp as f64 / (tp + fneg).max(1) as f64;
         println!("{rule:<26} {tp:>4} {fp:>4} {fneg:>4} {p:>9.3} {r:>7.3}");
     }
-    assert!(failures.is_empty(), "{} scenarios disagree:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scenarios disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

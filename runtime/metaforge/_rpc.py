@@ -15,6 +15,11 @@ class LLMError(RuntimeError):
     """Raised inside the candidate when the host refuses or fails a model call."""
 
 
+class ContractError(LLMError):
+    """Raised when a contract refuses the call: a broken precondition, a denied action, or
+    no answer (and no fallback) that satisfies the contract."""
+
+
 class _Slot:
     __slots__ = ("event", "reply")
 
@@ -35,18 +40,18 @@ def send(message):
         _out.flush()
 
 
-def call_llm(messages, *, temperature, n, json, max_tokens):
+def call_llm(messages, *, temperature, n, json, max_tokens, contract=None, input=None):
     request_id = next(_ids)
     slot = _Slot()
     with _pending_lock:
         _pending[request_id] = slot
     send({"type": "llm", "id": request_id, "task_id": getattr(current, "task_id", None),
           "messages": messages, "temperature": temperature, "n": n, "json": json,
-          "max_tokens": max_tokens})
+          "max_tokens": max_tokens, "contract": contract, "input": input})
     slot.event.wait()
     reply = slot.reply
     if reply.get("error"):
-        raise LLMError(reply["error"])
+        raise (ContractError if reply.get("contract") else LLMError)(reply["error"])
     return list(reply["texts"])
 
 

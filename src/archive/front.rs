@@ -29,8 +29,12 @@ pub struct Scored {
     /// Validation tasks on which it scores the best of all candidates (ties count), for
     /// `instance` selection; 0 unless filled by `Archive::fill_instance_wins`.
     pub instance_wins: u32,
-    /// The evaluation finished without a sandbox breach or load error. Candidates that did
-    /// not are infeasible: never on the front, never parents.
+    /// Share of guarded values (final answers, guarded calls) that were fallbacks.
+    pub fallback_rate: f64,
+    /// Soft contract violations per validation task.
+    pub soft_violations: f64,
+    /// The evaluation finished without a sandbox breach, a load error or a hard contract
+    /// violation. Candidates that did not are infeasible: never on the front, never parents.
     pub ok: bool,
 }
 
@@ -53,6 +57,8 @@ impl Scored {
             fingerprint: String::new(),
             step: 0,
             instance_wins: 0,
+            fallback_rate: 0.0,
+            soft_violations: 0.0,
             ok: true,
         }
     }
@@ -72,6 +78,10 @@ pub enum Objective {
     Latency,
     /// Length of the program source.
     CodeSize,
+    /// Share of guarded values that were contract fallbacks (`[guards]`).
+    FallbackRate,
+    /// Soft contract violations per task (`[guards]`).
+    SoftViolations,
 }
 
 /// The default objectives: validation score up, cost down.
@@ -86,6 +96,8 @@ impl Objective {
             Objective::Cost | Objective::Tokens => s.tokens as f64,
             Objective::Latency => s.latency_ms,
             Objective::CodeSize => s.code_bytes as f64,
+            Objective::FallbackRate => s.fallback_rate,
+            Objective::SoftViolations => s.soft_violations,
         }
     }
 }

@@ -169,15 +169,16 @@ fn unite(conn: &mut Connection, b_name: &str, problems: &[String]) -> Result<Mer
     for old_id in new_evaluations {
         tx.execute(
             "INSERT INTO main.evaluations(candidate_id, split, stage, n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens,
-                 completion_tokens, llm_calls, cached_calls, latency_ms, wall_ms, outcome, outcome_detail, step, created_at)
+                 completion_tokens, llm_calls, cached_calls, latency_ms, wall_ms, outcome, outcome_detail, step, created_at, guard)
              SELECT candidate_id, split, stage, n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens,
-                 completion_tokens, llm_calls, cached_calls, latency_ms, wall_ms, outcome, outcome_detail, step, created_at
+                 completion_tokens, llm_calls, cached_calls, latency_ms, wall_ms, outcome, outcome_detail, step, created_at, guard
              FROM b.evaluations WHERE id = ?1",
             [old_id],
         )?;
         let new_id = tx.last_insert_rowid();
         s.task_results_added += tx.execute(
-            "INSERT INTO main.task_results SELECT ?1, task_id, score, outcome, output, error, llm_calls, tokens
+            "INSERT INTO main.task_results(evaluation_id, task_id, score, outcome, output, error, llm_calls, tokens, guard)
+             SELECT ?1, task_id, score, outcome, output, error, llm_calls, tokens, guard
              FROM b.task_results WHERE evaluation_id = ?2",
             params![new_id, old_id],
         )? as u64;

@@ -32,8 +32,12 @@ use crate::candidate::{Candidate, CandidateKind};
 use crate::config::Experiment;
 use crate::evaluate::Evaluation;
 
-pub const SCHEMA_VERSION: i32 = 2;
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+pub const SCHEMA_VERSION: i32 = 3;
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// Opens (creating if needed) a connection with WAL, a busy timeout and the current schema.
 pub fn open_connection(path: &Path) -> Result<Connection> {
@@ -150,6 +154,9 @@ pub struct SplitScore {
     pub outcome: String,
     /// `full`, or where staged evaluation stopped it (`cascade`, `stopped`).
     pub stage: String,
+    /// What the contract guards saw (runs with `[guards]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardSummary>,
 }
 
 pub struct Archive {
@@ -332,11 +339,16 @@ impl Archive {
     pub fn scored(&self, split: &str) -> Result<Vec<Scored>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.name, c.generation, e.mean, e.ci_lo, e.ci_hi, e.cost_usd, e.prompt_tokens + e.completion_tokens,
-                    (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome, e.wall_ms, length(c.code), c.step
+                    (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome, e.wall_ms, length(c.code), c.step,
+                    e.guard
              FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = ?1 AND e.stage = 'full'
              ORDER BY c.step, c.id",
         )?;
         let rows = stmt.query_map([split], |r| {
+            let guard: Option<crate::guard::GuardSummary> = r
+                .get::<_, Option<String>>(14)?
+                .and_then(|text| serde_json::from_str(&text).ok());
+            let hard = guard.as_ref().map_or(0, |g| g.hard);
             Ok(Scored {
                 id: r.get(0)?,
                 name: r.get(1)?,
@@ -348,7 +360,9 @@ impl Archive {
                 tokens: r.get::<_, i64>(7)? as u64,
                 children: r.get::<_, i64>(8)? as u32,
                 fingerprint: r.get(9)?,
-                ok: r.get::<_, String>(10)? == "ok",
+                ok: r.get::<_, String>(10)? == "ok" && hard == 0,
+                fallback_rate: guard.as_ref().map_or(0.0, |g| g.fallback_rate()),
+                soft_violations: guard.as_ref().map_or(0.0, |g| g.soft_rate()),
                 latency_ms: r.get(11)?,
                 code_bytes: r.get::<_, i64>(12)? as u64,
                 step: r.get::<_, i64>(13)? as u64,
@@ -495,7 +509,7 @@ impl Archive {
     fn split_score(&self, id: &str, split: &str) -> Result<Option<SplitScore>> {
         self.conn
             .query_row(
-                "SELECT n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens + completion_tokens, outcome, stage FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
+                "SELECT n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens + completion_tokens, outcome, stage, guard FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
                 params![id, split],
                 |r| {
                     Ok(SplitScore {
@@ -507,6 +521,9 @@ impl Archive {
                         tokens: r.get::<_, i64>(5)? as u64,
                         outcome: r.get(6)?,
                         stage: r.get(7)?,
+                        guard: r
+                            .get::<_, Option<String>>(8)?
+                            .and_then(|text| serde_json::from_str(&text).ok()),
                     })
                 },
             )
@@ -628,8 +645,8 @@ impl Archive {
 fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step: u64) -> Result<()> {
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO evaluations(candidate_id, split, stage, n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens, completion_tokens,
-             llm_calls, cached_calls, latency_ms, wall_ms, outcome, outcome_detail, step, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, datetime('now'))",
+             llm_calls, cached_calls, latency_ms, wall_ms, outcome, outcome_detail, step, guard, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, datetime('now'))",
         params![
             id,
             e.split,
@@ -648,6 +665,7 @@ fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step:
             e.outcome.to_string(),
             e.detail,
             step as i64,
+            e.guard.as_ref().map(|g| serde_json::to_string(g).expect("guard summaries serialise")),
         ],
     )?;
     if inserted == 0 {
@@ -655,7 +673,7 @@ fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step:
     }
     let eval_id = tx.last_insert_rowid();
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO task_results(evaluation_id, task_id, score, outcome, output, error, llm_calls, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO task_results(evaluation_id, task_id, score, outcome, output, error, llm_calls, tokens, guard) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for t in &e.tasks {
         stmt.execute(params![
@@ -666,7 +684,10 @@ fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step:
             t.output,
             t.error,
             t.usage.calls as i64,
-            t.usage.tokens() as i64
+            t.usage.tokens() as i64,
+            t.guard
+                .as_ref()
+                .map(|g| serde_json::to_string(g).expect("task guards serialise")),
         ])?;
     }
     Ok(())

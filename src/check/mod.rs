@@ -95,6 +95,7 @@ pub fn parse_python(source: &str) -> Tree {
 /// Checks candidate programs against the syntax, the entry-point contract and the rules.
 pub struct Checker {
     rules: RuleSet,
+    guard_rules: crate::guard::GuardRules,
 }
 
 const MAX_SYNTAX_DIAGNOSTICS: usize = 5;
@@ -102,13 +103,20 @@ const MAX_SYNTAX_DIAGNOSTICS: usize = 5;
 impl Checker {
     /// A checker with the rules embedded from `grammars/`.
     pub fn embedded() -> Result<Self> {
-        Ok(Self {
-            rules: RuleSet::embedded()?,
-        })
+        Ok(Self::with_rules(RuleSet::embedded()?))
     }
 
     pub fn with_rules(rules: RuleSet) -> Self {
-        Self { rules }
+        Self {
+            rules,
+            guard_rules: Default::default(),
+        }
+    }
+
+    /// Turns on the experiment's guard rules (`[guards]`); the contract rules always run.
+    pub fn with_guard_rules(mut self, rules: crate::guard::GuardRules) -> Self {
+        self.guard_rules = rules;
+        self
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -122,6 +130,7 @@ impl Checker {
         syntax_errors(file, source, root, &mut diagnostics);
         if diagnostics.is_empty() {
             entry_point(file, root, source, kind, &mut diagnostics);
+            diagnostics.extend(crate::guard::manifest::check(file, source, root, &self.guard_rules));
         }
         diagnostics.extend(self.rules.run(file, source, root));
         diagnostics.sort_by(|a, b| (a.line, a.col, &a.rule).cmp(&(b.line, b.col, &b.rule)));

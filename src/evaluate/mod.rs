@@ -17,8 +17,9 @@ pub use stats::{bootstrap_ci, mean};
 
 use crate::config::EvaluationConfig;
 use crate::domain::{Scorer, Task};
-use crate::llm::{CallParams, Gateway, Usage};
-use crate::sandbox::{classify, run_worker, task_outcome, Isolation, LlmCall, LlmHandler, WorkerLimits};
+use crate::guard::{guarded_call, AgentContract, Episodes, GuardOutcome, GuardSummary, TaskGuard};
+use crate::llm::{CallParams, Gateway, Message, Usage};
+use crate::sandbox::{classify, run_worker, task_outcome, CallError, Isolation, LlmCall, LlmHandler, WorkerLimits};
 
 /// How an evaluation ended (defined by the sandbox, which knows what a breach is).
 pub use crate::sandbox::Outcome;
@@ -33,6 +34,9 @@ pub struct TaskResult {
     pub output: Option<String>,
     pub error: Option<String>,
     pub usage: Usage,
+    /// What the contract guards saw (None when the run has no guards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<TaskGuard>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +52,9 @@ pub struct Evaluation {
     /// Human-readable detail (first traceback, stderr tail): the proposer's debug feedback.
     pub detail: String,
     pub tasks: Vec<TaskResult>,
+    /// The guards' totals over the tasks (None when the run has no guards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardSummary>,
 }
 
 impl Evaluation {
@@ -65,6 +72,12 @@ impl Evaluation {
     ) -> Self {
         let scores: Vec<f64> = tasks.iter().map(|r| r.score).collect();
         let (ci_lo, ci_hi) = bootstrap_ci(&scores, bootstrap_samples, 0x5eed);
+        let guarded: Vec<&TaskGuard> = tasks.iter().filter_map(|t| t.guard.as_ref()).collect();
+        let guard = (!guarded.is_empty()).then(|| {
+            let mut g = GuardSummary::default();
+            guarded.into_iter().for_each(|t| g.add(t));
+            g
+        });
         Self {
             split: split.into(),
             stage: stage.into(),
@@ -76,6 +89,7 @@ impl Evaluation {
             outcome,
             detail,
             tasks,
+            guard,
         }
     }
 
@@ -93,6 +107,10 @@ pub struct Evaluator<'a> {
     pub gateway: &'a Gateway,
     pub cfg: &'a EvaluationConfig,
     pub scorer: Scorer,
+    /// The experiment's agent contract (`guards.contract`).
+    pub agent_contract: Option<&'a AgentContract>,
+    /// `guards.require_call_contracts`: the host refuses `llm()` calls without a contract.
+    pub require_call_contracts: bool,
 }
 
 /// Called once per finished task (progress bars).
@@ -100,13 +118,21 @@ pub type TaskDone<'a> = &'a (dyn Fn() + Sync);
 
 impl Evaluator<'_> {
     pub fn evaluate(&self, code: &str, tasks: &[Task], split: &str, on_task: TaskDone) -> Result<Evaluation> {
+        let inputs: Vec<(String, serde_json::Value)> = tasks.iter().map(|t| (t.id.clone(), t.input.clone())).collect();
+        // Contracts are registered (compiled, fallbacks proved) before any task runs; an
+        // unsound one fails the candidate like a load error, with the reason as feedback.
+        let episodes = match Episodes::register(code, self.agent_contract, self.require_call_contracts, &inputs) {
+            Ok(e) => e,
+            Err(why) => return Ok(Self::unregistered(tasks, split, why, self.cfg.bootstrap_samples)),
+        };
         let shards = self.cfg.shards.min(tasks.len()).max(1);
         let chunk = tasks.len().div_ceil(shards).max(1);
         let pieces: Vec<&[Task]> = tasks.chunks(chunk).collect();
+        let episodes = &episodes;
         let runs: Vec<Result<crate::sandbox::WorkerRun>> = std::thread::scope(|scope| {
             let handles: Vec<_> = pieces
                 .iter()
-                .map(|piece| scope.spawn(move || self.run_shard(code, piece, on_task)))
+                .map(|piece| scope.spawn(move || self.run_shard(code, piece, episodes, on_task)))
                 .collect();
             handles
                 .into_iter()
@@ -124,8 +150,16 @@ impl Evaluator<'_> {
                 let tr = run.tasks.get(&task.id).cloned().unwrap_or_default();
                 usage.merge(&tr.usage);
                 let kind = task_outcome(&tr, &run.exit);
-                let score = if kind == "ok" {
-                    self.scorer.score(tr.output.as_deref().unwrap_or(""), &task.answer)
+                let (output, guard) = if episodes.active() {
+                    let answered = if kind == "ok" { tr.output.as_deref() } else { None };
+                    let (answer, g) = episodes.finish(&task.id, answered);
+                    (if kind == "ok" { answer } else { tr.output }, Some(g))
+                } else {
+                    (tr.output, None)
+                };
+                let aborted = guard.as_ref().is_some_and(|g| g.aborted);
+                let score = if kind == "ok" && !aborted {
+                    self.scorer.score(output.as_deref().unwrap_or(""), &task.answer)
                 } else {
                     0.0
                 };
@@ -133,13 +167,14 @@ impl Evaluator<'_> {
                     task_id: task.id.clone(),
                     score,
                     outcome: kind.to_string(),
-                    output: tr.output,
+                    output,
                     error: tr.error.or(tr.traceback),
                     usage: tr.usage,
+                    guard,
                 });
             }
         }
-        Ok(Evaluation::from_tasks(
+        let mut e = Evaluation::from_tasks(
             split,
             "full",
             results,
@@ -148,10 +183,46 @@ impl Evaluator<'_> {
             outcome,
             details.join("\n---\n"),
             self.cfg.bootstrap_samples,
-        ))
+        );
+        if let Some(g) = &mut e.guard {
+            g.tiers = episodes.tiers();
+        }
+        Ok(e)
     }
 
-    fn run_shard(&self, code: &str, tasks: &[Task], on_task: TaskDone) -> Result<crate::sandbox::WorkerRun> {
+    /// The evaluation of a candidate whose contracts could not be registered.
+    fn unregistered(tasks: &[Task], split: &str, why: String, bootstrap_samples: usize) -> Evaluation {
+        let results = tasks
+            .iter()
+            .map(|t| TaskResult {
+                task_id: t.id.clone(),
+                score: 0.0,
+                outcome: "load_error".into(),
+                output: None,
+                error: Some(why.clone()),
+                usage: Usage::default(),
+                guard: None,
+            })
+            .collect();
+        Evaluation::from_tasks(
+            split,
+            "full",
+            results,
+            Usage::default(),
+            0.0,
+            Outcome::LoadError,
+            format!("contract registration failed: {why}\nfix: correct the contract or its fallback so the fallback satisfies it for every input"),
+            bootstrap_samples,
+        )
+    }
+
+    fn run_shard(
+        &self,
+        code: &str,
+        tasks: &[Task],
+        episodes: &Episodes,
+        on_task: TaskDone,
+    ) -> Result<crate::sandbox::WorkerRun> {
         let inputs: Vec<(String, serde_json::Value)> = tasks.iter().map(|t| (t.id.clone(), t.input.clone())).collect();
         let waves = tasks.len().div_ceil(self.cfg.tasks_in_flight.max(1)) as u64;
         let limits = WorkerLimits {
@@ -166,6 +237,7 @@ impl Evaluator<'_> {
         let handler = AgentCalls {
             gateway: self.gateway,
             samples: Mutex::new(HashMap::new()),
+            episodes,
             on_task,
         };
         run_worker(code, &inputs, &handler, &limits)
@@ -174,21 +246,24 @@ impl Evaluator<'_> {
 
 /// Answers a worker's `llm()` calls through the gateway. Identical requests within one task
 /// get increasing sample indices, so `n` samples (or a loop of identical calls) are distinct
-/// yet replay exactly from the cache.
-struct AgentCalls<'a> {
+/// yet replay exactly from the cache. With guards, every call passes the agent contract's
+/// governance first and a guarded call is sampled until its contract holds.
+struct AgentCalls<'a, 'c> {
     gateway: &'a Gateway,
     samples: Mutex<HashMap<String, u32>>,
+    episodes: &'a Episodes<'c>,
     on_task: TaskDone<'a>,
 }
 
-impl LlmHandler for AgentCalls<'_> {
-    fn handle(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
-        let params = CallParams {
-            temperature: call.temperature,
-            max_tokens: call.max_tokens,
-            json: call.json,
-        };
-        let probe = self.gateway.request(call.messages.clone(), params, 0);
+impl AgentCalls<'_, '_> {
+    fn complete(
+        &self,
+        task_id: Option<&str>,
+        messages: &[Message],
+        params: CallParams,
+        n: u32,
+    ) -> Result<(Vec<String>, Usage), String> {
+        let probe = self.gateway.request(messages.to_vec(), params, 0);
         let mut h = Sha256::new();
         h.update(task_id.unwrap_or("").as_bytes());
         h.update(self.gateway.cache_key(&probe).as_bytes());
@@ -197,14 +272,14 @@ impl LlmHandler for AgentCalls<'_> {
             let mut s = self.samples.lock().unwrap();
             let e = s.entry(key).or_insert(0);
             let first = *e;
-            *e += call.n;
+            *e += n;
             first
         };
         // Samples run concurrently so a batching backend decodes them together.
         let replies: Vec<_> = std::thread::scope(|scope| {
-            let hs: Vec<_> = (0..call.n)
+            let hs: Vec<_> = (0..n)
                 .map(|i| {
-                    let req = self.gateway.request(call.messages.clone(), params, first + i);
+                    let req = self.gateway.request(messages.to_vec(), params, first + i);
                     scope.spawn(move || self.gateway.complete(&req))
                 })
                 .collect();
@@ -218,6 +293,90 @@ impl LlmHandler for AgentCalls<'_> {
             texts.push(r.text);
         }
         Ok((texts, usage))
+    }
+
+    fn guarded(
+        &self,
+        task_id: Option<&str>,
+        call: &LlmCall,
+        id: &str,
+    ) -> Result<(Vec<serde_json::Value>, Usage), CallError> {
+        let contract = self.episodes.contract(id).ok_or_else(|| {
+            CallError::contract(format!("contract {id:?} is not declared in this program's CONTRACTS"))
+        })?;
+        let params = CallParams {
+            temperature: call.temperature,
+            max_tokens: call.max_tokens,
+            json: call.json,
+        };
+        let input = call.input.clone().unwrap_or_else(|| serde_json::json!({}));
+        let mut usage = Usage::default();
+        let mut last_text = String::new();
+        let (outcome, record) = guarded_call(contract, &input, |_, feedback| {
+            let mut messages = call.messages.clone();
+            if contract.spec.on_fail == crate::guard::contract::OnFail::Reask {
+                if let Some(v) = feedback.last() {
+                    messages.push(Message::new("assistant", last_text.clone()));
+                    messages.push(Message::new("user", crate::guard::sampler::reask_feedback(v)));
+                }
+            }
+            let (texts, u) = self.complete(task_id, &messages, params, 1)?;
+            usage.merge(&u);
+            last_text = texts.into_iter().next().unwrap_or_default();
+            Ok(last_text.clone())
+        });
+        let tokens = usage.tokens();
+        let label = record.outcome;
+        self.episodes
+            .after_call(task_id, Some(id), label, tokens, &last_text, Some(record));
+        match outcome {
+            GuardOutcome::Accepted { value, .. } | GuardOutcome::Fallback { value } => Ok((vec![value], usage)),
+            GuardOutcome::PreconditionViolated(v) => Err(CallError::contract(format!(
+                "contract {id:?}: precondition failed: {}",
+                v.detail
+            ))),
+            GuardOutcome::Unsatisfied(why) => Err(CallError::contract(why)),
+        }
+    }
+}
+
+impl LlmHandler for AgentCalls<'_, '_> {
+    fn handle(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
+        let params = CallParams {
+            temperature: call.temperature,
+            max_tokens: call.max_tokens,
+            json: call.json,
+        };
+        self.complete(task_id, &call.messages, params, call.n)
+    }
+
+    fn handle_call(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<serde_json::Value>, Usage), CallError> {
+        if !self.episodes.active() {
+            return self
+                .handle(task_id, call)
+                .map(|(t, u)| (t.into_iter().map(serde_json::Value::String).collect(), u))
+                .map_err(CallError::model);
+        }
+        if call.contract.is_none() && self.episodes.requires_contracts() {
+            return Err(CallError::contract(
+                "this experiment requires every llm() call to name a contract (contract=\"<id>\")".into(),
+            ));
+        }
+        self.episodes
+            .before_call(task_id, call.contract.as_deref())
+            .map_err(CallError::contract)?;
+        if let Some(id) = &call.contract {
+            return self.guarded(task_id, call, id);
+        }
+        let result = self.handle(task_id, call);
+        let (label, tokens, text) = match &result {
+            Ok((texts, usage)) => ("unguarded", usage.tokens(), texts.first().cloned().unwrap_or_default()),
+            Err(e) => ("error", 0, e.clone()),
+        };
+        self.episodes.after_call(task_id, None, label, tokens, &text, None);
+        result
+            .map(|(t, u)| (t.into_iter().map(serde_json::Value::String).collect(), u))
+            .map_err(CallError::model)
     }
 
     fn task_finished(&self) {

@@ -92,6 +92,7 @@ fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, stages: &Stages
     let mut details = Vec::new();
     let mut results = Vec::new();
     let split = parts[0].split.clone();
+    let tiers = parts.iter().find_map(|p| p.guard.as_ref().map(|g| g.tiers.clone()));
     for p in parts {
         usage.merge(&p.usage);
         wall_ms += p.wall_ms;
@@ -110,7 +111,7 @@ fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, stages: &Stages
         }
         None => "full",
     };
-    Evaluation::from_tasks(
+    let mut e = Evaluation::from_tasks(
         &split,
         stage,
         results,
@@ -119,7 +120,11 @@ fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, stages: &Stages
         outcome,
         details.join("\n---\n"),
         stages.bootstrap_samples,
-    )
+    );
+    if let (Some(g), Some(tiers)) = (&mut e.guard, tiers) {
+        g.tiers = tiers;
+    }
+    e
 }
 
 #[cfg(test)]
@@ -152,6 +157,7 @@ mod tests {
                         output: None,
                         error: None,
                         usage: Usage::default(),
+                        guard: None,
                     }
                 })
                 .collect();

@@ -121,7 +121,10 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
     }
     let adas_form = regex::Regex::new(r"(?m)^def\s+forward\s*\(\s*self\s*,").expect("static regex");
     let templates = Templates::embedded()?;
-    let api = api_text("metaforge/__init__.py", "from metaforge._rpc import LLMError, call_llm")?;
+    let api = api_text(
+        "metaforge/__init__.py",
+        "from metaforge._rpc import ContractError, LLMError, call_llm",
+    )?;
     let adas_api = api_text("metaforge/adas.py", "from metaforge import llm")?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut agents = Vec::new();

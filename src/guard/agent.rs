@@ -126,7 +126,12 @@ impl AgentContract {
 
     pub fn compile(name: &str, spec: AgentContractSpec) -> Result<Self> {
         let cel = |what: &str, src: &str| Cel::compile(src).map_err(|e| anyhow!("{name}: {what}: {e}"));
-        let pre = spec.pre.hard.iter().map(|p| cel("pre.hard", p)).collect::<Result<_>>()?;
+        let pre = spec
+            .pre
+            .hard
+            .iter()
+            .map(|p| cel("pre.hard", p))
+            .collect::<Result<_>>()?;
         let mut arg_schemas = Vec::new();
         for (tool, schema) in &spec.governance.arg_schemas {
             let v = jsonschema::options()
@@ -140,7 +145,10 @@ impl AgentContract {
             list.iter()
                 .map(|i| {
                     if !seen.insert(i.id.clone()) {
-                        bail!("{name}: invariants.{kind} has two rules with id {:?}; fix: give each its own id", i.id);
+                        bail!(
+                            "{name}: invariants.{kind} has two rules with id {:?}; fix: give each its own id",
+                            i.id
+                        );
                     }
                     Ok(Invariant {
                         id: i.id.clone(),
@@ -155,8 +163,11 @@ impl AgentContract {
         let (output, output_tier) = match &spec.output {
             None => (None, None),
             Some(o) => {
-                let c = Contract::compile("output", o.clone()).map_err(|p| anyhow!("{name}: [output]: {}", p.join("; ")))?;
-                let tier = verify_fallback(&c, &[]).map_err(|e| anyhow!("{name}: [output] fallback: {e}"))?;
+                let c = Contract::compile("output", o.clone())
+                    .map_err(|p| anyhow!("{name}: [output]: {}", p.join("; ")))?;
+                let tier = verify_fallback(&c, &[]).map_err(|e| {
+                    anyhow!("{name}: [output] fallback: {e}; fix: choose a fallback that passes the [output] checks for every task")
+                })?;
                 if !tier.is_proof() {
                     bail!(
                         "{name}: [output] fallback is {}; a final-output fallback must be proved; fix: use a constant fallback, or keep `post` and the fallback inside the fragment z3 decides (and install z3)",
@@ -378,30 +389,48 @@ impl<'c> Monitor<'c> {
         let g = &self.contract.spec.governance;
         if let Some(max) = b.wall_ms {
             if matches!(event, Event::PreLlmCall { .. } | Event::PreToolCall { .. }) && event.t_ms() > max {
-                return Some(("budget:wall_ms".into(), format!("{} ms spent, budget {max} ms", event.t_ms())));
+                return Some((
+                    "budget:wall_ms".into(),
+                    format!("{} ms spent, budget {max} ms", event.t_ms()),
+                ));
             }
         }
         match event {
             Event::PreLlmCall { .. } => {
                 if let Some(max) = b.llm_calls.filter(|&m| self.llm_calls >= m) {
-                    return Some(("budget:llm_calls".into(), format!("model call {} exceeds the budget of {max}", self.llm_calls + 1)));
+                    return Some((
+                        "budget:llm_calls".into(),
+                        format!("model call {} exceeds the budget of {max}", self.llm_calls + 1),
+                    ));
                 }
                 if let Some(max) = b.tokens.filter(|&m| self.tokens >= m) {
-                    return Some(("budget:tokens".into(), format!("{} tokens used, budget {max}", self.tokens)));
+                    return Some((
+                        "budget:tokens".into(),
+                        format!("{} tokens used, budget {max}", self.tokens),
+                    ));
                 }
             }
             Event::PreToolCall { tool, args, .. } => {
                 if let Some(max) = b.tool_calls.filter(|&m| self.tool_calls >= m) {
-                    return Some(("budget:tool_calls".into(), format!("tool call {} exceeds the budget of {max}", self.tool_calls + 1)));
+                    return Some((
+                        "budget:tool_calls".into(),
+                        format!("tool call {} exceeds the budget of {max}", self.tool_calls + 1),
+                    ));
                 }
                 if let Some(allow) = &g.allow_tools {
                     if !allow.contains(tool) {
-                        return Some(("tool-allow".into(), format!("tool {tool:?} is not in allow_tools {allow:?}")));
+                        return Some((
+                            "tool-allow".into(),
+                            format!("tool {tool:?} is not in allow_tools {allow:?}"),
+                        ));
                     }
                 }
                 if let Some((_, schema)) = self.contract.arg_schemas.iter().find(|(t, _)| t == tool) {
                     if let Some(e) = schema.iter_errors(args).next() {
-                        return Some(("tool-args".into(), format!("{tool} arguments: {}: {e}", e.instance_path())));
+                        return Some((
+                            "tool-args".into(),
+                            format!("{tool} arguments: {}: {e}", e.instance_path()),
+                        ));
                     }
                 }
                 for (first, then) in &g.before {
@@ -418,7 +447,14 @@ impl<'c> Monitor<'c> {
                         .filter(|(t, a)| t == tool && a == args)
                         .count();
                     if same + 1 > r.max {
-                        return Some(("repeat".into(), format!("{tool} with the same arguments {} times within {} calls", same + 1, r.window)));
+                        return Some((
+                            "repeat".into(),
+                            format!(
+                                "{tool} with the same arguments {} times within {} calls",
+                                same + 1,
+                                r.window
+                            ),
+                        ));
                     }
                 }
             }
@@ -457,7 +493,9 @@ impl<'c> Monitor<'c> {
     fn apply(&mut self, event: &Event) {
         match event {
             Event::PreLlmCall { .. } => self.llm_calls += 1,
-            Event::PostLlmCall { outcome, tokens, text, .. } => {
+            Event::PostLlmCall {
+                outcome, tokens, text, ..
+            } => {
                 self.tokens += tokens;
                 self.call_fallbacks += u64::from(outcome == "fallback");
                 self.last_output = text.clone();

@@ -163,7 +163,9 @@ impl Contract {
             None => None,
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {
-                problems.push(format!("contract {id:?} `{field}`: {e}; fix: write a CEL expression such as `output >= 0`"));
+                problems.push(format!(
+                    "contract {id:?} `{field}`: {e}; fix: write a CEL expression such as `output >= 0`"
+                ));
                 None
             }
         };
@@ -192,13 +194,17 @@ impl Contract {
             {
                 Ok(v) => Some(v),
                 Err(e) => {
-                    problems.push(format!("contract {id:?} `schema` is not a valid JSON Schema: {e}; fix: correct the schema"));
+                    problems.push(format!(
+                        "contract {id:?} `schema` is not a valid JSON Schema: {e}; fix: correct the schema"
+                    ));
                     None
                 }
             },
         };
         if spec.max_attempts == 0 {
-            problems.push(format!("contract {id:?}: max_attempts = 0; fix: allow at least one attempt"));
+            problems.push(format!(
+                "contract {id:?}: max_attempts = 0; fix: allow at least one attempt"
+            ));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -288,15 +294,20 @@ impl Contract {
                 let path = e.instance_path().to_string();
                 return Err(Violation {
                     stage: Stage::Schema,
-                    detail: if path.is_empty() { e.to_string() } else { format!("{path}: {e}") },
+                    detail: if path.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{path}: {e}")
+                    },
                 });
             }
         }
         if let Some(post) = &self.post {
-            post.holds(&[("input", input), ("output", value)]).map_err(|detail| Violation {
-                stage: Stage::Post,
-                detail,
-            })?;
+            post.holds(&[("input", input), ("output", value)])
+                .map_err(|detail| Violation {
+                    stage: Stage::Post,
+                    detail,
+                })?;
         }
         Ok(())
     }
@@ -435,7 +446,10 @@ mod tests {
     #[test]
     fn repairs() {
         assert_eq!(repair(Repair::LastNumber, "it is 1,234 then 56.5 apples"), "56.5");
-        assert_eq!(repair(Repair::FirstJsonObject, "x {\"a\": \"}\", \"b\": {}} y"), "{\"a\": \"}\", \"b\": {}}");
+        assert_eq!(
+            repair(Repair::FirstJsonObject, "x {\"a\": \"}\", \"b\": {}} y"),
+            "{\"a\": \"}\", \"b\": {}}"
+        );
         assert_eq!(repair(Repair::StripCodeFences, "```\n42\n```"), "42");
     }
 }

@@ -56,7 +56,8 @@ impl Cel {
             .program
             .execute(&context)
             .map_err(|e| format!("`{}` failed: {e}", self.source))?;
-        out.json().map_err(|e| format!("`{}` gave a value with no JSON form: {e:?}", self.source))
+        out.json()
+            .map_err(|e| format!("`{}` gave a value with no JSON form: {e:?}", self.source))
     }
 
     /// Evaluates a predicate; anything but `true` (false, an error, a non-boolean) is a
@@ -97,9 +98,18 @@ mod tests {
         assert!(half.holds(&[("output", &json!({"x": 0.5}))]).is_ok());
         // A non-boolean result is a failure, not a pass.
         assert!(Cel::compile("1 + 1").unwrap().holds(&[]).is_err());
-        assert_eq!(Cel::compile("{'a': 1 + 2}").unwrap().eval(&[]).unwrap(), json!({"a": 3}));
-        assert!(Cel::compile("size(output) <= 3").unwrap().holds(&[("output", &json!("abc"))]).is_ok());
-        assert!(Cel::compile("output.matches('^[0-9]+$')").unwrap().holds(&[("output", &json!("12"))]).is_ok());
+        assert_eq!(
+            Cel::compile("{'a': 1 + 2}").unwrap().eval(&[]).unwrap(),
+            json!({"a": 3})
+        );
+        assert!(Cel::compile("size(output) <= 3")
+            .unwrap()
+            .holds(&[("output", &json!("abc"))])
+            .is_ok());
+        assert!(Cel::compile("output.matches('^[0-9]+$')")
+            .unwrap()
+            .holds(&[("output", &json!("12"))])
+            .is_ok());
         assert!(Cel::compile("output >").is_err());
     }
 }

@@ -7,11 +7,15 @@
 
 pub mod agent;
 pub mod contract;
+pub mod episode;
 pub mod expr;
+pub mod manifest;
 pub mod sampler;
 pub mod verify;
 
+pub use agent::{AgentContract, Decision, Event, Monitor, Verdict};
 pub use contract::{Contract, ContractSpec, Stage, Violation};
+pub use episode::{Episodes, GuardSummary, TaskGuard};
+pub use manifest::{GuardRules, Manifest};
 pub use sampler::{guarded_call, CallRecord, GuardOutcome};
 pub use verify::{verify_fallback, Tier};
-pub use agent::{AgentContract, Decision, Event, Monitor, Verdict};

@@ -11,8 +11,13 @@ use super::contract::{Contract, Stage, Violation};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum GuardOutcome {
-    Accepted { value: Value, repaired: bool },
-    Fallback { value: Value },
+    Accepted {
+        value: Value,
+        repaired: bool,
+    },
+    Fallback {
+        value: Value,
+    },
     /// The caller broke the precondition: no model call was made.
     PreconditionViolated(Violation),
     /// Every attempt was rejected and there is no fallback (or it failed at run time).
@@ -106,7 +111,10 @@ pub fn guarded_call(
         }
         Err(why) => {
             record.outcome = "unsatisfied";
-            let last = feedback.last().map(|v| v.to_string()).unwrap_or_else(|| "the model failed".into());
+            let last = feedback
+                .last()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "the model failed".into());
             (
                 GuardOutcome::Unsatisfied(format!(
                     "contract {:?}: {} attempts rejected (last: {last}); {why}",
@@ -151,8 +159,17 @@ mod tests {
             assert_eq!(fb.len() as u32, i - 1, "feedback grows with each rejection");
             Ok(replies[i as usize - 1].to_string())
         });
-        assert_eq!(out, GuardOutcome::Accepted { value: json!({"qty": 3}), repaired: false });
-        assert_eq!((rec.attempts, rec.rejects.clone()), (3, vec![Stage::Parse, Stage::Post]));
+        assert_eq!(
+            out,
+            GuardOutcome::Accepted {
+                value: json!({"qty": 3}),
+                repaired: false
+            }
+        );
+        assert_eq!(
+            (rec.attempts, rec.rejects.clone()),
+            (3, vec![Stage::Parse, Stage::Post])
+        );
     }
 
     #[test]
@@ -163,7 +180,12 @@ mod tests {
             calls += 1;
             Ok("{\"qty\": -1}".into())
         });
-        assert_eq!(out, GuardOutcome::Fallback { value: json!({"qty": 5}) });
+        assert_eq!(
+            out,
+            GuardOutcome::Fallback {
+                value: json!({"qty": 5})
+            }
+        );
         assert_eq!((calls, rec.attempts, rec.outcome), (4, 4, "fallback"));
     }
 
@@ -179,10 +201,16 @@ mod tests {
     fn no_fallback_means_unsatisfied_and_a_bad_fallback_is_caught() {
         let c = contract(json!({"parse": "int", "max_attempts": 2}));
         let (out, _) = guarded_call(&c, &json!({}), |_, _| Ok("seven".into()));
-        assert!(matches!(out, GuardOutcome::Unsatisfied(ref m) if m.contains("no fallback")), "{out:?}");
+        assert!(
+            matches!(out, GuardOutcome::Unsatisfied(ref m) if m.contains("no fallback")),
+            "{out:?}"
+        );
         let c = contract(json!({"parse": "int", "post": "output > 0", "fallback": {"const": 0}}));
         let (out, _) = guarded_call(&c, &json!({}), |_, _| Ok("-3".into()));
-        assert!(matches!(out, GuardOutcome::Unsatisfied(ref m) if m.contains("breaks its own contract")), "{out:?}");
+        assert!(
+            matches!(out, GuardOutcome::Unsatisfied(ref m) if m.contains("breaks its own contract")),
+            "{out:?}"
+        );
     }
 
     #[test]

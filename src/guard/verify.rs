@@ -454,7 +454,14 @@ fn run_z3(query: &str) -> std::io::Result<Z3> {
     let mut lines = text.lines();
     Ok(match lines.next().map(str::trim) {
         Some("unsat") => Z3::Unsat,
-        Some("sat") => Z3::Sat(lines.collect::<Vec<_>>().join(" ").split_whitespace().collect::<Vec<_>>().join(" ")),
+        Some("sat") => Z3::Sat(
+            lines
+                .collect::<Vec<_>>()
+                .join(" ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         _ => Z3::Unknown,
     })
 }

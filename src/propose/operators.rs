@@ -453,10 +453,13 @@ fn crossover_ensemble(
     let k = fresh_suffix(&format!("{}{}", a.code, b.code));
     let first = format!("_first_forward_{k}");
     let a_code = rename(&a.code, &HashMap::from([("forward".to_string(), first.clone())]));
-    // Prefix every top-level name of the second parent so the two modules cannot collide.
+    // Prefix every top-level name of the second parent so the two modules cannot collide,
+    // except `CONTRACTS`: the host reads every module-level `CONTRACTS` literal by that name
+    // (src/guard/manifest.rs), so both parents' guarded calls keep their contracts.
     let prefix = format!("_p{k}_");
     let map: HashMap<String, String> = top_level_names(&b.code)
         .into_iter()
+        .filter(|n| n != "CONTRACTS")
         .map(|n| (n.clone(), format!("{prefix}{n}")))
         .collect();
     let b_code = rename(&b.code, &map);

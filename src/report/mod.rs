@@ -88,6 +88,46 @@ fn cell(s: &Option<SplitScore>) -> String {
     }
 }
 
+/// Per candidate, what the contract guards saw on validation: hard violations (which make
+/// a candidate infeasible), soft ones, and how often a fallback stood in for the model.
+fn guard_section(rows: &[LeaderRow]) -> String {
+    let guarded: Vec<(usize, &LeaderRow, &crate::guard::GuardSummary)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.val.as_ref().and_then(|v| v.guard.as_ref()).map(|g| (i, r, g)))
+        .collect();
+    if guarded.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\ncontract guards on validation (hard violations make a candidate infeasible):\n");
+    out.push_str(&format!(
+        "{:>3}  {:<30} {:>5} {:>5} {:>9} {:>11} {:>11} {:>7} {:>9}  {}\n",
+        "#", "name", "hard", "soft", "fallback", "final fb", "call fb", "unsat", "guard µs", "rejects by stage"
+    ));
+    for (i, r, g) in guarded {
+        let name: String = r.name.chars().take(30).collect();
+        let rejects: Vec<String> = g.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push_str(&format!(
+            "{:>3}  {:<30} {:>5} {:>5} {:>8.1}% {:>11} {:>11} {:>7} {:>9.0}  {}\n",
+            i + 1,
+            name,
+            g.hard,
+            g.soft,
+            100.0 * g.fallback_rate(),
+            format!("{}/{}", g.final_fallbacks, g.tasks),
+            format!("{}/{}", g.call_fallbacks, g.calls),
+            g.unsatisfied,
+            g.guard_us,
+            if rejects.is_empty() {
+                "-".into()
+            } else {
+                rejects.join(", ")
+            }
+        ));
+    }
+    out
+}
+
 /// The leaderboard and summary as plain text.
 pub fn render_status(s: &Status) -> String {
     let mut out = format!(
@@ -125,6 +165,7 @@ pub fn render_status(s: &Status) -> String {
             cost
         ));
     }
+    out.push_str(&guard_section(&s.leaderboard));
     out.push_str("\nproposal funnel (attempts by kind):\n");
     let mut families: Vec<&str> = s.funnel.iter().map(|f| f.0.as_str()).collect();
     families.dedup();

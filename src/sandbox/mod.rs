@@ -22,7 +22,9 @@ use anyhow::{bail, Context, Result};
 pub use isolation::{Isolation, IsolationMode};
 pub use outcome::{classify, task_outcome, Outcome};
 pub use protocol::{LlmCall, WorkerMessage};
-pub use worker::{run_worker, sweep_stale_workdirs, Denial, LlmHandler, TaskRun, WorkerExit, WorkerLimits, WorkerRun};
+pub use worker::{
+    run_worker, sweep_stale_workdirs, CallError, Denial, LlmHandler, TaskRun, WorkerExit, WorkerLimits, WorkerRun,
+};
 
 /// The real Python interpreter, resolved once. Why: `python3` on PATH may be a version
 /// manager shim costing ~100 ms a start; the interpreter it resolves to starts in ~10 ms.

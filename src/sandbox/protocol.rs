@@ -61,6 +61,12 @@ pub struct LlmCall {
     /// name instead of silently served.
     #[serde(default)]
     pub model: Option<String>,
+    /// The id of a contract in the candidate's `CONTRACTS`; the host enforces it.
+    #[serde(default)]
+    pub contract: Option<String>,
+    /// What the contract's `pre`, `post` and fallback read.
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
 }
 
 fn one() -> u32 {
@@ -87,6 +93,12 @@ impl LlmCall {
         let chars: usize = self.messages.iter().map(|m| m.content.len()).sum();
         if chars > MAX_PROMPT_CHARS {
             return Err(format!("prompt of {chars} characters exceeds {MAX_PROMPT_CHARS}"));
+        }
+        if self.contract.is_some() && self.n != 1 {
+            return Err(format!(
+                "a guarded call returns one value; n = {} (call it in a loop instead)",
+                self.n
+            ));
         }
         if self.messages.is_empty() {
             return Err("no messages".into());

@@ -69,8 +69,39 @@ impl Default for WorkerLimits {
 /// Answers a candidate's `llm()` call; implemented by the evaluator on top of the gateway.
 pub trait LlmHandler: Sync {
     fn handle(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String>;
+    /// The full answer to a call: JSON values (a guarded call returns what its contract
+    /// parsed) or a refusal. Default: `handle`'s texts, and its errors as model errors.
+    fn handle_call(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<serde_json::Value>, Usage), CallError> {
+        self.handle(task_id, call)
+            .map(|(texts, usage)| (texts.into_iter().map(serde_json::Value::String).collect(), usage))
+            .map_err(CallError::model)
+    }
     /// Called as each task reports (progress bars); default: nothing.
     fn task_finished(&self) {}
+}
+
+/// A refused or failed model call, as the candidate sees it.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    pub message: String,
+    /// A contract refused it (Python raises `ContractError`, not `LLMError`).
+    pub contract: bool,
+}
+
+impl CallError {
+    pub fn model(message: String) -> Self {
+        Self {
+            message,
+            contract: false,
+        }
+    }
+
+    pub fn contract(message: String) -> Self {
+        Self {
+            message,
+            contract: true,
+        }
+    }
 }
 
 /// What one task produced inside the worker.
@@ -343,20 +374,22 @@ pub fn run_worker(
                         let reply = match call.validate() {
                             Err(e) => {
                                 deny(task_id.clone(), format!("llm request: {e}"));
-                                Err(format!("request refused by the host: {e}"))
+                                Err(CallError::model(format!("request refused by the host: {e}")))
                             }
-                            Ok(()) => handler.handle(task_id.as_deref(), &call),
+                            Ok(()) => handler.handle_call(task_id.as_deref(), &call),
                         };
                         let msg = match reply {
-                            Ok((texts, usage)) => {
+                            Ok((values, usage)) => {
                                 if let Some(t) = &task_id {
                                     if let Some(r) = results.lock().unwrap().get_mut(t) {
                                         r.usage.merge(&usage);
                                     }
                                 }
-                                json!({"type": "llm_result", "id": id, "texts": texts})
+                                json!({"type": "llm_result", "id": id, "texts": values})
                             }
-                            Err(e) => json!({"type": "llm_result", "id": id, "error": e}),
+                            Err(e) => {
+                                json!({"type": "llm_result", "id": id, "error": e.message, "contract": e.contract})
+                            }
                         };
                         send(msg);
                     });

@@ -42,6 +42,8 @@ pub struct Search {
     meta: Gateway,
     agent: Gateway,
     seeds: Vec<(String, String)>,
+    /// `guards.contract`, compiled (its output fallback proved) once per process.
+    agent_contract: Option<crate::guard::AgentContract>,
     quiet: bool,
     /// Token signatures of archived programs, by id, filled lazily (near-duplicate check).
     signatures: std::sync::Mutex<std::collections::HashMap<String, Signature>>,
@@ -71,6 +73,7 @@ impl Search {
         }
         // Refuse before anything is created when `isolation = "strict"` cannot be met.
         Isolation::for_mode(exp.evaluation.isolation)?;
+        exp.guards.agent_contract()?;
         // The files the config names go inside the archive; the stored config keeps their
         // names only, so resume never reads the original files (and the .db moves freely).
         let files = run_files::take(&mut exp)?;
@@ -90,11 +93,30 @@ impl Search {
     fn build(mut exp: Experiment, archive: Archive, quiet: bool) -> Result<Self> {
         let run_files = run_files::materialize(&archive, &mut exp)?;
         let domain = Domain::load(&exp.domain)?;
-        let (val, test) = domain.splits(
+        let (mut val, mut test) = domain.splits(
             exp.domain.split_seed.unwrap_or(exp.seed),
             exp.domain.val_size,
             exp.domain.test_size,
         )?;
+        let agent_contract = exp.guards.agent_contract()?;
+        if let Some(contract) = &agent_contract {
+            // A task that breaks the contract's preconditions is invalid: not run, not counted.
+            for (split, tasks) in [("validation", &mut val), ("test", &mut test)] {
+                let before = tasks.len();
+                tasks.retain(|t| contract.admits(&t.input).is_ok());
+                if tasks.len() < before {
+                    tracing::warn!(
+                        "{} {split} tasks break guards.contract's preconditions and are left out",
+                        before - tasks.len()
+                    );
+                }
+                if tasks.is_empty() && before > 0 {
+                    bail!(
+                        "every {split} task breaks guards.contract's preconditions; fix: correct [pre] in the contract"
+                    );
+                }
+            }
+        }
         let mut seeds = resolve_seeds(&exp.search.seeds)?;
         if let Some(path) = &exp.search.import_adas {
             seeds.extend(
@@ -119,8 +141,9 @@ impl Search {
         );
         let agent = Gateway::new(Role::Agent, agent_backend, &exp.models.agent, Some(cache), budget);
         Ok(Self {
-            checker: Checker::embedded()?,
+            checker: Checker::embedded()?.with_guard_rules(exp.guards.rules()),
             templates: Templates::embedded()?,
+            agent_contract,
             exp,
             archive,
             domain,
@@ -669,6 +692,8 @@ impl Search {
             gateway: &self.agent,
             cfg: &self.exp.evaluation,
             scorer: self.domain.scorer,
+            agent_contract: self.agent_contract.as_ref(),
+            require_call_contracts: self.exp.guards.require_call_contracts,
         };
         let tick = || tasks_bar.inc(1);
         let cfg = &self.exp.evaluation;

@@ -1,0 +1,285 @@
+//! Guards during one candidate's evaluation: the candidate's call contracts (compiled and
+//! their fallbacks proved when it is registered, before any task runs), the experiment's
+//! agent contract, and one monitor per task. The evaluator's gateway handler asks it
+//! before and after every model call and hands it each task's final answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::agent::{AgentContract, Decision, Event, Hit, Monitor};
+use super::contract::Contract;
+use super::manifest::Manifest;
+use super::sampler::CallRecord;
+use super::verify::{verify_fallback, Tier};
+
+/// What the guards saw in one task; stored with the task's result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskGuard {
+    /// invalid_task | compliant | recovered | soft_violation | hard_breach ("" without an
+    /// agent contract)
+    pub verdict: String,
+    pub hard: u32,
+    pub soft: u32,
+    pub persistent: u32,
+    /// The final answer failed the output contract and its fallback was scored instead.
+    pub final_fallback: bool,
+    /// A hard invariant ended the episode (scored 0).
+    pub aborted: bool,
+    pub calls: u32,
+    pub call_fallbacks: u32,
+    pub first_try: u32,
+    pub attempts: u32,
+    pub unsatisfied: u32,
+    pub rejects: BTreeMap<String, u32>,
+    /// Host CPU time spent in checks, microseconds.
+    pub guard_us: f64,
+    /// The first rules that fired (diagnostics for the proposer).
+    pub hits: Vec<Hit>,
+}
+
+/// The guards of one evaluation, summed over its tasks; stored with the evaluation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuardSummary {
+    pub tasks: u32,
+    pub hard: u32,
+    pub soft: u32,
+    pub persistent: u32,
+    pub final_fallbacks: u32,
+    pub calls: u32,
+    pub call_fallbacks: u32,
+    pub first_try: u32,
+    pub attempts: u32,
+    pub unsatisfied: u32,
+    pub rejects: BTreeMap<String, u32>,
+    pub guard_us: f64,
+    /// Tier of each call contract's fallback (verified, verified (z3), tested ...).
+    pub tiers: BTreeMap<String, String>,
+}
+
+impl GuardSummary {
+    pub fn add(&mut self, t: &TaskGuard) {
+        self.tasks += 1;
+        self.hard += t.hard;
+        self.soft += t.soft;
+        self.persistent += t.persistent;
+        self.final_fallbacks += u32::from(t.final_fallback);
+        self.calls += t.calls;
+        self.call_fallbacks += t.call_fallbacks;
+        self.first_try += t.first_try;
+        self.attempts += t.attempts;
+        self.unsatisfied += t.unsatisfied;
+        for (k, v) in &t.rejects {
+            *self.rejects.entry(k.clone()).or_default() += v;
+        }
+        self.guard_us += t.guard_us;
+    }
+
+    /// Share of guarded values (final answers and guarded calls) that were fallbacks.
+    pub fn fallback_rate(&self) -> f64 {
+        let guarded = self.tasks + self.calls;
+        if guarded == 0 {
+            0.0
+        } else {
+            f64::from(self.final_fallbacks + self.call_fallbacks) / f64::from(guarded)
+        }
+    }
+
+    /// Soft violations per task.
+    pub fn soft_rate(&self) -> f64 {
+        if self.tasks == 0 {
+            0.0
+        } else {
+            f64::from(self.soft) / f64::from(self.tasks)
+        }
+    }
+}
+
+struct TaskState<'a> {
+    /// Set at the task's first model call: tasks wait in the worker's queue before they
+    /// start, and the host does not see when; `wall_ms` counts from the first call.
+    started: Option<Instant>,
+    monitor: Option<Monitor<'a>>,
+    invalid: Option<String>,
+    calls: Vec<CallRecord>,
+}
+
+pub struct Episodes<'a> {
+    contracts: BTreeMap<String, Contract>,
+    tiers: BTreeMap<String, Tier>,
+    agent: Option<&'a AgentContract>,
+    require: bool,
+    tasks: Mutex<HashMap<String, TaskState<'a>>>,
+}
+
+/// How many rule hits a task keeps.
+const KEPT_HITS: usize = 5;
+
+impl<'a> Episodes<'a> {
+    /// Registers a candidate: compiles its contracts and proves (or tests) their fallbacks.
+    /// `Err` says which contract is unsound and why — feedback for the proposer.
+    pub fn register(
+        code: &str,
+        agent: Option<&'a AgentContract>,
+        require: bool,
+        tasks: &[(String, Value)],
+    ) -> Result<Self, String> {
+        let contracts = Manifest::of(code).compile()?;
+        let mut tiers = BTreeMap::new();
+        for (id, c) in &contracts {
+            tiers.insert(
+                id.clone(),
+                verify_fallback(c, &[]).map_err(|e| format!("contract {id:?}: {e}"))?,
+            );
+        }
+        let states = tasks
+            .iter()
+            .map(|(id, input)| {
+                let (monitor, invalid) = match agent.map(|a| Monitor::start(a, input)) {
+                    None => (None, None),
+                    Some(Ok(m)) => (Some(m), None),
+                    Some(Err(why)) => (None, Some(why)),
+                };
+                (
+                    id.clone(),
+                    TaskState {
+                        started: None,
+                        monitor,
+                        invalid,
+                        calls: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            contracts,
+            tiers,
+            agent,
+            require,
+            tasks: Mutex::new(states),
+        })
+    }
+
+    /// Whether anything is guarded (otherwise the evaluator skips the bookkeeping).
+    pub fn active(&self) -> bool {
+        self.agent.is_some() || self.require || !self.contracts.is_empty()
+    }
+
+    pub fn requires_contracts(&self) -> bool {
+        self.require
+    }
+
+    pub fn contract(&self, id: &str) -> Option<&Contract> {
+        self.contracts.get(id)
+    }
+
+    fn observe(&self, task_id: Option<&str>, event: impl FnOnce(u64) -> Event) -> Decision {
+        let mut tasks = self.tasks.lock().unwrap();
+        let Some(t) = task_id.and_then(|id| tasks.get_mut(id)) else {
+            return Decision::Allow;
+        };
+        let ms = t.started.get_or_insert_with(Instant::now).elapsed().as_millis() as u64;
+        match &mut t.monitor {
+            Some(m) => m.observe(&event(ms)),
+            None => Decision::Allow,
+        }
+    }
+
+    /// Governance before a model call; `Err` is the refusal the candidate sees.
+    pub fn before_call(&self, task_id: Option<&str>, contract: Option<&str>) -> Result<(), String> {
+        match self.observe(task_id, |t_ms| Event::PreLlmCall {
+            contract: contract.map(str::to_string),
+            t_ms,
+        }) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(why) | Decision::Abort(why) => Err(format!("denied by the agent contract: {why}")),
+        }
+    }
+
+    /// Records a finished model call (guarded or not).
+    pub fn after_call(
+        &self,
+        task_id: Option<&str>,
+        contract: Option<&str>,
+        outcome: &str,
+        tokens: u64,
+        text: &str,
+        record: Option<CallRecord>,
+    ) {
+        self.observe(task_id, |t_ms| Event::PostLlmCall {
+            contract: contract.map(str::to_string),
+            outcome: outcome.to_string(),
+            tokens,
+            text: text.chars().take(4000).collect(),
+            t_ms,
+        });
+        if let (Some(rec), Some(id)) = (record, task_id) {
+            if let Some(t) = self.tasks.lock().unwrap().get_mut(id) {
+                t.calls.push(rec);
+            }
+        }
+    }
+
+    /// Ends a task: the final answer (None when the task failed) passes the output contract
+    /// or is replaced by its fallback. Returns the answer to score and the task's record.
+    pub fn finish(&self, task_id: &str, output: Option<&str>) -> (Option<String>, TaskGuard) {
+        let state = self.tasks.lock().unwrap().remove(task_id);
+        let Some(state) = state else {
+            return (output.map(str::to_string), TaskGuard::default());
+        };
+        let mut g = TaskGuard::default();
+        for c in &state.calls {
+            g.calls += 1;
+            g.attempts += c.attempts;
+            g.call_fallbacks += u32::from(c.outcome == "fallback");
+            g.unsatisfied += u32::from(c.outcome == "unsatisfied");
+            g.first_try += u32::from(c.outcome == "accepted" && c.attempts == 1);
+            for s in &c.rejects {
+                *g.rejects.entry(s.as_str().to_string()).or_default() += 1;
+            }
+            g.guard_us += c.check_time.as_secs_f64() * 1e6;
+        }
+        if let Some(why) = state.invalid {
+            let v = Monitor::invalid(why);
+            g.verdict = v.verdict;
+            g.hits = v.hits;
+            return (output.map(str::to_string), g);
+        }
+        let mut answer = output.map(str::to_string);
+        if let Some(mut m) = state.monitor {
+            let t = Instant::now();
+            let aborted_before = m.aborted();
+            if let (Some(out), false) = (output, aborted_before) {
+                m.observe(&Event::Final {
+                    output: Value::String(out.to_string()),
+                    t_ms: state.started.map_or(0, |s| s.elapsed().as_millis() as u64),
+                });
+            }
+            g.aborted = m.aborted();
+            let v = m.finish();
+            g.guard_us += t.elapsed().as_secs_f64() * 1e6;
+            if v.fallback {
+                answer = v.final_output.as_ref().map(|f| match f {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            } else if let (Some(Value::String(s)), Some(_)) = (&v.final_output, output) {
+                answer = Some(s.clone());
+            }
+            g.verdict = v.verdict;
+            g.hard = v.hard;
+            g.soft = v.soft;
+            g.persistent = v.persistent;
+            g.final_fallback = v.fallback;
+            g.hits = v.hits.into_iter().take(KEPT_HITS).collect();
+        }
+        (answer, g)
+    }
+
+    pub fn tiers(&self) -> BTreeMap<String, String> {
+        self.tiers.iter().map(|(k, v)| (k.clone(), v.label())).collect()
+    }
+}

@@ -1,0 +1,168 @@
+//! Contract guards end to end: a real run (real sandboxes, real SQLite) with a SCRIPTED agent
+//! model under an agent contract. Each seed meets a different guard: Chain-of-Thought complies,
+//! Direct Answer's final answer fails the output contract (its fallback is scored), Guarded
+//! Answer's own guarded call never gets a valid reply (its fallback is returned after three
+//! attempts), and Quality-Diversity's fourth call breaks the call budget (a hard violation:
+//! infeasible, never a parent).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use rusqlite::Connection;
+use serde_json::Value;
+
+const CONTRACT: &str = r#"
+[pre]
+hard = ["size(task.question) > 0"]
+[budgets]
+llm_calls = 3
+[output]
+repair = ["last_number"]
+regex = '^-?[0-9]+$'
+fallback = { const = "0" }
+"#;
+
+fn write_guarded_experiment(dir: &Path) -> std::path::PathBuf {
+    let domain = sevens_domain(dir, 6, 4);
+    std::fs::write(dir.join("contract.toml"), CONTRACT).unwrap();
+    std::fs::write(
+        dir.join("agent.json"),
+        r#"{"rules": [
+          {"contains": "single number", "reply": "seven"},
+          {"contains": "final number only", "reply": "I am not sure"},
+          {"contains": "was rejected", "reply": "still not sure"}
+        ], "default": "i - i + 7 = 7. Answer: 7"}"#,
+    )
+    .unwrap();
+    let text = format!(
+        r#"name = "guarded"
+seed = 5
+[domain]
+{domain}[models.meta]
+backend = "scripted"
+model = "meta"
+script = "{meta}"
+[models.agent]
+backend = "scripted"
+model = "agent"
+script = "agent.json"
+[search]
+seeds = ["chain_of_thought", "direct_answer", "guarded_answer", "quality_diversity"]
+generations = 1
+proposals_per_generation = 2
+test_top_k = 1
+objectives = ["score", "fallback_rate"]
+[proposers]
+operators = 1.0
+[guards]
+contract = "contract.toml"
+allowed_imports = ["re", "math"]
+[evaluation]
+tasks_in_flight = 3
+task_timeout_s = 20
+"#,
+        meta = fixtures().join("scripted_meta.json").display(),
+    );
+    let path = dir.join("guarded.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn guard_of(db: &Path, name: &str) -> (String, Value) {
+    let conn = Connection::open(db).unwrap();
+    let (id, text): (String, String) = conn
+        .query_row(
+            "SELECT c.id, e.guard FROM candidates c JOIN evaluations e ON e.candidate_id = c.id
+             WHERE e.split = 'val' AND c.name = ?1 AND c.operator = 'seed'",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or_else(|e| panic!("no guarded evaluation of {name}: {e}"));
+    (id, serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn guards_record_violations_and_fallbacks_per_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = write_guarded_experiment(dir.path());
+    let db = dir.path().join("guarded.db");
+    run_to_end(&exp, &db);
+
+    let (_, cot) = guard_of(&db, "Chain-of-Thought");
+    assert_eq!(
+        (cot["hard"].as_u64(), cot["final_fallbacks"].as_u64()),
+        (Some(0), Some(0)),
+        "{cot}"
+    );
+
+    let (_, direct) = guard_of(&db, "Direct Answer");
+    assert_eq!(
+        direct["final_fallbacks"], direct["tasks"],
+        "every 'seven' is replaced by the fallback: {direct}"
+    );
+    assert_eq!(direct["hard"], 0);
+
+    let (_, guarded) = guard_of(&db, "Guarded Answer");
+    let tasks = guarded["tasks"].as_u64().unwrap();
+    assert_eq!(guarded["calls"].as_u64(), Some(tasks), "{guarded}");
+    assert_eq!(guarded["call_fallbacks"].as_u64(), Some(tasks), "{guarded}");
+    assert_eq!(
+        guarded["attempts"].as_u64(),
+        Some(3 * tasks),
+        "three attempts, then the fallback: {guarded}"
+    );
+    assert_eq!(guarded["rejects"]["regex"].as_u64(), Some(3 * tasks), "{guarded}");
+    assert_eq!(guarded["tiers"]["answer"], "verified", "{guarded}");
+
+    let (qd_id, qd) = guard_of(&db, "Quality-Diversity");
+    assert!(
+        qd["hard"].as_u64().unwrap() >= tasks,
+        "the fourth call of every task is denied: {qd}"
+    );
+    assert_eq!(
+        count(&db, &format!("SELECT count(*) FROM lineage WHERE parent = '{qd_id}'")),
+        0,
+        "a candidate with hard violations is infeasible: never a parent"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id WHERE e.split = 'val' AND t.guard IS NULL"),
+        0,
+        "every task of a guarded run has its guard record"
+    );
+
+    let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
+    assert!(status.contains("contract guards on validation"), "{status}");
+    let line = status
+        .lines()
+        .find(|l| l.contains("Guarded Answer") && l.contains('%'))
+        .unwrap_or_else(|| panic!("{status}"));
+    // Six final answers (the fallback's "0" passes the output contract) and six guarded calls
+    // (all fallbacks): half of the guarded values were fallbacks.
+    assert!(
+        line.contains("50.0%") && line.contains("6/6") && line.contains("regex 18"),
+        "Guarded Answer: {line}"
+    );
+}
+
+#[test]
+fn an_unprovable_output_fallback_is_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = write_guarded_experiment(dir.path());
+    std::fs::write(
+        dir.path().join("contract.toml"),
+        "[output]\nparse = \"int\"\npost = \"output > 0\"\nfallback = { const = 0 }\n",
+    )
+    .unwrap();
+    let db = dir.path().join("refused.db");
+    let err = refused(&metaforge(
+        dir.path(),
+        &["run", exp.to_str().unwrap(), "--db", db.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("contract.toml") && err.contains("fallback") && err.contains("fix"),
+        "{err}"
+    );
+    assert!(!db.exists(), "nothing is created for a refused experiment");
+}
