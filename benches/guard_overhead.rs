@@ -85,7 +85,7 @@ fn monitor() {
 fn end_to_end(guarded: bool, agent: Option<&AgentContract>) -> f64 {
     let code = if guarded {
         format!(
-            "from metaforge import llm\nCONTRACTS = {{\"qty\": {{\"repair\": [\"first_json_object\"], \"parse\": \"json\", \"schema\": {{\"type\": \"object\", \"required\": [\"qty\"]}}, \"post\": \"output.qty <= input.max\", \"fallback\": {{\"const\": {{\"qty\": 0}}}}}}}}\n\
+            "from metaforge import llm\nCONTRACTS = {{\"qty\": {{\"pre\": \"input.max >= 0\", \"repair\": [\"first_json_object\"], \"parse\": \"json\", \"schema\": {{\"type\": \"object\", \"required\": [\"qty\"]}}, \"post\": \"output.qty <= input.max\", \"fallback\": {{\"const\": {{\"qty\": 0}}}}}}}}\n\
              def forward(task):\n    total = 0\n    for i in range({CALLS_PER_TASK}):\n        total += llm(task['question'] + str(i), contract=\"qty\", input={{\"max\": 10}})[\"qty\"]\n    return str(total)\n"
         )
     } else {
