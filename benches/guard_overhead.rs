@@ -54,32 +54,45 @@ fn pipeline() {
 
 fn monitor() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guard_scenarios");
-    let retail = AgentContract::from_toml(
-        "retail",
-        &std::fs::read_to_string(dir.join("contracts/retail.toml")).unwrap(),
-    )
-    .unwrap();
     let text = std::fs::read_to_string(dir.join("scenarios.jsonl")).unwrap();
-    let traces: Vec<Vec<metaforge::guard::Event>> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|s| s["contract"] == "retail")
-        .map(|s| serde_json::from_value(s["events"].clone()).unwrap())
-        .collect();
-    let events: usize = traces.iter().map(Vec::len).sum();
-    let t = Instant::now();
-    let rounds = 200;
-    for _ in 0..rounds {
-        for trace in &traces {
-            let mut m = Monitor::start(&retail, &json!({})).unwrap();
-            for e in trace {
-                std::hint::black_box(m.observe(e));
+    let scenarios: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for name in ["retail", "math", "ordered", "budget"] {
+        let toml = std::fs::read_to_string(dir.join(format!("contracts/{name}.toml"))).unwrap();
+        let contract = AgentContract::from_toml(name, &toml).unwrap();
+        let traces: Vec<(serde_json::Value, Vec<metaforge::guard::Event>)> = scenarios
+            .iter()
+            .filter(|s| s["contract"] == name)
+            .map(|s| {
+                (
+                    s.get("task").cloned().unwrap_or(json!({})),
+                    serde_json::from_value(s["events"].clone()).unwrap(),
+                )
+            })
+            .collect();
+        let events: usize = traces.iter().map(|t| t.1.len()).sum();
+        let rounds = 100;
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            for (task, trace) in &traces {
+                let Ok(mut m) = Monitor::start(&contract, task) else {
+                    continue;
+                };
+                for e in trace {
+                    let t = Instant::now();
+                    std::hint::black_box(m.observe(e));
+                    times.push(t.elapsed());
+                }
+                std::hint::black_box(m.finish());
             }
-            std::hint::black_box(m.finish());
         }
+        times.sort();
+        let mean = times.iter().sum::<Duration>() / times.len().max(1) as u32;
+        println!(
+            "agent-contract monitor, {name} contract ({events} events x {rounds}): mean {:.1} µs, p99 {:.1} µs per event",
+            mean.as_secs_f64() * 1e6,
+            times[times.len() * 99 / 100].as_secs_f64() * 1e6
+        );
     }
-    let per = t.elapsed().as_secs_f64() * 1e6 / (rounds * events) as f64;
-    println!("agent-contract monitor (retail contract, {events} events x {rounds}): {per:.1} µs per event");
 }
 
 fn end_to_end(guarded: bool, agent: Option<&AgentContract>) -> f64 {

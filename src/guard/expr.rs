@@ -10,12 +10,45 @@ use std::fmt;
 
 use std::sync::{Arc, LazyLock};
 
+use cel::common::types::{CelBool, CelString};
 use cel::{Context, Env, Program, Value as CelValue};
 use serde_json::Value;
 
 /// The standard library, built once: a fresh `Context::default()` builds it per evaluation,
-/// which cost ~30 µs of every check (`cargo bench --bench guard_overhead`).
-static STDLIB: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+/// which cost ~30 µs of every check (`cargo bench --bench guard_overhead`). `matches` is ours:
+/// the crate's compiles its pattern on every call (~250 µs an event for a monitor with one
+/// regex invariant), this one keeps compiled patterns per thread.
+static STDLIB: LazyLock<Arc<Env>> = LazyLock::new(|| {
+    let mut env = Env::stdlib();
+    cel::add_overload!(env, fn cached_matches: (CelString, CelString) -> Result<CelBool>, name = "matches", id = "matches")
+        .expect("the crate's own `matches` is compiled out (no `regex` feature)");
+    cel::add_member_overload!(env, fn cached_matches: (CelString, CelString) -> Result<CelBool>, name = "matches")
+        .expect("the crate's own `matches` is compiled out (no `regex` feature)");
+    Arc::new(env)
+});
+
+/// Patterns kept per thread; cleared when it grows past this (contracts use a handful).
+const KEPT_PATTERNS: usize = 256;
+
+fn cached_matches(this: &CelString<'_>, re: &CelString<'_>) -> Result<CelBool, cel::ExecutionError> {
+    thread_local! {
+        static PATTERNS: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> = Default::default();
+    }
+    PATTERNS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if !cache.contains_key(re.inner()) {
+            let compiled = regex::Regex::new(re.inner()).map_err(|err| cel::ExecutionError::FunctionError {
+                function: "matches".to_string(),
+                message: format!("'{}' not a valid regex:\n{err}", re.inner()),
+            })?;
+            if cache.len() >= KEPT_PATTERNS {
+                cache.clear();
+            }
+            cache.insert(re.inner().to_string(), compiled);
+        }
+        Ok(CelBool::from(cache[re.inner()].is_match(this.inner())))
+    })
+}
 
 fn context<'a>(vars: &[(&str, &Value)]) -> Result<Context<'a, 'static>, String> {
     let mut context = Context::with_env(STDLIB.clone());
