@@ -115,6 +115,15 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
     );
     assert_eq!(guarded["rejects"]["regex"].as_u64(), Some(3 * tasks), "{guarded}");
     assert_eq!(guarded["tiers"]["answer"], "verified", "{guarded}");
+    let per_contract = &guarded["contracts"]["answer"];
+    assert_eq!(
+        (
+            per_contract["fallbacks"].as_u64(),
+            per_contract["rejects"]["regex"].as_u64()
+        ),
+        (Some(tasks), Some(3 * tasks)),
+        "{guarded}"
+    );
 
     let (qd_id, qd) = guard_of(&db, "Quality-Diversity");
     assert!(
@@ -125,6 +134,16 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
         count(&db, &format!("SELECT count(*) FROM lineage WHERE parent = '{qd_id}'")),
         0,
         "a candidate with hard violations is infeasible: never a parent"
+    );
+    let breach: String = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT reason FROM proposals WHERE candidate_id = ?1", [&qd_id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        breach.contains("hard contract violations") && breach.contains("budget:llm_calls"),
+        "{breach}"
     );
     assert_eq!(
         count(&db, "SELECT count(*) FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id WHERE e.split = 'val' AND t.guard IS NULL"),

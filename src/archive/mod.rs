@@ -91,6 +91,8 @@ pub enum ProposalStatus {
     ParseError,
     CheckFailed,
     RuntimeError,
+    /// Ran, but broke a hard rule of the experiment's agent contract: archived, infeasible.
+    ContractBreach,
     LlmError,
 }
 
@@ -103,6 +105,7 @@ impl ProposalStatus {
             ProposalStatus::ParseError => "parse_error",
             ProposalStatus::CheckFailed => "check_failed",
             ProposalStatus::RuntimeError => "runtime_error",
+            ProposalStatus::ContractBreach => "contract_breach",
             ProposalStatus::LlmError => "llm_error",
         }
     }
@@ -405,7 +408,10 @@ impl Archive {
         let tx = self.conn.transaction()?;
         for p in &rec.proposals {
             if let Some(c) = &p.candidate {
-                if matches!(p.status, ProposalStatus::Evaluated | ProposalStatus::RuntimeError) {
+                if matches!(
+                    p.status,
+                    ProposalStatus::Evaluated | ProposalStatus::RuntimeError | ProposalStatus::ContractBreach
+                ) {
                     tx.execute(
                         "INSERT OR IGNORE INTO candidates(id, kind, name, thought, code, operator, generation, fingerprint, step, created_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, datetime('now'))",

@@ -34,7 +34,7 @@ CREATE TABLE proposals (
     generation   INTEGER NOT NULL,
     kind         TEXT    NOT NULL,            -- seed | op:<name> | rewrite | diff | crossover [:debug<n>]
     parents      TEXT    NOT NULL,            -- JSON list of candidate ids
-    status       TEXT    NOT NULL,            -- evaluated | duplicate | not_novel | parse_error | check_failed | runtime_error | llm_error
+    status       TEXT    NOT NULL,            -- evaluated | duplicate | not_novel | parse_error | check_failed | runtime_error | contract_breach | llm_error
     reason       TEXT    NOT NULL,
     candidate_id TEXT,
     prompt       TEXT,

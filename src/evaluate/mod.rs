@@ -93,6 +93,27 @@ impl Evaluation {
         }
     }
 
+    /// Feedback for the proposer when the candidate broke a hard rule of the agent contract
+    /// (it ran, but is infeasible): how often, and the first rules that fired.
+    pub fn contract_feedback(&self) -> Option<String> {
+        let g = self.guard.as_ref().filter(|g| g.hard > 0)?;
+        let hits: Vec<String> = self
+            .tasks
+            .iter()
+            .filter_map(|t| t.guard.as_ref())
+            .flat_map(|g| g.hits.iter())
+            .filter(|h| !h.rule.starts_with("soft:") && h.rule != "output")
+            .take(3)
+            .map(|h| format!("- task event {}: {}: {}", h.event, h.rule, h.detail))
+            .collect();
+        Some(format!(
+            "{} hard contract violations over {} tasks (a candidate with any is infeasible):\n{}",
+            g.hard,
+            g.tasks,
+            hits.join("\n")
+        ))
+    }
+
     /// Feedback text for the proposer when the candidate misbehaved; None when it ran.
     pub fn failure_feedback(&self) -> Option<String> {
         match self.outcome {

@@ -37,8 +37,56 @@ pub struct TaskGuard {
     pub rejects: BTreeMap<String, u32>,
     /// Host CPU time spent in checks, microseconds.
     pub guard_us: f64,
+    /// The same counts per call contract.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contracts: BTreeMap<String, ContractStats>,
     /// The first rules that fired (diagnostics for the proposer).
     pub hits: Vec<Hit>,
+}
+
+/// What one call contract did over some calls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContractStats {
+    pub calls: u32,
+    pub first_try: u32,
+    pub attempts: u32,
+    pub fallbacks: u32,
+    pub unsatisfied: u32,
+    /// Calls refused by the precondition (no model call made).
+    pub pre_failed: u32,
+    pub repaired: u32,
+    pub rejects: BTreeMap<String, u32>,
+    pub guard_us: f64,
+}
+
+impl ContractStats {
+    fn record(&mut self, c: &CallRecord) {
+        self.calls += 1;
+        self.attempts += c.attempts;
+        self.fallbacks += u32::from(c.outcome == "fallback");
+        self.unsatisfied += u32::from(c.outcome == "unsatisfied");
+        self.pre_failed += u32::from(c.outcome == "pre");
+        self.first_try += u32::from(c.outcome == "accepted" && c.attempts == 1);
+        self.repaired += u32::from(c.repaired);
+        for s in &c.rejects {
+            *self.rejects.entry(s.as_str().to_string()).or_default() += 1;
+        }
+        self.guard_us += c.check_time.as_secs_f64() * 1e6;
+    }
+
+    fn merge(&mut self, o: &ContractStats) {
+        self.calls += o.calls;
+        self.first_try += o.first_try;
+        self.attempts += o.attempts;
+        self.fallbacks += o.fallbacks;
+        self.unsatisfied += o.unsatisfied;
+        self.pre_failed += o.pre_failed;
+        self.repaired += o.repaired;
+        for (k, v) in &o.rejects {
+            *self.rejects.entry(k.clone()).or_default() += v;
+        }
+        self.guard_us += o.guard_us;
+    }
 }
 
 /// The guards of one evaluation, summed over its tasks; stored with the evaluation.
@@ -58,6 +106,9 @@ pub struct GuardSummary {
     pub guard_us: f64,
     /// Tier of each call contract's fallback (verified, verified (z3), tested ...).
     pub tiers: BTreeMap<String, String>,
+    /// Attempts, fallbacks, rejects per stage and guard CPU time per call contract.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contracts: BTreeMap<String, ContractStats>,
 }
 
 impl GuardSummary {
@@ -76,6 +127,9 @@ impl GuardSummary {
             *self.rejects.entry(k.clone()).or_default() += v;
         }
         self.guard_us += t.guard_us;
+        for (id, c) in &t.contracts {
+            self.contracts.entry(id.clone()).or_default().merge(c);
+        }
     }
 
     /// Share of guarded values (final answers and guarded calls) that were fallbacks.
@@ -241,6 +295,7 @@ impl<'a> Episodes<'a> {
                 *g.rejects.entry(s.as_str().to_string()).or_default() += 1;
             }
             g.guard_us += c.check_time.as_secs_f64() * 1e6;
+            g.contracts.entry(c.contract.clone()).or_default().record(c);
         }
         if let Some(why) = state.invalid {
             let v = Monitor::invalid(why);

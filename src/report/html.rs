@@ -266,6 +266,26 @@ pub fn render(archive: &Archive) -> Result<String> {
             diff,
         });
     }
+    let guards: Vec<serde_json::Value> = status
+        .leaderboard
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.val.as_ref().and_then(|v| v.guard.as_ref()).map(|g| (i, r, g)))
+        .map(|(i, r, g)| {
+            serde_json::json!({
+                "rank": i + 1,
+                "name": r.name,
+                "hard": g.hard,
+                "soft": g.soft,
+                "fallback_pct": format!("{:.1}%", 100.0 * g.fallback_rate()),
+                "final_fallbacks": format!("{}/{}", g.final_fallbacks, g.tasks),
+                "call_fallbacks": format!("{}/{}", g.call_fallbacks, g.calls),
+                "unsatisfied": g.unsatisfied,
+                "rejects": g.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+                "tiers": g.tiers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
+            })
+        })
+        .collect();
     let priced = scored.iter().any(|s| s.cost > 0.0);
     let cost_label = if priced {
         "cost (USD, validation)"
@@ -282,6 +302,7 @@ pub fn render(archive: &Archive) -> Result<String> {
             "agent_model": exp.models.agent.model,
             "meta_model": exp.models.meta.model,
             "candidates": &views,
+            "guards": guards,
             "front_count": front_idx.len(),
             "pareto_svg": pareto_svg(&scored, &front_idx, cost_label)?,
             "generations_svg": generations_svg(&scored)?,

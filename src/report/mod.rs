@@ -184,16 +184,19 @@ pub fn render_status(s: &Status) -> String {
             "parse_error",
             "check_failed",
             "runtime_error",
+            "contract_breach",
             "llm_error",
         ]);
         let parsed = proposed - count(&["parse_error", "llm_error"]);
         let checked = parsed - count(&["check_failed"]);
         let novel = checked - count(&["duplicate", "not_novel"]);
-        let evaluated = count(&["evaluated"]);
+        let evaluated = count(&["evaluated", "contract_breach"]);
+        let breaches = count(&["contract_breach"]);
         let improved = s.improvements.iter().find(|(f, _)| f == fam).map_or(0, |(_, n)| *n);
         out.push_str(&format!(
-            "  {fam:<10} proposed {proposed} → parsed {parsed} → checked {checked} → novel {novel} → evaluated {evaluated} → improved {improved} (runtime errors {})\n",
-            count(&["runtime_error"])
+            "  {fam:<10} proposed {proposed} → parsed {parsed} → checked {checked} → novel {novel} → evaluated {evaluated} → improved {improved} (runtime errors {}{})\n",
+            count(&["runtime_error"]),
+            if breaches > 0 { format!(", contract breaches {breaches}") } else { String::new() }
         ));
     }
     out.push_str(&format!(

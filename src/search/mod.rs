@@ -504,6 +504,7 @@ impl Search {
             let feedback = match rec.status {
                 ProposalStatus::CheckFailed => Some(format!("The static check rejected it:\n{}", rec.reason)),
                 ProposalStatus::RuntimeError => Some(format!("It failed when run:\n{}", rec.reason)),
+                ProposalStatus::ContractBreach => Some(format!("It broke the experiment's contract:\n{}", rec.reason)),
                 _ => None,
             };
             records.push(rec);
@@ -628,12 +629,17 @@ impl Search {
         // Staged: a proposal is measured against its best parent; seeds run every task.
         let parent_score = self.archive.best_val_score(&p.parents)?;
         let eval = self.evaluate(&p.code, &self.val, "val", &p.name, parent_score, bar)?;
-        rec.status = if eval.outcome == Outcome::Ok {
-            ProposalStatus::Evaluated
-        } else {
-            ProposalStatus::RuntimeError
+        let breach = eval.contract_feedback();
+        rec.status = match (&eval.outcome, &breach) {
+            (Outcome::Ok, None) => ProposalStatus::Evaluated,
+            (Outcome::Ok, Some(_)) => ProposalStatus::ContractBreach,
+            _ => ProposalStatus::RuntimeError,
         };
-        rec.reason = eval.failure_feedback().unwrap_or_else(|| match eval.stage.as_str() {
+        let failure = match (eval.failure_feedback(), breach) {
+            (Some(f), Some(b)) => Some(format!("{f}\n{b}")),
+            (f, b) => f.or(b),
+        };
+        rec.reason = failure.unwrap_or_else(|| match eval.stage.as_str() {
             "full" => format!("val {:.3}", eval.mean),
             _ => format!(
                 "val {:.3}; {}",
