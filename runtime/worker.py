@@ -195,6 +195,7 @@ def main():
     if not args.no_policy_hook:
         _policy.install(args.read_root, args.workdir, args.scratch)
 
+    _rpc.inherit_task_in_threads()
     try:
         forward = _load_candidate(args.candidate)
     except BaseException as exc:

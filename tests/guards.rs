@@ -185,3 +185,51 @@ fn an_unprovable_output_fallback_is_refused_before_the_run() {
     );
     assert!(!db.exists(), "nothing is created for a refused experiment");
 }
+
+/// Calls a task makes from threads it starts count against that task's budget: the worker
+/// attributes them, and the host refuses calls attributed to no task.
+#[test]
+fn calls_from_a_tasks_threads_count_against_its_budget() {
+    use std::sync::Arc;
+
+    use metaforge::config::{EvaluationConfig, ModelConfig};
+    use metaforge::domain::{Scorer, Task};
+    use metaforge::evaluate::Evaluator;
+    use metaforge::guard::AgentContract;
+    use metaforge::llm::{Budget, Gateway, Role, ScriptedBackend};
+
+    let contract = AgentContract::from_toml("two-calls", "[budgets]\nllm_calls = 2\n").unwrap();
+    let mcfg: ModelConfig = toml::from_str("backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"").unwrap();
+    let gateway = Gateway::new(
+        Role::Agent,
+        Arc::new(ScriptedBackend::new("s", vec!["7".into()])),
+        &mcfg,
+        None,
+        Arc::new(Budget::unlimited()),
+    );
+    let cfg = EvaluationConfig::default();
+    let evaluator = Evaluator {
+        gateway: &gateway,
+        cfg: &cfg,
+        scorer: Scorer::Numeric,
+        agent_contract: Some(&contract),
+        require_call_contracts: false,
+    };
+    let code = "from metaforge import llm, LLMError\nimport threading\n\ndef forward(task):\n    out = []\n    def ask(i):\n        try:\n            out.append(llm('q' + str(i)))\n        except LLMError as e:\n            out.append('denied')\n    ts = [threading.Thread(target=ask, args=(i,)) for i in range(3)]\n    [t.start() for t in ts]\n    [t.join() for t in ts]\n    return str(sorted(out))\n";
+    let tasks = vec![Task {
+        id: "t0".into(),
+        input: serde_json::json!({"question": "q"}),
+        answer: serde_json::json!(7),
+    }];
+    let e = evaluator.evaluate(code, &tasks, "val", &|| {}).unwrap();
+    let g = e.tasks[0].guard.as_ref().expect("guarded");
+    assert_eq!(
+        g.hard, 1,
+        "the third call of the task, made from a thread, is denied: {g:?}"
+    );
+    assert!(
+        e.tasks[0].output.as_deref().unwrap_or("").contains("denied"),
+        "{:?}",
+        e.tasks[0]
+    );
+}

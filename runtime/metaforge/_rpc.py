@@ -40,6 +40,26 @@ def send(message):
         _out.flush()
 
 
+def inherit_task_in_threads():
+    """Threads a task starts make their llm() calls as that task, so per-task budgets and
+    accounting cover them (the host refuses unattributed calls under an agent contract)."""
+    start = threading.Thread.start
+
+    def start_as_task(self):
+        task_id = getattr(current, "task_id", None)
+        if task_id is not None:
+            run = self.run
+
+            def run_as_task():
+                current.task_id = task_id
+                run()
+
+            self.run = run_as_task
+        start(self)
+
+    threading.Thread.start = start_as_task
+
+
 def call_llm(messages, *, temperature, n, json, max_tokens, contract=None, input=None):
     request_id = next(_ids)
     slot = _Slot()

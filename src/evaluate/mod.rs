@@ -378,6 +378,13 @@ impl LlmHandler for AgentCalls<'_, '_> {
                 .map(|(t, u)| (t.into_iter().map(serde_json::Value::String).collect(), u))
                 .map_err(CallError::model);
         }
+        if task_id.is_none() && self.episodes.governs_tasks() {
+            // Per-task budgets and invariants need to know whose call this is; the worker
+            // attributes calls from threads a task starts (runtime/metaforge/_rpc.py).
+            return Err(CallError::contract(
+                "a model call outside any task is refused under an agent contract (make calls from forward() or threads it starts)".into(),
+            ));
+        }
         if call.contract.is_none() && self.episodes.requires_contracts() {
             return Err(CallError::contract(
                 "this experiment requires every llm() call to name a contract (contract=\"<id>\")".into(),

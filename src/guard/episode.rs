@@ -222,6 +222,11 @@ impl<'a> Episodes<'a> {
         self.agent.is_some() || self.require || !self.contracts.is_empty()
     }
 
+    /// An agent contract governs every task: calls must be attributable to one.
+    pub fn governs_tasks(&self) -> bool {
+        self.agent.is_some()
+    }
+
     pub fn requires_contracts(&self) -> bool {
         self.require
     }

@@ -8,7 +8,8 @@
 
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use anyhow::{anyhow, Context, Result};
@@ -33,6 +34,8 @@ type Prepared = (ChatRequest, Reply, Vec<LlamaToken>);
 pub struct LocalBackend {
     id: String,
     jobs: Sender<Job>,
+    /// Microseconds llama.cpp reports spending in decode (its perf counters).
+    engine_us: Arc<AtomicU64>,
 }
 
 fn llama_backend() -> Result<&'static LlamaBackend> {
@@ -60,9 +63,11 @@ impl LocalBackend {
         let per_seq = cfg.context_per_sequence.max(256);
         let (tx, rx) = unbounded::<Job>();
         let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
+        let engine_us = Arc::new(AtomicU64::new(0));
+        let engine = engine_us.clone();
         thread::Builder::new()
             .name("llama-model".into())
-            .spawn(move || model_thread(model, rx, ready_tx, threads, max_seqs, per_seq))?;
+            .spawn(move || model_thread(model, rx, ready_tx, threads, max_seqs, per_seq, engine))?;
         ready_rx
             .recv()
             .map_err(|_| anyhow!("model thread died while starting"))?
@@ -70,6 +75,7 @@ impl LocalBackend {
         Ok(Self {
             id: format!("local:{file}"),
             jobs: tx,
+            engine_us,
         })
     }
 }
@@ -77,6 +83,10 @@ impl LocalBackend {
 impl Backend for LocalBackend {
     fn model_id(&self) -> String {
         self.id.clone()
+    }
+
+    fn engine_time(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_micros(self.engine_us.load(Ordering::Relaxed)))
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
@@ -96,6 +106,7 @@ fn model_thread(
     threads: i32,
     max_seqs: u32,
     per_seq: u32,
+    engine_us: Arc<AtomicU64>,
 ) {
     let backend = match llama_backend() {
         Ok(b) => b,
@@ -110,7 +121,8 @@ fn model_thread(
         .with_n_seq_max(max_seqs)
         .with_kv_unified(true)
         .with_n_threads(threads)
-        .with_n_threads_batch(threads);
+        .with_n_threads_batch(threads)
+        .with_no_perf(false);
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {
@@ -145,6 +157,10 @@ fn model_thread(
             continue;
         }
         let results = generate(&model, &mut ctx, &runnable, per_seq);
+        // llama.cpp's own measurement of its decode time: the bench compares it with ours.
+        let t = ctx.timings();
+        engine_us.fetch_add(((t.t_p_eval_ms() + t.t_eval_ms()) * 1e3) as u64, Ordering::Relaxed);
+        ctx.reset_timings();
         for ((_, reply, _), result) in runnable.into_iter().zip(results) {
             let _ = reply.send(result);
         }

@@ -83,6 +83,11 @@ pub trait Backend: Send + Sync {
     /// same identity share cached replies.
     fn model_id(&self) -> String;
     fn complete(&self, request: &ChatRequest) -> Result<Completion, LlmError>;
+    /// Time the inference engine itself measured in decoding so far (llama.cpp's perf
+    /// counters), for comparing with metaforge's wall time; None for remote backends.
+    fn engine_time(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The answer to a gateway call, with what it cost.
