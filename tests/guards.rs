@@ -106,14 +106,15 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
 
     let (_, guarded) = guard_of(&db, "Guarded Answer");
     let tasks = guarded["tasks"].as_u64().unwrap();
-    assert_eq!(guarded["calls"].as_u64(), Some(tasks), "{guarded}");
-    assert_eq!(guarded["call_fallbacks"].as_u64(), Some(tasks), "{guarded}");
+    let calls = &guarded["calls"];
+    assert_eq!(calls["calls"].as_u64(), Some(tasks), "{guarded}");
+    assert_eq!(calls["fallbacks"].as_u64(), Some(tasks), "{guarded}");
     assert_eq!(
-        guarded["attempts"].as_u64(),
+        calls["attempts"].as_u64(),
         Some(3 * tasks),
         "three attempts, then the fallback: {guarded}"
     );
-    assert_eq!(guarded["rejects"]["regex"].as_u64(), Some(3 * tasks), "{guarded}");
+    assert_eq!(calls["rejects"]["regex"].as_u64(), Some(3 * tasks), "{guarded}");
     assert_eq!(guarded["tiers"]["answer"], "verified", "{guarded}");
     let per_contract = &guarded["contracts"]["answer"];
     assert_eq!(

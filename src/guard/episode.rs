@@ -29,22 +29,18 @@ pub struct TaskGuard {
     pub final_fallback: bool,
     /// A hard invariant ended the episode (scored 0).
     pub aborted: bool,
-    pub calls: u32,
-    pub call_fallbacks: u32,
-    pub first_try: u32,
-    pub attempts: u32,
-    pub unsatisfied: u32,
-    pub rejects: BTreeMap<String, u32>,
-    /// Host CPU time spent in checks, microseconds.
-    pub guard_us: f64,
-    /// The same counts per call contract.
+    /// Host CPU time of the agent-contract monitor, microseconds.
+    pub monitor_us: f64,
+    /// The guarded calls, all contracts together.
+    pub calls: ContractStats,
+    /// The guarded calls per contract.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contracts: BTreeMap<String, ContractStats>,
     /// The first rules that fired (diagnostics for the proposer).
     pub hits: Vec<Hit>,
 }
 
-/// What one call contract did over some calls.
+/// What call contracts did over some guarded calls.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ContractStats {
     pub calls: u32,
@@ -56,6 +52,7 @@ pub struct ContractStats {
     pub pre_failed: u32,
     pub repaired: u32,
     pub rejects: BTreeMap<String, u32>,
+    /// Host CPU time spent checking, microseconds (model latency excluded).
     pub guard_us: f64,
 }
 
@@ -97,13 +94,9 @@ pub struct GuardSummary {
     pub soft: u32,
     pub persistent: u32,
     pub final_fallbacks: u32,
-    pub calls: u32,
-    pub call_fallbacks: u32,
-    pub first_try: u32,
-    pub attempts: u32,
-    pub unsatisfied: u32,
-    pub rejects: BTreeMap<String, u32>,
-    pub guard_us: f64,
+    pub monitor_us: f64,
+    /// The guarded calls, all contracts together.
+    pub calls: ContractStats,
     /// Tier of each call contract's fallback (verified, verified (z3), tested ...).
     pub tiers: BTreeMap<String, String>,
     /// Attempts, fallbacks, rejects per stage and guard CPU time per call contract.
@@ -118,15 +111,8 @@ impl GuardSummary {
         self.soft += t.soft;
         self.persistent += t.persistent;
         self.final_fallbacks += u32::from(t.final_fallback);
-        self.calls += t.calls;
-        self.call_fallbacks += t.call_fallbacks;
-        self.first_try += t.first_try;
-        self.attempts += t.attempts;
-        self.unsatisfied += t.unsatisfied;
-        for (k, v) in &t.rejects {
-            *self.rejects.entry(k.clone()).or_default() += v;
-        }
-        self.guard_us += t.guard_us;
+        self.monitor_us += t.monitor_us;
+        self.calls.merge(&t.calls);
         for (id, c) in &t.contracts {
             self.contracts.entry(id.clone()).or_default().merge(c);
         }
@@ -134,11 +120,11 @@ impl GuardSummary {
 
     /// Share of guarded values (final answers and guarded calls) that were fallbacks.
     pub fn fallback_rate(&self) -> f64 {
-        let guarded = self.tasks + self.calls;
+        let guarded = self.tasks + self.calls.calls;
         if guarded == 0 {
             0.0
         } else {
-            f64::from(self.final_fallbacks + self.call_fallbacks) / f64::from(guarded)
+            f64::from(self.final_fallbacks + self.calls.fallbacks) / f64::from(guarded)
         }
     }
 
@@ -149,6 +135,11 @@ impl GuardSummary {
         } else {
             f64::from(self.soft) / f64::from(self.tasks)
         }
+    }
+
+    /// Host CPU time of all guard work, microseconds.
+    pub fn guard_us(&self) -> f64 {
+        self.calls.guard_us + self.monitor_us
     }
 }
 
@@ -291,15 +282,7 @@ impl<'a> Episodes<'a> {
         };
         let mut g = TaskGuard::default();
         for c in &state.calls {
-            g.calls += 1;
-            g.attempts += c.attempts;
-            g.call_fallbacks += u32::from(c.outcome == "fallback");
-            g.unsatisfied += u32::from(c.outcome == "unsatisfied");
-            g.first_try += u32::from(c.outcome == "accepted" && c.attempts == 1);
-            for s in &c.rejects {
-                *g.rejects.entry(s.as_str().to_string()).or_default() += 1;
-            }
-            g.guard_us += c.check_time.as_secs_f64() * 1e6;
+            g.calls.record(c);
             g.contracts.entry(c.contract.clone()).or_default().record(c);
         }
         if let Some(why) = state.invalid {
@@ -320,7 +303,7 @@ impl<'a> Episodes<'a> {
             }
             g.aborted = m.aborted();
             let v = m.finish();
-            g.guard_us += t.elapsed().as_secs_f64() * 1e6;
+            g.monitor_us += t.elapsed().as_secs_f64() * 1e6;
             if v.fallback {
                 answer = v.final_output.as_ref().map(|f| match f {
                     Value::String(s) => s.clone(),

@@ -279,9 +279,9 @@ pub fn render(archive: &Archive) -> Result<String> {
                 "soft": g.soft,
                 "fallback_pct": format!("{:.1}%", 100.0 * g.fallback_rate()),
                 "final_fallbacks": format!("{}/{}", g.final_fallbacks, g.tasks),
-                "call_fallbacks": format!("{}/{}", g.call_fallbacks, g.calls),
-                "unsatisfied": g.unsatisfied,
-                "rejects": g.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+                "call_fallbacks": format!("{}/{}", g.calls.fallbacks, g.calls.calls),
+                "unsatisfied": g.calls.unsatisfied,
+                "rejects": g.calls.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
                 "tiers": g.tiers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
             })
         })

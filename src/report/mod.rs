@@ -106,7 +106,7 @@ fn guard_section(rows: &[LeaderRow]) -> String {
     ));
     for (i, r, g) in guarded {
         let name: String = r.name.chars().take(30).collect();
-        let rejects: Vec<String> = g.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let rejects: Vec<String> = g.calls.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect();
         out.push_str(&format!(
             "{:>3}  {:<30} {:>5} {:>5} {:>8.1}% {:>11} {:>11} {:>7} {:>9.0}  {}\n",
             i + 1,
@@ -115,9 +115,9 @@ fn guard_section(rows: &[LeaderRow]) -> String {
             g.soft,
             100.0 * g.fallback_rate(),
             format!("{}/{}", g.final_fallbacks, g.tasks),
-            format!("{}/{}", g.call_fallbacks, g.calls),
-            g.unsatisfied,
-            g.guard_us,
+            format!("{}/{}", g.calls.fallbacks, g.calls.calls),
+            g.calls.unsatisfied,
+            g.guard_us(),
             if rejects.is_empty() {
                 "-".into()
             } else {
