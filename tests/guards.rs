@@ -126,6 +126,47 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
         "{guarded}"
     );
 
+    // Exported files have no host to enforce contracts: guarded candidates are left out of a
+    // ranked export and refused by id.
+    let (guarded_id, _) = guard_of(&db, "Guarded Answer");
+    let out = dir.path().join("export");
+    let exported = metaforge(
+        dir.path(),
+        &[
+            "export",
+            db.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--top",
+            "20",
+        ],
+    );
+    ok(&exported);
+    assert!(
+        String::from_utf8_lossy(&exported.stderr).contains("skipping"),
+        "{exported:?}"
+    );
+    let listed = std::fs::read_to_string(out.join("agents.json")).unwrap();
+    assert!(
+        !listed.contains(&guarded_id) && listed.contains("Chain-of-Thought"),
+        "{listed}"
+    );
+    let by_id = metaforge(
+        dir.path(),
+        &[
+            "export",
+            db.to_str().unwrap(),
+            "--out",
+            dir.path().join("e2").to_str().unwrap(),
+            "--id",
+            &guarded_id[..12],
+        ],
+    );
+    assert!(
+        !by_id.status.success() && String::from_utf8_lossy(&by_id.stderr).contains("fix"),
+        "{by_id:?}"
+    );
+
     let (qd_id, qd) = guard_of(&db, "Quality-Diversity");
     assert!(
         qd["hard"].as_u64().unwrap() >= tasks,
@@ -164,6 +205,36 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
         line.contains("50.0%") && line.contains("6/6") && line.contains("regex 18"),
         "Guarded Answer: {line}"
     );
+}
+
+#[test]
+fn bad_contracts_are_refused_naming_the_file_and_the_fix() {
+    for (contract, expect) in [
+        ("[budget]\nllm_calls = 3\n", "budget"),
+        (
+            "[[invariants.hard]]\nid = \"x\"\nexpr = \"state.counters.llm_calls <\"\n",
+            "does not compile",
+        ),
+        ("[output]\nregex = '(?<=a)b'\nfallback = { const = \"b\" }\n", "regex"),
+        (
+            "[[invariants.soft]]\nid = \"a\"\nexpr = \"true\"\n[[invariants.soft]]\nid = \"a\"\nexpr = \"true\"\n",
+            "two rules",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = write_guarded_experiment(dir.path());
+        std::fs::write(dir.path().join("contract.toml"), contract).unwrap();
+        let db = dir.path().join("refused.db");
+        let err = refused(&metaforge(
+            dir.path(),
+            &["run", exp.to_str().unwrap(), "--db", db.to_str().unwrap()],
+        ));
+        assert!(
+            err.contains("contract.toml") && err.contains(expect) && err.contains("fix"),
+            "{contract}\n{err}"
+        );
+        assert!(!db.exists());
+    }
 }
 
 #[test]

@@ -141,6 +141,23 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
                 candidate.kind.as_str()
             );
         }
+        // A guarded call's contract is enforced by the metaforge host; an exported file has
+        // none, so the agent would not behave as it was scored.
+        if !crate::guard::Manifest::of(&candidate.code).contracts.is_empty() {
+            if matches!(pick, Pick::Ids(_)) {
+                bail!(
+                    "candidate {} ({}) makes guarded llm() calls, whose contracts only the metaforge host enforces; fix: run it with `metaforge eval`, or export an unguarded candidate",
+                    &id[..12],
+                    row.name
+                );
+            }
+            eprintln!(
+                "export: skipping {} ({}): its guarded llm() calls need the metaforge host",
+                &id[..12],
+                row.name
+            );
+            continue;
+        }
         let module = module_name(&row.name, &id);
         let agent = ExportedAgent {
             file: format!("{module}.py"),
@@ -168,6 +185,11 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
         let path = out.join(&agent.file);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         agents.push(agent);
+    }
+    if agents.is_empty() {
+        bail!(
+            "nothing to export: every picked candidate makes guarded llm() calls; fix: pick unguarded candidates by id"
+        );
     }
     let readme = templates.render(
         "export/README.md.j2",

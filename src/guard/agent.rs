@@ -125,7 +125,11 @@ impl AgentContract {
     }
 
     pub fn compile(name: &str, spec: AgentContractSpec) -> Result<Self> {
-        let cel = |what: &str, src: &str| Cel::compile(src).map_err(|e| anyhow!("{name}: {what}: {e}"));
+        let cel = |what: &str, src: &str| {
+            Cel::compile(src).map_err(|e| {
+                anyhow!("{name}: {what}: {e}\nfix: write a CEL expression over `state`, `event` and `task`, e.g. `state.counters.llm_calls <= 5`")
+            })
+        };
         let pre = spec
             .pre
             .hard
