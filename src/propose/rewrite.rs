@@ -80,6 +80,8 @@ pub struct RewriteInput<'a> {
     /// `diff`: the code the edits apply to.
     pub base_code: Option<String>,
     pub step: u64,
+    /// The experiment's guards as the prompt describes them (`templates/guards/api.j2`).
+    pub guards: Option<serde_json::Value>,
 }
 
 impl<'a> RewriteSession<'a> {
@@ -102,6 +104,7 @@ impl<'a> RewriteSession<'a> {
                 "context": input.context,
                 "failures": input.failures,
                 "base_code": input.base_code,
+                "guards": input.guards,
             }),
         )?;
         let mut s = Self {

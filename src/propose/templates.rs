@@ -69,3 +69,36 @@ impl Templates {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The meta-model hears about guards only when the experiment has them, and then sees the
+    /// guarded-call API and the agent contract itself.
+    #[test]
+    fn proposal_prompts_describe_the_guards() {
+        let t = Templates::embedded().unwrap();
+        let ctx = |guards: serde_json::Value| serde_json::json!({"domain": {"description": "d"}, "context": [], "failures": [], "guards": guards});
+        for kind in ["rewrite", "diff", "crossover"] {
+            let plain = t
+                .render(&format!("{kind}/propose.j2"), ctx(serde_json::Value::Null))
+                .unwrap();
+            assert!(!plain.contains("CONTRACTS"), "{kind}: {plain}");
+            let guarded = t
+                .render(
+                    &format!("{kind}/propose.j2"),
+                    ctx(serde_json::json!({"require_call_contracts": true, "allowed_imports": ["re"], "agent_contract": "[budgets]\nllm_calls = 3"})),
+                )
+                .unwrap();
+            for needle in [
+                "contract=\"<id>\"",
+                "Every `llm()` call must name a contract",
+                "re (and metaforge)",
+                "llm_calls = 3",
+            ] {
+                assert!(guarded.contains(needle), "{kind} lacks {needle:?}:\n{guarded}");
+            }
+        }
+    }
+}

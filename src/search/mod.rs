@@ -44,11 +44,30 @@ pub struct Search {
     seeds: Vec<(String, String)>,
     /// `guards.contract`, compiled (its output fallback proved) once per process.
     agent_contract: Option<crate::guard::AgentContract>,
+    /// What the meta-model is told about the guards (None when there are none).
+    guards_prompt: Option<serde_json::Value>,
     quiet: bool,
     /// Token signatures of archived programs, by id, filled lazily (near-duplicate check).
     signatures: std::sync::Mutex<std::collections::HashMap<String, Signature>>,
     /// The run's stored files, written out for the domain loader and scripted backends.
     _run_files: tempfile::TempDir,
+}
+
+/// The guards as `templates/guards/api.j2` describes them to the meta-model; None when the
+/// experiment sets none (call contracts still work, and the check explains them).
+fn guards_prompt(g: &crate::config::GuardsConfig) -> Result<Option<serde_json::Value>> {
+    if g.contract.is_none() && !g.require_call_contracts && g.allowed_imports.is_none() {
+        return Ok(None);
+    }
+    let contract = match &g.contract {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?),
+        None => None,
+    };
+    Ok(Some(serde_json::json!({
+        "require_call_contracts": g.require_call_contracts,
+        "allowed_imports": g.allowed_imports,
+        "agent_contract": contract.map(|c| c.trim().to_string()),
+    })))
 }
 
 /// What step N is.
@@ -143,6 +162,7 @@ impl Search {
         Ok(Self {
             checker: Checker::embedded()?.with_guard_rules(exp.guards.rules()),
             templates: Templates::embedded()?,
+            guards_prompt: guards_prompt(&exp.guards)?,
             agent_contract,
             exp,
             archive,
@@ -466,6 +486,7 @@ impl Search {
             parents: parents.iter().map(|p| p.id.clone()).collect(),
             base_code: (kind == LlmKind::Diff).then(|| parent.code.clone()),
             step,
+            guards: self.guards_prompt.clone(),
         };
         bar.set_message(format!(
             "gen {generation}: {} (meta model) from {}",
