@@ -437,6 +437,18 @@ mod tests {
         assert!(problems.iter().all(|p| p.contains("\"broken\"") && p.contains("fix:")));
     }
 
+    /// Schemas come from untrusted candidates: a `$ref` must not make the host read a file or
+    /// the network (jsonschema is built without its resolvers).
+    #[test]
+    fn schema_refs_outside_the_schema_are_refused() {
+        for target in ["file:///etc/hostname", "http://127.0.0.1:9/x.json"] {
+            let spec: ContractSpec =
+                serde_json::from_value(json!({"parse": "json", "schema": {"$ref": target}})).unwrap();
+            let problems = Contract::compile("r", spec).unwrap_err();
+            assert!(problems[0].contains("schema"), "{problems:?}");
+        }
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
         let err = serde_json::from_value::<ContractSpec>(json!({"postcondition": "true"})).unwrap_err();
