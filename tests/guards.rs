@@ -116,6 +116,10 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
     );
     assert_eq!(calls["rejects"]["regex"].as_u64(), Some(3 * tasks), "{guarded}");
     assert_eq!(guarded["tiers"]["answer"], "verified", "{guarded}");
+    assert_eq!(
+        guarded["tiers"]["[output]"], "verified",
+        "the agent contract's output fallback: {guarded}"
+    );
     let per_contract = &guarded["contracts"]["answer"];
     assert_eq!(
         (

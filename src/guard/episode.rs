@@ -322,7 +322,12 @@ impl<'a> Episodes<'a> {
         (answer, g)
     }
 
+    /// The tier of each call contract's fallback, and of the agent contract's `[output]`.
     pub fn tiers(&self) -> BTreeMap<String, String> {
-        self.tiers.iter().map(|(k, v)| (k.clone(), v.label())).collect()
+        let mut tiers: BTreeMap<String, String> = self.tiers.iter().map(|(k, v)| (k.clone(), v.label())).collect();
+        if let Some(t) = self.agent.and_then(|a| a.output_tier.as_ref()) {
+            tiers.insert("[output]".into(), t.label());
+        }
+        tiers
     }
 }
