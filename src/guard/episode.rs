@@ -90,6 +90,9 @@ impl ContractStats {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GuardSummary {
     pub tasks: u32,
+    /// Tasks without any hard violation (ABC's hard compliance, counted per episode).
+    #[serde(default)]
+    pub hard_free: u32,
     pub hard: u32,
     pub soft: u32,
     pub persistent: u32,
@@ -107,6 +110,7 @@ pub struct GuardSummary {
 impl GuardSummary {
     pub fn add(&mut self, t: &TaskGuard) {
         self.tasks += 1;
+        self.hard_free += u32::from(t.hard == 0);
         self.hard += t.hard;
         self.soft += t.soft;
         self.persistent += t.persistent;
@@ -126,6 +130,21 @@ impl GuardSummary {
         } else {
             f64::from(self.final_fallbacks + self.calls.fallbacks) / f64::from(guarded)
         }
+    }
+
+    /// Share of tasks without a hard violation and the one-sided 95% Wilson lower bound of
+    /// it: our operational reading of ABC's p in (p, δ, k)-satisfaction (a candidate whose
+    /// bound is at least p is certified at that level on these tasks).
+    pub fn hard_compliance(&self) -> (f64, f64) {
+        if self.tasks == 0 {
+            return (1.0, 0.0);
+        }
+        let n = f64::from(self.tasks);
+        let p = f64::from(self.hard_free) / n;
+        let z: f64 = 1.645;
+        let centre = p + z * z / (2.0 * n);
+        let margin = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+        (p, ((centre - margin) / (1.0 + z * z / n)).max(0.0))
     }
 
     /// Soft violations per task.
@@ -329,5 +348,30 @@ impl<'a> Episodes<'a> {
             tiers.insert("[output]".into(), t.label());
         }
         tiers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_compliance_has_a_wilson_lower_bound() {
+        let mut g = GuardSummary::default();
+        for hard in [0, 0, 0, 0, 0, 0, 0, 0, 0, 2] {
+            g.add(&TaskGuard {
+                hard,
+                ..Default::default()
+            });
+        }
+        let (p, lo) = g.hard_compliance();
+        assert_eq!(p, 0.9);
+        assert!((lo - 0.6523).abs() < 1e-3, "Wilson bound {lo} (one-sided 95%, z = 1.645)");
+        g = GuardSummary::default();
+        for _ in 0..100 {
+            g.add(&TaskGuard::default());
+        }
+        let (p, lo) = g.hard_compliance();
+        assert!(p == 1.0 && lo > 0.97 && lo < 1.0, "{lo}");
     }
 }

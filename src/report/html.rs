@@ -231,6 +231,12 @@ fn lineage_svg(views: &[CandidateView]) -> Result<String> {
 }
 
 /// The whole report page.
+/// Share of tasks without a hard violation, with its 95% lower bound.
+pub(crate) fn hard_free_cell(g: &crate::guard::GuardSummary) -> String {
+    let (p, lo) = g.hard_compliance();
+    format!("{:.0}% [{:.0}%]", 100.0 * p, 100.0 * lo)
+}
+
 pub fn render(archive: &Archive) -> Result<String> {
     let status = super::status(archive)?;
     let (exp, _) = archive.experiment()?;
@@ -276,6 +282,7 @@ pub fn render(archive: &Archive) -> Result<String> {
                 "rank": i + 1,
                 "name": r.name,
                 "hard": g.hard,
+                "hard_free": hard_free_cell(g),
                 "soft": g.soft,
                 "fallback_pct": format!("{:.1}%", 100.0 * g.fallback_rate()),
                 "final_fallbacks": format!("{}/{}", g.final_fallbacks, g.tasks),

@@ -101,17 +101,28 @@ fn guard_section(rows: &[LeaderRow]) -> String {
     }
     let mut out = String::from("\ncontract guards on validation (hard violations make a candidate infeasible):\n");
     out.push_str(&format!(
-        "{:>3}  {:<30} {:>5} {:>5} {:>9} {:>11} {:>11} {:>7} {:>9}  {}\n",
-        "#", "name", "hard", "soft", "fallback", "final fb", "call fb", "unsat", "guard µs", "rejects by stage"
+        "{:>3}  {:<30} {:>5} {:>16} {:>5} {:>9} {:>11} {:>11} {:>7} {:>9}  {}\n",
+        "#",
+        "name",
+        "hard",
+        "hard-free [lo]",
+        "soft",
+        "fallback",
+        "final fb",
+        "call fb",
+        "unsat",
+        "guard µs",
+        "rejects by stage"
     ));
     for (i, r, g) in guarded {
         let name: String = r.name.chars().take(30).collect();
         let rejects: Vec<String> = g.calls.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect();
         out.push_str(&format!(
-            "{:>3}  {:<30} {:>5} {:>5} {:>8.1}% {:>11} {:>11} {:>7} {:>9.0}  {}\n",
+            "{:>3}  {:<30} {:>5} {:>16} {:>5} {:>8.1}% {:>11} {:>11} {:>7} {:>9.0}  {}\n",
             i + 1,
             name,
             g.hard,
+            html::hard_free_cell(g),
             g.soft,
             100.0 * g.fallback_rate(),
             format!("{}/{}", g.final_fallbacks, g.tasks),
