@@ -176,6 +176,8 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
         qd["hard"].as_u64().unwrap() >= tasks,
         "the fourth call of every task is denied: {qd}"
     );
+    assert_eq!(qd["hard_free"].as_u64(), Some(0), "{qd}");
+    assert_eq!(cot["hard_free"], cot["tasks"], "{cot}");
     assert_eq!(
         count(&db, &format!("SELECT count(*) FROM lineage WHERE parent = '{qd_id}'")),
         0,
@@ -208,6 +210,21 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
     assert!(
         line.contains("50.0%") && line.contains("6/6") && line.contains("regex 18"),
         "Guarded Answer: {line}"
+    );
+    assert!(
+        status
+            .contains("contract \"answer\" (verified): 6 calls, 0 accepted first try, 3.0 attempts/call, 6 fallbacks"),
+        "{status}"
+    );
+    let report = dir.path().join("report.html");
+    ok(&metaforge(
+        dir.path(),
+        &["report", db.to_str().unwrap(), "-o", report.to_str().unwrap()],
+    ));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("id=\"guard-table\"") && html.contains("<td>Guarded Answer</td>"),
+        "the report's guard table"
     );
 }
 

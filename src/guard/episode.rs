@@ -366,7 +366,10 @@ mod tests {
         }
         let (p, lo) = g.hard_compliance();
         assert_eq!(p, 0.9);
-        assert!((lo - 0.6523).abs() < 1e-3, "Wilson bound {lo} (one-sided 95%, z = 1.645)");
+        assert!(
+            (lo - 0.6523).abs() < 1e-3,
+            "Wilson bound {lo} (one-sided 95%, z = 1.645)"
+        );
         g = GuardSummary::default();
         for _ in 0..100 {
             g.add(&TaskGuard::default());

@@ -231,12 +231,6 @@ fn lineage_svg(views: &[CandidateView]) -> Result<String> {
 }
 
 /// The whole report page.
-/// Share of tasks without a hard violation, with its 95% lower bound.
-pub(crate) fn hard_free_cell(g: &crate::guard::GuardSummary) -> String {
-    let (p, lo) = g.hard_compliance();
-    format!("{:.0}% [{:.0}%]", 100.0 * p, 100.0 * lo)
-}
-
 pub fn render(archive: &Archive) -> Result<String> {
     let status = super::status(archive)?;
     let (exp, _) = archive.experiment()?;
@@ -272,27 +266,7 @@ pub fn render(archive: &Archive) -> Result<String> {
             diff,
         });
     }
-    let guards: Vec<serde_json::Value> = status
-        .leaderboard
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.val.as_ref().and_then(|v| v.guard.as_ref()).map(|g| (i, r, g)))
-        .map(|(i, r, g)| {
-            serde_json::json!({
-                "rank": i + 1,
-                "name": r.name,
-                "hard": g.hard,
-                "hard_free": hard_free_cell(g),
-                "soft": g.soft,
-                "fallback_pct": format!("{:.1}%", 100.0 * g.fallback_rate()),
-                "final_fallbacks": format!("{}/{}", g.final_fallbacks, g.tasks),
-                "call_fallbacks": format!("{}/{}", g.calls.fallbacks, g.calls.calls),
-                "unsatisfied": g.calls.unsatisfied,
-                "rejects": g.calls.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-                "tiers": g.tiers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
-            })
-        })
-        .collect();
+    let guards = super::guard_rows(&status.leaderboard);
     let priced = scored.iter().any(|s| s.cost > 0.0);
     let cost_label = if priced {
         "cost (USD, validation)"

@@ -88,15 +88,82 @@ fn cell(s: &Option<SplitScore>) -> String {
     }
 }
 
+/// One candidate's guard record as `status` and the HTML report show it.
+#[derive(Debug, Serialize)]
+pub struct GuardRow {
+    /// Leaderboard rank.
+    pub rank: usize,
+    pub name: String,
+    pub hard: u32,
+    /// Share of tasks without a hard violation, with its one-sided 95% lower bound.
+    pub hard_free: String,
+    pub soft: u32,
+    pub fallback_pct: String,
+    pub final_fallbacks: String,
+    pub call_fallbacks: String,
+    pub unsatisfied: u32,
+    pub guard_us: f64,
+    /// Rejects by stage, "" when none.
+    pub rejects: String,
+    pub tiers: String,
+    /// One line per call contract.
+    pub contracts: Vec<String>,
+}
+
+fn joined<K: std::fmt::Display, V: std::fmt::Display>(m: &std::collections::BTreeMap<K, V>, sep: &str) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}{sep}{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Per candidate, what the contract guards saw on validation: hard violations (which make
 /// a candidate infeasible), soft ones, and how often a fallback stood in for the model.
-fn guard_section(rows: &[LeaderRow]) -> String {
-    let guarded: Vec<(usize, &LeaderRow, &crate::guard::GuardSummary)> = rows
-        .iter()
+pub fn guard_rows(rows: &[LeaderRow]) -> Vec<GuardRow> {
+    rows.iter()
         .enumerate()
         .filter_map(|(i, r)| r.val.as_ref().and_then(|v| v.guard.as_ref()).map(|g| (i, r, g)))
-        .collect();
-    if guarded.is_empty() {
+        .map(|(i, r, g)| {
+            let (p, lo) = g.hard_compliance();
+            GuardRow {
+                rank: i + 1,
+                name: r.name.clone(),
+                hard: g.hard,
+                hard_free: format!("{:.0}% [{:.0}%]", 100.0 * p, 100.0 * lo),
+                soft: g.soft,
+                fallback_pct: format!("{:.1}%", 100.0 * g.fallback_rate()),
+                final_fallbacks: format!("{}/{}", g.final_fallbacks, g.tasks),
+                call_fallbacks: format!("{}/{}", g.calls.fallbacks, g.calls.calls),
+                unsatisfied: g.calls.unsatisfied,
+                guard_us: g.guard_us(),
+                rejects: joined(&g.calls.rejects, " "),
+                tiers: joined(&g.tiers, ": "),
+                contracts: g
+                    .contracts
+                    .iter()
+                    .map(|(id, c)| {
+                        format!(
+                            "contract {id:?} ({}): {} calls, {} accepted first try, {:.1} attempts/call, {} fallbacks, {} unsatisfied, {} precondition failures, rejects {}, {:.1} µs/call in checks",
+                            g.tiers.get(id).map(String::as_str).unwrap_or("?"),
+                            c.calls,
+                            c.first_try,
+                            f64::from(c.attempts) / f64::from(c.calls.max(1)),
+                            c.fallbacks,
+                            c.unsatisfied,
+                            c.pre_failed,
+                            if c.rejects.is_empty() { "-".to_string() } else { joined(&c.rejects, " ") },
+                            c.guard_us / f64::from(c.calls.max(1))
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn guard_section(rows: &[LeaderRow]) -> String {
+    let rows = guard_rows(rows);
+    if rows.is_empty() {
         return String::new();
     }
     let mut out = String::from("\ncontract guards on validation (hard violations make a candidate infeasible):\n");
@@ -114,27 +181,24 @@ fn guard_section(rows: &[LeaderRow]) -> String {
         "guard µs",
         "rejects by stage"
     ));
-    for (i, r, g) in guarded {
-        let name: String = r.name.chars().take(30).collect();
-        let rejects: Vec<String> = g.calls.rejects.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    for g in rows {
         out.push_str(&format!(
-            "{:>3}  {:<30} {:>5} {:>16} {:>5} {:>8.1}% {:>11} {:>11} {:>7} {:>9.0}  {}\n",
-            i + 1,
-            name,
+            "{:>3}  {:<30} {:>5} {:>16} {:>5} {:>9} {:>11} {:>11} {:>7} {:>9.0}  {}\n",
+            g.rank,
+            g.name.chars().take(30).collect::<String>(),
             g.hard,
-            html::hard_free_cell(g),
+            g.hard_free,
             g.soft,
-            100.0 * g.fallback_rate(),
-            format!("{}/{}", g.final_fallbacks, g.tasks),
-            format!("{}/{}", g.calls.fallbacks, g.calls.calls),
-            g.calls.unsatisfied,
-            g.guard_us(),
-            if rejects.is_empty() {
-                "-".into()
-            } else {
-                rejects.join(", ")
-            }
+            g.fallback_pct,
+            g.final_fallbacks,
+            g.call_fallbacks,
+            g.unsatisfied,
+            g.guard_us,
+            if g.rejects.is_empty() { "-" } else { &g.rejects }
         ));
+        for line in &g.contracts {
+            out.push_str(&format!("       {line}\n"));
+        }
     }
     out
 }
