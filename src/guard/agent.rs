@@ -138,9 +138,7 @@ impl AgentContract {
             .collect::<Result<_>>()?;
         let mut arg_schemas = Vec::new();
         for (tool, schema) in &spec.governance.arg_schemas {
-            let v = jsonschema::options()
-                .with_pattern_options(jsonschema::PatternOptions::regex())
-                .build(schema)
+            let v = super::contract::compile_schema(schema)
                 .map_err(|e| anyhow!("{name}: governance.arg_schemas.{tool} is not a valid JSON Schema: {e}"))?;
             arg_schemas.push((tool.clone(), v));
         }

@@ -188,10 +188,7 @@ impl Contract {
         };
         let schema = match &spec.schema {
             None => None,
-            Some(s) => match jsonschema::options()
-                .with_pattern_options(jsonschema::PatternOptions::regex())
-                .build(s)
-            {
+            Some(s) => match compile_schema(s) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     problems.push(format!(
@@ -319,6 +316,15 @@ impl Contract {
             Fallback::Cel(c) => c.eval(&[("input", input)]),
         })
     }
+}
+
+/// Compiles a JSON Schema with linear-time `pattern` matching (the crate's default engine
+/// backtracks) and no resolvers (built without them: a `$ref` reaches no file or network).
+pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(schema)
+        .map_err(|e| e.to_string())
 }
 
 fn repair(step: Repair, text: &str) -> String {
