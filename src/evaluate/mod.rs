@@ -19,7 +19,9 @@ use crate::config::EvaluationConfig;
 use crate::domain::{Scorer, Task};
 use crate::guard::{guarded_call, AgentContract, Episodes, GuardOutcome, GuardSummary, TaskGuard};
 use crate::llm::{CallParams, Gateway, Message, Usage};
-use crate::sandbox::{classify, run_worker, task_outcome, CallError, Isolation, LlmCall, LlmHandler, WorkerLimits};
+use crate::sandbox::{
+    classify, run_worker, task_outcome, unguarded_reply, CallError, Isolation, LlmCall, LlmHandler, WorkerLimits,
+};
 
 /// How an evaluation ended (defined by the sandbox, which knows what a breach is).
 pub use crate::sandbox::Outcome;
@@ -373,10 +375,7 @@ impl LlmHandler for AgentCalls<'_, '_> {
 
     fn handle_call(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<serde_json::Value>, Usage), CallError> {
         if !self.episodes.active() {
-            return self
-                .handle(task_id, call)
-                .map(|(t, u)| (t.into_iter().map(serde_json::Value::String).collect(), u))
-                .map_err(CallError::model);
+            return unguarded_reply(self.handle(task_id, call));
         }
         if task_id.is_none() && self.episodes.governs_tasks() {
             // Per-task budgets and invariants need to know whose call this is; the worker
@@ -402,9 +401,7 @@ impl LlmHandler for AgentCalls<'_, '_> {
             Err(e) => ("error", 0, e.clone()),
         };
         self.episodes.after_call(task_id, None, label, tokens, &text, None);
-        result
-            .map(|(t, u)| (t.into_iter().map(serde_json::Value::String).collect(), u))
-            .map_err(CallError::model)
+        unguarded_reply(result)
     }
 
     fn task_finished(&self) {

@@ -23,7 +23,8 @@ pub use isolation::{Isolation, IsolationMode};
 pub use outcome::{classify, task_outcome, Outcome};
 pub use protocol::{LlmCall, WorkerMessage};
 pub use worker::{
-    run_worker, sweep_stale_workdirs, CallError, Denial, LlmHandler, TaskRun, WorkerExit, WorkerLimits, WorkerRun,
+    run_worker, sweep_stale_workdirs, unguarded_reply, CallError, Denial, LlmHandler, TaskRun, WorkerExit,
+    WorkerLimits, WorkerRun,
 };
 
 /// The real Python interpreter, resolved once. Why: `python3` on PATH may be a version

@@ -72,12 +72,19 @@ pub trait LlmHandler: Sync {
     /// The full answer to a call: JSON values (a guarded call returns what its contract
     /// parsed) or a refusal. Default: `handle`'s texts, and its errors as model errors.
     fn handle_call(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<serde_json::Value>, Usage), CallError> {
-        self.handle(task_id, call)
-            .map(|(texts, usage)| (texts.into_iter().map(serde_json::Value::String).collect(), usage))
-            .map_err(CallError::model)
+        unguarded_reply(self.handle(task_id, call))
     }
     /// Called as each task reports (progress bars); default: nothing.
     fn task_finished(&self) {}
+}
+
+/// `handle`'s answer as `handle_call` gives it: texts as JSON strings, errors as model errors.
+pub fn unguarded_reply(
+    reply: Result<(Vec<String>, Usage), String>,
+) -> Result<(Vec<serde_json::Value>, Usage), CallError> {
+    reply
+        .map(|(texts, usage)| (texts.into_iter().map(serde_json::Value::String).collect(), usage))
+        .map_err(CallError::model)
 }
 
 /// A refused or failed model call, as the candidate sees it.
