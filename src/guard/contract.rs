@@ -273,6 +273,13 @@ impl Contract {
     /// The checks that apply to an already parsed value (a fallback's): the regex too when
     /// the value is text, then schema and postcondition.
     pub fn check_value(&self, input: &Value, value: &Value) -> Result<(), Violation> {
+        self.check_shape(value)?;
+        self.check_post(input, value)
+    }
+
+    /// The checks that do not read `input` on a parsed value: the regex when the value is
+    /// text, and the schema. A constant fallback passes them for every input or for none.
+    pub fn check_shape(&self, value: &Value) -> Result<(), Violation> {
         if let (Some(r), Parse::Raw) = (&self.regex, self.spec.parse) {
             let text = value.as_str().unwrap_or_default();
             if !value.is_string() || !r.is_match(text) {
@@ -282,10 +289,15 @@ impl Contract {
                 });
             }
         }
-        self.check_parsed(input, value)
+        self.check_schema(value)
     }
 
     fn check_parsed(&self, input: &Value, value: &Value) -> Result<(), Violation> {
+        self.check_schema(value)?;
+        self.check_post(input, value)
+    }
+
+    fn check_schema(&self, value: &Value) -> Result<(), Violation> {
         if let Some(schema) = &self.schema {
             if let Some(e) = schema.iter_errors(value).next() {
                 let path = e.instance_path().to_string();
@@ -299,6 +311,10 @@ impl Contract {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn check_post(&self, input: &Value, value: &Value) -> Result<(), Violation> {
         if let Some(post) = &self.post {
             post.holds(&[("input", input), ("output", value)])
                 .map_err(|detail| Violation {

@@ -86,16 +86,8 @@ fn decide(contract: &Contract, samples: &[Value]) -> Result<Tier, String> {
                 .map_err(|e| format!("the fallback {v} breaks the contract: {e}"));
         }
         // The input-independent checks (regex, schema) are decided once on the constant.
-        let shape_only = Contract::compile(
-            &contract.id,
-            super::contract::ContractSpec {
-                post: None,
-                ..contract.spec.clone()
-            },
-        )
-        .map_err(|e| e.join("; "))?;
-        shape_only
-            .check_value(&json!({}), v)
+        contract
+            .check_shape(v)
             .map_err(|e| format!("the fallback {v} breaks the contract: {e}"))?;
     }
     let schema_decided = matches!(fallback, Fallback::Const(_)) || contract.spec.schema.is_none();
