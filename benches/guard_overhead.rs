@@ -127,6 +127,7 @@ fn end_to_end(guarded: bool, agent: Option<&AgentContract>) -> f64 {
         scorer: metaforge::domain::Scorer::Numeric,
         agent_contract: agent,
         require_call_contracts: false,
+        episodic: None,
     };
     let mut runs = Vec::new();
     for _ in 0..3 {

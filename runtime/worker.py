@@ -104,7 +104,13 @@ def _load_candidate(path):
     exec(compile(source, "candidate.py", "exec"), namespace)
     forward = namespace.get("forward")
     if not callable(forward):
-        raise RuntimeError("candidate defines no callable `forward(task)`")
+        # A memory design (candidate kind `memory`) is run over an episode sequence.
+        from metaforge import episodes
+
+        memory = episodes.memory_entry(namespace)
+        if memory is not None:
+            return memory
+        raise RuntimeError("candidate defines no callable `forward(task)` (nor a `class Memory`)")
     if adas:
         adas_forward = forward
         return lambda task: adas_api.run_adas_forward(adas_forward, task)
@@ -213,7 +219,7 @@ def main():
         kind = msg.get("type")
         if kind == "task":
             jobs.put((_run_task, (forward, capture, msg["task_id"], msg["task"], msg.get("nonce"))))
-        elif kind == "llm_result":
+        elif kind in ("llm_result", "episode_result"):
             _rpc.deliver(msg)
         elif kind == "shutdown":
             break

@@ -307,10 +307,6 @@ pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
 /// `eval FILE.py --domain D`: one evaluation outside a search (cached in `--db` if given).
 pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>, json: bool) -> Result<()> {
     let code = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let report = Checker::embedded()?.check(&file.display().to_string(), &code, CandidateKind::Agent);
-    if !report.passes() {
-        bail!("{} does not pass check:\n{}", file.display(), report.render());
-    }
     let dcfg = crate::config::DomainConfig {
         name: domain.into(),
         path: None,
@@ -318,8 +314,17 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         val_size: n,
         split_seed: None,
         test_size: 0,
+        episodes: None,
     };
     let dom = Domain::load(&dcfg)?;
+    let report = Checker::embedded()?.check(&file.display().to_string(), &code, dom.kind);
+    if !report.passes() {
+        bail!("{} does not pass check:\n{}", file.display(), report.render());
+    }
+    let episodic = match &dom.episodes {
+        Some(cfg) => Some(crate::episodic::Episodic::new(cfg)?),
+        None => None,
+    };
     let (tasks, _) = dom.splits(0, n, 0)?;
     let mcfg: ModelConfig = toml::from_str(&format!("backend = \"local\"\nmodel = {model:?}\nmax_tokens = 256"))?;
     let backend = BackendFactory::new().build(&mcfg, "agent")?;
@@ -337,6 +342,7 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         scorer: dom.scorer,
         agent_contract: None,
         require_call_contracts: false,
+        episodic: episodic.as_ref(),
     }
     .evaluate(&code, &tasks, "val", &tick)?;
     bar.finish_and_clear();

@@ -99,6 +99,69 @@ pub struct DomainConfig {
     pub split_seed: Option<u64>,
     #[serde(default = "default_test_size")]
     pub test_size: usize,
+    /// The episodic domain (`twc`) only: how episodes are played. For that domain
+    /// `val_size` and `test_size` count episodes (half fill the memory, half are scored).
+    #[serde(default)]
+    pub episodes: Option<EpisodesConfig>,
+}
+
+/// How the episodes of the `twc` domain are generated and played (`[domain.episodes]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpisodesConfig {
+    /// Who plays: `model` (the agent model, one call per step) or `scripted` (a fixed
+    /// policy that reads the memory text; for tests of the protocol, not for figures).
+    #[serde(default)]
+    pub base_agent: BaseAgentKind,
+    /// Actions per episode before it is cut off.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    /// Objects to put away per game (TextWorldExpress `numItemsToPutAway`).
+    #[serde(default = "default_items")]
+    pub items: u32,
+    /// Rooms per game (`numLocations`).
+    #[serde(default = "one_u32")]
+    pub locations: u32,
+    /// Game fold: `train` (objects recur across episodes), `dev` or `test` (unseen objects).
+    #[serde(default = "default_fold")]
+    pub fold: String,
+    /// Longest retrieved text handed to the base agent; longer is cut (and recorded).
+    #[serde(default = "default_retrieve_chars")]
+    pub retrieve_chars: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseAgentKind {
+    #[default]
+    Model,
+    Scripted,
+}
+
+fn default_max_steps() -> u32 {
+    12
+}
+fn default_items() -> u32 {
+    2
+}
+fn default_fold() -> String {
+    "train".into()
+}
+fn default_retrieve_chars() -> usize {
+    2000
+}
+
+impl Default for EpisodesConfig {
+    fn default() -> Self {
+        Self {
+            base_agent: BaseAgentKind::default(),
+            max_steps: default_max_steps(),
+            items: default_items(),
+            locations: 1,
+            fold: default_fold(),
+            retrieve_chars: default_retrieve_chars(),
+        }
+    }
 }
 
 fn default_val_size() -> usize {
@@ -539,6 +602,32 @@ impl Experiment {
         }
         if self.domain.val_size == 0 {
             bail!("domain.val_size must be at least 1");
+        }
+        let episodic = self.domain.name == crate::domain::EPISODIC_DOMAIN && self.domain.path.is_none();
+        if let Some(ep) = &self.domain.episodes {
+            if !episodic {
+                bail!(
+                    "[domain.episodes] is set but domain {:?} is not episodic; fix: remove it, or set domain.name = \"{}\"",
+                    self.domain.name,
+                    crate::domain::EPISODIC_DOMAIN
+                );
+            }
+            if !["train", "dev", "test"].contains(&ep.fold.as_str()) {
+                bail!(
+                    "domain.episodes.fold = {:?}; fix: use \"train\", \"dev\" or \"test\"",
+                    ep.fold
+                );
+            }
+            if ep.max_steps == 0 || ep.items == 0 || ep.locations == 0 || ep.retrieve_chars == 0 {
+                bail!("domain.episodes: max_steps, items, locations and retrieve_chars must be at least 1");
+            }
+        }
+        if episodic && (self.domain.val_size < 2 || self.domain.test_size < 2) {
+            bail!(
+                "domain.val_size = {} and domain.test_size = {}: an episodic split needs at least 2 episodes (half fill the memory, half are scored); fix: set both to 2 or more",
+                self.domain.val_size,
+                self.domain.test_size
+            );
         }
         if self.evaluation.tasks_in_flight == 0 || self.evaluation.shards == 0 {
             bail!("evaluation.tasks_in_flight and evaluation.shards must be at least 1");

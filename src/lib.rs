@@ -8,6 +8,7 @@ pub mod candidate;
 pub mod check;
 pub mod config;
 pub mod domain;
+pub mod episodic;
 pub mod evaluate;
 pub mod export;
 pub mod guard;

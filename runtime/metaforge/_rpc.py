@@ -75,6 +75,23 @@ def call_llm(messages, *, temperature, n, json, max_tokens, contract=None, input
     return list(reply["texts"])
 
 
+def play_episode(episode, memory):
+    """Asks the host to play `episode` with the base agent, `memory` (text, or None in the
+    fill phase) in its prompt; returns {"observation", "trajectory", "reward"}. The host
+    plays and scores: memory code never reaches the game."""
+    request_id = next(_ids)
+    slot = _Slot()
+    with _pending_lock:
+        _pending[request_id] = slot
+    send({"type": "episode", "id": request_id, "task_id": getattr(current, "task_id", None),
+          "episode": episode, "memory": memory})
+    slot.event.wait()
+    reply = slot.reply
+    if reply.get("error"):
+        raise LLMError(reply["error"])
+    return reply["result"]
+
+
 def deliver(message):
     with _pending_lock:
         slot = _pending.pop(message.get("id"), None)

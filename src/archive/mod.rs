@@ -160,6 +160,16 @@ pub struct SplitScore {
     /// What the contract guards saw (runs with `[guards]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardSummary>,
+    /// Memory designs: mean reward of the scored episodes with the design's memory and
+    /// without memory (the baseline); `mean` is their difference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryRewards>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemoryRewards {
+    pub with_memory: f64,
+    pub without_memory: f64,
 }
 
 pub struct Archive {
@@ -530,11 +540,33 @@ impl Archive {
                         guard: r
                             .get::<_, Option<String>>(8)?
                             .and_then(|text| serde_json::from_str(&text).ok()),
+                        memory: None,
                     })
                 },
             )
-            .optional()
-            .map_err(Into::into)
+            .optional()?
+            .map(|mut s| {
+                s.memory = self.memory_rewards(id, split)?;
+                Ok(s)
+            })
+            .transpose()
+    }
+
+    /// Mean rewards with and without memory over an evaluation's scored episodes (their
+    /// task outputs carry both, see `episodic`); None for agent evaluations.
+    fn memory_rewards(&self, id: &str, split: &str) -> Result<Option<MemoryRewards>> {
+        let (with, without): (Option<f64>, Option<f64>) = self.conn.query_row(
+            "SELECT avg(json_extract(t.output, '$.reward')), avg(json_extract(t.output, '$.baseline'))
+             FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
+             WHERE e.candidate_id = ?1 AND e.split = ?2 AND json_valid(t.output)
+               AND json_type(t.output) = 'object' AND json_extract(t.output, '$.baseline') IS NOT NULL",
+            params![id, split],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(with.zip(without).map(|(with_memory, without_memory)| MemoryRewards {
+            with_memory,
+            without_memory,
+        }))
     }
 
     /// Count of proposal attempts by status, per proposal kind family.

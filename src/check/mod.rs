@@ -260,6 +260,17 @@ mod tests {
     }
 
     #[test]
+    fn seed_memory_designs_pass_as_memory_and_fail_as_agents() {
+        let seeds = crate::assets::files_with_ext(&crate::assets::ARCHIVE, "memory", "py");
+        assert_eq!(seeds.len(), 4);
+        for (path, text) in seeds {
+            let r = Checker::embedded().unwrap().check(path, text, CandidateKind::Memory);
+            assert!(r.passes(), "{path}:\n{}", r.render());
+            assert!(!check(text).passes(), "{path} has no forward()");
+        }
+    }
+
+    #[test]
     fn syntax_error_has_position() {
         let r = check("def forward(task):\n    return (1 +\n");
         assert!(!r.passes());

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub use scorers::Scorer;
 
+use crate::candidate::CandidateKind;
 use crate::config::DomainConfig;
 
 /// One task: what the agent sees (`input`, passed as the `task` dict) and the gold answer
@@ -26,8 +27,16 @@ pub struct Task {
     pub answer: Value,
 }
 
+/// The episodic domain for memory designs (TextWorldExpress TextWorld-Commonsense games).
+pub const EPISODIC_DOMAIN: &str = "twc";
+
 pub struct Domain {
     pub name: String,
+    /// What a candidate of this domain is: an agent (`forward`) or, for the episodic
+    /// domain, a memory design (`class Memory`).
+    pub kind: CandidateKind,
+    /// The episodic domain's settings (None for task domains).
+    pub episodes: Option<crate::config::EpisodesConfig>,
     /// One paragraph for the proposer's prompt: what the tasks are and how they are scored.
     pub description: String,
     pub scorer: Scorer,
@@ -58,7 +67,7 @@ const BUILTINS: &[Builtin] = &[
 
 impl Domain {
     pub fn builtin_names() -> Vec<&'static str> {
-        BUILTINS.iter().map(|b| b.name).collect()
+        BUILTINS.iter().map(|b| b.name).chain([EPISODIC_DOMAIN]).collect()
     }
 
     /// Loads the domain named by the config (built-in, or a user JSONL with a scorer).
@@ -75,12 +84,28 @@ impl Domain {
             let tasks = parse_jsonl(&text, &path.display().to_string())?;
             return Ok(Self {
                 name: cfg.name.clone(),
+                kind: CandidateKind::Agent,
+                episodes: None,
                 description: format!(
                     "Tasks from {}; scored with the `{scorer_name}` scorer.",
                     file_name(path)
                 ),
                 scorer,
                 tasks,
+            });
+        }
+        if cfg.name == EPISODIC_DOMAIN {
+            let episodes = cfg.episodes.clone().unwrap_or_default();
+            return Ok(Self {
+                name: EPISODIC_DOMAIN.into(),
+                kind: CandidateKind::Memory,
+                description: format!(
+                    "TextWorldExpress TextWorld-Commonsense games ({} fold): the player is in a house and must pick up {} objects and put each in its usual location (dirty clothes in the laundry basket, a copybook in the desk). A fixed base agent plays; a memory design decides what it keeps after each episode and what text the agent is given before the next. Fitness is the gain in game score (0 to 1) over the same agent without memory, on episodes after the memory was filled.",
+                    episodes.fold, episodes.items
+                ),
+                scorer: Scorer::Exact,
+                tasks: crate::episodic::episode_tasks(&episodes),
+                episodes: Some(episodes),
             });
         }
         let Some(b) = BUILTINS.iter().find(|b| b.name == cfg.name) else {
@@ -94,6 +119,8 @@ impl Domain {
             .with_context(|| format!("built-in data file data/{} is missing from this build", b.file))?;
         Ok(Self {
             name: b.name.into(),
+            kind: CandidateKind::Agent,
+            episodes: None,
             description: b.description.into(),
             scorer: b.scorer,
             tasks: parse_jsonl(text, &format!("data/{}", b.file))?,
@@ -170,6 +197,7 @@ mod tests {
             val_size: 10,
             test_size: 20,
             split_seed: None,
+            episodes: None,
         }
     }
 

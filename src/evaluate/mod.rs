@@ -134,6 +134,9 @@ pub struct Evaluator<'a> {
     pub agent_contract: Option<&'a AgentContract>,
     /// `guards.require_call_contracts`: the host refuses `llm()` calls without a contract.
     pub require_call_contracts: bool,
+    /// The episodic domain's game servers and baseline plays, when candidates are memory
+    /// designs (their evaluation is `episodic::Episodic::evaluate`).
+    pub episodic: Option<&'a crate::episodic::Episodic>,
 }
 
 /// Called once per finished task (progress bars).
@@ -141,6 +144,9 @@ pub type TaskDone<'a> = &'a (dyn Fn() + Sync);
 
 impl Evaluator<'_> {
     pub fn evaluate(&self, code: &str, tasks: &[Task], split: &str, on_task: TaskDone) -> Result<Evaluation> {
+        if let Some(episodic) = self.episodic {
+            return episodic.evaluate(self, code, tasks, split, on_task);
+        }
         let inputs: Vec<(String, serde_json::Value)> = tasks.iter().map(|t| (t.id.clone(), t.input.clone())).collect();
         // Contracts are registered (compiled, fallbacks proved) before any task runs; an
         // unsound one fails the candidate like a load error, with the reason as feedback.

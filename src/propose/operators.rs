@@ -22,6 +22,8 @@ pub struct Operator {
     pub name: &'static str,
     /// Needs a second parent (crossover).
     pub binary: bool,
+    /// The candidate kind it applies to; None: any (it edits module constants only).
+    pub kind: Option<CandidateKind>,
     /// What it does, for `--help`-style listings and the architecture doc.
     pub doc: &'static str,
     apply: Apply,
@@ -31,44 +33,72 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "tune_constant",
         binary: false,
+        kind: None,
         doc: "change one numeric module constant (sample count, rounds, temperature)",
         apply: tune_constant,
     },
     Operator {
         name: "swap_instruction",
         binary: false,
+        kind: Some(CandidateKind::Agent),
         doc: "replace one instruction string constant with another from templates/operators/instructions.txt",
         apply: swap_instruction,
     },
     Operator {
         name: "wrap_vote",
         binary: false,
+        kind: Some(CandidateKind::Agent),
         doc: "wrap the agent in a majority vote over N runs",
         apply: wrap_vote,
     },
     Operator {
         name: "wrap_refine",
         binary: false,
+        kind: Some(CandidateKind::Agent),
         doc: "add a self-check and correction pass after the agent",
         apply: wrap_refine,
     },
     Operator {
         name: "wrap_verify",
         binary: false,
+        kind: Some(CandidateKind::Agent),
         doc: "verify the agent's answer and rerun it when the verifier rejects it",
         apply: wrap_verify,
     },
     Operator {
         name: "crossover_constants",
         binary: true,
+        kind: None,
         doc: "take the values of constants both parents define from the second parent",
         apply: crossover_constants,
     },
     Operator {
         name: "crossover_ensemble",
         binary: true,
+        kind: Some(CandidateKind::Agent),
         doc: "splice both parents into one module and vote between them",
         apply: crossover_ensemble,
+    },
+    Operator {
+        name: "memory_focus",
+        binary: false,
+        kind: Some(CandidateKind::Memory),
+        doc: "keep only the retrieved lines that share the most words with the new observation",
+        apply: memory_focus,
+    },
+    Operator {
+        name: "memory_success_only",
+        binary: false,
+        kind: Some(CandidateKind::Memory),
+        doc: "store an episode only when its reward reaches a threshold",
+        apply: memory_success_only,
+    },
+    Operator {
+        name: "memory_union",
+        binary: true,
+        kind: Some(CandidateKind::Memory),
+        doc: "one memory made of both parents: both are updated, both retrievals are joined",
+        apply: memory_union,
     },
 ];
 
@@ -86,7 +116,11 @@ pub fn propose(
     checker: &Checker,
     is_known: &dyn Fn(&str) -> bool,
 ) -> Result<Proposal, String> {
-    let mut order: Vec<&Operator> = OPERATORS.iter().filter(|o| !o.binary || other.is_some()).collect();
+    let mut order: Vec<&Operator> = OPERATORS
+        .iter()
+        .filter(|o| !o.binary || other.is_some())
+        .filter(|o| o.kind.is_none_or(|k| k == parent.kind))
+        .collect();
     // Shuffle by repeated random picks (keeps the rng stream simple and reproducible).
     let mut shuffled = Vec::with_capacity(order.len());
     while !order.is_empty() {
@@ -99,7 +133,7 @@ pub fn propose(
             failures.push(format!("{}: not applicable", op.name));
             continue;
         };
-        let report = checker.check("proposal.py", &code, CandidateKind::Agent);
+        let report = checker.check("proposal.py", &code, parent.kind);
         if !report.passes() {
             failures.push(format!(
                 "{}: produced code that fails check: {}",
@@ -485,6 +519,91 @@ fn crossover_ensemble(
     ))
 }
 
+/// The parent with its `class Memory` renamed, followed by `template` (which defines the new
+/// `Memory` on top of the renamed one, `inner`).
+fn wrap_memory(p: &Candidate, template: &str, n: serde_json::Value, t: &Templates) -> Option<String> {
+    if p.kind != CandidateKind::Memory || !top_level_names(&p.code).iter().any(|n| n == "Memory") {
+        return None;
+    }
+    let k = fresh_suffix(&p.code);
+    let inner = format!("_InnerMemory_{k}");
+    let renamed = rename(&p.code, &HashMap::from([("Memory".to_string(), inner.clone())]));
+    let tail = t.render(template, json!({"k": k, "n": n, "inner": inner})).ok()?;
+    Some(format!("{}{}", renamed.trim_end(), tail))
+}
+
+fn memory_focus(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let n = *[4u32, 8, 16].choose(rng)?;
+    let code = wrap_memory(p, "operators/memory_focus.py.j2", json!(n), t)?;
+    Some((
+        code,
+        format!("{} + focus{n}", display_name(p)),
+        format!("memory_focus: the {n} retrieved lines most related to the observation"),
+    ))
+}
+
+fn memory_success_only(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let threshold = *[0.5f64, 0.75, 1.0].choose(rng)?;
+    let code = wrap_memory(p, "operators/memory_success_only.py.j2", json!(threshold), t)?;
+    Some((
+        code,
+        format!("{} + reward≥{threshold}", display_name(p)),
+        format!("memory_success_only: store episodes with reward >= {threshold}"),
+    ))
+}
+
+fn memory_union(
+    _: &mut dyn RngCore,
+    a: &Candidate,
+    b: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let b = b?;
+    if a.kind != CandidateKind::Memory || b.kind != CandidateKind::Memory {
+        return None;
+    }
+    let k = fresh_suffix(&format!("{}{}", a.code, b.code));
+    let first = format!("_FirstMemory_{k}");
+    let a_code = rename(&a.code, &HashMap::from([("Memory".to_string(), first.clone())]));
+    let prefix = format!("_p{k}_");
+    let map: HashMap<String, String> = top_level_names(&b.code)
+        .into_iter()
+        .map(|n| (n.clone(), format!("{prefix}{n}")))
+        .collect();
+    let b_code = strip_docstring(&rename(&b.code, &map));
+    let tail = t
+        .render(
+            "operators/memory_union.py.j2",
+            json!({"k": k, "first": first, "second": format!("{prefix}Memory")}),
+        )
+        .ok()?;
+    let code = format!(
+        "{}\n\n\n# --- second parent: {} ---\n{}{}",
+        a_code.trim_end(),
+        b.name.replace('\n', " "),
+        b_code.trim(),
+        tail
+    );
+    Some((
+        code,
+        format!("{} ∪ {}", display_name(a), display_name(b)),
+        format!(
+            "memory_union: {} and {} updated together, retrievals joined",
+            a.name, b.name
+        ),
+    ))
+}
+
 fn strip_docstring(code: &str) -> String {
     let t = code.trim_start();
     if let Some(rest) = t.strip_prefix("\"\"\"") {
@@ -502,12 +621,18 @@ mod tests {
     use proptest::prelude::*;
     use rand::SeedableRng;
 
+    /// The seed agents, then the seed memory designs.
     fn seeds() -> Vec<Candidate> {
-        crate::assets::files_with_ext(&crate::assets::ARCHIVE, "agents", "py")
+        [("agents", CandidateKind::Agent), ("memory", CandidateKind::Memory)]
             .into_iter()
-            .map(|(path, code)| Candidate {
-                id: candidate_id(CandidateKind::Agent, code),
-                kind: CandidateKind::Agent,
+            .flat_map(|(dir, kind)| {
+                crate::assets::files_with_ext(&crate::assets::ARCHIVE, dir, "py")
+                    .into_iter()
+                    .map(move |(path, code)| (kind, path, code))
+            })
+            .map(|(kind, path, code)| Candidate {
+                id: candidate_id(kind, code),
+                kind,
                 name: path.into(),
                 thought: String::new(),
                 code: code.into(),
@@ -527,16 +652,43 @@ mod tests {
         for op in OPERATORS {
             let mut applied = 0;
             for (i, s) in seeds.iter().enumerate() {
-                let other = &seeds[(i + 1) % seeds.len()];
+                if op.kind.is_some_and(|k| k != s.kind) {
+                    continue;
+                }
+                let same: Vec<&Candidate> = seeds.iter().filter(|o| o.kind == s.kind).collect();
+                let other = same[(same.iter().position(|o| o.id == s.id).unwrap() + 1) % same.len()];
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
                 if let Some((code, _, _)) = (op.apply)(&mut rng, s, Some(other), &t) {
-                    let r = checker.check("x.py", &code, CandidateKind::Agent);
+                    let r = checker.check("x.py", &code, s.kind);
                     assert!(r.passes(), "{} on {}:\n{}\n{code}", op.name, s.name, r.render());
                     applied += 1;
                 }
             }
             assert!(applied > 0, "operator {} never applied", op.name);
         }
+    }
+
+    /// Operators for memory designs keep a `class Memory` the worker can run: the wrapped
+    /// parent stays reachable under its new name.
+    #[test]
+    fn memory_operators_wrap_or_join_the_parent_classes() {
+        let t = Templates::embedded().unwrap();
+        let s: Vec<Candidate> = seeds()
+            .into_iter()
+            .filter(|c| c.kind == CandidateKind::Memory)
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let (code, _, _) = memory_union(&mut rng, &s[0], Some(&s[1]), &t).unwrap();
+        assert!(
+            code.contains("class Memory:") && code.contains("_FirstMemory_1()"),
+            "{code}"
+        );
+        let (code, _, _) = memory_focus(&mut rng, &s[1], None, &t).unwrap();
+        assert!(code.contains("class Memory(_InnerMemory_1):"), "{code}");
+        // Memory operators never touch agents, and agent wrappers never touch memory designs.
+        let agent = seeds().into_iter().find(|c| c.kind == CandidateKind::Agent).unwrap();
+        assert!(memory_focus(&mut rng, &agent, None, &t).is_none());
+        assert!(OPERATORS.iter().find(|o| o.name == "wrap_vote").unwrap().kind == Some(CandidateKind::Agent));
     }
 
     #[test]
@@ -575,10 +727,11 @@ mod tests {
             let s = seeds();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut current = s[(seed % s.len() as u64) as usize].clone();
+            let same: Vec<Candidate> = s.iter().filter(|o| o.kind == current.kind).cloned().collect();
             for _ in 0..depth {
-                let other = s[rand::Rng::random_range(&mut rng, 0..s.len())].clone();
+                let other = same[rand::Rng::random_range(&mut rng, 0..same.len())].clone();
                 if let Ok(p) = propose(&mut rng, &current, Some(&other), &t, &checker, &|_| false) {
-                    let r = checker.check("x.py", &p.code, CandidateKind::Agent);
+                    let r = checker.check("x.py", &p.code, current.kind);
                     prop_assert!(r.passes(), "{}\n{}", r.render(), p.code);
                     current.code = p.code;
                 }

@@ -203,6 +203,33 @@ fn guard_section(rows: &[LeaderRow]) -> String {
     out
 }
 
+/// Memory designs: the mean reward of the scored episodes with each design's memory and
+/// without memory, on validation and held-out test (empty for agent runs).
+fn memory_section(rows: &[LeaderRow]) -> String {
+    let pair = |s: &Option<SplitScore>| match s.as_ref().and_then(|s| s.memory) {
+        Some(m) => format!("{:.3} / {:.3}", m.with_memory, m.without_memory),
+        None => "-".into(),
+    };
+    let lines: Vec<String> = rows
+        .iter()
+        .filter(|r| r.val.as_ref().is_some_and(|v| v.memory.is_some()))
+        .map(|r| {
+            let name: String = r.name.chars().take(46).collect();
+            format!("  {name:<46} {:<20} {:<20}", pair(&r.val), pair(&r.test))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nmemory designs: mean reward with / without memory on scored episodes\n  {:<46} {:<20} {:<20}\n{}\n",
+        "name",
+        "val",
+        "held-out test",
+        lines.join("\n")
+    )
+}
+
 /// The leaderboard and summary as plain text.
 pub fn render_status(s: &Status) -> String {
     let mut out = format!(
@@ -241,6 +268,7 @@ pub fn render_status(s: &Status) -> String {
         ));
     }
     out.push_str(&guard_section(&s.leaderboard));
+    out.push_str(&memory_section(&s.leaderboard));
     out.push_str("\nproposal funnel (attempts by kind):\n");
     let mut families: Vec<&str> = s.funnel.iter().map(|f| f.0.as_str()).collect();
     families.dedup();

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 
 pub use isolation::{Isolation, IsolationMode};
-pub use outcome::{classify, task_outcome, Outcome};
+pub use outcome::{classify, error_kind, task_outcome, Outcome};
 pub use protocol::{LlmCall, WorkerMessage};
 pub use worker::{
     run_worker, sweep_stale_workdirs, unguarded_reply, CallError, Denial, LlmHandler, TaskRun, WorkerExit,

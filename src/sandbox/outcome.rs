@@ -78,7 +78,7 @@ pub fn task_outcome(task: &TaskRun, exit: &WorkerExit) -> &'static str {
 }
 
 /// Names the breach behind a task's exception text (`Type: message`).
-fn error_kind(error: &str) -> &'static str {
+pub fn error_kind(error: &str) -> &'static str {
     if error.starts_with("MemoryError") {
         "memory_limit"
     } else if error.starts_with("PolicyDenied") || error.starts_with("PermissionError") {

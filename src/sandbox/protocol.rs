@@ -35,6 +35,16 @@ pub enum WorkerMessage {
         #[serde(default)]
         nonce: Option<u64>,
     },
+    /// A memory design's evaluation asks the host to play an episode with the base agent
+    /// (`memory`: the retrieved text, None in the fill phase). The host plays and scores.
+    Episode {
+        id: u64,
+        #[serde(default)]
+        task_id: Option<String>,
+        episode: String,
+        #[serde(default)]
+        memory: Option<String>,
+    },
     /// The worker's policy hook refused an operation (named in `what`) before the kernel
     /// would have. Only a label: enforcement is the kernel's.
     Denied {

@@ -74,6 +74,12 @@ pub trait LlmHandler: Sync {
     fn handle_call(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<serde_json::Value>, Usage), CallError> {
         unguarded_reply(self.handle(task_id, call))
     }
+    /// Plays `episode` with the base agent for a memory design's evaluation (`memory`: the
+    /// retrieved text, None in the fill phase); default: refused, as agent domains have none.
+    fn play_episode(&self, episode: &str, memory: Option<&str>) -> Result<(serde_json::Value, Usage), String> {
+        let _ = (episode, memory);
+        Err("this domain has no episodes".into())
+    }
     /// Called as each task reports (progress bars); default: nothing.
     fn task_finished(&self) {}
 }
@@ -397,6 +403,30 @@ pub fn run_worker(
                             Err(e) => {
                                 json!({"type": "llm_result", "id": id, "error": e.message, "contract": e.contract})
                             }
+                        };
+                        send(msg);
+                    });
+                }
+                Event::Message(WorkerMessage::Episode {
+                    id,
+                    task_id,
+                    episode,
+                    memory,
+                }) => {
+                    let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
+                    let results = &results;
+                    let send = &send;
+                    scope.spawn(move || {
+                        let msg = match handler.play_episode(&episode, memory.as_deref()) {
+                            Ok((result, usage)) => {
+                                if let Some(t) = &task_id {
+                                    if let Some(r) = results.lock().unwrap().get_mut(t) {
+                                        r.usage.merge(&usage);
+                                    }
+                                }
+                                json!({"type": "episode_result", "id": id, "result": result})
+                            }
+                            Err(e) => json!({"type": "episode_result", "id": id, "error": e}),
                         };
                         send(msg);
                     });

@@ -42,6 +42,8 @@ pub struct Search {
     meta: Gateway,
     agent: Gateway,
     seeds: Vec<(String, String)>,
+    /// Game servers and no-memory plays when the domain is episodic (memory designs).
+    episodic: Option<crate::episodic::Episodic>,
     /// `guards.contract`, compiled (its output fallback proved) once per process.
     agent_contract: Option<crate::guard::AgentContract>,
     /// What the meta-model is told about the guards (None when there are none).
@@ -136,7 +138,7 @@ impl Search {
                 }
             }
         }
-        let mut seeds = resolve_seeds(&exp.search.seeds)?;
+        let mut seeds = resolve_seeds(&exp.search.seeds, domain.kind)?;
         if let Some(path) = &exp.search.import_adas {
             seeds.extend(
                 crate::adas::read_archive(path)?
@@ -159,7 +161,12 @@ impl Search {
             budget.clone(),
         );
         let agent = Gateway::new(Role::Agent, agent_backend, &exp.models.agent, Some(cache), budget);
+        let episodic = match &domain.episodes {
+            Some(cfg) => Some(crate::episodic::Episodic::new(cfg)?),
+            None => None,
+        };
         Ok(Self {
+            episodic,
             checker: Checker::embedded()?.with_guard_rules(exp.guards.rules()),
             templates: Templates::embedded()?,
             guards_prompt: guards_prompt(&exp.guards)?,
@@ -389,7 +396,7 @@ impl Search {
             bar.set_message(format!("gen {generation}: operators on {}", parent.name));
             let is_known = |normalized: &str| {
                 self.archive
-                    .has_candidate(&candidate_id(CandidateKind::Agent, normalized))
+                    .has_candidate(&candidate_id(self.domain.kind, normalized))
                     .unwrap_or(false)
             };
             match operators::propose(
@@ -557,7 +564,7 @@ impl Search {
         let mut known = self.signatures.lock().unwrap();
         for (id, code) in self.archive.programs()? {
             known.entry(id).or_insert_with(|| {
-                let report = self.checker.check("archived.py", &code, CandidateKind::Agent);
+                let report = self.checker.check("archived.py", &code, self.domain.kind);
                 Signature::of(&report.normalized)
             });
         }
@@ -590,11 +597,11 @@ impl Search {
         p: Proposal,
         bar: &ProgressBar,
     ) -> Result<ProposalRecord> {
-        let report = self.checker.check("candidate.py", &p.code, CandidateKind::Agent);
-        let id = candidate_id(CandidateKind::Agent, &report.normalized);
+        let report = self.checker.check("candidate.py", &p.code, self.domain.kind);
+        let id = candidate_id(self.domain.kind, &report.normalized);
         let candidate = Candidate {
             id: id.clone(),
-            kind: CandidateKind::Agent,
+            kind: self.domain.kind,
             name: p.name.clone(),
             thought: p.thought.clone(),
             code: p.code.clone(),
@@ -721,6 +728,7 @@ impl Search {
             scorer: self.domain.scorer,
             agent_contract: self.agent_contract.as_ref(),
             require_call_contracts: self.exp.guards.require_call_contracts,
+            episodic: self.episodic.as_ref(),
         };
         let tick = || tasks_bar.inc(1);
         let cfg = &self.exp.evaluation;
@@ -729,9 +737,14 @@ impl Search {
             threshold: cfg.cascade_threshold,
             bootstrap_samples: cfg.bootstrap_samples,
         };
-        let e = evaluate_staged(tasks, parent_score, &stages, |slice| {
-            evaluator.evaluate(code, slice, split, &tick)
-        });
+        // An episode sequence is one unit (its halves fill and score the memory): not staged.
+        let e = if self.episodic.is_some() {
+            evaluator.evaluate(code, tasks, split, &tick)
+        } else {
+            evaluate_staged(tasks, parent_score, &stages, |slice| {
+                evaluator.evaluate(code, slice, split, &tick)
+            })
+        };
         tasks_bar.finish_and_clear();
         e
     }
@@ -823,9 +836,14 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// The seed programs named by `search.seeds` (file stems under `archive/agents/`).
-pub fn resolve_seeds(names: &[String]) -> Result<Vec<(String, String)>> {
-    let all: Vec<(String, String)> = crate::assets::files_with_ext(&crate::assets::ARCHIVE, "agents", "py")
+/// The seed programs named by `search.seeds`: file stems under `archive/agents/`, or
+/// `archive/memory/` when the domain's candidates are memory designs.
+pub fn resolve_seeds(names: &[String], kind: CandidateKind) -> Result<Vec<(String, String)>> {
+    let folder = match kind {
+        CandidateKind::Agent => "agents",
+        CandidateKind::Memory => "memory",
+    };
+    let all: Vec<(String, String)> = crate::assets::files_with_ext(&crate::assets::ARCHIVE, folder, "py")
         .into_iter()
         .map(|(p, c)| {
             (
@@ -842,7 +860,7 @@ pub fn resolve_seeds(names: &[String]) -> Result<Vec<(String, String)>> {
         match all.iter().find(|(stem, _)| stem == n) {
             Some(s) => out.push(s.clone()),
             None => bail!(
-                "search.seeds names {n:?}, which is not a seed; fix: use \"all\" or some of: {}",
+                "search.seeds names {n:?}, which is not a seed under archive/{folder}/; fix: use \"all\" or some of: {}",
                 all.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
             ),
         }

@@ -1,0 +1,349 @@
+//! The fixed base agent that plays every episode: the experiment's agent model prompted with
+//! `templates/episodes/base_agent.j2`, or a scripted policy for tests.
+//!
+//! Why the base agent is fixed and host-side: a memory design is judged by how much its
+//! retrieved text helps the same player (ALMA's protocol); the player is not searched over.
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+
+use super::env::{EnvServer, Game, GameState};
+use crate::llm::{CallParams, Gateway, Message, Usage};
+use crate::propose::Templates;
+
+/// One step of a trajectory, as the memory design's `update` receives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub action: String,
+    pub observation: String,
+    pub score: f64,
+}
+
+/// One played episode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Play {
+    /// The state after reset (what `retrieve` and `update` are shown, see `observation_for`).
+    #[serde(skip)]
+    pub start: GameState,
+    pub trajectory: Vec<Step>,
+    /// The game's own normalised score at the end.
+    pub reward: f64,
+    pub success: bool,
+    #[serde(skip)]
+    pub usage: Usage,
+}
+
+/// Who plays.
+pub enum BaseAgent<'a> {
+    /// The experiment's agent model, one call per step.
+    Model {
+        gateway: &'a Gateway,
+        templates: &'a Templates,
+    },
+    /// A deterministic policy that reads the memory text for `object ... location` lines:
+    /// for unit tests of the protocol only (no model), never a reported figure.
+    Scripted,
+}
+
+/// What `retrieve` and `update` see of an episode's start.
+pub fn observation_for(game: &Game, start: &GameState) -> serde_json::Value {
+    json!({
+        "game": game.game,
+        "task": start.task,
+        "observation": start.observation,
+        "inventory": start.inventory,
+        "valid_actions": start.valid_actions,
+    })
+}
+
+impl BaseAgent<'_> {
+    /// Plays `game` from its start with `memory` (may be empty) in the agent's context.
+    pub fn play(&self, env: &mut EnvServer, game: &Game, memory: &str, max_steps: u32) -> Result<Play> {
+        let start = env.reset(game)?;
+        let mut state = start.clone();
+        let mut trajectory: Vec<Step> = Vec::new();
+        let mut usage = Usage::default();
+        let mut policy = ScriptedPolicy::default();
+        for _ in 0..max_steps {
+            if state.done {
+                break;
+            }
+            let action = match self {
+                BaseAgent::Scripted => match policy.next(&state, memory, game.seed) {
+                    Some(a) => a,
+                    None => break,
+                },
+                BaseAgent::Model { gateway, templates } => {
+                    let prompt = templates.render(
+                        "episodes/base_agent.j2",
+                        json!({
+                            "task": start.task,
+                            "memory": memory,
+                            "observation": state.observation,
+                            "inventory": state.inventory,
+                            "valid_actions": state.valid_actions,
+                            "history": trajectory.iter().rev().take(8).rev().map(|s| &s.action).collect::<Vec<_>>(),
+                        }),
+                    )?;
+                    let params = CallParams {
+                        temperature: None,
+                        max_tokens: Some(24),
+                        json: false,
+                    };
+                    let req = gateway.request(vec![Message::new("user", prompt)], params, 0);
+                    let reply = gateway.complete(&req)?;
+                    usage.add(&reply);
+                    choose_action(&reply.text, &state.valid_actions)
+                }
+            };
+            let before = state.score;
+            state = env.step(&action)?;
+            policy.observe(&action, before, state.score);
+            trajectory.push(Step {
+                action,
+                observation: state.observation.clone(),
+                score: state.score,
+            });
+        }
+        Ok(Play {
+            start,
+            trajectory,
+            reward: state.score,
+            success: state.success,
+            usage,
+        })
+    }
+}
+
+/// The valid action a model reply means: an exact line, else the longest valid action the
+/// reply contains, else the one sharing most words; `look around` when nothing matches.
+pub fn choose_action(reply: &str, valid: &[String]) -> String {
+    let norm = |s: &str| {
+        s.trim()
+            .trim_matches(|c: char| "\"'`.*:>".contains(c))
+            .trim()
+            .to_lowercase()
+    };
+    for line in reply.lines() {
+        let mut l = norm(line);
+        if let Some(rest) = l.strip_prefix("action") {
+            l = norm(rest);
+        }
+        if let Some(v) = valid.iter().find(|v| v.to_lowercase() == l) {
+            return v.clone();
+        }
+    }
+    let lower = reply.to_lowercase();
+    if let Some(v) = valid
+        .iter()
+        .filter(|v| lower.contains(&v.to_lowercase()))
+        .max_by_key(|v| v.len())
+    {
+        return v.clone();
+    }
+    let words: BTreeSet<&str> = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '-')
+        .filter(|w| !w.is_empty())
+        .collect();
+    valid
+        .iter()
+        .map(|v| {
+            (
+                v.to_lowercase()
+                    .split_whitespace()
+                    .filter(|w| words.contains(*w))
+                    .count(),
+                v,
+            )
+        })
+        .filter(|(n, _)| *n > 0)
+        .max_by_key(|(n, v)| (*n, std::cmp::Reverse(v.len())))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "look around".into())
+}
+
+/// The scripted player: takes each object, puts it where the memory text says it goes
+/// (opening a closed container first), else tries the places in a fixed order drawn from a
+/// hash of (object, game); a put that lowers the score was wrong, so it takes the object
+/// back and tries the next place. It therefore learns the right place within an episode at
+/// the cost of steps, and a memory that remembers places saves those steps: with and without
+/// memory differ only by what the memory says.
+#[derive(Default)]
+struct ScriptedPolicy {
+    taken: BTreeSet<String>,
+    placed: BTreeSet<String>,
+    tried: std::collections::BTreeMap<String, BTreeSet<String>>,
+}
+
+impl ScriptedPolicy {
+    /// Learns from the last action's effect on the score.
+    fn observe(&mut self, action: &str, before: f64, after: f64) {
+        if let Some((object, location)) = action.strip_prefix("put ").and_then(|r| r.split_once(" in ")) {
+            if after > before {
+                self.placed.insert(object.to_string());
+            } else {
+                self.tried
+                    .entry(object.to_string())
+                    .or_default()
+                    .insert(location.to_string());
+            }
+        }
+    }
+
+    fn next(&mut self, state: &GameState, memory: &str, seed: u64) -> Option<String> {
+        let mut puts: Vec<(&str, &str)> = state
+            .valid_actions
+            .iter()
+            .filter_map(|a| a.strip_prefix("put "))
+            .filter_map(|rest| rest.split_once(" in "))
+            .collect();
+        puts.sort();
+        // An object whose place the memory names goes first: a remembered place costs one step.
+        let held: Vec<&str> = puts.iter().map(|(o, _)| *o).collect();
+        let all_places: Vec<&str> = puts
+            .iter()
+            .map(|(_, l)| *l)
+            .chain(state.valid_actions.iter().filter_map(|a| a.strip_prefix("open ")))
+            .collect();
+        let first = held
+            .iter()
+            .find(|o| {
+                remembered_location(memory, o, &all_places)
+                    .is_some_and(|l| !self.tried.get(**o).is_some_and(|t| t.contains(l)))
+            })
+            .or(held.first())
+            .copied();
+        if let Some(object) = first {
+            let tried = self.tried.get(object).cloned().unwrap_or_default();
+            let open: Vec<&str> = puts
+                .iter()
+                .filter(|(o, l)| *o == object && !tried.contains(*l))
+                .map(|(_, l)| *l)
+                .collect();
+            let closed: Vec<&str> = state
+                .valid_actions
+                .iter()
+                .filter_map(|a| a.strip_prefix("open "))
+                .filter(|l| !tried.contains(*l))
+                .collect();
+            let mut places: Vec<&str> = open.iter().chain(closed.iter()).copied().collect();
+            places.sort();
+            let avoid = avoided_locations(memory, object, &places);
+            places.retain(|l| !avoid.contains(l));
+            let target = remembered_location(memory, object, &places).or_else(|| {
+                let h = object
+                    .bytes()
+                    .fold(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, |h, b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                    });
+                let pool: Vec<&str> = if open.iter().any(|l| !avoid.contains(l)) {
+                    open.iter().filter(|l| !avoid.contains(l)).copied().collect()
+                } else if !places.is_empty() {
+                    places.clone()
+                } else {
+                    open.clone()
+                };
+                (!pool.is_empty()).then(|| pool[(h % pool.len() as u64) as usize])
+            })?;
+            return Some(if open.contains(&target) {
+                format!("put {object} in {target}")
+            } else {
+                format!("open {target}")
+            });
+        }
+        let object = state
+            .valid_actions
+            .iter()
+            .filter_map(|a| a.strip_prefix("take "))
+            .find(|o| !self.placed.contains(*o) && (!self.taken.contains(*o) || self.tried.contains_key(*o)))?;
+        self.taken.insert(object.to_string());
+        Some(format!("take {object}"))
+    }
+}
+
+/// Places a line of `memory` says `object` does not go: lines that begin with `not`,
+/// `avoid` or `wrong` and name both.
+fn avoided_locations<'l>(memory: &str, object: &str, locations: &[&'l str]) -> Vec<&'l str> {
+    let object = object.to_lowercase();
+    memory
+        .lines()
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| ["not", "avoid", "wrong"].iter().any(|w| l.starts_with(w)) && l.contains(&object))
+        .flat_map(|l| {
+            locations
+                .iter()
+                .filter(move |loc| l.contains(&loc.to_lowercase()))
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The location a line of `memory` gives for `object`: a line naming the whole object (else
+/// its last word) and one of `locations` (the longest named, so "chest of drawers" beats
+/// "chest").
+fn remembered_location<'l>(memory: &str, object: &str, locations: &[&'l str]) -> Option<&'l str> {
+    let object = object.to_lowercase();
+    let head = object.split_whitespace().last().unwrap_or(&object).to_string();
+    let lines: Vec<String> = memory
+        .lines()
+        .flat_map(|l| l.split(';'))
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| !["not", "avoid", "wrong"].iter().any(|w| l.starts_with(w)))
+        .collect();
+    for needle in [&object, &head] {
+        for line in lines.iter().rev() {
+            let Some(at) = line.find(needle.as_str()) else { continue };
+            let after = &line[at + needle.len()..];
+            if let Some(l) = locations
+                .iter()
+                .filter(|l| after.contains(&l.to_lowercase()))
+                .max_by_key(|l| l.len())
+            {
+                return Some(l);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_reply_is_mapped_to_a_valid_action() {
+        let v = valid(&["take copybook", "open wardrobe", "put copybook in desk", "look around"]);
+        assert_eq!(choose_action("put copybook in desk", &v), "put copybook in desk");
+        assert_eq!(choose_action("Action: Open wardrobe.", &v), "open wardrobe");
+        assert_eq!(
+            choose_action("I will put copybook in desk now", &v),
+            "put copybook in desk"
+        );
+        assert_eq!(choose_action("copybook!", &v), "take copybook");
+        assert_eq!(choose_action("???", &v), "look around");
+    }
+
+    #[test]
+    fn memory_lines_name_the_location_after_the_object() {
+        let locs = ["chest of drawers", "desk", "wardrobe"];
+        let mem = "clean brown shirt -> wardrobe\ncopybook: desk";
+        assert_eq!(remembered_location(mem, "clean brown shirt", &locs), Some("wardrobe"));
+        assert_eq!(remembered_location(mem, "copybook", &locs), Some("desk"));
+        // The head noun generalises: another shirt goes where a shirt went.
+        assert_eq!(remembered_location(mem, "dirty shirt", &locs), Some("wardrobe"));
+        assert_eq!(remembered_location(mem, "black blanket", &locs), None);
+        assert_eq!(remembered_location("", "copybook", &locs), None);
+        // Negative lines are not advice to go there, but a place to avoid.
+        let mem = "not: desk for copybook\navoid wardrobe for copybook";
+        assert_eq!(remembered_location(mem, "copybook", &locs), None);
+        assert_eq!(avoided_locations(mem, "copybook", &locs), vec!["desk", "wardrobe"]);
+    }
+}

@@ -1,0 +1,217 @@
+//! Memory designs on the episodic domain (`twc`): real TextWorldExpress games in real game
+//! servers, real sandboxed workers holding the designs, and a SCRIPTED base agent (a fixed
+//! policy that reads the memory text; src/episodic/agent.rs), so the figures are exact and
+//! repeatable. The protocol is ALMA's: the first half of a shuffled episode sequence fills the
+//! memory, the second half is scored against the same player without memory.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use metaforge::config::{BaseAgentKind, DomainConfig, EpisodesConfig, EvaluationConfig, ModelConfig};
+use metaforge::domain::Domain;
+use metaforge::episodic::Episodic;
+use metaforge::evaluate::{Evaluation, Evaluator, Outcome};
+use metaforge::llm::{Budget, Gateway, Role, ScriptedBackend};
+
+fn scripted_episodes() -> EpisodesConfig {
+    EpisodesConfig {
+        base_agent: BaseAgentKind::Scripted,
+        max_steps: 8,
+        items: 2,
+        ..EpisodesConfig::default()
+    }
+}
+
+/// Evaluates each design on the same 80-episode validation sequence (40 fill, 40 scored).
+fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {
+    let episodes = scripted_episodes();
+    let domain = Domain::load(&DomainConfig {
+        name: "twc".into(),
+        path: None,
+        scorer: None,
+        val_size: 80,
+        test_size: 2,
+        split_seed: Some(1),
+        episodes: Some(episodes.clone()),
+    })
+    .unwrap();
+    let (val, _) = domain.splits(1, 80, 2).unwrap();
+    let episodic = Episodic::new(&episodes).unwrap();
+    let mcfg: ModelConfig = toml::from_str("backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"").unwrap();
+    // The scripted base agent makes no model call; the gateway is there for the designs' own.
+    let gateway = Gateway::new(
+        Role::Agent,
+        Arc::new(ScriptedBackend::new("s", vec!["unused".into()])),
+        &mcfg,
+        None,
+        Arc::new(Budget::unlimited()),
+    );
+    let cfg = EvaluationConfig::default();
+    let evaluator = Evaluator {
+        gateway: &gateway,
+        cfg: &cfg,
+        scorer: domain.scorer,
+        agent_contract: None,
+        require_call_contracts: false,
+        episodic: Some(&episodic),
+    };
+    designs
+        .iter()
+        .map(|code| evaluator.evaluate(code, &val, "val", &|| {}).unwrap())
+        .collect()
+}
+
+fn seed(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/archive/memory/{name}.py", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn rewards(e: &Evaluation) -> (f64, f64) {
+    let (mut with, mut without) = (0.0, 0.0);
+    for t in &e.tasks {
+        let v: serde_json::Value = serde_json::from_str(t.output.as_deref().unwrap()).unwrap();
+        with += v["reward"].as_f64().unwrap();
+        without += v["baseline"].as_f64().unwrap();
+    }
+    let n = e.tasks.len() as f64;
+    (with / n, without / n)
+}
+
+#[test]
+fn key_value_facts_beat_no_memory_on_a_fixed_episode_sequence() {
+    let names = ["no_memory", "kv_facts", "trajectory_retrieval", "insight_list"];
+    let codes: Vec<String> = names.iter().map(|n| seed(n)).collect();
+    let e = evaluate_designs(&codes.iter().map(String::as_str).collect::<Vec<_>>());
+    // The figures README.md quotes ("Memory designs"), printed with --nocapture.
+    for (name, x) in names.iter().zip(&e) {
+        let (with, without) = rewards(x);
+        eprintln!(
+            "{name:<22} reward {with:.3} with memory, {without:.3} without; gain {:.3} [{:.3}, {:.3}] ({})",
+            x.mean, x.ci_lo, x.ci_hi, x.outcome
+        );
+    }
+    let (none, kv) = (&e[0], &e[1]);
+    for x in [none, kv] {
+        assert_eq!(x.outcome, Outcome::Ok, "{}", x.detail);
+        assert_eq!(x.tasks.len(), 40, "the second half of the sequence is scored");
+    }
+    // No memory is the baseline itself: the same player on the same games, gain exactly 0.
+    assert_eq!(none.mean, 0.0, "{:?}", none.tasks);
+    let (with, without) = rewards(kv);
+    eprintln!(
+        "kv_facts: reward {with:.3} with memory vs {without:.3} without; gain {:.3} [{:.3}, {:.3}]",
+        kv.mean, kv.ci_lo, kv.ci_hi
+    );
+    assert!(
+        kv.mean > 0.0 && kv.ci_lo > 0.0,
+        "kv facts gain {} [{}, {}]",
+        kv.mean,
+        kv.ci_lo,
+        kv.ci_hi
+    );
+    assert!(with > without);
+    // What the base agent was given is kept with each scored episode.
+    assert!(
+        kv.tasks.iter().any(|t| t.output.as_deref().unwrap().contains(" -> ")),
+        "{:?}",
+        kv.tasks[0].output
+    );
+}
+
+#[test]
+fn a_design_that_raises_or_exceeds_its_limits_is_recorded_as_such() {
+    let raising = "class Memory:\n    def retrieve(self, observation):\n        raise ValueError('index is corrupt')\n\n    def update(self, observation, trajectory, reward):\n        pass\n";
+    let hog = "class Memory:\n    def __init__(self):\n        self.blobs = []\n\n    def retrieve(self, observation):\n        return 'kept nothing'\n\n    def update(self, observation, trajectory, reward):\n        self.blobs.append(bytearray(8 << 30))\n";
+    let e = evaluate_designs(&[raising, hog]);
+    let (raised, hogged) = (&e[0], &e[1]);
+    assert_eq!(raised.outcome, Outcome::Error, "{}", raised.detail);
+    assert!(raised.tasks.iter().all(|t| t.outcome == "error"));
+    assert!(
+        raised.tasks[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("ValueError: index is corrupt"),
+        "{:?}",
+        raised.tasks[0].error
+    );
+    // Failed retrievals count as reward 0 (ALMA): a gain below zero, not a skipped episode.
+    assert!(raised.mean < 0.0);
+    assert_eq!(hogged.outcome, Outcome::Error, "{}", hogged.detail);
+    assert!(
+        hogged.detail.contains("update() raised on 40 of 40 fill episodes") && hogged.detail.contains("MemoryError"),
+        "{}",
+        hogged.detail
+    );
+}
+
+/// A whole run on the episodic domain: the seeds from archive/memory/, then two proposals
+/// from a SCRIPTED meta model that are broken designs (one raises in `retrieve`, one runs
+/// out of memory in `update`). Both are recorded with their outcome, the run goes on to the
+/// held-out test, and `status` reports reward with and without memory per design.
+#[test]
+fn a_memory_search_records_broken_designs_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("memory.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"name = "memory-test"
+seed = 2
+[domain]
+name = "twc"
+val_size = 16
+test_size = 8
+[domain.episodes]
+base_agent = "scripted"
+max_steps = 10
+[models.meta]
+backend = "scripted"
+model = "meta"
+script = "{meta}"
+[models.agent]
+backend = "scripted"
+model = "agent"
+script = "{agent}"
+[search]
+seeds = ["all"]
+generations = 1
+proposals_per_generation = 2
+test_top_k = 1
+[proposers]
+operators = 0.0
+rewrite = 1.0
+[proposers.rewrite_options]
+reflexion_rounds = 0
+debug_rounds = 0
+[evaluation]
+tasks_in_flight = 4
+task_timeout_s = 30
+"#,
+            meta = fixtures().join("scripted_meta_memory.json").display(),
+            agent = fixtures().join("scripted_agent.json").display(),
+        ),
+    )
+    .unwrap();
+    let db = dir.path().join("memory.db");
+    run_to_end(&exp, &db);
+    assert_archive_sound(&db);
+    assert_eq!(count(&db, "SELECT count(*) FROM candidates WHERE kind = 'memory'"), 6);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM proposals WHERE status = 'runtime_error'"),
+        2,
+        "both broken designs are recorded as runtime errors"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id JOIN candidates c ON c.id = e.candidate_id WHERE c.name = 'raising retrieve' AND t.outcome = 'error'"),
+        8
+    );
+    assert!(count(&db, "SELECT count(*) FROM evaluations WHERE split = 'test'") >= 1);
+    let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
+    assert!(
+        status.contains("memory designs: mean reward with / without memory"),
+        "{status}"
+    );
+    assert!(status.contains("Key-value facts (SQLite)"), "{status}");
+}
