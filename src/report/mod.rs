@@ -73,7 +73,14 @@ fn verdict(rows: &[LeaderRow]) -> String {
             )
         }
         (Some(_), None) => {
-            "held-out test: no discovered agent was tested (none evaluated successfully on validation)".into()
+            let discovered_ok = rows
+                .iter()
+                .any(|r| r.operator != "seed" && r.val.as_ref().is_some_and(|v| v.outcome == "ok"));
+            if discovered_ok {
+                "held-out test: no discovered candidate was tested (none ranked above the seeds on validation)".into()
+            } else {
+                "held-out test: no discovered candidate was tested (none evaluated successfully on validation)".into()
+            }
         }
         _ => "held-out test: not evaluated yet (it runs at the end of the search)".into(),
     }
