@@ -50,10 +50,10 @@ enum Command {
         #[arg(long)]
         memory: bool,
     },
-    /// Evaluate one agent file on a domain with the embedded model.
+    /// Evaluate one agent file (or memory design, on `twc`) on a domain with the embedded model.
     Eval {
         file: PathBuf,
-        /// Built-in domain: arith or gsm8k.
+        /// Built-in domain: arith, gsm8k, or twc (memory designs; n episodes, half fill, half scored).
         #[arg(long)]
         domain: String,
         /// Number of tasks.
