@@ -384,7 +384,8 @@ pub fn doctor(json: bool) -> Result<bool> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "layers": rows, "python": python, "probe": probe, "all_active": all_active
+                "layers": rows, "python": python, "probe": probe, "all_active": all_active,
+                "episodic": crate::episodic::env::doctor_line()
             }))?
         );
     } else {
@@ -401,6 +402,7 @@ pub fn doctor(json: bool) -> Result<bool> {
         for line in &probe {
             println!("  {line}");
         }
+        println!("{}", crate::episodic::env::doctor_line());
         if !all_active {
             println!("some layers are missing: evaluation.isolation = \"strict\" refuses to run here; \"best-effort\" runs with a warning");
         }

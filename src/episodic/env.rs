@@ -143,6 +143,38 @@ impl EnvPool {
     }
 }
 
+/// What `doctor` says about the twc domain: whether Java runs and where the environment's
+/// virtual environment is (or will be made on first use). Starts nothing but `java -version`.
+pub fn doctor_line() -> String {
+    let java = Command::new("java")
+        .arg("-version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+    let venv = match std::env::var_os("METAFORGE_TWX_PYTHON") {
+        Some(p) => format!("$METAFORGE_TWX_PYTHON = {}", PathBuf::from(p).display()),
+        None => {
+            let dir = crate::llm::cache_root().join("envs").join("textworld-express-1.1.0");
+            if dir.join("bin").join("python").exists() {
+                format!("{TWX_PACKAGE} installed in {}", dir.display())
+            } else {
+                format!("{TWX_PACKAGE} is installed into {} on first use (PyPI)", dir.display())
+            }
+        }
+    };
+    match java {
+        Some(v) => format!("twc domain (memory designs): java {v:?}; {venv}"),
+        None => "twc domain (memory designs): java does not run; fix: apt-get install openjdk-17-jre-headless (scripts/setup.sh does)".into(),
+    }
+}
+
 /// The Python of the environment's own virtual environment: `$METAFORGE_TWX_PYTHON`, or one
 /// created once under the cache folder with `pip install textworld-express==1.1.0` (PyPI).
 pub fn env_python() -> Result<PathBuf> {

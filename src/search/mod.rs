@@ -714,12 +714,25 @@ impl Search {
         let tasks_bar = if bar.is_hidden() {
             ProgressBar::hidden()
         } else {
-            ProgressBar::new(tasks.len() as u64)
+            // A memory evaluation ticks once per scored episode (the second half).
+            ProgressBar::new(if self.episodic.is_some() {
+                (tasks.len() - tasks.len() / 2) as u64
+            } else {
+                tasks.len() as u64
+            })
+        };
+        let unit = if self.episodic.is_some() {
+            "scored episodes"
+        } else {
+            "tasks"
         };
         let tasks_bar = if bar.is_hidden() {
             tasks_bar
         } else {
-            tasks_bar.with_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} tasks ({split}) {msg}").unwrap())
+            tasks_bar.with_style(
+                ProgressStyle::with_template(&format!("  {{bar:30}} {{pos}}/{{len}} {unit} ({split}) {{msg}}"))
+                    .unwrap(),
+            )
         };
         tasks_bar.set_message(truncate(label, 50));
         let evaluator = Evaluator {
