@@ -283,23 +283,13 @@ fn an_unprovable_output_fallback_is_refused_before_the_run() {
 /// attributes them, and the host refuses calls attributed to no task.
 #[test]
 fn calls_from_a_tasks_threads_count_against_its_budget() {
-    use std::sync::Arc;
-
-    use metaforge::config::{EvaluationConfig, ModelConfig};
+    use metaforge::config::EvaluationConfig;
     use metaforge::domain::{Scorer, Task};
     use metaforge::evaluate::Evaluator;
     use metaforge::guard::AgentContract;
-    use metaforge::llm::{Budget, Gateway, Role, ScriptedBackend};
 
     let contract = AgentContract::from_toml("two-calls", "[budgets]\nllm_calls = 2\n").unwrap();
-    let mcfg: ModelConfig = toml::from_str("backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"").unwrap();
-    let gateway = Gateway::new(
-        Role::Agent,
-        Arc::new(ScriptedBackend::new("s", vec!["7".into()])),
-        &mcfg,
-        None,
-        Arc::new(Budget::unlimited()),
-    );
+    let gateway = scripted_gateway("7");
     let cfg = EvaluationConfig::default();
     let evaluator = Evaluator {
         gateway: &gateway,

@@ -487,17 +487,9 @@ fn crossover_ensemble(
     let k = fresh_suffix(&format!("{}{}", a.code, b.code));
     let first = format!("_first_forward_{k}");
     let a_code = rename(&a.code, &HashMap::from([("forward".to_string(), first.clone())]));
-    // Prefix every top-level name of the second parent so the two modules cannot collide,
-    // except `CONTRACTS`: the host reads every module-level `CONTRACTS` literal by that name
-    // (src/guard/manifest.rs), so both parents' guarded calls keep their contracts.
-    let prefix = format!("_p{k}_");
-    let map: HashMap<String, String> = top_level_names(&b.code)
-        .into_iter()
-        .filter(|n| n != "CONTRACTS")
-        .map(|n| (n.clone(), format!("{prefix}{n}")))
-        .collect();
-    let b_code = rename(&b.code, &map);
-    let b_code = strip_docstring(&b_code);
+    // `CONTRACTS` keeps its name: the host reads every module-level `CONTRACTS` literal by
+    // that name (src/guard/manifest.rs), so both parents' guarded calls keep their contracts.
+    let (b_code, prefix) = prefixed(b, k, &["CONTRACTS"]);
     let second = format!("{prefix}forward");
     let tail = t
         .render(
@@ -505,13 +497,7 @@ fn crossover_ensemble(
             json!({"k": k, "first": first, "second": second}),
         )
         .ok()?;
-    let code = format!(
-        "{}\n\n\n# --- second parent: {} ---\n{}{}",
-        a_code.trim_end(),
-        b.name.replace('\n', " "),
-        b_code.trim(),
-        tail
-    );
+    let code = spliced(&a_code, b, &b_code, &tail);
     Some((
         code,
         format!("{} ⊕ {}", display_name(a), display_name(b)),
@@ -575,25 +561,14 @@ fn memory_union(
     let k = fresh_suffix(&format!("{}{}", a.code, b.code));
     let first = format!("_FirstMemory_{k}");
     let a_code = rename(&a.code, &HashMap::from([("Memory".to_string(), first.clone())]));
-    let prefix = format!("_p{k}_");
-    let map: HashMap<String, String> = top_level_names(&b.code)
-        .into_iter()
-        .map(|n| (n.clone(), format!("{prefix}{n}")))
-        .collect();
-    let b_code = strip_docstring(&rename(&b.code, &map));
+    let (b_code, prefix) = prefixed(b, k, &[]);
     let tail = t
         .render(
             "operators/memory_union.py.j2",
             json!({"k": k, "first": first, "second": format!("{prefix}Memory")}),
         )
         .ok()?;
-    let code = format!(
-        "{}\n\n\n# --- second parent: {} ---\n{}{}",
-        a_code.trim_end(),
-        b.name.replace('\n', " "),
-        b_code.trim(),
-        tail
-    );
+    let code = spliced(&a_code, b, &b_code, &tail);
     Some((
         code,
         format!("{} ∪ {}", display_name(a), display_name(b)),
@@ -602,6 +577,30 @@ fn memory_union(
             a.name, b.name
         ),
     ))
+}
+
+/// The second parent of a splicing crossover with every top-level name but `keep` prefixed
+/// (so the two modules cannot collide) and its docstring dropped; returns it and the prefix.
+fn prefixed(b: &Candidate, k: usize, keep: &[&str]) -> (String, String) {
+    let prefix = format!("_p{k}_");
+    let map: HashMap<String, String> = top_level_names(&b.code)
+        .into_iter()
+        .filter(|n| !keep.contains(&n.as_str()))
+        .map(|n| (n.clone(), format!("{prefix}{n}")))
+        .collect();
+    (strip_docstring(&rename(&b.code, &map)), prefix)
+}
+
+/// One module: the first parent, the prefixed second one under a comment naming it, and the
+/// operator's tail that joins them.
+fn spliced(a_code: &str, b: &Candidate, b_code: &str, tail: &str) -> String {
+    format!(
+        "{}\n\n\n# --- second parent: {} ---\n{}{}",
+        a_code.trim_end(),
+        b.name.replace('\n', " "),
+        b_code.trim(),
+        tail
+    )
 }
 
 fn strip_docstring(code: &str) -> String {

@@ -64,6 +64,21 @@ task_timeout_s = 20
     path
 }
 
+/// An agent-role gateway on a SCRIPTED backend that answers every call with `reply`, with no
+/// cache and no budget: for library-level tests of the evaluator.
+pub fn scripted_gateway(reply: &str) -> metaforge::llm::Gateway {
+    use metaforge::llm::{Budget, Gateway, Role, ScriptedBackend};
+    let mcfg: metaforge::config::ModelConfig =
+        toml::from_str("backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"").unwrap();
+    Gateway::new(
+        Role::Agent,
+        std::sync::Arc::new(ScriptedBackend::new("s", vec![reply.into()])),
+        &mcfg,
+        None,
+        std::sync::Arc::new(Budget::unlimited()),
+    )
+}
+
 pub fn count(db: &Path, sql: &str) -> i64 {
     Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
 }
