@@ -622,6 +622,34 @@ impl Experiment {
                 bail!("domain.episodes: max_steps, items, locations and retrieve_chars must be at least 1");
             }
         }
+        if episodic {
+            // Settings that act on agents' task evaluations only: refused rather than ignored.
+            let g = &self.guards;
+            let refused = [
+                (
+                    self.search.import_adas.is_some(),
+                    "search.import_adas (ADAS agents are not memory designs)",
+                ),
+                (
+                    g.contract.is_some() || g.require_call_contracts || g.allowed_imports.is_some(),
+                    "[guards] (contracts guard agents' model calls)",
+                ),
+                (
+                    self.evaluation.cascade_fraction > 0.0,
+                    "evaluation.cascade_fraction (an episode sequence is not staged)",
+                ),
+                (
+                    self.evaluation.shards > 1,
+                    "evaluation.shards > 1 (one worker holds the memory across a sequence)",
+                ),
+            ];
+            if let Some((_, what)) = refused.iter().find(|(set, _)| *set) {
+                bail!(
+                    "{what} does not apply to the {} domain, whose candidates are memory designs; fix: remove it",
+                    crate::domain::EPISODIC_DOMAIN
+                );
+            }
+        }
         if episodic && (self.domain.val_size < 2 || self.domain.test_size < 2) {
             bail!(
                 "domain.val_size = {} and domain.test_size = {}: an episodic split needs at least 2 episodes (half fill the memory, half are scored); fix: set both to 2 or more",
@@ -691,6 +719,25 @@ model = "smollm2-135m"
         assert_eq!(e.search.generations, 3);
         assert_eq!(e.evaluation.tasks_in_flight, 4);
         assert_eq!(e.proposers.operators, 1.0);
+    }
+
+    #[test]
+    fn episodic_settings_are_checked_against_the_domain() {
+        let twc = MINIMAL.replace("name = \"arith\"", "name = \"twc\"\nval_size = 8\ntest_size = 8");
+        let e = Experiment::parse(&twc, "t.toml", Path::new(".")).unwrap();
+        assert!(
+            e.domain.episodes.is_none(),
+            "defaults apply when [domain.episodes] is absent"
+        );
+        let err = |text: &str| format!("{:#}", Experiment::parse(text, "t.toml", Path::new(".")).unwrap_err());
+        let on_arith = MINIMAL.replace("name = \"arith\"", "name = \"arith\"\n[domain.episodes]\nmax_steps = 3");
+        assert!(err(&on_arith).contains("[domain.episodes] is set but domain \"arith\" is not episodic"));
+        let staged = format!("{twc}[evaluation]\ncascade_fraction = 0.5\n");
+        assert!(err(&staged).contains("evaluation.cascade_fraction (an episode sequence is not staged) does not apply"));
+        let one = twc.replace("val_size = 8", "val_size = 1");
+        assert!(err(&one).contains("needs at least 2 episodes"));
+        let fold = twc.replace("test_size = 8", "test_size = 8\n[domain.episodes]\nfold = \"valid\"");
+        assert!(err(&fold).contains("domain.episodes.fold = \"valid\""));
     }
 
     #[test]

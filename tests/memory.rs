@@ -6,14 +6,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use metaforge::config::{BaseAgentKind, DomainConfig, EpisodesConfig, EvaluationConfig, ModelConfig};
-use metaforge::domain::Domain;
+use metaforge::config::{BaseAgentKind, DomainConfig, EpisodesConfig, EvaluationConfig};
+use metaforge::domain::{Domain, Scorer, Task};
 use metaforge::episodic::Episodic;
 use metaforge::evaluate::{Evaluation, Evaluator, Outcome};
-use metaforge::llm::{Budget, Gateway, Role, ScriptedBackend};
 
 fn scripted_episodes() -> EpisodesConfig {
     EpisodesConfig {
@@ -24,35 +21,32 @@ fn scripted_episodes() -> EpisodesConfig {
     }
 }
 
-/// Evaluates each design on the same 80-episode validation sequence (40 fill, 40 scored).
-fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {
-    let episodes = scripted_episodes();
+/// The validation sequence of `n` episodes (the first half fills, the second is scored).
+fn sequence(n: usize) -> Vec<Task> {
     let domain = Domain::load(&DomainConfig {
         name: "twc".into(),
         path: None,
         scorer: None,
-        val_size: 80,
+        val_size: n,
         test_size: 2,
         split_seed: Some(1),
-        episodes: Some(episodes.clone()),
+        episodes: Some(scripted_episodes()),
     })
     .unwrap();
-    let (val, _) = domain.splits(1, 80, 2).unwrap();
-    let episodic = Episodic::new(&episodes).unwrap();
-    let mcfg: ModelConfig = toml::from_str("backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"").unwrap();
+    domain.splits(1, n, 2).unwrap().0
+}
+
+/// Evaluates each design on the same 80-episode validation sequence (40 fill, 40 scored).
+fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {
+    let val = sequence(80);
+    let episodic = Episodic::new(&scripted_episodes()).unwrap();
     // The scripted base agent makes no model call; the gateway is there for the designs' own.
-    let gateway = Gateway::new(
-        Role::Agent,
-        Arc::new(ScriptedBackend::new("s", vec!["unused".into()])),
-        &mcfg,
-        None,
-        Arc::new(Budget::unlimited()),
-    );
+    let gateway = scripted_gateway("unused");
     let cfg = EvaluationConfig::default();
     let evaluator = Evaluator {
         gateway: &gateway,
         cfg: &cfg,
-        scorer: domain.scorer,
+        scorer: Scorer::Exact,
         agent_contract: None,
         require_call_contracts: false,
         episodic: Some(&episodic),
@@ -144,6 +138,44 @@ fn a_design_that_raises_or_exceeds_its_limits_is_recorded_as_such() {
         "{}",
         hogged.detail
     );
+}
+
+/// A design cannot play the game itself: asking the host for a fill episode with a text, or
+/// a scored episode without one, is refused; each scored episode is played once, with the
+/// text `retrieve` returned. (The design reaches the private RPC module on purpose here.)
+#[test]
+fn a_design_cannot_play_outside_the_protocol() {
+    let cheat = r#"from metaforge import _rpc
+
+
+class Memory:
+    def retrieve(self, observation):
+        said = []
+        for episode, text in ((FILL, "put everything right"), (SCORED, None), ("twc-train-999999", "x")):
+            try:
+                _rpc.play_episode(episode, text)
+                said.append("played " + episode)
+            except Exception as exc:
+                said.append(str(exc))
+        return "\n".join(said)
+
+    def update(self, observation, trajectory, reward):
+        pass
+"#;
+    let val = sequence(80);
+    let code = format!("FILL = {:?}\nSCORED = {:?}\n{cheat}", val[0].id, val[40].id);
+    let e = &evaluate_designs(&[&code])[0];
+    assert_eq!(e.outcome, Outcome::Ok, "{}", e.detail);
+    for t in &e.tasks {
+        let out = t.output.as_deref().unwrap();
+        assert!(
+            out.contains("fills the memory: it is played without retrieval"),
+            "{out}"
+        );
+        assert!(out.contains("is scored: it is played with the retrieved text"), "{out}");
+        assert!(out.contains("is not in this sequence"), "{out}");
+        assert!(!out.contains("played twc"), "{out}");
+    }
 }
 
 /// A whole run on the episodic domain: the seeds from archive/memory/, then two proposals

@@ -77,6 +77,15 @@ impl BaseAgent<'_> {
                     None => break,
                 },
                 BaseAgent::Model { gateway, templates } => {
+                    // Task actions first (take, put, open), then the rest: the list is numbered
+                    // and small models tend to answer with the first entries.
+                    let mut actions = state.valid_actions.clone();
+                    actions.sort_by_key(|a| {
+                        ["take ", "put ", "open "]
+                            .iter()
+                            .position(|p| a.starts_with(p))
+                            .unwrap_or(3)
+                    });
                     let prompt = templates.render(
                         "episodes/base_agent.j2",
                         json!({
@@ -84,7 +93,7 @@ impl BaseAgent<'_> {
                             "memory": memory,
                             "observation": state.observation,
                             "inventory": state.inventory,
-                            "valid_actions": state.valid_actions,
+                            "valid_actions": actions,
                             "history": trajectory.iter().rev().take(8).rev().map(|s| &s.action).collect::<Vec<_>>(),
                         }),
                     )?;
@@ -96,7 +105,7 @@ impl BaseAgent<'_> {
                     let req = gateway.request(vec![Message::new("user", prompt)], params, 0);
                     let reply = gateway.complete(&req)?;
                     usage.add(&reply);
-                    choose_action(&reply.text, &state.valid_actions)
+                    choose_action(&reply.text, &actions)
                 }
             };
             let before = state.score;
@@ -118,9 +127,17 @@ impl BaseAgent<'_> {
     }
 }
 
-/// The valid action a model reply means: an exact line, else the longest valid action the
-/// reply contains, else the one sharing most words; `look around` when nothing matches.
+/// The valid action a model reply means: the numbered one it starts with, else an exact line,
+/// else the longest valid action the reply contains, else the one sharing most words; `look
+/// around` when nothing matches.
 pub fn choose_action(reply: &str, valid: &[String]) -> String {
+    // The prompt numbers the actions: a reply that starts with a number picks that one.
+    let digits: String = reply.trim_start().chars().take_while(char::is_ascii_digit).collect();
+    if let Ok(n) = digits.parse::<usize>() {
+        if (1..=valid.len()).contains(&n) {
+            return valid[n - 1].clone();
+        }
+    }
     let norm = |s: &str| {
         s.trim()
             .trim_matches(|c: char| "\"'`.*:>".contains(c))
@@ -329,6 +346,9 @@ mod tests {
         );
         assert_eq!(choose_action("copybook!", &v), "take copybook");
         assert_eq!(choose_action("???", &v), "look around");
+        assert_eq!(choose_action("3. put copybook in desk", &v), "put copybook in desk");
+        assert_eq!(choose_action(" 2", &v), "open wardrobe");
+        assert_eq!(choose_action("9", &v), "look around", "out of range is not an action");
     }
 
     #[test]
