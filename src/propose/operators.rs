@@ -505,10 +505,63 @@ fn crossover_ensemble(
     ))
 }
 
+/// Whether a memory design does nothing: its `Memory` class's `retrieve` only returns a
+/// constant string and its `update` only passes (the no-memory baseline). Wrapping or joining
+/// such a design cannot change what the agent is told, so memory operators skip it rather
+/// than spend an evaluation on a copy of its other parent.
+fn inert_memory(code: &str) -> bool {
+    let tree = parse_python(code);
+    let root = tree.root_node();
+    let mut cursor = root.walk();
+    let Some(class) = root.children(&mut cursor).find(|n| {
+        n.kind() == "class_definition"
+            && n.child_by_field_name("name")
+                .is_some_and(|m| &code[m.byte_range()] == "Memory")
+    }) else {
+        return false;
+    };
+    // A class with bases may inherit real behaviour.
+    if class.child_by_field_name("superclasses").is_some() {
+        return false;
+    }
+    let Some(body) = class.child_by_field_name("body") else {
+        return false;
+    };
+    let only_statement = |method: &str| -> Option<String> {
+        let mut c = body.walk();
+        let def = body.named_children(&mut c).find(|n| {
+            n.kind() == "function_definition"
+                && n.child_by_field_name("name")
+                    .is_some_and(|m| &code[m.byte_range()] == method)
+        })?;
+        let block = def.child_by_field_name("body")?;
+        let mut c = block.walk();
+        let statements: Vec<Node> = block.named_children(&mut c).filter(|n| n.kind() != "comment").collect();
+        match statements.as_slice() {
+            [only] => Some(only.kind().to_string() + ":" + &code[only.byte_range()]),
+            _ => None,
+        }
+    };
+    let constant_retrieve = only_statement("retrieve").is_some_and(|s| {
+        s.starts_with("return_statement:") && {
+            let value = s
+                .trim_start_matches("return_statement:")
+                .trim_start_matches("return")
+                .trim();
+            value.starts_with('"') || value.starts_with('\'') || value.is_empty() || value == "None"
+        }
+    });
+    let passing_update = only_statement("update").is_some_and(|s| s == "pass_statement:pass");
+    constant_retrieve && passing_update
+}
+
 /// The parent with its `class Memory` renamed, followed by `template` (which defines the new
 /// `Memory` on top of the renamed one, `inner`).
 fn wrap_memory(p: &Candidate, template: &str, n: serde_json::Value, t: &Templates) -> Option<String> {
-    if p.kind != CandidateKind::Memory || !top_level_names(&p.code).iter().any(|n| n == "Memory") {
+    if p.kind != CandidateKind::Memory
+        || !top_level_names(&p.code).iter().any(|n| n == "Memory")
+        || inert_memory(&p.code)
+    {
         return None;
     }
     let k = fresh_suffix(&p.code);
@@ -555,7 +608,11 @@ fn memory_union(
     t: &Templates,
 ) -> Option<(String, String, String)> {
     let b = b?;
-    if a.kind != CandidateKind::Memory || b.kind != CandidateKind::Memory {
+    if a.kind != CandidateKind::Memory
+        || b.kind != CandidateKind::Memory
+        || inert_memory(&a.code)
+        || inert_memory(&b.code)
+    {
         return None;
     }
     let k = fresh_suffix(&format!("{}{}", a.code, b.code));
@@ -684,6 +741,13 @@ mod tests {
         );
         let (code, _, _) = memory_focus(&mut rng, &s[1], None, &t).unwrap();
         assert!(code.contains("class Memory(_InnerMemory_1):"), "{code}");
+        // The no-memory seed is neither wrapped nor joined: the result would be its other parent.
+        let none = s.iter().find(|c| c.name.ends_with("no_memory.py")).unwrap();
+        assert!(inert_memory(&none.code));
+        assert!(s.iter().filter(|c| c.id != none.id).all(|c| !inert_memory(&c.code)));
+        assert!(memory_focus(&mut rng, none, None, &t).is_none());
+        assert!(memory_union(&mut rng, &s[1], Some(none), &t).is_none());
+        assert!(memory_union(&mut rng, none, Some(&s[1]), &t).is_none());
         // Memory operators never touch agents, and agent wrappers never touch memory designs.
         let agent = seeds().into_iter().find(|c| c.kind == CandidateKind::Agent).unwrap();
         assert!(memory_focus(&mut rng, &agent, None, &t).is_none());
