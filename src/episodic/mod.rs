@@ -26,9 +26,11 @@ use serde_json::json;
 use crate::config::{BaseAgentKind, EpisodesConfig};
 use crate::domain::Task;
 use crate::evaluate::{Evaluation, Evaluator, TaskDone, TaskResult};
-use crate::llm::{CallParams, Gateway, Usage};
+use crate::llm::{Gateway, Usage};
 use crate::propose::Templates;
-use crate::sandbox::{classify, error_kind, run_worker, task_outcome, Isolation, LlmCall, LlmHandler, WorkerLimits};
+use crate::sandbox::{
+    classify, error_kind, run_worker, tail, task_outcome, Isolation, LlmCall, LlmHandler, WorkerLimits,
+};
 pub use agent::{choose_action, observation_for, BaseAgent, Play};
 pub use env::{EnvPool, Game};
 
@@ -285,14 +287,6 @@ fn excerpt(s: &str, max: usize) -> String {
     }
 }
 
-fn tail(s: &str, max: usize) -> String {
-    let n = s.chars().count();
-    if n <= max {
-        return s.to_string();
-    }
-    format!("…{}", s.chars().skip(n - max).collect::<String>())
-}
-
 /// Answers one sequence worker: plays (each scored episode once, with the text its memory
 /// retrieved; fill episodes from the no-memory plays) and the design's own `llm()` calls.
 struct SequenceCalls<'a> {
@@ -312,11 +306,7 @@ fn play_json(p: &Play) -> serde_json::Value {
 
 impl LlmHandler for SequenceCalls<'_> {
     fn handle(&self, _task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
-        let params = CallParams {
-            temperature: call.temperature,
-            max_tokens: call.max_tokens,
-            json: call.json,
-        };
+        let params = call.params();
         let mut usage = Usage::default();
         let mut texts = Vec::new();
         for i in 0..call.n {

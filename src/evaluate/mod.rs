@@ -333,11 +333,7 @@ impl AgentCalls<'_, '_> {
         let contract = self.episodes.contract(id).ok_or_else(|| {
             CallError::contract(format!("contract {id:?} is not declared in this program's CONTRACTS"))
         })?;
-        let params = CallParams {
-            temperature: call.temperature,
-            max_tokens: call.max_tokens,
-            json: call.json,
-        };
+        let params = call.params();
         let input = call.input.clone().unwrap_or_else(|| serde_json::json!({}));
         let mut usage = Usage::default();
         let mut last_text = String::new();
@@ -371,11 +367,7 @@ impl AgentCalls<'_, '_> {
 
 impl LlmHandler for AgentCalls<'_, '_> {
     fn handle(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
-        let params = CallParams {
-            temperature: call.temperature,
-            max_tokens: call.max_tokens,
-            json: call.json,
-        };
+        let params = call.params();
         self.complete(task_id, &call.messages, params, call.n)
     }
 

@@ -23,7 +23,7 @@ pub use isolation::{Isolation, IsolationMode};
 pub use outcome::{classify, error_kind, task_outcome, Outcome};
 pub use protocol::{LlmCall, WorkerMessage};
 pub use worker::{
-    run_worker, sweep_stale_workdirs, unguarded_reply, CallError, Denial, LlmHandler, TaskRun, WorkerExit,
+    run_worker, sweep_stale_workdirs, tail, unguarded_reply, CallError, Denial, LlmHandler, TaskRun, WorkerExit,
     WorkerLimits, WorkerRun,
 };
 

@@ -89,6 +89,15 @@ pub const MAX_PROMPT_CHARS: usize = 200_000;
 pub const MAX_SAMPLES: u32 = 16;
 
 impl LlmCall {
+    /// The sampling parameters the call asks for (the gateway applies the defaults).
+    pub fn params(&self) -> crate::llm::CallParams {
+        crate::llm::CallParams {
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            json: self.json,
+        }
+    }
+
     /// Refuses requests that no honest agent makes (the worker's API checks too, but the
     /// worker is not trusted).
     pub fn validate(&self) -> Result<(), String> {

@@ -578,7 +578,8 @@ fn truncate(s: String, max: usize) -> String {
     format!("{}…[truncated]", &s[..cut])
 }
 
-fn tail(s: &str, max: usize) -> String {
+/// The last `max` bytes of `s` (at a character boundary), marked with a leading `…`.
+pub fn tail(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
