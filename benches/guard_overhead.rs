@@ -128,6 +128,7 @@ fn end_to_end(guarded: bool, agent: Option<&AgentContract>) -> f64 {
         agent_contract: agent,
         require_call_contracts: false,
         episodic: None,
+        executor: &metaforge::executor::Executor::Local,
     };
     let mut runs = Vec::new();
     for _ in 0..3 {

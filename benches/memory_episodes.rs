@@ -89,6 +89,7 @@ fn main() {
         agent_contract: None,
         require_call_contracts: false,
         episodic: Some(&episodic),
+        executor: &metaforge::executor::Executor::Local,
     };
     let t = Instant::now();
     let first = evaluator.evaluate(&code, &val, "val", &|| {}).unwrap();

@@ -57,8 +57,18 @@ pub fn run(exp: &Path, db: Option<&Path>, cache_from: Option<&Path>, quiet: bool
     print_status(search.archive(), json)
 }
 
-pub fn resume(db: &Path, quiet: bool, json: bool) -> Result<()> {
-    let mut search = Search::resume(db, quiet)?;
+/// `resume`: continues a run; `local` or `ray` move its remaining shards (this process only).
+pub fn resume(db: &Path, local: bool, ray: Option<&str>, quiet: bool, json: bool) -> Result<()> {
+    let executor = match (local, ray) {
+        (true, _) => Some(crate::config::ExecutorConfig::default()),
+        (false, Some(address)) => Some(crate::config::ExecutorConfig {
+            kind: crate::config::ExecutorKind::Ray,
+            address: Some(address.to_string()),
+            ..Default::default()
+        }),
+        (false, None) => None,
+    };
+    let mut search = Search::resume(db, quiet, executor)?;
     search.run()?;
     print_status(search.archive(), json)
 }
@@ -70,7 +80,7 @@ pub fn status(db: &Path, json: bool) -> Result<()> {
 
 /// `metaforge test`: held-out test evaluations of a finished run's best candidates on demand.
 pub fn test(db: &Path, top: Option<usize>, front: bool, quiet: bool, json: bool) -> Result<()> {
-    let mut search = Search::resume(db, quiet)?;
+    let mut search = Search::resume(db, quiet, None)?;
     let top = top.unwrap_or(search.experiment().search.test_top_k);
     let tested = search.test_on_demand(top, front)?;
     if !quiet {
@@ -343,6 +353,7 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         agent_contract: None,
         require_call_contracts: false,
         episodic: episodic.as_ref(),
+        executor: &crate::executor::Executor::Local,
     }
     .evaluate(&code, &tasks, "val", &tick)?;
     bar.finish_and_clear();
@@ -385,7 +396,8 @@ pub fn doctor(json: bool) -> Result<bool> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "layers": rows, "python": python, "probe": probe, "all_active": all_active,
-                "episodic": crate::episodic::env::doctor_line()
+                "episodic": crate::episodic::env::doctor_line(),
+                "ray": crate::executor::RAY_ENV.describe()
             }))?
         );
     } else {
@@ -403,11 +415,18 @@ pub fn doctor(json: bool) -> Result<bool> {
             println!("  {line}");
         }
         println!("{}", crate::episodic::env::doctor_line());
+        println!("ray executor: {}", crate::executor::RAY_ENV.describe());
         if !all_active {
             println!("some layers are missing: evaluation.isolation = \"strict\" refuses to run here; \"best-effort\" runs with a warning");
         }
     }
     Ok(all_active)
+}
+
+/// `shard`: one evaluation shard on a cluster node (see `executor::serve_shard`).
+pub fn shard() -> Result<()> {
+    crate::executor::die_with_parent()?;
+    crate::executor::serve_shard(std::io::stdin().lock(), std::io::stdout().lock())
 }
 
 /// `serve`: an OpenAI-compatible endpoint on the embedded model (see `llm::serve`).

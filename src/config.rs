@@ -32,6 +32,105 @@ pub struct Experiment {
     pub budget: BudgetConfig,
     #[serde(default)]
     pub guards: GuardsConfig,
+    #[serde(default)]
+    pub executor: ExecutorConfig,
+}
+
+/// Where evaluation shards run (`src/executor`): this machine's sandboxes, or Ray tasks that
+/// run the same sandboxed worker on a cluster's nodes. The search and the archive stay here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    #[serde(default)]
+    pub kind: ExecutorKind,
+    /// `ray`: the cluster to join, as `ray start --head` prints it (`host:port`), or `auto`
+    /// (`$RAY_ADDRESS`, else the cluster started on this machine).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `ray`: the address the nodes reach this machine's model gateway on; default: this
+    /// machine's address as Ray sees it.
+    #[serde(default)]
+    pub callback_host: Option<String>,
+    /// `ray`: the gateway's port for the nodes (0 = any free port; fix one for a firewall).
+    #[serde(default)]
+    pub callback_port: u16,
+    /// `ray`: how often Ray reruns a shard whose worker process or node died.
+    #[serde(default = "default_ray_retries")]
+    pub max_retries: u32,
+    /// `ray`: CPUs a shard reserves on its node (its worker mostly waits on the model).
+    #[serde(default = "one_f64")]
+    pub cpus_per_shard: f64,
+    /// `ray`: the metaforge binary's path on the nodes; unset: this binary is shipped through
+    /// Ray's object store (the nodes must then share this machine's OS and architecture).
+    #[serde(default)]
+    pub node_binary: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Ray,
+}
+
+fn default_ray_retries() -> u32 {
+    3
+}
+fn one_f64() -> f64 {
+    1.0
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            kind: ExecutorKind::Local,
+            address: None,
+            callback_host: None,
+            callback_port: 0,
+            max_retries: default_ray_retries(),
+            cpus_per_shard: one_f64(),
+            node_binary: None,
+        }
+    }
+}
+
+impl ExecutorConfig {
+    fn validate(&self, episodic: bool) -> Result<()> {
+        match self.kind {
+            ExecutorKind::Local => {
+                let ray_only = [
+                    ("address", self.address.is_some()),
+                    ("callback_host", self.callback_host.is_some()),
+                    ("callback_port", self.callback_port != 0),
+                    ("node_binary", self.node_binary.is_some()),
+                ];
+                if let Some((key, _)) = ray_only.iter().find(|(_, set)| *set) {
+                    bail!(
+                        "executor.{key} applies to kind = \"ray\" only; fix: set executor.kind = \"ray\", or remove it"
+                    );
+                }
+            }
+            ExecutorKind::Ray => {
+                if self.address.as_deref().is_none_or(|a| a.trim().is_empty()) {
+                    bail!("executor.kind = \"ray\" needs executor.address; fix: the head's address as `ray start --head` prints it (e.g. \"10.0.0.5:6379\"), or \"auto\"");
+                }
+                if self.cpus_per_shard.is_nan() || self.cpus_per_shard <= 0.0 {
+                    bail!(
+                        "executor.cpus_per_shard = {} must be above 0; fix: 1 (a shard mostly waits on the model)",
+                        self.cpus_per_shard
+                    );
+                }
+                if episodic {
+                    bail!(
+                        "executor.kind = \"ray\" does not run the {} domain yet (its games run beside the driver); fix: remove [executor] or set kind = \"local\"",
+                        crate::domain::EPISODIC_DOMAIN
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Contract guards (`src/guard`): off unless a key here is set.
@@ -207,6 +306,10 @@ pub struct ModelConfig {
     /// `scripted` only: a JSON file with the list of replies.
     #[serde(default)]
     pub script: Option<PathBuf>,
+    /// `scripted` only: milliseconds each reply takes, standing in for a model's latency
+    /// (tests that must catch a shard mid-flight; overhead benchmarks).
+    #[serde(default)]
+    pub latency_ms: u64,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
     /// Temperature used when a call does not set one.
@@ -560,7 +663,7 @@ impl Experiment {
         .collect()
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let ev = &self.evaluation;
         if !(0.0..1.0).contains(&ev.cascade_fraction) {
             bail!(
@@ -589,6 +692,11 @@ impl Experiment {
                     }
                 }
                 BackendKind::Local => {}
+            }
+            if m.latency_ms > 0 && m.backend != BackendKind::Scripted {
+                bail!(
+                    "{role}.latency_ms applies to the scripted backend only (a real model has its own); fix: remove it"
+                );
             }
             if !(0.0..=2.0).contains(&m.temperature) {
                 bail!(
@@ -650,6 +758,7 @@ impl Experiment {
                 );
             }
         }
+        self.executor.validate(episodic)?;
         if episodic && (self.domain.val_size < 2 || self.domain.test_size < 2) {
             bail!(
                 "domain.val_size = {} and domain.test_size = {}: an episodic split needs at least 2 episodes (half fill the memory, half are scored); fix: set both to 2 or more",
@@ -738,6 +847,48 @@ model = "smollm2-135m"
         assert!(err(&one).contains("needs at least 2 episodes"));
         let fold = twc.replace("test_size = 8", "test_size = 8\n[domain.episodes]\nfold = \"valid\"");
         assert!(err(&fold).contains("domain.episodes.fold = \"valid\""));
+    }
+
+    #[test]
+    fn executor_settings_are_checked_against_the_kind() {
+        let err = |tail: &str| {
+            format!(
+                "{:#}",
+                Experiment::parse(&format!("{MINIMAL}{tail}"), "t.toml", Path::new(".")).unwrap_err()
+            )
+        };
+        let ok = Experiment::parse(
+            &format!("{MINIMAL}[executor]\nkind = \"ray\"\naddress = \"10.0.0.5:6379\"\n"),
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(ok.executor.max_retries, 3);
+        assert!(err("[executor]\nkind = \"ray\"\n").contains("needs executor.address"));
+        assert!(err("[executor]\naddress = \"10.0.0.5:6379\"\n")
+            .contains("executor.address applies to kind = \"ray\" only"));
+        assert!(
+            err("[executor]\nkind = \"ray\"\naddress = \"auto\"\ncpus_per_shard = 0\n")
+                .contains("cpus_per_shard = 0 must be above 0")
+        );
+        assert!(err("[executor]\nkind = \"slurm\"\n").contains("local"));
+        let twc = MINIMAL.replace("name = \"arith\"", "name = \"twc\"\nval_size = 8\ntest_size = 8");
+        let on_twc = format!("{twc}[executor]\nkind = \"ray\"\naddress = \"auto\"\n");
+        let e = format!(
+            "{:#}",
+            Experiment::parse(&on_twc, "t.toml", Path::new(".")).unwrap_err()
+        );
+        assert!(e.contains("does not run the twc domain yet"), "{e}");
+    }
+
+    #[test]
+    fn latency_is_for_the_scripted_backend_only() {
+        let text = MINIMAL.replacen("backend = \"local\"", "backend = \"local\"\nlatency_ms = 5", 1);
+        let err = format!("{:#}", Experiment::parse(&text, "t.toml", Path::new(".")).unwrap_err());
+        assert!(
+            err.contains("models.meta.latency_ms applies to the scripted backend only"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,6 +40,13 @@ enum Command {
     Resume {
         /// Archive file of the run.
         db: PathBuf,
+        /// Run the remaining shards on this machine, whatever the run's [executor] says
+        /// (the archive is the same either way).
+        #[arg(long, conflicts_with = "ray")]
+        local: bool,
+        /// Run the remaining shards on the Ray cluster at this address instead.
+        #[arg(long, value_name = "ADDRESS")]
+        ray: Option<String>,
     },
     /// Leaderboard, proposal funnel and usage of a run.
     Status { db: PathBuf },
@@ -148,6 +155,10 @@ enum Command {
     },
     /// Show which sandbox protections this machine's kernel gives, with a live probe.
     Doctor,
+    /// Run one evaluation shard sent by a driver (a Ray task starts this on a node): the
+    /// shard on stdin, the worker's result on stdout, model calls asked of the driver.
+    #[command(hide = true)]
+    Shard,
     /// Serve the embedded model as an OpenAI-compatible endpoint (for tests and tools).
     Serve {
         /// Local model alias or GGUF path.
@@ -177,7 +188,9 @@ fn main() -> ExitCode {
             db,
             cache_from,
         } => metaforge::app::run(experiment, db.as_deref(), cache_from.as_deref(), cli.quiet, cli.json).map(|_| true),
-        Command::Resume { db } => metaforge::app::resume(db, cli.quiet, cli.json).map(|_| true),
+        Command::Resume { db, local, ray } => {
+            metaforge::app::resume(db, *local, ray.as_deref(), cli.quiet, cli.json).map(|_| true)
+        }
         Command::Status { db } => metaforge::app::status(db, cli.json).map(|_| true),
         Command::Test { db, top, front } => metaforge::app::test(db, *top, *front, cli.quiet, cli.json).map(|_| true),
         Command::Export {
@@ -215,6 +228,7 @@ fn main() -> ExitCode {
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),
         Command::ImportBundle { bundle, out } => metaforge::app::bundle(bundle, out, true, cli.json).map(|_| true),
         Command::Doctor => metaforge::app::doctor(cli.json),
+        Command::Shard => metaforge::app::shard().map(|_| true),
         Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
         Command::Serve {
             model,

@@ -298,6 +298,7 @@ fn calls_from_a_tasks_threads_count_against_its_budget() {
         agent_contract: Some(&contract),
         require_call_contracts: false,
         episodic: None,
+        executor: &metaforge::executor::Executor::Local,
     };
     let code = "from metaforge import llm, LLMError\nimport threading\n\ndef forward(task):\n    out = []\n    def ask(i):\n        try:\n            out.append(llm('q' + str(i)))\n        except LLMError as e:\n            out.append('denied')\n    ts = [threading.Thread(target=ask, args=(i,)) for i in range(3)]\n    [t.start() for t in ts]\n    [t.join() for t in ts]\n    return str(sorted(out))\n";
     let tasks = vec![Task {

@@ -50,6 +50,7 @@ fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {
         agent_contract: None,
         require_call_contracts: false,
         episodic: Some(&episodic),
+        executor: &metaforge::executor::Executor::Local,
     };
     designs
         .iter()

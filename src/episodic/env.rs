@@ -158,59 +158,28 @@ pub fn doctor_line() -> String {
                 .unwrap_or("")
                 .to_string()
         });
-    let venv = match std::env::var_os("METAFORGE_TWX_PYTHON") {
-        Some(p) => format!("$METAFORGE_TWX_PYTHON = {}", PathBuf::from(p).display()),
-        None => {
-            let dir = crate::llm::cache_root().join("envs").join("textworld-express-1.1.0");
-            if dir.join("bin").join("python").exists() {
-                format!("{TWX_PACKAGE} installed in {}", dir.display())
-            } else {
-                format!("{TWX_PACKAGE} is installed into {} on first use (PyPI)", dir.display())
-            }
-        }
-    };
+    let venv = TWX_ENV.describe();
     match java {
         Some(v) => format!("twc domain (memory designs): java {v:?}; {venv}"),
         None => "twc domain (memory designs): java does not run; fix: apt-get install openjdk-17-jre-headless (scripts/setup.sh does)".into(),
     }
 }
 
-/// The Python of the environment's own virtual environment: `$METAFORGE_TWX_PYTHON`, or one
-/// created once under the cache folder with `pip install textworld-express==1.1.0` (PyPI).
+/// The environment's own virtual environment (`$METAFORGE_TWX_PYTHON` overrides).
+const TWX_ENV: crate::pyenv::PinnedEnv = crate::pyenv::PinnedEnv {
+    requirement: TWX_PACKAGE,
+    folder: "textworld-express-1.1.0",
+    override_var: "METAFORGE_TWX_PYTHON",
+};
+
+/// The Python that has TextWorldExpress, installed once from PyPI on first use. Java is
+/// checked first: without it the install would succeed and every game would fail.
 pub fn env_python() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("METAFORGE_TWX_PYTHON") {
-        return Ok(PathBuf::from(p));
+    if TWX_ENV.overridden().is_none() && !TWX_ENV.dir().join("bin").join("python").exists() {
+        let java = Command::new("java").arg("-version").output();
+        if !java.is_ok_and(|o| o.status.success()) {
+            bail!("the twc domain needs Java 17 for TextWorldExpress and `java` does not run; fix: apt-get install openjdk-17-jre-headless (scripts/setup.sh does)");
+        }
     }
-    let root = crate::llm::cache_root().join("envs");
-    let venv = root.join("textworld-express-1.1.0");
-    let python = venv.join("bin").join("python");
-    if python.exists() {
-        return Ok(python);
-    }
-    let java = Command::new("java").arg("-version").output();
-    if !java.is_ok_and(|o| o.status.success()) {
-        bail!("the twc domain needs Java 17 for TextWorldExpress and `java` does not run; fix: apt-get install openjdk-17-jre-headless (scripts/setup.sh does)");
-    }
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    eprintln!("installing {TWX_PACKAGE} into {} (once; from PyPI)", venv.display());
-    let staging = tempfile::tempdir_in(&root)?;
-    let base = crate::sandbox::python_interpreter()?;
-    let ok = Command::new(&base)
-        .args(["-m", "venv"])
-        .arg(staging.path())
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(staging.path().join("bin").join("pip"))
-            .args(["install", "-q", "--disable-pip-version-check", TWX_PACKAGE])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ok {
-        bail!("could not install {TWX_PACKAGE} into a virtual environment; fix: check that python3-venv is installed and PyPI is reachable, or set METAFORGE_TWX_PYTHON to a Python that has the package");
-    }
-    let staged = staging.keep();
-    if std::fs::rename(&staged, &venv).is_err() {
-        // Another process installed it first; theirs is identical.
-        let _ = std::fs::remove_dir_all(&staged);
-    }
-    Ok(python)
+    TWX_ENV.python()
 }

@@ -17,11 +17,10 @@ pub use stats::{bootstrap_ci, mean};
 
 use crate::config::EvaluationConfig;
 use crate::domain::{Scorer, Task};
+use crate::executor::{Executor, ShardLimits};
 use crate::guard::{guarded_call, AgentContract, Episodes, GuardOutcome, GuardSummary, TaskGuard};
 use crate::llm::{CallParams, Gateway, Message, Usage};
-use crate::sandbox::{
-    classify, run_worker, task_outcome, unguarded_reply, CallError, Isolation, LlmCall, LlmHandler, WorkerLimits,
-};
+use crate::sandbox::{classify, task_outcome, unguarded_reply, CallError, LlmCall, LlmHandler};
 
 /// How an evaluation ended (defined by the sandbox, which knows what a breach is).
 pub use crate::sandbox::Outcome;
@@ -137,6 +136,8 @@ pub struct Evaluator<'a> {
     /// The episodic domain's game servers and baseline plays, when candidates are memory
     /// designs (their evaluation is `episodic::Episodic::evaluate`).
     pub episodic: Option<&'a crate::episodic::Episodic>,
+    /// Where the shards run (this machine, or a Ray cluster).
+    pub executor: &'a Executor,
 }
 
 /// Called once per finished task (progress bars).
@@ -253,23 +254,15 @@ impl Evaluator<'_> {
         on_task: TaskDone,
     ) -> Result<crate::sandbox::WorkerRun> {
         let inputs: Vec<(String, serde_json::Value)> = tasks.iter().map(|t| (t.id.clone(), t.input.clone())).collect();
-        let waves = tasks.len().div_ceil(self.cfg.tasks_in_flight.max(1)) as u64;
-        let limits = WorkerLimits {
-            deadline: Duration::from_secs(10 + self.cfg.task_timeout_s * waves.max(1)),
-            memory_mb: self.cfg.memory_mb,
-            cpu_s: self.cfg.cpu_s,
-            tasks_in_flight: self.cfg.tasks_in_flight,
-            disk_mb: self.cfg.disk_mb,
-            isolation: Isolation::for_mode(self.cfg.isolation)?,
-            ..WorkerLimits::default()
-        };
+        let limits = ShardLimits::for_tasks(self.cfg, tasks.len());
         let handler = AgentCalls {
             gateway: self.gateway,
             samples: Mutex::new(HashMap::new()),
             episodes,
+            inputs: &inputs,
             on_task,
         };
-        run_worker(code, &inputs, &handler, &limits)
+        self.executor.run_shard(code, &inputs, &limits, &handler)
     }
 }
 
@@ -281,6 +274,8 @@ struct AgentCalls<'a, 'c> {
     gateway: &'a Gateway,
     samples: Mutex<HashMap<String, u32>>,
     episodes: &'a Episodes<'c>,
+    /// The shard's tasks (a rerun restarts their guard state).
+    inputs: &'a [(String, serde_json::Value)],
     on_task: TaskDone<'a>,
 }
 
@@ -404,5 +399,10 @@ impl LlmHandler for AgentCalls<'_, '_> {
 
     fn task_finished(&self) {
         (self.on_task)();
+    }
+
+    fn restart(&self) {
+        self.samples.lock().unwrap().clear();
+        self.episodes.restart(self.inputs);
     }
 }

@@ -171,6 +171,22 @@ struct TaskState<'a> {
     calls: Vec<CallRecord>,
 }
 
+impl<'a> TaskState<'a> {
+    fn new(agent: Option<&'a AgentContract>, input: &Value) -> Self {
+        let (monitor, invalid) = match agent.map(|a| Monitor::start(a, input)) {
+            None => (None, None),
+            Some(Ok(m)) => (Some(m), None),
+            Some(Err(why)) => (None, Some(why)),
+        };
+        TaskState {
+            started: None,
+            monitor,
+            invalid,
+            calls: Vec::new(),
+        }
+    }
+}
+
 pub struct Episodes<'a> {
     contracts: BTreeMap<String, Contract>,
     tiers: BTreeMap<String, Tier>,
@@ -201,22 +217,7 @@ impl<'a> Episodes<'a> {
         }
         let states = tasks
             .iter()
-            .map(|(id, input)| {
-                let (monitor, invalid) = match agent.map(|a| Monitor::start(a, input)) {
-                    None => (None, None),
-                    Some(Ok(m)) => (Some(m), None),
-                    Some(Err(why)) => (None, Some(why)),
-                };
-                (
-                    id.clone(),
-                    TaskState {
-                        started: None,
-                        monitor,
-                        invalid,
-                        calls: Vec::new(),
-                    },
-                )
-            })
+            .map(|(id, input)| (id.clone(), TaskState::new(agent, input)))
             .collect();
         Ok(Self {
             contracts,
@@ -225,6 +226,15 @@ impl<'a> Episodes<'a> {
             require,
             tasks: Mutex::new(states),
         })
+    }
+
+    /// Starts `tasks` afresh (a remote executor reran their shard): the dead attempt's calls
+    /// and monitor state must not count against the rerun.
+    pub fn restart(&self, tasks: &[(String, Value)]) {
+        let mut states = self.tasks.lock().unwrap();
+        for (id, input) in tasks {
+            states.insert(id.clone(), TaskState::new(self.agent, input));
+        }
     }
 
     /// Whether anything is guarded (otherwise the evaluator skips the bookkeeping).

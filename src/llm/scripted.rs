@@ -39,6 +39,8 @@ pub struct ScriptedBackend {
     label: String,
     script: Script,
     next: AtomicUsize,
+    /// Simulated model latency per reply (`latency_ms`).
+    latency: std::time::Duration,
 }
 
 impl ScriptedBackend {
@@ -47,6 +49,7 @@ impl ScriptedBackend {
             label: label.into(),
             script: Script::List(replies),
             next: AtomicUsize::new(0),
+            latency: std::time::Duration::ZERO,
         }
     }
 
@@ -61,6 +64,7 @@ impl ScriptedBackend {
             label: cfg.model.clone(),
             script,
             next: AtomicUsize::new(0),
+            latency: std::time::Duration::from_millis(cfg.latency_ms),
         })
     }
 
@@ -75,6 +79,7 @@ impl Backend for ScriptedBackend {
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        std::thread::sleep(self.latency);
         let i = self.next.fetch_add(1, Ordering::SeqCst);
         let text = match &self.script {
             Script::List(replies) | Script::Transcript { replies } if replies.is_empty() => {

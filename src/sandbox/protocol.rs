@@ -1,7 +1,7 @@
 //! The worker protocol: JSON lines. Worker -> host messages are parsed strictly; anything
 //! else is a protocol violation, counted and never trusted.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::llm::Message;
 
@@ -56,7 +56,7 @@ pub enum WorkerMessage {
 }
 
 /// A model call requested by a candidate.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LlmCall {
     pub messages: Vec<Message>,
     #[serde(default)]

@@ -17,6 +17,7 @@ use crossbeam_channel::{unbounded, RecvTimeoutError};
 use nix::libc;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::isolation::{ChildSetup, Isolation};
@@ -82,6 +83,10 @@ pub trait LlmHandler: Sync {
     }
     /// Called as each task reports (progress bars); default: nothing.
     fn task_finished(&self) {}
+    /// A remote executor reran this shard (its worker or node died): forget what the dead
+    /// attempt did (sample numbering, per-task guard state), so the rerun's calls are the same
+    /// requests as the first attempt's and the cache answers those already made.
+    fn restart(&self) {}
 }
 
 /// `handle`'s answer as `handle_call` gives it: texts as JSON strings, errors as model errors.
@@ -118,7 +123,7 @@ impl CallError {
 }
 
 /// What one task produced inside the worker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TaskRun {
     pub output: Option<String>,
     pub error: Option<String>,
@@ -129,7 +134,7 @@ pub struct TaskRun {
 }
 
 /// How the worker process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerExit {
     /// All tasks reported and the worker left cleanly (or was reaped after shutdown).
     Completed,
@@ -149,6 +154,8 @@ pub enum WorkerExit {
     },
 }
 
+/// What a worker returns; serialisable because a remote executor sends it back from a node.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerRun {
     pub tasks: HashMap<String, TaskRun>,
     pub exit: WorkerExit,
@@ -161,7 +168,7 @@ pub struct WorkerRun {
 }
 
 /// One refused operation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Denial {
     pub task_id: Option<String>,
     pub what: String,

@@ -44,6 +44,8 @@ pub struct Search {
     seeds: Vec<(String, String)>,
     /// Game servers and no-memory plays when the domain is episodic (memory designs).
     episodic: Option<crate::episodic::Episodic>,
+    /// Where evaluation shards run (`[executor]`): this machine or a Ray cluster.
+    executor: crate::executor::Executor,
     /// `guards.contract`, compiled (its output fallback proved) once per process.
     agent_contract: Option<crate::guard::AgentContract>,
     /// What the meta-model is told about the guards (None when there are none).
@@ -103,10 +105,15 @@ impl Search {
         Self::build(exp, archive, quiet)
     }
 
-    /// Continues the run stored in `db` from its persisted state.
-    pub fn resume(db: &Path, quiet: bool) -> Result<Self> {
+    /// Continues the run stored in `db` from its persisted state; `executor` replaces the
+    /// stored `[executor]` for this process (where shards run does not change what they give).
+    pub fn resume(db: &Path, quiet: bool, executor: Option<crate::config::ExecutorConfig>) -> Result<Self> {
         let archive = Archive::open_existing(db)?;
-        let (exp, _) = archive.experiment()?;
+        let (mut exp, _) = archive.experiment()?;
+        if let Some(executor) = executor {
+            exp.executor = executor;
+            exp.validate()?;
+        }
         Isolation::for_mode(exp.evaluation.isolation)?;
         Self::build(exp, archive, quiet)
     }
@@ -165,8 +172,10 @@ impl Search {
             Some(cfg) => Some(crate::episodic::Episodic::new(cfg)?),
             None => None,
         };
+        let executor = crate::executor::Executor::start(&exp.executor)?;
         Ok(Self {
             episodic,
+            executor,
             checker: Checker::embedded()?.with_guard_rules(exp.guards.rules()),
             templates: Templates::embedded()?,
             guards_prompt: guards_prompt(&exp.guards)?,
@@ -238,7 +247,7 @@ impl Search {
         self.archive.event(
             Some(start),
             "run_started",
-            json!({"from_step": start, "pid": std::process::id()}),
+            json!({"from_step": start, "pid": std::process::id(), "executor": self.executor.kind()}),
         )?;
         let mut step = start;
         loop {
@@ -251,6 +260,11 @@ impl Search {
             self.archive.commit_step(&record)?;
             bar.set_position(step + 1);
             step += 1;
+        }
+        if let crate::executor::Executor::Ray(_) = &self.executor {
+            // How often Ray reran a shard: the shards' results are in the archive once either way.
+            self.archive
+                .event(Some(step), "executor", json!(self.executor.stats()))?;
         }
         self.archive.mark_finished()?;
         bar.finish_and_clear();
@@ -742,6 +756,7 @@ impl Search {
             agent_contract: self.agent_contract.as_ref(),
             require_call_contracts: self.exp.guards.require_call_contracts,
             episodic: self.episodic.as_ref(),
+            executor: &self.executor,
         };
         let tick = || tasks_bar.inc(1);
         let cfg = &self.exp.evaluation;
