@@ -96,7 +96,7 @@ impl Default for ExecutorConfig {
 }
 
 impl ExecutorConfig {
-    fn validate(&self, episodic: bool) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         match self.kind {
             ExecutorKind::Local => {
                 let ray_only = [
@@ -119,12 +119,6 @@ impl ExecutorConfig {
                     bail!(
                         "executor.cpus_per_shard = {} must be above 0; fix: 1 (a shard mostly waits on the model)",
                         self.cpus_per_shard
-                    );
-                }
-                if episodic {
-                    bail!(
-                        "executor.kind = \"ray\" does not run the {} domain yet (its games run beside the driver); fix: remove [executor] or set kind = \"local\"",
-                        crate::domain::EPISODIC_DOMAIN
                     );
                 }
             }
@@ -758,7 +752,7 @@ impl Experiment {
                 );
             }
         }
-        self.executor.validate(episodic)?;
+        self.executor.validate()?;
         if episodic && (self.domain.val_size < 2 || self.domain.test_size < 2) {
             bail!(
                 "domain.val_size = {} and domain.test_size = {}: an episodic split needs at least 2 episodes (half fill the memory, half are scored); fix: set both to 2 or more",
@@ -872,13 +866,6 @@ model = "smollm2-135m"
                 .contains("cpus_per_shard = 0 must be above 0")
         );
         assert!(err("[executor]\nkind = \"slurm\"\n").contains("local"));
-        let twc = MINIMAL.replace("name = \"arith\"", "name = \"twc\"\nval_size = 8\ntest_size = 8");
-        let on_twc = format!("{twc}[executor]\nkind = \"ray\"\naddress = \"auto\"\n");
-        let e = format!(
-            "{:#}",
-            Experiment::parse(&on_twc, "t.toml", Path::new(".")).unwrap_err()
-        );
-        assert!(e.contains("does not run the twc domain yet"), "{e}");
     }
 
     #[test]

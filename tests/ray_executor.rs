@@ -243,3 +243,77 @@ fn an_unreachable_cluster_is_named_with_the_fix() {
         started.elapsed()
     );
 }
+
+/// A memory design (the `twc` domain) through Ray: the design runs on a node, asks the driver
+/// for every play, and its record is the local one. SCRIPTED base agent (a fixed policy).
+#[test]
+fn a_memory_design_evaluated_through_ray_matches_the_local_evaluation() {
+    use metaforge::config::{
+        BaseAgentKind, DomainConfig, EpisodesConfig, EvaluationConfig, ExecutorConfig, ExecutorKind,
+    };
+    use metaforge::domain::{Domain, Scorer};
+    use metaforge::episodic::Episodic;
+    use metaforge::evaluate::{Evaluator, Outcome};
+    use metaforge::executor::Executor;
+
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let head = start_head();
+    let episodes = EpisodesConfig {
+        base_agent: BaseAgentKind::Scripted,
+        max_steps: 8,
+        items: 2,
+        ..EpisodesConfig::default()
+    };
+    let domain = Domain::load(&DomainConfig {
+        name: "twc".into(),
+        path: None,
+        scorer: None,
+        val_size: 16,
+        test_size: 2,
+        split_seed: Some(1),
+        episodes: Some(episodes.clone()),
+    })
+    .unwrap();
+    let val = domain.splits(1, 16, 2).unwrap().0;
+    let episodic = Episodic::new(&episodes).unwrap();
+    let gateway = scripted_gateway("unused");
+    let cfg = EvaluationConfig::default();
+    let ray = Executor::start(&ExecutorConfig {
+        kind: ExecutorKind::Ray,
+        address: Some(head.address.clone()),
+        callback_host: Some("127.0.0.1".into()),
+        node_binary: Some(bin().into()),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    let code = std::fs::read_to_string(format!("{}/archive/memory/kv_facts.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let evaluate = |executor: &Executor| {
+        Evaluator {
+            gateway: &gateway,
+            cfg: &cfg,
+            scorer: Scorer::Exact,
+            agent_contract: None,
+            require_call_contracts: false,
+            episodic: Some(&episodic),
+            executor,
+        }
+        .evaluate(&code, &val, "val", &|| {})
+        .unwrap()
+    };
+    let local = evaluate(&Executor::Local);
+    let remote = evaluate(&ray);
+    assert_eq!(local.outcome, Outcome::Ok, "{}", local.detail);
+    assert_eq!(remote.outcome, Outcome::Ok, "{}", remote.detail);
+    assert_eq!(ray.stats().shards, 1);
+    let rows = |e: &metaforge::evaluate::Evaluation| {
+        e.tasks
+            .iter()
+            .map(|t| format!("{} {} {} {:?}", t.task_id, t.score, t.outcome, t.output))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rows(&local), rows(&remote));
+    assert_eq!(
+        (local.mean, local.ci_lo, local.ci_hi),
+        (remote.mean, remote.ci_lo, remote.ci_hi)
+    );
+}

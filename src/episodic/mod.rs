@@ -26,11 +26,10 @@ use serde_json::json;
 use crate::config::{BaseAgentKind, EpisodesConfig};
 use crate::domain::Task;
 use crate::evaluate::{Evaluation, Evaluator, TaskDone, TaskResult};
+use crate::executor::ShardLimits;
 use crate::llm::{Gateway, Usage};
 use crate::propose::Templates;
-use crate::sandbox::{
-    classify, error_kind, run_worker, tail, task_outcome, Isolation, LlmCall, LlmHandler, WorkerLimits,
-};
+use crate::sandbox::{classify, error_kind, tail, task_outcome, LlmCall, LlmHandler};
 pub use agent::{choose_action, observation_for, BaseAgent, Play};
 pub use env::{EnvPool, Game};
 
@@ -162,16 +161,18 @@ impl Episodic {
             played: Mutex::new(HashMap::new()),
             on_task,
         };
-        let limits = WorkerLimits {
+        let limits = ShardLimits {
             deadline: Duration::from_secs(30 + ev.cfg.task_timeout_s * tasks.len() as u64),
             memory_mb: ev.cfg.memory_mb,
             cpu_s: ev.cfg.cpu_s,
             tasks_in_flight: 1,
             disk_mb: ev.cfg.disk_mb,
-            isolation: Isolation::for_mode(ev.cfg.isolation)?,
-            ..WorkerLimits::default()
+            isolation: ev.cfg.isolation,
         };
-        let run = run_worker(code, &[(SEQUENCE.to_string(), payload)], &handler, &limits)?;
+        // With a remote executor the design runs on a node; its plays still happen here.
+        let run = ev
+            .executor
+            .run_shard(code, &[(SEQUENCE.to_string(), payload)], &limits, &handler)?;
         let (mut outcome, mut details) = classify(&[&run], ev.cfg.cpu_s);
         let sequence = run.tasks.get(SEQUENCE).cloned().unwrap_or_default();
         let records: HashMap<String, serde_json::Value> = sequence
@@ -350,5 +351,10 @@ impl LlmHandler for SequenceCalls<'_> {
                 "episode {episode:?} fills the memory: it is played without retrieval"
             )),
         }
+    }
+
+    /// A rerun of the sequence (its node died) plays the scored episodes again, once each.
+    fn restart(&self) {
+        self.played.lock().unwrap().clear();
     }
 }
