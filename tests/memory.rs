@@ -7,34 +7,10 @@
 mod common;
 
 use common::*;
-use metaforge::config::{BaseAgentKind, DomainConfig, EpisodesConfig, EvaluationConfig};
-use metaforge::domain::{Domain, Scorer, Task};
+use metaforge::config::EvaluationConfig;
+use metaforge::domain::Scorer;
 use metaforge::episodic::Episodic;
 use metaforge::evaluate::{Evaluation, Evaluator, Outcome};
-
-fn scripted_episodes() -> EpisodesConfig {
-    EpisodesConfig {
-        base_agent: BaseAgentKind::Scripted,
-        max_steps: 8,
-        items: 2,
-        ..EpisodesConfig::default()
-    }
-}
-
-/// The validation sequence of `n` episodes (the first half fills, the second is scored).
-fn sequence(n: usize) -> Vec<Task> {
-    let domain = Domain::load(&DomainConfig {
-        name: "twc".into(),
-        path: None,
-        scorer: None,
-        val_size: n,
-        test_size: 2,
-        split_seed: Some(1),
-        episodes: Some(scripted_episodes()),
-    })
-    .unwrap();
-    domain.splits(1, n, 2).unwrap().0
-}
 
 /// Evaluates each design on the same 80-episode validation sequence (40 fill, 40 scored).
 fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {

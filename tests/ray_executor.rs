@@ -248,34 +248,16 @@ fn an_unreachable_cluster_is_named_with_the_fix() {
 /// for every play, and its record is the local one. SCRIPTED base agent (a fixed policy).
 #[test]
 fn a_memory_design_evaluated_through_ray_matches_the_local_evaluation() {
-    use metaforge::config::{
-        BaseAgentKind, DomainConfig, EpisodesConfig, EvaluationConfig, ExecutorConfig, ExecutorKind,
-    };
-    use metaforge::domain::{Domain, Scorer};
+    use metaforge::config::{EvaluationConfig, ExecutorConfig, ExecutorKind};
+    use metaforge::domain::Scorer;
     use metaforge::episodic::Episodic;
     use metaforge::evaluate::{Evaluator, Outcome};
     use metaforge::executor::Executor;
 
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let head = start_head();
-    let episodes = EpisodesConfig {
-        base_agent: BaseAgentKind::Scripted,
-        max_steps: 8,
-        items: 2,
-        ..EpisodesConfig::default()
-    };
-    let domain = Domain::load(&DomainConfig {
-        name: "twc".into(),
-        path: None,
-        scorer: None,
-        val_size: 16,
-        test_size: 2,
-        split_seed: Some(1),
-        episodes: Some(episodes.clone()),
-    })
-    .unwrap();
-    let val = domain.splits(1, 16, 2).unwrap().0;
-    let episodic = Episodic::new(&episodes).unwrap();
+    let val = sequence(16);
+    let episodic = Episodic::new(&scripted_episodes()).unwrap();
     let gateway = scripted_gateway("unused");
     let cfg = EvaluationConfig::default();
     let ray = Executor::start(&ExecutorConfig {

@@ -33,7 +33,8 @@ EMIT_LOCK = threading.Lock()
 
 def node_binary(path, digest, blob_refs):
     """The metaforge binary on this node: the configured path, or the driver's own binary
-    fetched from the object store once per node and cached under its content hash."""
+    fetched from the object store once per node and cached under its content hash (only the
+    newest is kept)."""
     if digest is None:
         return path
     import ray
@@ -48,6 +49,14 @@ def node_binary(path, digest, blob_refs):
             f.write(data)
         os.chmod(staging, 0o755)
         os.replace(staging, target)
+        # Earlier builds' copies are a few hundred MB each; a running shard keeps its own
+        # (an unlinked executable runs on), and a driver that still needs one fetches it again.
+        for name in os.listdir(folder):
+            if name.endswith("-metaforge") and name != os.path.basename(target):
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError:
+                    pass
     return target
 
 

@@ -244,3 +244,28 @@ pub fn interrupted_run(exp: &Path, db: &Path, steps: i64) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The `twc` domain's settings with the SCRIPTED base agent (a fixed policy; no model).
+pub fn scripted_episodes() -> metaforge::config::EpisodesConfig {
+    metaforge::config::EpisodesConfig {
+        base_agent: metaforge::config::BaseAgentKind::Scripted,
+        max_steps: 8,
+        items: 2,
+        ..Default::default()
+    }
+}
+
+/// The `twc` validation sequence of `n` episodes (the first half fills, the second is scored).
+pub fn sequence(n: usize) -> Vec<metaforge::domain::Task> {
+    let domain = metaforge::domain::Domain::load(&metaforge::config::DomainConfig {
+        name: "twc".into(),
+        path: None,
+        scorer: None,
+        val_size: n,
+        test_size: 2,
+        split_seed: Some(1),
+        episodes: Some(scripted_episodes()),
+    })
+    .unwrap();
+    domain.splits(1, n, 2).unwrap().0
+}
