@@ -78,7 +78,8 @@ pub enum Executor {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ExecutorStats {
     pub shards: u64,
-    /// Attempts that were superseded by a rerun (a worker or node died mid-shard).
+    /// Attempts superseded by a rerun (a worker or node died mid-shard). An attempt that
+    /// died before it reached the driver is invisible here, and harmless: it asked nothing.
     pub retried_attempts: u64,
 }
 
