@@ -111,10 +111,11 @@ fn a_search_through_ray_stores_what_the_local_executor_stores() {
     let local_db = dir.path().join("local.db");
     ok(&run(&experiment(dir.path(), "local.toml", 3, 0, None), &local_db));
     let ray_db = dir.path().join("ray.db");
-    ok(&run(
+    let said = ok(&run(
         &experiment(dir.path(), "ray.toml", 3, 0, Some(&head.address)),
         &ray_db,
     ));
+    assert!(said.contains("worker or node died: 0 "), "{said}");
     assert_archive_sound(&ray_db);
     assert_same(&local_db, &ray_db);
     let ev = executor_event(&ray_db);
@@ -199,7 +200,12 @@ fn a_ray_worker_killed_mid_shard_loses_and_doubles_nothing() {
     // The Ray worker process that runs the shard dies; Ray reruns the task elsewhere.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), nix::sys::signal::Signal::SIGKILL).unwrap();
     let out = search.wait_with_output().unwrap();
-    ok(&out);
+    let said = ok(&out);
+    // `status` (printed at the end of a run) says the cluster reran something.
+    assert!(
+        said.contains("shards on the Ray cluster") && !said.contains("died: 0 "),
+        "{said}"
+    );
     // The shard process died with its worker (it would otherwise go on calling the driver).
     assert!(
         !Path::new(&format!("/proc/{shard}")).exists()

@@ -480,6 +480,19 @@ impl Archive {
         Ok(())
     }
 
+    /// The detail of the newest event of `kind`, if any.
+    pub fn last_event(&self, kind: &str) -> Result<Option<serde_json::Value>> {
+        let detail: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT detail FROM events WHERE kind = ?1 ORDER BY id DESC LIMIT 1",
+                [kind],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(detail.and_then(|d| serde_json::from_str(&d).ok()))
+    }
+
     pub fn mark_finished(&self) -> Result<()> {
         self.conn.execute(
             "UPDATE runs SET finished_at = datetime('now') WHERE finished_at IS NULL AND merged_at IS NULL",

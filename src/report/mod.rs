@@ -26,6 +26,9 @@ pub struct Status {
     /// Staged evaluation: (stopped at the cascade, stopped later, validation tasks not run).
     pub staged: (u64, u64, u64),
     pub verdict: String,
+    /// The Ray executor's totals when the run's shards ran on a cluster (`executor` event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor: Option<serde_json::Value>,
 }
 
 pub fn status(archive: &Archive) -> Result<Status> {
@@ -45,6 +48,7 @@ pub fn status(archive: &Archive) -> Result<Status> {
         cost_usd,
         cached_calls,
         staged: archive.staged_savings(exp.domain.val_size as u64)?,
+        executor: archive.last_event("executor")?,
     })
 }
 
@@ -313,6 +317,12 @@ pub fn render_status(s: &Status) -> String {
         "\nagent-model usage over all evaluations: {} tokens, ${:.4}; cached model calls in the archive: {}\n",
         s.tokens, s.cost_usd, s.cached_calls
     ));
+    if let Some(e) = &s.executor {
+        out.push_str(&format!(
+            "shards on the Ray cluster: {}; attempts rerun after a worker or node died: {} (their results counted once)\n",
+            e["shards"], e["retried_attempts"]
+        ));
+    }
     let (cascade, stopped, saved) = s.staged;
     if cascade + stopped > 0 {
         out.push_str(&format!(
