@@ -27,6 +27,16 @@ impl PinnedEnv {
         crate::llm::cache_root().join("envs").join(self.folder)
     }
 
+    /// The venv's interpreter (whether or not it is installed yet).
+    fn venv_python(&self) -> PathBuf {
+        self.dir().join("bin").join("python")
+    }
+
+    /// Whether a Python with the package is at hand: the override, or the installed venv.
+    pub fn ready(&self) -> bool {
+        self.overridden().is_some() || self.venv_python().exists()
+    }
+
     /// The interpreter the override variable names, if set.
     pub fn overridden(&self) -> Option<PathBuf> {
         std::env::var_os(self.override_var).map(PathBuf::from)
@@ -38,7 +48,7 @@ impl PinnedEnv {
             return format!("${} = {}", self.override_var, p.display());
         }
         let dir = self.dir();
-        if dir.join("bin").join("python").exists() {
+        if self.venv_python().exists() {
             format!("{} installed in {}", self.requirement, dir.display())
         } else {
             format!(
@@ -56,7 +66,7 @@ impl PinnedEnv {
             return Ok(p);
         }
         let venv = self.dir();
-        let python = venv.join("bin").join("python");
+        let python = self.venv_python();
         if python.exists() {
             return Ok(python);
         }

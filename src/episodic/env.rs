@@ -175,7 +175,7 @@ const TWX_ENV: crate::pyenv::PinnedEnv = crate::pyenv::PinnedEnv {
 /// The Python that has TextWorldExpress, installed once from PyPI on first use. Java is
 /// checked first: without it the install would succeed and every game would fail.
 pub fn env_python() -> Result<PathBuf> {
-    if TWX_ENV.overridden().is_none() && !TWX_ENV.dir().join("bin").join("python").exists() {
+    if !TWX_ENV.ready() {
         let java = Command::new("java").arg("-version").output();
         if !java.is_ok_and(|o| o.status.success()) {
             bail!("the twc domain needs Java 17 for TextWorldExpress and `java` does not run; fix: apt-get install openjdk-17-jre-headless (scripts/setup.sh does)");
