@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use metaforge::llm::Usage;
-use metaforge::sandbox::{run_worker, Isolation, LlmCall, LlmHandler, WorkerExit, WorkerLimits};
+use metaforge::sandbox::{run_worker, Isolation, LlmCall, LlmHandler, WorkerExit, WorkerLimits, WorkerStart};
 use serde_json::json;
 
 struct Echo;
@@ -19,7 +19,7 @@ impl LlmHandler for Echo {
     }
 }
 
-const CANDIDATE: &str = "from metaforge import llm\ndef forward(task):\n    return llm(task['q'])\n";
+const CANDIDATE: &str = "from metaforge import llm\ndef forward(task):\n    return llm(str(task['q']))\n";
 
 fn limits(on: bool) -> WorkerLimits {
     WorkerLimits {
@@ -41,14 +41,24 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
 }
 
 fn time_worker(on: bool, n_tasks: usize, reps: usize) -> f64 {
-    let l = limits(on);
+    time_started(on, WorkerStart::ForkServer, n_tasks, reps)
+}
+
+fn time_started(on: bool, start: WorkerStart, n_tasks: usize, reps: usize) -> f64 {
+    let l = WorkerLimits { start, ..limits(on) };
     let t = tasks(n_tasks);
     let runs: Vec<Duration> = (0..reps)
         .map(|_| {
-            let start = Instant::now();
+            let t0 = Instant::now();
             let run = run_worker(CANDIDATE, &t, &Echo, &l).expect("worker");
             assert_eq!(run.exit, WorkerExit::Completed);
-            start.elapsed()
+            assert!(
+                run.tasks.values().all(|t| t.output.as_deref() == Some("42")),
+                "{:?}",
+                run.tasks
+            );
+            assert_eq!(run.forked, l.start == WorkerStart::ForkServer);
+            t0.elapsed()
         })
         .collect();
     median_ms(runs)
@@ -89,6 +99,14 @@ fn main() {
     println!(
         "bare python start (-I -S -c pass): {:.1} ms median of 30",
         median_ms(bare)
+    );
+
+    time_started(true, WorkerStart::Exec, 1, 3);
+    let exec_on = time_started(true, WorkerStart::Exec, 1, 30);
+    let fork_on = time_worker(true, 1, 30);
+    println!(
+        "one-task isolated worker, start to finish: forked by the fork server {fork_on:.1} ms, own interpreter exec'd {exec_on:.1} ms, ratio {:.2}x",
+        fork_on / exec_on
     );
 
     let spawn_on = time_worker(true, 1, 30);

@@ -191,8 +191,9 @@ def _start_pool(size):
     return jobs
 
 
-def main():
-    args = _parse_args(sys.argv[1:])
+def main(argv=None):
+    """Runs the worker; `argv` is given by the fork server (`zygote.py`), else sys.argv."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
 
     rpc_in = os.fdopen(args.rpc_in, "r", encoding="utf-8", buffering=1)
     _rpc.connect(os.fdopen(args.rpc_out, "w", encoding="utf-8", buffering=1))

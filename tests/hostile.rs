@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metaforge::llm::Usage;
-use metaforge::sandbox::{classify, run_worker, Isolation, LlmCall, LlmHandler, Outcome, WorkerExit, WorkerLimits};
+use metaforge::sandbox::{
+    classify, fork_server, run_worker, Isolation, LlmCall, LlmHandler, Outcome, WorkerExit, WorkerLimits,
+};
 use serde_json::json;
 
 const SECRET: &str = "sk-hostile-corpus-secret-0123456789";
@@ -207,6 +209,9 @@ fn kernel_layers_alone_contain_the_corpus() {
 
 fn run_corpus(policy_hook: bool) {
     std::env::set_var("METAFORGE_TEST_API_KEY", SECRET);
+    // Where this machine can run the fork server, every case must run through it (a forked
+    // worker's parent is the server, not the host), and no attack may bring it down.
+    let forked = fork_server::shared().is_some();
     let host = Host::new();
     let mut cases = load_cases(&host);
     for c in &mut cases {
@@ -251,7 +256,7 @@ fn run_corpus(policy_hook: bool) {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(case) = cases.get(i) else { break };
-                    if let Err(e) = run_case(case, &host, policy_hook) {
+                    if let Err(e) = run_case(case, &host, policy_hook, forked) {
                         failures.lock().unwrap().push(e);
                     }
                 })
@@ -272,11 +277,17 @@ fn run_corpus(policy_hook: bool) {
         failures.join("\n")
     );
     assert!(canary_runs.load(Ordering::Relaxed) >= 3, "the canary barely ran");
+    if forked {
+        assert_eq!(fork_server::starts(), 1, "an attack brought the fork server down");
+    }
 }
 
-fn run_case(case: &Case, host: &Host, check_labels: bool) -> Result<(), String> {
+fn run_case(case: &Case, host: &Host, check_labels: bool, forked: bool) -> Result<(), String> {
     let run = run_worker(&case.code, &tasks(), &ScriptedModel, &case.limits)
         .map_err(|e| format!("{}: the host failed to run it: {e:#}", case.name))?;
+    if forked && !run.forked {
+        return Err(format!("{}: its worker was not forked by the fork server", case.name));
+    }
     let (outcome, details) = classify(&[&run], case.limits.cpu_s);
     let mut problems = Vec::new();
     if check_labels && outcome.to_string() != case.expect {

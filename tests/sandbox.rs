@@ -175,3 +175,88 @@ fn folders_of_killed_hosts_are_swept() {
     assert!(ours.exists(), "a live host's folder was swept");
     std::fs::remove_dir_all(ours).unwrap();
 }
+
+/// A forked worker (the fork server's child) must live in the same cage as an exec'd one:
+/// the same descriptors, limits, environment, process group, and the same refusals from the
+/// kernel layers (the policy hook is off, so the errors are the kernel's own).
+#[test]
+fn forked_workers_get_the_same_cage_as_exec_workers() {
+    let code = r#"
+import errno, os, resource, socket
+
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+def forward(task):
+    open_fds = []
+    for fd in range(64):
+        try:
+            st = os.fstat(fd)
+            open_fds.append(fd)
+        except OSError:
+            pass
+    cwd = os.getcwd()
+    with open("note.txt", "w") as f:
+        f.write("scratch is writable")
+    fs = os.statvfs(cwd)
+    report = {
+        "fds": open_fds,
+        "home_is_cwd": os.environ.get("HOME") == cwd == os.environ.get("TMPDIR"),
+        "env": sorted(os.environ),
+        "own_group": os.getpgid(0) == os.getpid(),
+        "scratch_mib": fs.f_blocks * fs.f_frsize >> 20,
+        "limits": [resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_CPU,
+                   resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE, resource.RLIMIT_CORE)],
+        "fork": attempt(os.fork),
+        "signal_parent": attempt(lambda: os.kill(os.getppid(), 0)),
+        "tcp": attempt(lambda: socket.create_connection(("127.0.0.1", 9), timeout=1)),
+        "inet_socket": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+        "write_tmp": attempt(lambda: open("/tmp/metaforge-forked-probe", "w")),
+        "read_etc": attempt(lambda: open("/etc/hostname").read()),
+        "unshare": attempt(lambda: os.unshare(os.CLONE_NEWUSER)) if hasattr(os, "unshare") else "n/a",
+    }
+    return repr(report)
+"#;
+    let iso = metaforge::sandbox::Isolation::available();
+    let run = |start| {
+        let limits = WorkerLimits {
+            policy_hook: false,
+            start,
+            disk_mb: 16,
+            ..limits(30)
+        };
+        run_worker(code, &tasks(1), &ScriptedModel, &limits).unwrap()
+    };
+    let forked = run(metaforge::sandbox::WorkerStart::ForkServer);
+    let exec = run(metaforge::sandbox::WorkerStart::Exec);
+    assert!(!exec.forked);
+    assert!(
+        forked.forked,
+        "this machine can run the fork server (every layer: {iso:?}); the worker was exec'd instead"
+    );
+    let report = |r: &metaforge::sandbox::WorkerRun| {
+        assert_eq!(r.exit, WorkerExit::Completed, "{:?}", r.tasks);
+        r.tasks["t0"]
+            .output
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", r.tasks["t0"]))
+    };
+    let (forked, exec) = (report(&forked), report(&exec));
+    assert_eq!(forked, exec, "forked and exec'd workers differ");
+    for expected in [
+        "'fds': [0, 1, 2, 3, 4]",
+        "'home_is_cwd': True",
+        "'own_group': True",
+        "'fork': 'EPERM'",
+        "'write_tmp': 'EACCES'",
+        "'scratch_mib': 16",
+        "'signal_parent': 'EPERM'",
+    ] {
+        assert!(forked.contains(expected), "{expected} not in {forked}");
+    }
+    assert!(!std::path::Path::new("/tmp/metaforge-forked-probe").exists());
+}

@@ -43,6 +43,7 @@ _ALWAYS_DENIED = {
     "ctypes.dlopen": "loading a native library (ctypes)",
     "ctypes.dlsym": "calling native code (ctypes)",
     "ctypes.cdata": "raw memory access (ctypes)",
+    "ctypes.call_function": "calling native code (ctypes)",
     "resource.setrlimit": "changing a resource limit",
     "resource.prlimit": "changing a resource limit",
     "pickle.find_class": "unpickling a class or function",

@@ -271,6 +271,31 @@ impl ChildSetup {
         })
     }
 
+    /// The same layers as data for a fork server child (`runtime/zygote.py` applies them
+    /// in this order, as `apply` does), and the landlock ruleset it must be sent.
+    pub fn fork_layers(&self) -> Result<(serde_json::Map<String, serde_json::Value>, Option<std::os::fd::RawFd>)> {
+        use serde_json::{json, Value};
+        let text = |b: &[u8]| -> Result<String> { Ok(std::str::from_utf8(b).context("not UTF-8")?.to_string()) };
+        let namespaces = match &self.namespaces {
+            Some(ns) => json!({
+                "uid_map": text(&ns.uid_map)?,
+                "gid_map": text(&ns.gid_map)?,
+                "scratch": text(ns.scratch.as_bytes())?,
+                "tmpfs_options": text(ns.tmpfs_options.as_bytes())?,
+            }),
+            None => Value::Null,
+        };
+        let landlock = match &self.landlock {
+            Some(ll) => json!({"scratch_access": ll.scratch_access_in_child}),
+            None => Value::Null,
+        };
+        let mut layers = serde_json::Map::new();
+        layers.insert("namespaces".into(), namespaces);
+        layers.insert("landlock".into(), landlock);
+        layers.insert("seccomp".into(), json!(self.seccomp.is_some()));
+        Ok((layers, self.landlock.as_ref().map(|ll| ll.ruleset.as_raw_fd())))
+    }
+
     /// Runs between fork and exec. Only raw syscalls on prepared data: no allocation.
     pub fn apply(&self) -> std::io::Result<()> {
         use std::io::Error;
@@ -390,6 +415,24 @@ fn seccomp_programs() -> Result<&'static [BpfProgram]> {
         .get_or_init(|| build_seccomp().map_err(|e| format!("{e:#}")))
         .as_deref()
         .map_err(|e| anyhow::anyhow!("cannot build the seccomp filter: {e}"))
+}
+
+/// The seccomp programs as hex of their `sock_filter` instructions (native byte order), for
+/// the fork server, which installs them in each child.
+pub fn seccomp_hex() -> Result<Vec<String>> {
+    Ok(seccomp_programs()?
+        .iter()
+        .map(|program| {
+            let mut bytes = Vec::with_capacity(program.len() * 8);
+            for insn in program {
+                bytes.extend_from_slice(&insn.code.to_ne_bytes());
+                bytes.push(insn.jt);
+                bytes.push(insn.jf);
+                bytes.extend_from_slice(&insn.k.to_ne_bytes());
+            }
+            hex::encode(bytes)
+        })
+        .collect())
 }
 
 /// Calls a candidate never needs; each one is an escape or an attack on the host.

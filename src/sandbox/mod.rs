@@ -8,6 +8,7 @@
 //!
 //! Architecture Invariant: the sandbox never touches the archive; it returns values.
 
+pub mod fork_server;
 pub mod isolation;
 mod outcome;
 mod protocol;
@@ -24,7 +25,7 @@ pub use outcome::{classify, error_kind, task_outcome, Outcome};
 pub use protocol::{LlmCall, WorkerMessage};
 pub use worker::{
     run_worker, sweep_stale_workdirs, tail, unguarded_reply, CallError, Denial, LlmHandler, TaskRun, WorkerExit,
-    WorkerLimits, WorkerRun,
+    WorkerLimits, WorkerRun, WorkerStart,
 };
 
 /// The real Python interpreter, resolved once. Why: `python3` on PATH may be a version
@@ -79,8 +80,13 @@ pub fn live_probe() -> Result<Vec<String>> {
         None => vec![format!("the probe worker did not report: {:?}", run.exit)],
     };
     lines.push(format!(
-        "worker start-to-finish: {:.1} ms",
-        run.wall.as_secs_f64() * 1e3
+        "worker start-to-finish: {:.1} ms, {}",
+        run.wall.as_secs_f64() * 1e3,
+        match fork_server::unavailable() {
+            _ if run.forked => "forked by the fork server".to_string(),
+            Some(why) => format!("its own interpreter (no fork server: {why})"),
+            None => "its own interpreter".to_string(),
+        }
     ));
     Ok(lines)
 }

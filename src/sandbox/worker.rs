@@ -47,6 +47,20 @@ pub struct WorkerLimits {
     /// The Python audit hook that names denied operations (`runtime/metaforge/_policy.py`).
     /// Off only in tests that prove the kernel layers hold by themselves.
     pub policy_hook: bool,
+    /// Fork the worker from the fork server (default) or exec a fresh interpreter.
+    pub start: WorkerStart,
+}
+
+/// How a worker's interpreter comes to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerStart {
+    /// A fork of the pre-started interpreter (`fork_server.rs`); falls back to `Exec` where
+    /// this machine cannot run one.
+    #[default]
+    ForkServer,
+    /// A fresh `python3` per worker.
+    Exec,
 }
 
 impl Default for WorkerLimits {
@@ -63,6 +77,7 @@ impl Default for WorkerLimits {
             processes: 1024,
             isolation: Isolation::available(),
             policy_hook: true,
+            start: WorkerStart::default(),
         }
     }
 }
@@ -165,6 +180,9 @@ pub struct WorkerRun {
     pub wall: Duration,
     /// The worker's folder, already removed when this is returned (tests check it).
     pub workdir: PathBuf,
+    /// Forked by the fork server (false: its own interpreter was exec'd).
+    #[serde(default)]
+    pub forked: bool,
 }
 
 /// One refused operation.
@@ -239,78 +257,128 @@ pub fn run_worker(
 
     let (to_worker_r, to_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (from_worker_r, from_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let child_in = to_worker_r.as_raw_fd();
-    let child_out = from_worker_w.as_raw_fd();
-    let mut cmd = Command::new(&python);
-    cmd.args(["-I", "-S", "-B"])
-        .arg(super::worker_script(&runtime))
-        .args(["--rpc-in", "3", "--rpc-out", "4", "--candidate"])
-        .arg(&candidate_path)
-        .arg("--tasks-in-flight")
-        .arg(limits.tasks_in_flight.to_string())
-        .arg("--stdout-limit")
-        .arg(limits.stdout_limit.to_string())
-        .arg("--output-limit")
-        .arg(limits.output_limit.to_string())
-        .arg("--workdir")
-        .arg(dir.path())
-        .arg("--scratch")
-        .arg(&scratch);
+    let mut argv: Vec<std::ffi::OsString> = ["--rpc-in", "3", "--rpc-out", "4", "--candidate"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    argv.push(candidate_path.clone().into());
+    for (flag, value) in [
+        ("--tasks-in-flight", limits.tasks_in_flight),
+        ("--stdout-limit", limits.stdout_limit),
+        ("--output-limit", limits.output_limit),
+    ] {
+        argv.push(flag.into());
+        argv.push(value.to_string().into());
+    }
+    argv.extend([
+        "--workdir".into(),
+        dir.path().into(),
+        "--scratch".into(),
+        scratch.clone().into(),
+    ]);
     for root in &read_roots {
-        cmd.arg("--read-root").arg(root);
+        argv.extend(["--read-root".into(), root.into()]);
     }
     if !limits.policy_hook {
-        cmd.arg("--no-policy-hook");
+        argv.push("--no-policy-hook".into());
     }
-    cmd.current_dir(&scratch)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &scratch)
-        .env("TMPDIR", &scratch)
-        .env("PYTHONIOENCODING", "utf-8")
-        .env("PYTHONHASHSEED", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr_file))
-        .process_group(0);
-    let memory = limits.memory_mb << 20;
-    let cpu = limits.cpu_s;
+    let env = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("HOME", scratch.display().to_string()),
+        ("TMPDIR", scratch.display().to_string()),
+        ("PYTHONIOENCODING", "utf-8".to_string()),
+        ("PYTHONHASHSEED", "0".to_string()),
+    ];
     let file_size = limits.disk_mb.max(1) << 20;
-    let processes = limits.processes;
-    // SAFETY: only async-signal-safe libc calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Move the pipe ends out of the way first, then onto 3 and 4 (dup2 clears CLOEXEC).
-            let a = libc::fcntl(child_in, libc::F_DUPFD, 10);
-            let b = libc::fcntl(child_out, libc::F_DUPFD, 10);
-            if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(a);
-            libc::close(b);
-            let set = |res, soft: u64, hard: u64| {
-                let lim = libc::rlimit {
-                    rlim_cur: soft as libc::rlim_t,
-                    rlim_max: hard as libc::rlim_t,
-                };
-                libc::setrlimit(res, &lim)
+    let rlimits = [
+        (libc::RLIMIT_AS, limits.memory_mb << 20, limits.memory_mb << 20),
+        (libc::RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1),
+        (libc::RLIMIT_FSIZE, file_size, file_size),
+        (libc::RLIMIT_NOFILE, 64, 64),
+        (libc::RLIMIT_CORE, 0, 0),
+        (libc::RLIMIT_NPROC, limits.processes, limits.processes),
+    ];
+    let forked = match limits.start {
+        WorkerStart::ForkServer => super::fork_server::shared().and_then(|server| {
+            let argv: Option<Vec<String>> = argv.iter().map(|a| a.clone().into_string().ok()).collect();
+            let rlimits: Vec<(i64, u64, u64)> = rlimits.iter().map(|&(r, s, h)| (r as i64, s, h)).collect();
+            let request = super::fork_server::SpawnRequest {
+                argv: &argv?,
+                env: &env,
+                cwd: &scratch,
+                rlimits: &rlimits,
+                setup: &setup,
+                rpc_in: to_worker_r.as_raw_fd(),
+                rpc_out: from_worker_w.as_raw_fd(),
+                stderr: stderr_file.as_raw_fd(),
             };
-            set(libc::RLIMIT_AS, memory, memory);
-            set(libc::RLIMIT_CPU, cpu, cpu + 1);
-            set(libc::RLIMIT_FSIZE, file_size, file_size);
-            set(libc::RLIMIT_NOFILE, 64, 64);
-            set(libc::RLIMIT_CORE, 0, 0);
-            set(libc::RLIMIT_NPROC, processes, processes);
-            setup.apply()?;
-            // Die with the host: a killed search leaves no orphan workers burning the CPU.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start worker {}", python.display()))?;
-    let pgid = Pid::from_raw(child.id() as i32);
+            match server.spawn(&request) {
+                Ok(pid) => Some(WorkerProcess::Forked {
+                    server: server.clone(),
+                    pid,
+                    status: None,
+                }),
+                Err(e) => {
+                    tracing::warn!("{e:#}; starting this worker's own interpreter");
+                    None
+                }
+            }
+        }),
+        WorkerStart::Exec => None,
+    };
+    let started_by_fork = forked.is_some();
+    let mut child = match forked {
+        Some(process) => process,
+        None => {
+            let mut cmd = Command::new(&python);
+            cmd.args(["-I", "-S", "-B"])
+                .arg(super::worker_script(&runtime))
+                .args(&argv)
+                .current_dir(&scratch)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(stderr_file))
+                .process_group(0);
+            let child_in = to_worker_r.as_raw_fd();
+            let child_out = from_worker_w.as_raw_fd();
+            // SAFETY: only async-signal-safe libc calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Move the pipe ends out of the way first, then onto 3 and 4 (dup2 clears
+                    // CLOEXEC).
+                    let a = libc::fcntl(child_in, libc::F_DUPFD, 10);
+                    let b = libc::fcntl(child_out, libc::F_DUPFD, 10);
+                    if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(a);
+                    libc::close(b);
+                    // Nothing else crosses exec (a stray /dev/null showed up on fd 10): the
+                    // landlock ruleset sits at 100+ and is close-on-exec.
+                    for fd in 5..100 {
+                        libc::close(fd);
+                    }
+                    for (resource, soft, hard) in rlimits {
+                        let lim = libc::rlimit {
+                            rlim_cur: soft as libc::rlim_t,
+                            rlim_max: hard as libc::rlim_t,
+                        };
+                        libc::setrlimit(resource, &lim);
+                    }
+                    setup.apply()?;
+                    // Die with the host: a killed search leaves no orphan workers burning the CPU.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                    Ok(())
+                });
+            }
+            WorkerProcess::Exec(
+                cmd.spawn()
+                    .with_context(|| format!("cannot start worker {}", python.display()))?,
+            )
+        }
+    };
     drop(to_worker_r);
     drop(from_worker_w);
     let writer = Mutex::new(File::from(to_worker_w));
@@ -361,7 +429,7 @@ pub fn run_worker(
                 // The worker may be gone while something it left behind still holds the pipe
                 // open (no EOF then): its last words are already queued or never coming.
                 Err(RecvTimeoutError::Timeout) => match child.try_wait() {
-                    Ok(Some(_)) => rx.recv_timeout(EXIT_POLL).unwrap_or(Event::Eof),
+                    Some(_) => rx.recv_timeout(EXIT_POLL).unwrap_or(Event::Eof),
                     _ => continue,
                 },
                 Err(RecvTimeoutError::Disconnected) => Event::Eof,
@@ -483,18 +551,18 @@ pub fn run_worker(
             send(json!({"type": "shutdown"}));
             let grace = Instant::now() + Duration::from_millis(500);
             while Instant::now() < grace {
-                if let Ok(Some(_)) = child.try_wait() {
+                if child.try_wait().is_some() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        let _ = killpg(pgid, Signal::SIGKILL);
+        child.kill();
         // Unblock handler threads waiting to write to a dead worker.
         drop(writer.lock());
     });
     let status = child.wait()?;
-    let _ = killpg(pgid, Signal::SIGKILL);
+    child.kill();
     stop_reading.store(true, Ordering::Relaxed);
     let _ = reader_thread.join();
 
@@ -524,7 +592,62 @@ pub fn run_worker(
         denials: denials.into_inner().unwrap(),
         wall: started.elapsed(),
         workdir,
+        forked: started_by_fork,
     })
+}
+
+/// A running worker: exec'd by this process, or forked by the fork server.
+enum WorkerProcess {
+    Exec(std::process::Child),
+    Forked {
+        server: Arc<super::fork_server::ForkServer>,
+        pid: i32,
+        status: Option<std::process::ExitStatus>,
+    },
+}
+
+impl WorkerProcess {
+    /// Also its process group.
+    fn pid(&self) -> i32 {
+        match self {
+            WorkerProcess::Exec(child) => child.id() as i32,
+            WorkerProcess::Forked { pid, .. } => *pid,
+        }
+    }
+
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        match self {
+            WorkerProcess::Exec(child) => child.try_wait().ok().flatten(),
+            WorkerProcess::Forked { server, pid, status } => {
+                if status.is_none() {
+                    *status = server.try_wait(*pid);
+                }
+                *status
+            }
+        }
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            WorkerProcess::Exec(child) => child.wait(),
+            WorkerProcess::Forked { server, pid, status } => Ok(*status.get_or_insert_with(|| server.wait(*pid, None))),
+        }
+    }
+
+    /// SIGKILL to the whole group, grandchildren included, and to the worker itself in case
+    /// it left the group (setpgid/setsid are not denied). A no-op once it has been reaped:
+    /// its pid may belong to someone else by then.
+    fn kill(&mut self) {
+        let reaped = match self {
+            WorkerProcess::Exec(child) => child.try_wait().ok().flatten().is_some(),
+            WorkerProcess::Forked { status, .. } => status.is_some(),
+        };
+        let pid = Pid::from_raw(self.pid());
+        let _ = killpg(pid, Signal::SIGKILL);
+        if !reaped {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+    }
 }
 
 /// Reads protocol lines until EOF, an oversized line, or `stop`. Polls with a short timeout

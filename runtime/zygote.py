@@ -1,0 +1,299 @@
+"""metaforge fork server: one pre-started interpreter that forks a fresh worker per evaluation.
+
+Why: starting a Python interpreter and importing the worker costs ~35 ms of CPU per
+evaluation, most of a whole search's orchestration time with a fast model
+(`benches/RESULTS.md`). This process pays that once; each evaluation is a fork of it.
+
+Isolation is NOT shared between evaluations: every child applies, for itself, the same
+layers the host applies between fork and exec for an exec'd worker (`src/sandbox/
+isolation.rs`): its own user, network and mount namespaces with its own tmpfs scratch, the
+landlock ruleset the host prepared for this evaluation alone (sent as a descriptor), the
+seccomp filter, rlimits, its own process group, a death signal, and no descriptor but its
+two pipes and its stderr file. Landlock's signal scope keeps a child from signalling this
+process or its siblings; seccomp keeps it from forking or tracing them.
+
+This process itself runs only this file: it never loads candidate code, holds no secret,
+and must stay single-threaded (unshare(CLONE_NEWUSER) refuses multi-threaded callers).
+
+Protocol (SOCK_SEQPACKET on fd 3, one JSON message per packet):
+  host -> here  {"type": "hello", "seccomp": [hex, ...], "sys": {name: number}}
+                {"type": "spawn", "id": N, "argv": [...] | null, "env": {...}, "cwd": DIR,
+                 "rlimits": [[resource, soft, hard], ...], "namespaces": {...} | null,
+                 "landlock": {"scratch_access": BITS | null} | null, "seccomp": bool}
+                 with descriptors [rpc_in, rpc_out, stderr(, landlock ruleset)]
+  here -> host  {"type": "spawned", "id": N, "pid": P} | {"type": "failed", "id": N, "error": E}
+                {"type": "exited", "pid": P, "status": RAW_WAIT_STATUS}
+A spawn with "argv": null applies the layers and exits 0 (the host's probe).
+"""
+import ctypes
+import fcntl
+import gc
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import worker  # noqa: E402  (imported here once, so each child starts with it loaded)
+import metaforge.adas  # noqa: E402,F401  (and what a worker imports when it needs it:
+import metaforge.episodes  # noqa: E402,F401  the ADAS harness, memory designs, `re` for
+import re  # noqa: E402,F401  answer keys, `traceback` for the first task that raises,
+import traceback  # noqa: E402,F401  ~10 ms each time otherwise)
+
+CONTROL_FD = 3
+SETUP_FAILED = 70  # exit code of a child that could not apply its sandbox layers
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_SECCOMP_SET_MODE_FILTER = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# Looked up here, once, rather than in every child (and frozen with the rest, below).
+for _name in ("unshare", "mount", "prctl", "syscall"):
+    getattr(_libc, _name)
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _check(rc, what):
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _syscall(nr, *args):
+    return _libc.syscall(ctypes.c_long(nr), *args)
+
+
+class _Config:
+    seccomp = []  # (buffer, prog) pairs, kept alive for the life of the process
+    sys = {}
+
+
+def _hello(msg):
+    for hexed in msg["seccomp"]:
+        raw = bytes.fromhex(hexed)
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        prog = _SockFprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        _Config.seccomp.append((buf, prog))
+    _Config.sys = msg["sys"]
+
+
+def _write_proc(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def _enter_namespaces(ns):
+    """New user, network and mount namespaces; a private tmpfs on the scratch folder."""
+    _check(_libc.unshare(ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWNS)), "unshare")
+    _write_proc("/proc/self/setgroups", "deny")
+    _write_proc("/proc/self/uid_map", ns["uid_map"])
+    _write_proc("/proc/self/gid_map", ns["gid_map"])
+    _check(_libc.mount(b"none", b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None), "mount --make-rprivate /")
+    scratch = ns["scratch"].encode()
+    _check(_libc.mount(b"tmpfs", scratch, b"tmpfs", ctypes.c_ulong(_MS_NOSUID | _MS_NODEV),
+                       ns["tmpfs_options"].encode()), "mount tmpfs")
+    os.chdir(scratch)
+    # The new user namespace gave this process every capability in it (no exec follows to
+    # drop them, as it would for an exec'd worker): drop them all.
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_syscall(_Config.sys["capset"], ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+def _restrict_landlock(ll, ruleset_fd, scratch):
+    access = ll.get("scratch_access")
+    if access is not None:
+        # The tmpfs root exists only now, in this child: add its read-write rule here.
+        dir_fd = os.open(scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        rule = _PathBeneath(access, dir_fd)
+        rc = _syscall(_Config.sys["landlock_add_rule"], ctypes.c_int(ruleset_fd),
+                      ctypes.c_uint(_LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint(0))
+        os.close(dir_fd)
+        _check(rc, "landlock_add_rule")
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "no_new_privs")
+    _check(_syscall(_Config.sys["landlock_restrict_self"], ctypes.c_int(ruleset_fd), ctypes.c_uint(0)),
+           "landlock_restrict_self")
+    os.close(ruleset_fd)
+
+
+def _apply_seccomp():
+    if not _Config.seccomp:
+        raise OSError("seccomp was asked for but the host sent no filter")
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "no_new_privs")
+    for _, prog in _Config.seccomp:
+        _check(_syscall(_Config.sys["seccomp"], ctypes.c_uint(_SECCOMP_SET_MODE_FILTER),
+                        ctypes.c_uint(0), ctypes.byref(prog)), "seccomp")
+
+
+def _child(msg, fds, zygote_pid):
+    """Runs in the forked child; never returns."""
+    try:
+        _libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                    ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if os.getppid() != zygote_pid:
+            os._exit(SETUP_FAILED)  # the server died between fork and prctl
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        # Descriptors: the pipes on 3 and 4, stderr on 2, /dev/null on 0 and 1, the landlock
+        # ruleset on 5 until used; nothing else (the control socket above all).
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+        null = os.open("/dev/null", os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(high[2], 2)
+        os.dup2(high[0], 3)
+        os.dup2(high[1], 4)
+        ruleset = None
+        if len(high) > 3:
+            os.dup2(high[3], 5)
+            ruleset = 5
+        os.closerange(6 if ruleset else 5, 1 << 16)
+        for res, soft, hard in msg["rlimits"]:
+            resource.setrlimit(res, (soft, hard))
+        if msg.get("namespaces"):
+            _enter_namespaces(msg["namespaces"])
+        if msg.get("landlock") is not None:
+            _restrict_landlock(msg["landlock"], ruleset, msg["cwd"])
+        if msg.get("seccomp"):
+            _apply_seccomp()
+        os.chdir(msg["cwd"])
+    except BaseException as exc:  # noqa: BLE001  (any failure here must end this child)
+        try:
+            os.write(2, f"metaforge fork server: sandbox setup failed: {exc}\n".encode())
+        finally:
+            os._exit(SETUP_FAILED)
+    if msg.get("argv") is None:
+        os._exit(0)
+    # This server's environment is the host's cleared one (plus Python's own LC_CTYPE
+    # coercion, as in an exec'd worker); the host names the rest.
+    os.environ.update(msg["env"])
+    _forget_native_access()
+    sys.argv = ["worker.py", *msg["argv"]]
+    code = 1
+    try:
+        code = worker.main(msg["argv"]) or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001
+        code = 1
+    os._exit(code)
+
+
+def _forget_native_access():
+    """Drops every handle on ctypes this server holds, before the candidate loads: ctypes
+    left in sys.modules would let `import ctypes` skip the policy hook's import check, and
+    this server's libc function objects could be called with no audit event at all (Python
+    audits their lookup, not their calls). What remains of them is unreachable: freed, or
+    frozen by gc.freeze(), which hides objects from gc.get_objects()."""
+    for name in [n for n in sys.modules if n in ("ctypes", "_ctypes") or n.startswith("ctypes.")]:
+        del sys.modules[name]
+    _Config.seccomp = []
+    vars(_libc).clear()  # its looked-up functions
+    g = globals()
+    for name in ("ctypes", "_libc", "_PathBeneath", "_SockFprog", "_CapHeader", "_CapData"):
+        g.pop(name, None)
+
+
+def _send(ctl, msg):
+    ctl.send(json.dumps(msg).encode())
+
+
+def _reap(ctl):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(ctl, {"type": "exited", "pid": pid, "status": status})
+
+
+def _spawn(ctl, msg, fds):
+    sys.stderr.flush()
+    zygote_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _child(msg, fds, zygote_pid)
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # the child already did, or already exited
+    _send(ctl, {"type": "spawned", "id": msg.get("id"), "pid": pid})
+
+
+def main():
+    ctl = socket.socket(fileno=CONTROL_FD)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(ctl.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    gc.collect()
+    gc.freeze()  # children share these pages instead of copying them when gc walks them
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            data, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 8)
+            if not data:
+                return 0  # the host is gone
+            msg = {}
+            try:
+                msg = json.loads(data)
+                if msg.get("type") == "hello":
+                    _hello(msg)
+                elif msg.get("type") == "spawn":
+                    _spawn(ctl, msg, fds)
+            except Exception as exc:  # noqa: BLE001  (a bad request must not end the server)
+                _send(ctl, {"type": "failed", "id": msg.get("id"), "error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        _reap(ctl)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
