@@ -417,6 +417,7 @@ pub fn run_worker(
         writeln!(w, "{v}").and_then(|_| w.flush()).is_ok()
     };
     std::thread::scope(|scope| {
+        let calls = CallPool::new(scope);
         let mut pending = tasks.len();
         loop {
             let now = Instant::now();
@@ -458,7 +459,7 @@ pub fn run_worker(
                     let results = &results;
                     let send = &send;
                     let deny = &deny;
-                    scope.spawn(move || {
+                    calls.run(move || {
                         let reply = match call.validate() {
                             Err(e) => {
                                 deny(task_id.clone(), format!("llm request: {e}"));
@@ -491,7 +492,7 @@ pub fn run_worker(
                     let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
                     let results = &results;
                     let send = &send;
-                    scope.spawn(move || {
+                    calls.run(move || {
                         let msg = match handler.play_episode(&episode, memory.as_deref()) {
                             Ok((result, usage)) => {
                                 if let Some(t) = &task_id {
@@ -560,6 +561,7 @@ pub fn run_worker(
         child.kill();
         // Unblock handler threads waiting to write to a dead worker.
         drop(writer.lock());
+        drop(calls); // its threads end once the calls queued before are answered
     });
     let status = child.wait()?;
     child.kill();
@@ -594,6 +596,51 @@ pub fn run_worker(
         workdir,
         forked: started_by_fork,
     })
+}
+
+/// The threads that answer a worker's model calls and episode plays, kept for the worker's
+/// life. Why not a thread per call: with a fast model, creating and tearing down a thread
+/// (its stack mapped, then unmapped with a TLB shootdown on every core) was a visible part
+/// of each call (`benches/RESULTS.md`). Why not a fixed pool: a call may block for a model's
+/// whole latency, so a call must never queue behind another; a thread is added whenever no
+/// idle one is free.
+struct CallPool<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    jobs: crossbeam_channel::Sender<Box<dyn FnOnce() + Send + 'scope>>,
+    queue: crossbeam_channel::Receiver<Box<dyn FnOnce() + Send + 'scope>>,
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<'scope, 'env> CallPool<'scope, 'env> {
+    fn new(scope: &'scope std::thread::Scope<'scope, 'env>) -> Self {
+        let (jobs, queue) = unbounded();
+        Self {
+            scope,
+            jobs,
+            queue,
+            idle: Arc::default(),
+        }
+    }
+
+    fn run(&self, job: impl FnOnce() + Send + 'scope) {
+        // Claim an idle thread, or start one: there are never more queued jobs than threads
+        // waiting for one, so no call waits for another to finish.
+        let claimed = self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if !claimed {
+            let queue = self.queue.clone();
+            let idle = self.idle.clone();
+            self.scope.spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    job();
+                    idle.fetch_add(1, Ordering::AcqRel);
+                }
+            });
+        }
+        let _ = self.jobs.send(Box::new(job));
+    }
 }
 
 /// A running worker: exec'd by this process, or forked by the fork server.
