@@ -299,15 +299,19 @@ impl AgentCalls<'_, '_> {
             *e += n;
             first
         };
-        // Samples run concurrently so a batching backend decodes them together.
+        // Samples run concurrently so a batching backend decodes them together; the first on
+        // this thread (a thread per sample cost more than an instant model's whole call).
         let replies: Vec<_> = std::thread::scope(|scope| {
-            let hs: Vec<_> = (0..n)
+            let others: Vec<_> = (1..n)
                 .map(|i| {
                     let req = self.gateway.request(messages.to_vec(), params, first + i);
                     scope.spawn(move || self.gateway.complete(&req))
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("llm thread panicked")).collect()
+            let own = self.gateway.complete(&self.gateway.request(messages.to_vec(), params, first));
+            std::iter::once(own)
+                .chain(others.into_iter().map(|h| h.join().expect("llm thread panicked")))
+                .collect()
         });
         let mut usage = Usage::default();
         let mut texts = Vec::with_capacity(replies.len());

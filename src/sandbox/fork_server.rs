@@ -12,6 +12,9 @@
 //! and seccomp keep a child away from the server and its siblings; the hostile corpus runs
 //! through this path (`tests/hostile.rs`).
 //!
+//! The server keeps one spare child forked ahead and warmed up (its first compile and JSON
+//! round trip), which the next request is handed to: a spawn is then a message, not a fork.
+//!
 //! When the server cannot start or its probe child cannot apply the layers, metaforge warns
 //! once and exec's one interpreter per evaluation, as before (`METAFORGE_FORK_SERVER=0`
 //! chooses that path outright).
@@ -141,6 +144,7 @@ impl ForkServer {
                 let mut cmd = Command::new(&python);
                 cmd.args(["-I", "-S", "-B"])
                     .arg(&script)
+                    .current_dir("/") // pins no folder of the host's
                     .env_clear()
                     .env("PATH", "/usr/local/bin:/usr/bin:/bin")
                     .env("PYTHONIOENCODING", "utf-8")
