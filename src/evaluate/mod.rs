@@ -308,7 +308,9 @@ impl AgentCalls<'_, '_> {
                     scope.spawn(move || self.gateway.complete(&req))
                 })
                 .collect();
-            let own = self.gateway.complete(&self.gateway.request(messages.to_vec(), params, first));
+            let own = self
+                .gateway
+                .complete(&self.gateway.request(messages.to_vec(), params, first));
             std::iter::once(own)
                 .chain(others.into_iter().map(|h| h.join().expect("llm thread panicked")))
                 .collect()
