@@ -151,8 +151,8 @@ fn main() {
         (wall * 1e3 / tasks as f64) / ((base_ms + process_start) / done.max(1.0))
     );
     println!(
-        "  where metaforge's time goes: one sandboxed worker per evaluation ({:.1} ms each over {evaluations}), \
-         see `cargo bench --bench sandbox_overhead`",
+        "  where metaforge's time goes: {:.1} ms of wall per evaluation over {evaluations} (a forked sandboxed worker each, \
+         and the loop around it); the worker's share: `cargo bench --bench sandbox_overhead`",
         wall * 1e3 / evaluations as f64
     );
 
