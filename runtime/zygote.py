@@ -21,6 +21,7 @@ Protocol (SOCK_SEQPACKET on fd 3, one JSON message per packet):
                  "rlimits": [[resource, soft, hard], ...], "namespaces": {...} | null,
                  "landlock": {"scratch_access": BITS | null} | null, "seccomp": bool}
                  with descriptors [rpc_in, rpc_out, stderr(, landlock ruleset)]
+                {"type": "kill", "pid": P}  (SIGKILL to a worker and its group, if not yet reaped)
   here -> host  {"type": "spawned", "id": N, "pid": P} | {"type": "failed", "id": N, "error": E}
                 {"type": "exited", "pid": P, "status": RAW_WAIT_STATUS}
 A spawn with "argv": null applies the layers and exits 0 (the host's probe).
@@ -84,6 +85,11 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+# Made here, not in each child: a ctypes type made in a child would outlive its setup (ctypes
+# caches array types) where the candidate's gc.get_objects() finds it; these are frozen.
+_CapDataPair = _CapData * 2
+
+
 def _check(rc, what):
     if rc != 0:
         err = ctypes.get_errno()
@@ -130,7 +136,7 @@ def _enter_namespaces(ns):
     # The new user namespace gave this process every capability in it (no exec follows to
     # drop them, as it would for an exec'd worker): drop them all.
     header = _CapHeader(_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
+    data = _CapDataPair()
     _check(_syscall(_Config.sys["capset"], ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
@@ -221,12 +227,24 @@ def _forget_native_access():
     _Config.seccomp = []
     vars(_libc).clear()  # its looked-up functions
     g = globals()
-    for name in ("ctypes", "_libc", "_PathBeneath", "_SockFprog", "_CapHeader", "_CapData"):
+    for name in ("ctypes", "_libc", "_PathBeneath", "_SockFprog", "_CapHeader", "_CapData", "_CapDataPair"):
         g.pop(name, None)
 
 
 def _send(ctl, msg):
     ctl.send(json.dumps(msg).encode())
+
+
+def _kill(pid, assigned):
+    """The host's kill of a worker and its group, done here: this process reaps its
+    children, so until it has, `pid` (and the group of that id) is still that worker's."""
+    if pid not in assigned:
+        return  # already reaped: the number may be someone else's now
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _reap(ctl, assigned):
@@ -368,6 +386,8 @@ def main():
                     gc.freeze()  # the filters' ctypes objects too, out of gc.get_objects()
                 elif msg.get("type") == "spawn":
                     _spawn(ctl, msg, fds, zygote_pid, assigned)
+                elif msg.get("type") == "kill":
+                    _kill(msg["pid"], assigned)
             except Exception as exc:  # noqa: BLE001  (a bad request must not end the server)
                 _send(ctl, {"type": "failed", "id": msg.get("id"), "error": f"{type(exc).__name__}: {exc}"})
             finally:

@@ -282,6 +282,13 @@ impl ForkServer {
         }
     }
 
+    /// SIGKILLs a worker and its process group. Done by the server because the server reaps
+    /// its children: only it knows the pid is still this worker's and not yet reused.
+    pub fn kill(&self, pid: i32) {
+        // A server that is gone took its children with it (their death signal).
+        let _ = self.send(&json!({"type": "kill", "pid": pid}), &[]);
+    }
+
     /// The child's exit status if it has ended.
     pub fn try_wait(&self, pid: i32) -> Option<ExitStatus> {
         let mut state = self.shared.state.lock().unwrap();

@@ -298,87 +298,22 @@ pub fn run_worker(
         (libc::RLIMIT_CORE, 0, 0),
         (libc::RLIMIT_NPROC, limits.processes, limits.processes),
     ];
-    let forked = match limits.start {
-        WorkerStart::ForkServer => super::fork_server::shared().and_then(|server| {
-            let argv: Option<Vec<String>> = argv.iter().map(|a| a.clone().into_string().ok()).collect();
-            let rlimits: Vec<(i64, u64, u64)> = rlimits.iter().map(|&(r, s, h)| (r as i64, s, h)).collect();
-            let request = super::fork_server::SpawnRequest {
-                argv: &argv?,
-                env: &env,
-                cwd: &scratch,
-                rlimits: &rlimits,
-                setup: &setup,
-                rpc_in: to_worker_r.as_raw_fd(),
-                rpc_out: from_worker_w.as_raw_fd(),
-                stderr: stderr_file.as_raw_fd(),
-            };
-            match server.spawn(&request) {
-                Ok(pid) => Some(WorkerProcess::Forked {
-                    server: server.clone(),
-                    pid,
-                    status: None,
-                }),
-                Err(e) => {
-                    tracing::warn!("{e:#}; starting this worker's own interpreter");
-                    None
-                }
-            }
-        }),
-        WorkerStart::Exec => None,
-    };
-    let started_by_fork = forked.is_some();
-    let mut child = match forked {
-        Some(process) => process,
-        None => {
-            let mut cmd = Command::new(&python);
-            cmd.args(["-I", "-S", "-B"])
-                .arg(super::worker_script(&runtime))
-                .args(&argv)
-                .current_dir(&scratch)
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(stderr_file))
-                .process_group(0);
-            let child_in = to_worker_r.as_raw_fd();
-            let child_out = from_worker_w.as_raw_fd();
-            // SAFETY: only async-signal-safe libc calls between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // Move the pipe ends out of the way first, then onto 3 and 4 (dup2 clears
-                    // CLOEXEC).
-                    let a = libc::fcntl(child_in, libc::F_DUPFD, 10);
-                    let b = libc::fcntl(child_out, libc::F_DUPFD, 10);
-                    if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::close(a);
-                    libc::close(b);
-                    // Nothing else crosses exec (a stray /dev/null showed up on fd 10): the
-                    // landlock ruleset sits at 100+ and is close-on-exec.
-                    for fd in 5..100 {
-                        libc::close(fd);
-                    }
-                    for (resource, soft, hard) in rlimits {
-                        let lim = libc::rlimit {
-                            rlim_cur: soft as libc::rlim_t,
-                            rlim_max: hard as libc::rlim_t,
-                        };
-                        libc::setrlimit(resource, &lim);
-                    }
-                    setup.apply()?;
-                    // Die with the host: a killed search leaves no orphan workers burning the CPU.
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-                    Ok(())
-                });
-            }
-            WorkerProcess::Exec(
-                cmd.spawn()
-                    .with_context(|| format!("cannot start worker {}", python.display()))?,
-            )
-        }
-    };
+    let mut child = WorkerProcess::start(
+        limits.start,
+        &WorkerCommand {
+            python: &python,
+            script: &super::worker_script(&runtime),
+            argv: &argv,
+            env: &env,
+            cwd: &scratch,
+            rlimits: &rlimits,
+            rpc_in: to_worker_r.as_raw_fd(),
+            rpc_out: from_worker_w.as_raw_fd(),
+        },
+        setup,
+        stderr_file,
+    )?;
+    let started_by_fork = matches!(child, WorkerProcess::Forked { .. });
     drop(to_worker_r);
     drop(from_worker_w);
     let writer = Mutex::new(File::from(to_worker_w));
@@ -567,7 +502,6 @@ pub fn run_worker(
         drop(calls); // its threads end once the calls queued before are answered
     });
     let status = child.wait()?;
-    child.kill();
     stop_reading.store(true, Ordering::Relaxed);
     let _ = reader_thread.join();
 
@@ -646,9 +580,25 @@ impl<'scope, 'env> CallPool<'scope, 'env> {
     }
 }
 
+/// What a worker is started with, whichever way it starts.
+struct WorkerCommand<'a> {
+    python: &'a std::path::Path,
+    script: &'a std::path::Path,
+    argv: &'a [std::ffi::OsString],
+    env: &'a [(&'a str, String)],
+    cwd: &'a std::path::Path,
+    rlimits: &'a [(libc::__rlimit_resource_t, u64, u64)],
+    /// The worker's ends of its pipes (fds 3 and 4 in the worker).
+    rpc_in: std::os::fd::RawFd,
+    rpc_out: std::os::fd::RawFd,
+}
+
 /// A running worker: exec'd by this process, or forked by the fork server.
 enum WorkerProcess {
-    Exec(std::process::Child),
+    Exec {
+        child: std::process::Child,
+        status: Option<std::process::ExitStatus>,
+    },
     Forked {
         server: Arc<super::fork_server::ForkServer>,
         pid: i32,
@@ -657,17 +607,110 @@ enum WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Also its process group.
-    fn pid(&self) -> i32 {
-        match self {
-            WorkerProcess::Exec(child) => child.id() as i32,
-            WorkerProcess::Forked { pid, .. } => *pid,
+    /// Forked by the fork server when `start` asks for it and this machine has one; else
+    /// (or when the server fails this request) exec'd.
+    fn start(start: WorkerStart, cmd: &WorkerCommand, setup: ChildSetup, stderr: File) -> Result<WorkerProcess> {
+        if start == WorkerStart::ForkServer {
+            if let Some(server) = super::fork_server::shared() {
+                match Self::fork(&server, cmd, &setup, &stderr) {
+                    Ok(pid) => {
+                        return Ok(WorkerProcess::Forked {
+                            server,
+                            pid,
+                            status: None,
+                        })
+                    }
+                    Err(e) => tracing::warn!("{e:#}; starting this worker's own interpreter"),
+                }
+            }
         }
+        Self::exec(cmd, setup, stderr)
+    }
+
+    fn fork(
+        server: &super::fork_server::ForkServer,
+        cmd: &WorkerCommand,
+        setup: &ChildSetup,
+        stderr: &File,
+    ) -> Result<i32> {
+        let argv = cmd
+            .argv
+            .iter()
+            .map(|a| a.to_str().map(str::to_string))
+            .collect::<Option<Vec<String>>>()
+            .context("a worker argument is not UTF-8")?;
+        let rlimits: Vec<(i64, u64, u64)> = cmd.rlimits.iter().map(|&(r, s, h)| (r as i64, s, h)).collect();
+        server.spawn(&super::fork_server::SpawnRequest {
+            argv: &argv,
+            env: cmd.env,
+            cwd: cmd.cwd,
+            rlimits: &rlimits,
+            setup,
+            rpc_in: cmd.rpc_in,
+            rpc_out: cmd.rpc_out,
+            stderr: stderr.as_raw_fd(),
+        })
+    }
+
+    fn exec(cmd: &WorkerCommand, setup: ChildSetup, stderr: File) -> Result<WorkerProcess> {
+        let mut command = Command::new(cmd.python);
+        command
+            .args(["-I", "-S", "-B"])
+            .arg(cmd.script)
+            .args(cmd.argv)
+            .current_dir(cmd.cwd)
+            .env_clear()
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .process_group(0);
+        let (child_in, child_out) = (cmd.rpc_in, cmd.rpc_out);
+        let rlimits = cmd.rlimits.to_vec();
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // Move the pipe ends out of the way first, then onto 3 and 4 (dup2 clears
+                // CLOEXEC).
+                let a = libc::fcntl(child_in, libc::F_DUPFD, 10);
+                let b = libc::fcntl(child_out, libc::F_DUPFD, 10);
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(a);
+                libc::close(b);
+                // Nothing else crosses exec (a stray /dev/null showed up on fd 10): the
+                // landlock ruleset sits at 100+ and is close-on-exec.
+                for fd in 5..100 {
+                    libc::close(fd);
+                }
+                for &(resource, soft, hard) in &rlimits {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft as libc::rlim_t,
+                        rlim_max: hard as libc::rlim_t,
+                    };
+                    libc::setrlimit(resource, &lim);
+                }
+                setup.apply()?;
+                // Die with the host: a killed search leaves no orphan workers burning the CPU.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start worker {}", cmd.python.display()))?;
+        Ok(WorkerProcess::Exec { child, status: None })
     }
 
     fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         match self {
-            WorkerProcess::Exec(child) => child.try_wait().ok().flatten(),
+            WorkerProcess::Exec { child, status } => {
+                if status.is_none() {
+                    *status = child.try_wait().ok().flatten();
+                }
+                *status
+            }
             WorkerProcess::Forked { server, pid, status } => {
                 if status.is_none() {
                     *status = server.try_wait(*pid);
@@ -679,23 +722,31 @@ impl WorkerProcess {
 
     fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         match self {
-            WorkerProcess::Exec(child) => child.wait(),
+            WorkerProcess::Exec { child, status } => match status {
+                Some(s) => Ok(*s),
+                None => child.wait().inspect(|s| *status = Some(*s)),
+            },
             WorkerProcess::Forked { server, pid, status } => Ok(*status.get_or_insert_with(|| server.wait(*pid, None))),
         }
     }
 
     /// SIGKILL to the whole group, grandchildren included, and to the worker itself in case
-    /// it left the group (setpgid/setsid are not denied). A no-op once it has been reaped:
-    /// its pid may belong to someone else by then.
+    /// it left the group (setpgid/setsid are not denied). Only by whoever has not reaped it
+    /// yet (this process for an exec'd worker, the fork server for a forked one): once
+    /// reaped, its pid, and so its group's id, may belong to another worker.
     fn kill(&mut self) {
-        let reaped = match self {
-            WorkerProcess::Exec(child) => child.try_wait().ok().flatten().is_some(),
-            WorkerProcess::Forked { status, .. } => status.is_some(),
-        };
-        let pid = Pid::from_raw(self.pid());
-        let _ = killpg(pid, Signal::SIGKILL);
-        if !reaped {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        match self {
+            WorkerProcess::Exec { child, status: None } => {
+                let pid = Pid::from_raw(child.id() as i32);
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+            WorkerProcess::Forked {
+                server,
+                pid,
+                status: None,
+            } => server.kill(*pid),
+            _ => {}
         }
     }
 }
