@@ -167,10 +167,11 @@ def _apply_seccomp():
                         ctypes.c_uint(0), ctypes.byref(prog)), "seccomp")
 
 
-def _child(msg, fds, zygote_pid):
+def _child(msg, fds, zygote_pid, detached=False):
     """Runs in the forked child; never returns."""
     try:
-        _detach(zygote_pid)
+        if not detached:  # a spare did it when it was forked
+            _detach(zygote_pid)
         # Descriptors: the pipes on 3 and 4, stderr on 2, /dev/null on 0 and 1, the landlock
         # ruleset on 5 until used; nothing else (the control socket above all).
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
@@ -334,7 +335,7 @@ def _spare(sock, zygote_pid):
         sock.close()
     except BaseException:  # noqa: BLE001  (a spare that cannot serve simply ends)
         os._exit(SETUP_FAILED)
-    _child(msg, fds, zygote_pid)
+    _child(msg, fds, zygote_pid, detached=True)
 
 
 def _spawn(ctl, msg, fds, zygote_pid, assigned):

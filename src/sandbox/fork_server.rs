@@ -82,9 +82,14 @@ pub struct SpawnRequest<'a> {
 static STARTS: AtomicU64 = AtomicU64::new(0);
 static DISABLED: OnceLock<String> = OnceLock::new();
 
+/// `METAFORGE_FORK_SERVER=0`: exec a fresh interpreter per worker.
+fn turned_off() -> bool {
+    std::env::var_os("METAFORGE_FORK_SERVER").is_some_and(|v| v == "0")
+}
+
 /// Why this process runs without a fork server, if it does (`metaforge doctor`).
 pub fn unavailable() -> Option<String> {
-    if std::env::var_os("METAFORGE_FORK_SERVER").is_some_and(|v| v == "0") {
+    if turned_off() {
         return Some("METAFORGE_FORK_SERVER=0".into());
     }
     DISABLED.get().cloned()
@@ -100,7 +105,7 @@ pub fn starts() -> u64 {
 /// machine cannot use one (warned once) or `METAFORGE_FORK_SERVER=0`.
 pub fn shared() -> Option<Arc<ForkServer>> {
     static SLOT: Mutex<Option<Arc<ForkServer>>> = Mutex::new(None);
-    if std::env::var_os("METAFORGE_FORK_SERVER").is_some_and(|v| v == "0") || DISABLED.get().is_some() {
+    if turned_off() || DISABLED.get().is_some() {
         return None;
     }
     let mut slot = SLOT.lock().unwrap();
