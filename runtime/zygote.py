@@ -21,9 +21,12 @@ Protocol (SOCK_SEQPACKET on fd 3, one JSON message per packet):
                  "rlimits": [[resource, soft, hard], ...], "namespaces": {...} | null,
                  "landlock": {"scratch_access": BITS | null} | null, "seccomp": bool}
                  with descriptors [rpc_in, rpc_out, stderr(, landlock ruleset)]
-                {"type": "kill", "pid": P}  (SIGKILL to a worker and its group, if not yet reaped)
+                {"type": "kill", "pid": P, "report": bool}  (SIGKILL to a worker and its group,
+                 if not yet reaped; with "report": false, answered "killed" at once and its
+                 exit not reported: the host has every result and does not wait for it)
   here -> host  {"type": "spawned", "id": N, "pid": P} | {"type": "failed", "id": N, "error": E}
                 {"type": "exited", "pid": P, "status": RAW_WAIT_STATUS}
+                {"type": "killed", "pid": P}  (an unreported kill's signal is sent)
 A spawn with "argv": null applies the layers and exits 0 (the host's probe).
 """
 import ctypes
@@ -36,6 +39,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -236,16 +240,22 @@ def _send(ctl, msg):
     ctl.send(json.dumps(msg).encode())
 
 
-def _kill(pid, assigned):
+def _kill(ctl, pid, assigned, report):
     """The host's kill of a worker and its group, done here: this process reaps its
-    children, so until it has, `pid` (and the group of that id) is still that worker's."""
-    if pid not in assigned:
-        return  # already reaped: the number may be someone else's now
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    children, so until it has, `pid` (and the group of that id) is still that worker's.
+    Unreported: its exit is reaped silently, and the host is answered before the signal is
+    sent (just before: woken by it, the worker would take this CPU for its whole teardown,
+    ~1-5 ms, and the answer with it); any exit report of it was sent before the answer."""
+    alive = pid in assigned  # else already reaped: the number may be someone else's now
+    if not report:
+        assigned.discard(pid)
+        _send(ctl, {"type": "killed", "pid": pid})
+    if alive:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _reap(ctl, assigned):
@@ -295,6 +305,21 @@ def _fork(zygote_pid):
     return pid
 
 
+# How long after a spawn the next spare waits while a worker runs. Why wait at all: on a
+# machine with few cores the spare's fork and warm-up took the CPU from the worker just
+# handed its request (its set-up, ~4 ms), and delayed the host's next steps.
+SPARE_DELAY_S = 0.02
+
+
+def _spare_due(assigned, last_spawn):
+    """Seconds until the next spare should be forked (0: now). At once when no worker runs
+    (the host is between evaluations: its own loop leaves a core free); else once the
+    latest worker has had time to set itself up."""
+    if not assigned:
+        return 0.0
+    return max(0.0, last_spawn + SPARE_DELAY_S - time.monotonic())
+
+
 def _fork_spare(zygote_pid):
     server_end, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = _fork(zygote_pid)
@@ -339,19 +364,24 @@ def _spare(sock, zygote_pid):
 
 
 def _spawn(ctl, msg, fds, zygote_pid, assigned):
-    pid = None
     if _Spare.pid is not None:
-        try:
-            socket.send_fds(_Spare.sock, [json.dumps(msg).encode()], fds)
-            pid = _Spare.pid
-        except OSError:
-            pass  # the spare died; fork this one now
-        _Spare.sock.close()
+        # The spare is this worker from here on. The host hears so before the spare gets its
+        # request: woken, the spare would take this CPU and delay the answer by its whole
+        # set-up (seen: 4-5 ms on one spawn in four). Should it have died meanwhile (killed
+        # from outside), `_reap` reports that as this worker's exit.
+        pid, sock = _Spare.pid, _Spare.sock
         _Spare.pid = _Spare.sock = None
-    if pid is None:
-        pid = _fork(zygote_pid)
-        if pid == 0:
-            _child(msg, fds, zygote_pid)
+        assigned.add(pid)
+        _send(ctl, {"type": "spawned", "id": msg.get("id"), "pid": pid})
+        try:
+            socket.send_fds(sock, [json.dumps(msg).encode()], fds)
+        except OSError:
+            pass
+        sock.close()
+        return
+    pid = _fork(zygote_pid)
+    if pid == 0:
+        _child(msg, fds, zygote_pid)
     assigned.add(pid)
     _send(ctl, {"type": "spawned", "id": msg.get("id"), "pid": pid})
 
@@ -368,8 +398,10 @@ def main():
     gc.freeze()  # children share these pages instead of copying them when gc walks them
     zygote_pid = os.getpid()
     assigned = set()
+    last_spawn = 0.0
+    wait_ms = None
     while True:
-        for fd, _ in poller.poll():
+        for fd, _ in poller.poll(wait_ms):
             if fd == wake_r:
                 try:
                     os.read(wake_r, 4096)
@@ -387,16 +419,22 @@ def main():
                     gc.freeze()  # the filters' ctypes objects too, out of gc.get_objects()
                 elif msg.get("type") == "spawn":
                     _spawn(ctl, msg, fds, zygote_pid, assigned)
+                    last_spawn = time.monotonic()
                 elif msg.get("type") == "kill":
-                    _kill(msg["pid"], assigned)
+                    _kill(ctl, msg["pid"], assigned, msg.get("report", True))
             except Exception as exc:  # noqa: BLE001  (a bad request must not end the server)
                 _send(ctl, {"type": "failed", "id": msg.get("id"), "error": f"{type(exc).__name__}: {exc}"})
             finally:
                 for fd in fds:
                     os.close(fd)
         _reap(ctl, assigned)
+        wait_ms = None
         if _Spare.pid is None and _Config.sys:  # after the hello: a spare needs its filters
-            _fork_spare(zygote_pid)
+            due = _spare_due(assigned, last_spawn)
+            if due == 0.0:
+                _fork_spare(zygote_pid)
+            else:
+                wait_ms = due * 1000 + 1
 
 
 if __name__ == "__main__":

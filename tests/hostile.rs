@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metaforge::llm::Usage;
 use metaforge::sandbox::{
@@ -314,7 +314,14 @@ fn run_case(case: &Case, host: &Host, check_labels: bool, forked: bool) -> Resul
     if run.workdir.exists() {
         problems.push(format!("its folder {} was left behind", run.workdir.display()));
     }
-    let alive = survivors(&run.workdir);
+    // A worker whose results are all in is killed and not waited for: the kernel may still
+    // be tearing it down. Anything still there after that is a survivor.
+    let mut alive = survivors(&run.workdir);
+    let teardown = Instant::now() + Duration::from_secs(2);
+    while !alive.is_empty() && Instant::now() < teardown {
+        std::thread::sleep(Duration::from_millis(20));
+        alive = survivors(&run.workdir);
+    }
     if !alive.is_empty() {
         problems.push(format!("processes still alive after the evaluation: {alive:?}"));
     }

@@ -605,11 +605,21 @@ impl Archive {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Id and code of every archived program (the loop's near-duplicate check).
-    pub fn programs(&self) -> Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare("SELECT id, code FROM candidates")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    /// Ids of the programs archived after row `after` (0: all), with the last row: the
+    /// loop's near-duplicate check reads only what is new since its last look.
+    pub fn candidate_ids_after(&self, after: i64) -> Result<(Vec<String>, i64)> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT rowid, id FROM candidates WHERE rowid > ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map([after], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut last = after;
+        let mut ids = Vec::new();
+        for row in rows {
+            let (rowid, id) = row?;
+            last = rowid;
+            ids.push(id);
+        }
+        Ok((ids, last))
     }
 
     /// Staged evaluation's savings: (proposals stopped at the cascade, stopped later,

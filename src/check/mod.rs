@@ -96,7 +96,13 @@ pub fn parse_python(source: &str) -> Tree {
 pub struct Checker {
     rules: RuleSet,
     guard_rules: crate::guard::GuardRules,
+    /// The latest reports, by file, kind and source: the loop checks a program when an
+    /// operator makes it, again before evaluating it, and its signature once archived.
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, CandidateKind, String, CheckReport)>>,
 }
+
+/// Reports remembered by a checker.
+const RECENT_REPORTS: usize = 8;
 
 const MAX_SYNTAX_DIAGNOSTICS: usize = 5;
 
@@ -110,12 +116,14 @@ impl Checker {
         Self {
             rules,
             guard_rules: Default::default(),
+            recent: Default::default(),
         }
     }
 
     /// Turns on the experiment's guard rules (`[guards]`); the contract rules always run.
     pub fn with_guard_rules(mut self, rules: crate::guard::GuardRules) -> Self {
         self.guard_rules = rules;
+        self.recent.get_mut().unwrap().clear(); // reports made under the old rules
         self
     }
 
@@ -124,6 +132,22 @@ impl Checker {
     }
 
     pub fn check(&self, file: &str, source: &str, kind: CandidateKind) -> CheckReport {
+        let mut recent = self.recent.lock().unwrap();
+        if let Some((.., report)) = recent
+            .iter()
+            .find(|(f, k, s, _)| f == file && *k == kind && s == source)
+        {
+            return report.clone();
+        }
+        let report = self.check_afresh(file, source, kind);
+        if recent.len() == RECENT_REPORTS {
+            recent.pop_front();
+        }
+        recent.push_back((file.to_string(), kind, source.to_string(), report.clone()));
+        report
+    }
+
+    fn check_afresh(&self, file: &str, source: &str, kind: CandidateKind) -> CheckReport {
         let tree = parse_python(source);
         let root = tree.root_node();
         let mut diagnostics = Vec::new();

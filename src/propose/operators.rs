@@ -133,7 +133,7 @@ pub fn propose(
             failures.push(format!("{}: not applicable", op.name));
             continue;
         };
-        let report = checker.check("proposal.py", &code, parent.kind);
+        let report = checker.check("candidate.py", &code, parent.kind);
         if !report.passes() {
             failures.push(format!(
                 "{}: produced code that fails check: {}",

@@ -151,7 +151,7 @@ pub struct TaskRun {
 /// How the worker process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerExit {
-    /// All tasks reported and the worker left cleanly (or was reaped after shutdown).
+    /// All tasks reported (the worker is then killed: it has nothing left to do).
     Completed,
     /// The candidate failed to load (syntax, import, missing `forward`).
     LoadError(String),
@@ -314,6 +314,9 @@ pub fn run_worker(
         stderr_file,
     )?;
     let started_by_fork = matches!(child, WorkerProcess::Forked { .. });
+    let t_spawned = started.elapsed();
+    let mut t_ready = Duration::ZERO;
+    let mut t_done = Duration::ZERO;
     drop(to_worker_r);
     drop(from_worker_w);
     let writer = Mutex::new(File::from(to_worker_w));
@@ -354,6 +357,8 @@ pub fn run_worker(
         line.push(b'\n');
         writer.lock().unwrap().write_all(&line).is_ok()
     };
+    let mut all_in = false;
+    let mut t_killed = Duration::ZERO;
     std::thread::scope(|scope| {
         let calls = CallPool::new(scope);
         let mut pending = tasks.len();
@@ -375,6 +380,7 @@ pub fn run_worker(
             };
             match event {
                 Event::Message(WorkerMessage::Ready) => {
+                    t_ready = started.elapsed();
                     for (id, task) in tasks {
                         if !send(json!({"type": "task", "task_id": id, "nonce": nonces[id.as_str()], "task": task})) {
                             break;
@@ -485,25 +491,25 @@ pub fn run_worker(
                 }
             }
         }
-        // Ask politely, then make sure: the whole group dies, grandchildren included.
-        if exit.is_none() {
-            send(json!({"type": "shutdown"}));
-            let grace = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < grace {
-                if child.try_wait().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        child.kill();
+        t_done = started.elapsed();
+        // Every result is in (or none is coming): the whole group dies now, grandchildren
+        // included. No polite shutdown first: the worker has nothing left to say, and asking
+        // cost ~2 ms a worker (its exit noticed by polling) for nothing. With every result
+        // in, its exit status says nothing either: not waited for.
+        all_in = exit.is_none() && pending == 0;
+        child.kill(all_in);
+        t_killed = started.elapsed();
         // Unblock handler threads waiting to write to a dead worker.
         drop(writer.lock());
         drop(calls); // its threads end once the calls queued before are answered
     });
     let status = child.wait()?;
     stop_reading.store(true, Ordering::Relaxed);
-    let _ = reader_thread.join();
+    // With every result in, the reader has nothing left to deliver; it ends by itself at
+    // the pipe's EOF, once the kernel has torn the worker down (not waited for).
+    if !all_in {
+        let _ = reader_thread.join();
+    }
 
     let tasks = results.into_inner().unwrap();
     let all_finished = tasks.values().all(|t| t.finished);
@@ -523,7 +529,19 @@ pub fn run_worker(
         }
     };
     let workdir = dir.path().to_path_buf();
+    let t_waited = started.elapsed();
     drop(dir);
+    tracing::debug!(
+        target: "metaforge::worker",
+        forked = started_by_fork,
+        "worker phases (ms since start): started {:.2}, ready {:.2}, results in {:.2}, killed {:.2}, exit known {:.2}, folder removed {:.2}",
+        ms(t_spawned),
+        ms(t_ready),
+        ms(t_done),
+        ms(t_killed),
+        ms(t_waited),
+        ms(started.elapsed())
+    );
     Ok(WorkerRun {
         tasks,
         exit,
@@ -533,6 +551,10 @@ pub fn run_worker(
         workdir,
         forked: started_by_fork,
     })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// The threads that answer a worker's model calls and episode plays, kept for the worker's
@@ -734,7 +756,9 @@ impl WorkerProcess {
     /// it left the group (setpgid/setsid are not denied). Only by whoever has not reaped it
     /// yet (this process for an exec'd worker, the fork server for a forked one): once
     /// reaped, its pid, and so its group's id, may belong to another worker.
-    fn kill(&mut self) {
+    /// `unreported`: nobody needs the exit status; a forked worker is then not waited for
+    /// (the server reaps it silently) and reads as killed.
+    fn kill(&mut self, unreported: bool) {
         match self {
             WorkerProcess::Exec { child, status: None } => {
                 let pid = Pid::from_raw(child.id() as i32);
@@ -744,8 +768,14 @@ impl WorkerProcess {
             WorkerProcess::Forked {
                 server,
                 pid,
-                status: None,
-            } => server.kill(*pid),
+                status: status @ None,
+            } => {
+                if unreported {
+                    *status = Some(server.kill_unreported(*pid));
+                } else {
+                    server.kill(*pid)
+                }
+            }
             _ => {}
         }
     }

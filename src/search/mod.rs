@@ -51,8 +51,9 @@ pub struct Search {
     /// What the meta-model is told about the guards (None when there are none).
     guards_prompt: Option<serde_json::Value>,
     quiet: bool,
-    /// Token signatures of archived programs, by id, filled lazily (near-duplicate check).
-    signatures: std::sync::Mutex<std::collections::HashMap<String, Signature>>,
+    /// Token signatures of archived programs, by id, filled lazily (near-duplicate check),
+    /// and the last archive row read into it.
+    signatures: std::sync::Mutex<(std::collections::HashMap<String, Signature>, i64)>,
     /// The run's stored files, written out for the domain loader and scripted backends.
     _run_files: tempfile::TempDir,
 }
@@ -575,12 +576,16 @@ impl Search {
             return Ok(None);
         }
         let mine = Signature::of(normalized);
-        let mut known = self.signatures.lock().unwrap();
-        for (id, code) in self.archive.programs()? {
-            known.entry(id).or_insert_with(|| {
-                let report = self.checker.check("archived.py", &code, self.domain.kind);
-                Signature::of(&report.normalized)
-            });
+        let mut guard = self.signatures.lock().unwrap();
+        let (known, read_upto) = &mut *guard;
+        let (new_ids, last) = self.archive.candidate_ids_after(*read_upto)?;
+        *read_upto = last;
+        for other in new_ids {
+            let code = self.archive.candidate(&other)?.map(|c| c.code).unwrap_or_default();
+            // Named as the loop names a proposal: the one archived last step is still in
+            // the checker's memory, not parsed again.
+            let report = self.checker.check("candidate.py", &code, self.domain.kind);
+            known.insert(other, Signature::of(&report.normalized));
         }
         Ok(known
             .iter()
