@@ -492,11 +492,23 @@ pub fn run_worker(
             }
         }
         t_done = started.elapsed();
-        // Every result is in (or none is coming): the whole group dies now, grandchildren
-        // included. No polite shutdown first: the worker has nothing left to say, and asking
-        // cost ~2 ms a worker (its exit noticed by polling) for nothing. With every result
-        // in, its exit status says nothing either: not waited for.
+        // Every result in: the whole group dies now, grandchildren included, and is not
+        // waited for. No polite shutdown first: the worker has nothing left to say, and
+        // asking cost ~2 ms a worker (its exit noticed by polling) for nothing; its exit
+        // status says nothing either. Results missing and no verdict yet (the worker hung up
+        // or said bye): it may be ending by itself, and how it ends is the verdict, so it is
+        // asked and given a moment before the kill.
         all_in = exit.is_none() && pending == 0;
+        if exit.is_none() && !all_in {
+            send(json!({"type": "shutdown"}));
+            let grace = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < grace {
+                if child.try_wait().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         child.kill(all_in);
         t_killed = started.elapsed();
         // Unblock handler threads waiting to write to a dead worker.
