@@ -62,7 +62,7 @@ struct Shared {
 struct State {
     spawned: HashMap<u64, Result<i32, String>>,
     exited: HashMap<i32, i32>,
-    /// Workers the server has sent SIGKILL for an unreported kill.
+    /// Workers whose unreported kill the server has taken (it signals them next).
     killed: std::collections::HashSet<i32>,
     /// Why the server is gone, once it is.
     gone: Option<String>,
@@ -272,11 +272,17 @@ impl ForkServer {
         });
         msg.as_object_mut().unwrap().extend(layers);
         self.send(&msg, &fds)?;
+        self.answer(|state| state.spawned.remove(&id))?
+            .map_err(|e| anyhow!("the fork server could not fork: {e}"))
+    }
+
+    /// Waits (up to SPAWN_TIMEOUT) until `take` finds the server's answer in the state.
+    fn answer<T>(&self, mut take: impl FnMut(&mut State) -> Option<T>) -> Result<T> {
         let deadline = Instant::now() + SPAWN_TIMEOUT;
         let mut state = self.shared.state.lock().unwrap();
         loop {
-            if let Some(reply) = state.spawned.remove(&id) {
-                return reply.map_err(|e| anyhow!("the fork server could not fork: {e}"));
+            if let Some(answer) = take(&mut state) {
+                return Ok(answer);
             }
             if let Some(why) = &state.gone {
                 bail!("the fork server is gone ({why})");
@@ -308,20 +314,17 @@ impl ForkServer {
         {
             return killed(); // a server that is gone took its children with it
         }
-        let deadline = Instant::now() + SPAWN_TIMEOUT;
-        let mut state = self.shared.state.lock().unwrap();
-        loop {
-            if state.killed.remove(&pid) {
-                break;
-            }
-            let now = Instant::now();
-            if state.gone.is_some() || now >= deadline {
-                break;
-            }
-            state = self.shared.changed.wait_timeout(state, deadline - now).unwrap().0;
+        // It may have exited by itself just before: that report (sent before the answer) is
+        // not wanted either, and is dropped under the same lock as the answer is taken.
+        let taken = self.answer(|state| {
+            state.killed.remove(&pid).then(|| {
+                state.exited.remove(&pid);
+            })
+        });
+        if taken.is_err() {
+            // Gone or silent: nothing more to learn about this worker either way.
+            self.shared.state.lock().unwrap().exited.remove(&pid);
         }
-        // It may have exited by itself just before: that report is not wanted either.
-        state.exited.remove(&pid);
         killed()
     }
 
