@@ -78,15 +78,17 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path());
     // Once per process, not per search: resolving the interpreter (`python3` may be a
-    // version-manager shim), probing the kernel's layers, starting the fork server. Done
-    // before the clock starts, and printed, so both searches below are timed warm.
+    // version-manager shim), probing the kernel's layers, starting the fork server,
+    // compiling the check rules. Done before the clock starts, and printed, so both
+    // searches below are timed warm.
     let start = Instant::now();
     metaforge::sandbox::python_interpreter().unwrap();
     metaforge::sandbox::python_prefixes().unwrap();
     metaforge::sandbox::Isolation::available();
+    metaforge::check::RuleSet::embedded().unwrap();
     let server = metaforge::sandbox::fork_server::shared().is_some();
     println!(
-        "start-up, once per process (interpreter, kernel probes, fork server {}): {:.0} ms",
+        "start-up, once per process (interpreter, kernel probes, check rules, fork server {}): {:.0} ms",
         if server { "started" } else { "UNAVAILABLE" },
         start.elapsed().as_secs_f64() * 1e3
     );

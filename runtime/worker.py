@@ -26,6 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import metaforge  # noqa: E402  (the agent API: llm())
 from metaforge import _policy, _rpc  # noqa: E402
 
+# The interpreter builds its ~120 AST node types on the first compile() of any process.
+# Done here, at import: once in the fork server for all its children (it was ~2.5 ms of
+# every forked worker, most of it the policy hook seeing each type's attributes set), and
+# before the hook in an exec'd worker.
+compile("", "<ast types>", "exec")
+
 
 class OutputLimitExceeded(RuntimeError):
     """A task printed more than the output limit."""

@@ -88,13 +88,15 @@ def install(read_roots, workdir, scratch):
         if not allowed:
             deny(f"{verb} {real}")
 
+    # Every audit event in the process comes through here (type attribute writes, compile,
+    # exec, ...), so the first test is one set lookup that dismisses the uninteresting.
+    watched = frozenset(_ALWAYS_DENIED) | {"open", "import", "socket.__new__"} \
+        | _PATH_EVENTS_READ | _PATH_EVENTS_WRITE
+
     def hook(event, args):
-        if getattr(_busy, "on", False):
+        if event not in watched or getattr(_busy, "on", False):
             return
         what = _ALWAYS_DENIED.get(event)
-        if what is None and event not in ("open", "import", "socket.__new__") \
-                and event not in _PATH_EVENTS_READ and event not in _PATH_EVENTS_WRITE:
-            return
         _busy.on = True
         try:
             if what is not None:

@@ -1,4 +1,5 @@
 """Worker side of the host RPC: one writer lock, one waiting slot per llm() request."""
+import _thread
 import itertools
 import json
 import threading
@@ -21,11 +22,22 @@ class ContractError(LLMError):
 
 
 class _Slot:
-    __slots__ = ("event", "reply")
+    """Where one request's answer lands. A bare lock, taken at creation and released by
+    `deliver`, is the waiting: threading.Event builds a Condition (a Python-level lock
+    dance) per wait, which showed in the per-call cost with an instant model."""
+    __slots__ = ("lock", "reply")
 
     def __init__(self):
-        self.event = threading.Event()
+        self.lock = _thread.allocate_lock()
+        self.lock.acquire()
         self.reply = None
+
+    def wait(self):
+        self.lock.acquire()
+
+    def set(self, reply):
+        self.reply = reply
+        self.lock.release()
 
 
 def connect(stream):
@@ -68,7 +80,7 @@ def call_llm(messages, *, temperature, n, json, max_tokens, contract=None, input
     send({"type": "llm", "id": request_id, "task_id": getattr(current, "task_id", None),
           "messages": messages, "temperature": temperature, "n": n, "json": json,
           "max_tokens": max_tokens, "contract": contract, "input": input})
-    slot.event.wait()
+    slot.wait()
     reply = slot.reply
     if reply.get("error"):
         raise (ContractError if reply.get("contract") else LLMError)(reply["error"])
@@ -85,7 +97,7 @@ def play_episode(episode, memory):
         _pending[request_id] = slot
     send({"type": "episode", "id": request_id, "task_id": getattr(current, "task_id", None),
           "episode": episode, "memory": memory})
-    slot.event.wait()
+    slot.wait()
     reply = slot.reply
     if reply.get("error"):
         raise LLMError(reply["error"])
@@ -96,8 +108,7 @@ def deliver(message):
     with _pending_lock:
         slot = _pending.pop(message.get("id"), None)
     if slot is not None:
-        slot.reply = message
-        slot.event.set()
+        slot.set(message)
 
 
 def fail_pending(reason):
@@ -105,5 +116,4 @@ def fail_pending(reason):
         slots = list(_pending.values())
         _pending.clear()
     for slot in slots:
-        slot.reply = {"error": reason}
-        slot.event.set()
+        slot.set({"error": reason})

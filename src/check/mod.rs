@@ -94,7 +94,7 @@ pub fn parse_python(source: &str) -> Tree {
 
 /// Checks candidate programs against the syntax, the entry-point contract and the rules.
 pub struct Checker {
-    rules: RuleSet,
+    rules: std::sync::Arc<RuleSet>,
     guard_rules: crate::guard::GuardRules,
     /// The latest reports, by file, kind and source: the loop checks a program when an
     /// operator makes it, again before evaluating it, and its signature once archived.
@@ -109,10 +109,14 @@ const MAX_SYNTAX_DIAGNOSTICS: usize = 5;
 impl Checker {
     /// A checker with the rules embedded from `grammars/`.
     pub fn embedded() -> Result<Self> {
-        Ok(Self::with_rules(RuleSet::embedded()?))
+        Ok(Self::with_shared_rules(RuleSet::embedded()?))
     }
 
     pub fn with_rules(rules: RuleSet) -> Self {
+        Self::with_shared_rules(std::sync::Arc::new(rules))
+    }
+
+    fn with_shared_rules(rules: std::sync::Arc<RuleSet>) -> Self {
         Self {
             rules,
             guard_rules: Default::default(),

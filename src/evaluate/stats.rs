@@ -1,7 +1,7 @@
 //! Mean and percentile-bootstrap confidence interval, stored as numbers (ADAS kept only a
 //! formatted string, so nothing downstream could compare fitness numerically).
 
-use rand::{Rng, SeedableRng};
+use rand::{RngCore, SeedableRng};
 
 pub fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
@@ -18,8 +18,17 @@ pub fn bootstrap_ci(xs: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
         return (m, m);
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = xs.len() as u128;
+    // An index by multiply-shift of one 64-bit draw (bias below n/2^64): `random_range`
+    // rebuilt its rejection zone on every draw, and these draws are every evaluation's
+    // (resamples × tasks of them, on the search loop's thread).
     let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..xs.len()).map(|_| xs[rng.random_range(0..xs.len())]).sum::<f64>() / xs.len() as f64)
+        .map(|_| {
+            (0..xs.len())
+                .map(|_| xs[((u128::from(rng.next_u64()) * n) >> 64) as usize])
+                .sum::<f64>()
+                / xs.len() as f64
+        })
         .collect();
     means.sort_by(f64::total_cmp);
     let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];

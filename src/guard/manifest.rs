@@ -33,6 +33,10 @@ impl Manifest {
     /// Reads `CONTRACTS` from a program; malformed entries are left out (the check reports
     /// them), so evaluation never runs a contract the check refused.
     pub fn of(source: &str) -> Self {
+        // Most programs declare none: no parse for them (this runs for every evaluation).
+        if !source.contains("CONTRACTS") {
+            return Self::default();
+        }
         let tree = crate::check::parse_python(source);
         let mut out = Vec::new();
         read_manifest("", source, tree.root_node(), &mut out).0

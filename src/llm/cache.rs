@@ -1,18 +1,45 @@
 //! The call cache lives in the archive (`llm_calls`), so a rerun or a resume on another
 //! machine replays every model call for free and exactly.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{ChatRequest, Reply, Role};
 
+/// How long answered calls may wait in memory for the next write. Why not one autocommit
+/// INSERT per call: with a fast model that write was a visible part of every call (each
+/// commit appends whole pages to the WAL), and a burst of calls commits as one
+/// transaction instead. Why not longer: a kill -9 loses what waits, and a lost call is paid
+/// again on resume; a call arriving after a quiet spell is written at once.
+const WRITE_BEHIND: Duration = Duration::from_millis(50);
+
+/// Past this many waiting calls, they are written whatever their age.
+const MAX_PENDING: usize = 256;
+
 pub struct CallCache {
-    conn: Mutex<Connection>,
+    state: Mutex<State>,
 }
 
+struct State {
+    conn: Connection,
+    /// Answered calls not yet written, by key: `get` serves them like stored ones.
+    pending: HashMap<String, PendingCall>,
+    last_write: Instant,
+}
+
+struct PendingCall {
+    role: Role,
+    model: String,
+    request: String,
+    reply: Reply,
+}
+
+#[derive(Debug)]
 pub struct CachedCall {
     pub text: String,
     pub prompt_tokens: u64,
@@ -23,20 +50,38 @@ impl CallCache {
     /// Opens the cache table of an archive file (its own connection; WAL lets it write while
     /// the loop's connection reads).
     pub fn open(archive: &Path) -> Result<Self> {
-        let conn = crate::archive::open_connection(archive)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self::with_connection(crate::archive::open_connection(archive)?))
     }
 
     pub fn in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         crate::archive::migrate(&conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self::with_connection(conn))
+    }
+
+    fn with_connection(conn: Connection) -> Self {
+        Self {
+            state: Mutex::new(State {
+                conn,
+                pending: HashMap::new(),
+                last_write: Instant::now() - WRITE_BEHIND,
+            }),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<CachedCall> {
-        let conn = self.conn.lock().unwrap();
+        let state = self.state.lock().unwrap();
+        if let Some(p) = state.pending.get(key) {
+            return Some(CachedCall {
+                text: p.reply.text.clone(),
+                prompt_tokens: p.reply.prompt_tokens,
+                completion_tokens: p.reply.completion_tokens,
+            });
+        }
         // Cached statements: one of each per call, parsing the SQL each time showed.
-        conn.prepare_cached("SELECT response, prompt_tokens, completion_tokens FROM llm_calls WHERE key = ?1")
+        state
+            .conn
+            .prepare_cached("SELECT response, prompt_tokens, completion_tokens FROM llm_calls WHERE key = ?1")
             .and_then(|mut stmt| {
                 stmt.query_row([key], |r| {
                     Ok(CachedCall {
@@ -53,27 +98,82 @@ impl CallCache {
             })
     }
 
+    /// Records an answered call. It is written now if nothing was written for
+    /// `WRITE_BEHIND`, else with the next write: a later call, `flush`, or drop.
     pub fn put(&self, key: &str, role: Role, model: &str, req: &ChatRequest, reply: &Reply) {
-        let conn = self.conn.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
         let request = serde_json::to_string(req).unwrap_or_default();
-        let inserted = conn.prepare_cached(
-            "INSERT OR IGNORE INTO llm_calls(key, role, model, request, response, prompt_tokens, completion_tokens, latency_ms, cost_usd, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, datetime('now'))",
-        ).and_then(|mut stmt| stmt.execute(
-            params![key, role.as_str(), model, request, reply.text, reply.prompt_tokens as i64, reply.completion_tokens as i64, reply.latency_ms, reply.cost_usd],
-        ));
-        if let Err(e) = inserted {
-            tracing::warn!(%e, "call cache write failed; the call will be repeated on replay");
+        state.pending.entry(key.to_string()).or_insert_with(|| PendingCall {
+            role,
+            model: model.to_string(),
+            request,
+            reply: reply.clone(),
+        });
+        if state.last_write.elapsed() >= WRITE_BEHIND || state.pending.len() >= MAX_PENDING {
+            state.write_pending();
         }
     }
 
+    /// Writes every waiting call (the search does at the end of each step, before the step
+    /// is committed, so a committed step's calls are always stored).
+    pub fn flush(&self) {
+        self.state.lock().unwrap().write_pending();
+    }
     pub fn len(&self) -> usize {
-        let conn = self.conn.lock().unwrap();
-        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0))
+        let mut state = self.state.lock().unwrap();
+        state.write_pending();
+        state.conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0))
             .unwrap_or(0) as usize
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Drop for CallCache {
+    fn drop(&mut self) {
+        if let Ok(state) = self.state.get_mut() {
+            state.write_pending();
+        }
+    }
+}
+
+impl State {
+    /// One transaction for every waiting call. On failure they are let go, as an unwritten
+    /// call always was: a replay pays for them again.
+    fn write_pending(&mut self) {
+        self.last_write = Instant::now();
+        if self.pending.is_empty() {
+            return;
+        }
+        let written = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO llm_calls(key, role, model, request, response, prompt_tokens, completion_tokens, latency_ms, cost_usd, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, datetime('now'))",
+                )?;
+                for (key, p) in &self.pending {
+                    let r = &p.reply;
+                    stmt.execute(params![
+                        key,
+                        p.role.as_str(),
+                        p.model,
+                        p.request,
+                        r.text,
+                        r.prompt_tokens as i64,
+                        r.completion_tokens as i64,
+                        r.latency_ms,
+                        r.cost_usd
+                    ])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = written {
+            tracing::warn!(%e, calls = self.pending.len(), "call cache write failed; these calls will be repeated on replay");
+        }
+        self.pending.clear();
     }
 }

@@ -294,6 +294,13 @@ impl Gateway {
         self.role
     }
 
+    /// Writes the calls the cache keeps waiting (`CallCache::put`).
+    pub fn flush_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.flush();
+        }
+    }
+
     pub fn model_id(&self) -> String {
         self.backend.model_id()
     }
@@ -473,6 +480,53 @@ mod tests {
         }
         assert!(refused > 0, "a 30-token cap must refuse some of 10 calls");
         assert!(backend.calls() < 10);
+    }
+
+    /// Rows of `llm_calls` as another process sees them: through its own connection.
+    fn stored_calls(db: &std::path::Path) -> i64 {
+        let conn = crate::archive::open_connection(db).unwrap();
+        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_burst_of_calls_is_written_behind_and_served_while_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("run.db");
+        crate::archive::open_connection(&db).unwrap();
+        let cache = Arc::new(CallCache::open(&db).unwrap());
+        let backend = Arc::new(ScriptedBackend::new("s", (0..5).map(|i| format!("r{i}")).collect()));
+        let gw = Gateway::new(Role::Agent, backend.clone(), &cfg(), Some(cache.clone()), Arc::new(Budget::unlimited()));
+        let reqs: Vec<_> = (0..5)
+            .map(|i| gw.request(vec![Message::new("user", "q")], CallParams::default(), i))
+            .collect();
+        for r in &reqs {
+            gw.complete(r).unwrap();
+        }
+        // The first call of the burst is written at once, the rest wait for the next write.
+        assert_eq!(stored_calls(&db), 1);
+        for (i, r) in reqs.iter().enumerate() {
+            let again = gw.complete(r).unwrap();
+            assert!(again.cached, "call {i} not served from the cache while waiting");
+            assert_eq!(again.text, format!("r{i}"));
+        }
+        assert_eq!(backend.calls(), 5, "no call sent twice");
+        gw.flush_cache();
+        assert_eq!(stored_calls(&db), 5);
+        // A call after a quiet spell is written at once; one right after it waits, and is
+        // written when the cache is dropped.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let (a, b) = (
+            gw.request(vec![Message::new("user", "a")], CallParams::default(), 0),
+            gw.request(vec![Message::new("user", "b")], CallParams::default(), 0),
+        );
+        let backend2 = Arc::new(ScriptedBackend::new("s", vec!["x".into(), "y".into()]));
+        let gw2 = Gateway::new(Role::Agent, backend2, &cfg(), Some(cache.clone()), Arc::new(Budget::unlimited()));
+        gw2.complete(&a).unwrap();
+        assert_eq!(stored_calls(&db), 6);
+        gw2.complete(&b).unwrap();
+        assert_eq!(stored_calls(&db), 6);
+        drop((gw, gw2, cache));
+        assert_eq!(stored_calls(&db), 7);
     }
 
     #[test]

@@ -258,6 +258,7 @@ impl Search {
                 StepKind::Propose { generation } => self.propose_step(step, generation, &bar)?,
                 StepKind::Test => self.test_step(step, self.exp.search.test_top_k, false, &bar)?,
             };
+            self.flush_call_cache();
             self.archive.commit_step(&record)?;
             bar.set_position(step + 1);
             step += 1;
@@ -291,9 +292,17 @@ impl Search {
         let test_step = self.total_steps() - 1;
         let record = self.test_step(test_step, top_k, front, &bar)?;
         let tested = record.evaluations.len();
+        self.flush_call_cache();
         self.archive.commit_step(&record)?;
         bar.finish_and_clear();
         Ok(tested)
+    }
+
+    /// A step's model calls are stored before the step is committed: a resume that skips
+    /// the step never needs them, one that redoes it finds them.
+    fn flush_call_cache(&self) {
+        self.meta.flush_cache();
+        self.agent.flush_cache();
     }
 
     fn say(&self, bar: &ProgressBar, line: &str) {
