@@ -324,11 +324,9 @@ pub fn run_worker(
 
     let (tx, rx) = unbounded::<Event>();
     let max_line = limits.max_message_bytes;
-    let stop_reading = Arc::new(AtomicBool::new(false));
-    let reader_thread = {
-        let stop = stop_reading.clone();
-        std::thread::spawn(move || read_messages(reader, max_line, tx, &stop))
-    };
+    let stop_reading = AtomicBool::new(false);
+    // Written once the worker is done with, so the reader's poll returns at once.
+    let (wake_reader_r, wake_reader_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
 
     let task_ids: HashMap<&str, ()> = tasks.iter().map(|(id, _)| (id.as_str(), ())).collect();
     // A result counts only with the nonce its task was sent with: a candidate writing onto
@@ -357,10 +355,75 @@ pub fn run_worker(
         line.push(b'\n');
         writer.lock().unwrap().write_all(&line).is_ok()
     };
+    // A model call or an episode play, answered on a pool thread.
+    let answer_llm = |id: u64, task_id: Option<String>, call: LlmCall| {
+        let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
+        let reply = match call.validate() {
+            Err(e) => {
+                deny(task_id.clone(), format!("llm request: {e}"));
+                Err(CallError::model(format!("request refused by the host: {e}")))
+            }
+            Ok(()) => handler.handle_call(task_id.as_deref(), &call),
+        };
+        let msg = match reply {
+            Ok((values, usage)) => {
+                if let Some(t) = &task_id {
+                    if let Some(r) = results.lock().unwrap().get_mut(t) {
+                        r.usage.merge(&usage);
+                    }
+                }
+                json!({"type": "llm_result", "id": id, "texts": values})
+            }
+            Err(e) => {
+                json!({"type": "llm_result", "id": id, "error": e.message, "contract": e.contract})
+            }
+        };
+        send(msg);
+    };
+    let answer_episode = |id: u64, task_id: Option<String>, episode: String, memory: Option<String>| {
+        let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
+        let msg = match handler.play_episode(&episode, memory.as_deref()) {
+            Ok((result, usage)) => {
+                if let Some(t) = &task_id {
+                    if let Some(r) = results.lock().unwrap().get_mut(t) {
+                        r.usage.merge(&usage);
+                    }
+                }
+                json!({"type": "episode_result", "id": id, "result": result})
+            }
+            Err(e) => json!({"type": "episode_result", "id": id, "error": e}),
+        };
+        send(msg);
+    };
     let mut all_in = false;
     let mut t_killed = Duration::ZERO;
     std::thread::scope(|scope| {
         let calls = CallPool::new(scope);
+        // The reader hands calls to the pool itself: through the loop below, each call
+        // cost one more thread wake-up, a visible part of a call with an instant model.
+        {
+            let calls = calls.clone();
+            let (answer_llm, answer_episode, stop) = (&answer_llm, &answer_episode, &stop_reading);
+            let wake = &wake_reader_r;
+            scope.spawn(move || {
+                read_messages(reader, max_line, wake, stop, &mut |event| match event {
+                    Event::Message(WorkerMessage::Llm { id, task_id, call }) => {
+                        calls.run(move || answer_llm(id, task_id, call));
+                        true
+                    }
+                    Event::Message(WorkerMessage::Episode {
+                        id,
+                        task_id,
+                        episode,
+                        memory,
+                    }) => {
+                        calls.run(move || answer_episode(id, task_id, episode, memory));
+                        true
+                    }
+                    other => tx.send(other).is_ok(),
+                })
+            });
+        }
         let mut pending = tasks.len();
         loop {
             let now = Instant::now();
@@ -398,58 +461,8 @@ pub fn run_worker(
                     exit = Some(WorkerExit::LoadError(detail));
                     break;
                 }
-                Event::Message(WorkerMessage::Llm { id, task_id, call }) => {
-                    let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
-                    let results = &results;
-                    let send = &send;
-                    let deny = &deny;
-                    calls.run(move || {
-                        let reply = match call.validate() {
-                            Err(e) => {
-                                deny(task_id.clone(), format!("llm request: {e}"));
-                                Err(CallError::model(format!("request refused by the host: {e}")))
-                            }
-                            Ok(()) => handler.handle_call(task_id.as_deref(), &call),
-                        };
-                        let msg = match reply {
-                            Ok((values, usage)) => {
-                                if let Some(t) = &task_id {
-                                    if let Some(r) = results.lock().unwrap().get_mut(t) {
-                                        r.usage.merge(&usage);
-                                    }
-                                }
-                                json!({"type": "llm_result", "id": id, "texts": values})
-                            }
-                            Err(e) => {
-                                json!({"type": "llm_result", "id": id, "error": e.message, "contract": e.contract})
-                            }
-                        };
-                        send(msg);
-                    });
-                }
-                Event::Message(WorkerMessage::Episode {
-                    id,
-                    task_id,
-                    episode,
-                    memory,
-                }) => {
-                    let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
-                    let results = &results;
-                    let send = &send;
-                    calls.run(move || {
-                        let msg = match handler.play_episode(&episode, memory.as_deref()) {
-                            Ok((result, usage)) => {
-                                if let Some(t) = &task_id {
-                                    if let Some(r) = results.lock().unwrap().get_mut(t) {
-                                        r.usage.merge(&usage);
-                                    }
-                                }
-                                json!({"type": "episode_result", "id": id, "result": result})
-                            }
-                            Err(e) => json!({"type": "episode_result", "id": id, "error": e}),
-                        };
-                        send(msg);
-                    });
+                Event::Message(WorkerMessage::Llm { .. } | WorkerMessage::Episode { .. }) => {
+                    unreachable!("the reader hands calls to the pool")
                 }
                 Event::Message(WorkerMessage::Result {
                     task_id,
@@ -511,17 +524,15 @@ pub fn run_worker(
         }
         child.kill(all_in);
         t_killed = started.elapsed();
+        // The reader stops now rather than at the pipe's EOF, which comes only once the
+        // kernel has torn the worker down (its memory goes before its descriptors).
+        stop_reading.store(true, Ordering::Relaxed);
+        let _ = nix::unistd::write(&wake_reader_w, b"x");
         // Unblock handler threads waiting to write to a dead worker.
         drop(writer.lock());
         drop(calls); // its threads end once the calls queued before are answered
     });
     let status = child.wait()?;
-    stop_reading.store(true, Ordering::Relaxed);
-    // With every result in, the reader has nothing left to deliver; it ends by itself at
-    // the pipe's EOF, once the kernel has torn the worker down (not waited for).
-    if !all_in {
-        let _ = reader_thread.join();
-    }
 
     let tasks = results.into_inner().unwrap();
     let all_finished = tasks.values().all(|t| t.finished);
@@ -575,6 +586,7 @@ fn ms(d: Duration) -> f64 {
 /// of each call (`benches/RESULTS.md`). Why not a fixed pool: a call may block for a model's
 /// whole latency, so a call must never queue behind another; a thread is added whenever no
 /// idle one is free.
+#[derive(Clone)]
 struct CallPool<'scope, 'env> {
     scope: &'scope std::thread::Scope<'scope, 'env>,
     jobs: crossbeam_channel::Sender<Box<dyn FnOnce() + Send + 'scope>>,
@@ -796,18 +808,32 @@ impl WorkerProcess {
 /// Reads protocol lines until EOF, an oversized line, or `stop`. Polls with a short timeout
 /// instead of blocking: a process that escaped the group could hold the pipe open forever,
 /// and the host must never wait on it.
-fn read_messages(reader: File, max_line: usize, tx: crossbeam_channel::Sender<Event>, stop: &AtomicBool) {
+/// Each event goes to `deliver`, which says whether to go on; `wake` becoming readable
+/// (or `stop`) ends the reading at once.
+fn read_messages(
+    reader: File,
+    max_line: usize,
+    wake: &impl std::os::fd::AsFd,
+    stop: &AtomicBool,
+    deliver: &mut dyn FnMut(Event) -> bool,
+) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut scanned = 0;
     while !stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(reader.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, PollTimeout::from(50u16)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(_) => break,
+        }
+        if fds[1].any().unwrap_or(false) || fds[0].revents().is_none_or(|r| r.is_empty()) {
+            break;
         }
         let n = match (&reader).read(&mut chunk) {
             Ok(0) => break,
@@ -820,24 +846,24 @@ fn read_messages(reader: File, max_line: usize, tx: crossbeam_channel::Sender<Ev
             let line: Vec<u8> = buf.drain(..=pos).collect();
             scanned = 0;
             if line.len() > max_line {
-                let _ = tx.send(Event::Oversized);
+                deliver(Event::Oversized);
                 return;
             }
             let event = match serde_json::from_slice::<WorkerMessage>(&line) {
                 Ok(m) => Event::Message(m),
                 Err(_) => Event::Malformed,
             };
-            if tx.send(event).is_err() {
+            if !deliver(event) {
                 return;
             }
         }
         scanned = buf.len();
         if buf.len() > max_line {
-            let _ = tx.send(Event::Oversized);
+            deliver(Event::Oversized);
             return;
         }
     }
-    let _ = tx.send(Event::Eof);
+    deliver(Event::Eof);
 }
 
 fn truncate(s: String, max: usize) -> String {
