@@ -12,7 +12,7 @@ evaluation (`python3 -X importtime`), so arguments are read by hand, the pool is
 threads on a C queue, and traceback and re are imported only when needed.
 
 Usage: python3 -I -S -B worker.py --rpc-in FD --rpc-out FD --candidate FILE
-       --tasks-in-flight N --stdout-limit CHARS --output-limit CHARS
+       --tasks-in-flight N --stdout-limit CHARS --output-limit CHARS [--max-threads N]
        --workdir DIR --scratch DIR [--read-root DIR ...] [--no-policy-hook]
 """
 import json
@@ -123,6 +123,14 @@ def _load_candidate(path):
     return forward
 
 
+def _describe(exc):
+    """"Type: message" of a candidate's exception, whose __str__ is the candidate's code too."""
+    try:
+        return f"{type(exc).__name__}: {exc}"[:2000]
+    except BaseException:  # noqa: BLE001
+        return f"{type(exc).__name__}: (its message could not be formatted)"
+
+
 def _run_task(forward, capture, task_id, task, nonce):
     _rpc.current.task_id = task_id
     capture.begin()
@@ -133,25 +141,31 @@ def _run_task(forward, capture, task_id, task, nonce):
     except MemoryError:
         error, tb = "MemoryError", "MemoryError (no traceback: formatting it needs memory)"
     except BaseException as exc:  # the candidate may raise anything, SystemExit included
-        error = f"{type(exc).__name__}: {exc}"[:2000]
+        error = _describe(exc)
         tb = _traceback()
     finally:
         if capture.overflowed() and not (error or "").startswith("OutputLimitExceeded"):
             error = f"OutputLimitExceeded: task printed more than {capture.hard_limit} characters"
         stdout = capture.end()
         _rpc.current.task_id = None
-    _rpc.send({"type": "result", "task_id": task_id, "nonce": nonce, "output": output,
-               "error": error, "traceback": tb, "stdout": stdout})
+    try:
+        _rpc.send({"type": "result", "task_id": task_id, "nonce": nonce, "output": output,
+                   "error": error, "traceback": tb, "stdout": stdout})
+    except BaseException:  # out of memory while reporting: the short form, which may fit
+        _rpc.send({"type": "result", "task_id": task_id, "nonce": nonce, "output": None,
+                   "error": "MemoryError: the worker ran out of memory reporting this task"})
 
 
 _FLAGS = {"--rpc-in": int, "--rpc-out": int, "--candidate": str, "--tasks-in-flight": int,
-          "--stdout-limit": int, "--output-limit": int, "--workdir": str, "--scratch": str}
+          "--stdout-limit": int, "--output-limit": int, "--max-threads": int, "--workdir": str,
+          "--scratch": str}
 
 
 class _Args:
     tasks_in_flight = 4
     stdout_limit = 4000
     output_limit = 1 << 20
+    max_threads = 0
     no_policy_hook = False
 
     def __init__(self):
@@ -190,7 +204,10 @@ def _start_pool(size):
     def serve():
         while True:
             fn, fn_args = jobs.get()
-            fn(*fn_args)
+            try:
+                fn(*fn_args)
+            except BaseException:  # noqa: BLE001  (a pool thread outlives any one task)
+                pass
 
     for _ in range(max(1, size)):
         threading.Thread(target=serve, daemon=True).start()
@@ -208,11 +225,11 @@ def main(argv=None):
     if not args.no_policy_hook:
         _policy.install(args.read_root, args.workdir, args.scratch)
 
-    _rpc.inherit_task_in_threads()
+    _rpc.inherit_task_in_threads(args.max_threads)
     try:
         forward = _load_candidate(args.candidate)
     except BaseException as exc:
-        _rpc.send({"type": "load_error", "error": f"{type(exc).__name__}: {exc}"[:2000],
+        _rpc.send({"type": "load_error", "error": _describe(exc),
                    "traceback": _traceback()})
         return 0
     _rpc.send({"type": "ready"})

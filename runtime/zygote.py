@@ -107,6 +107,7 @@ def _syscall(nr, *args):
 class _Config:
     seccomp = []  # (buffer, prog) pairs, kept alive for the life of the process
     sys = {}
+    maps = None  # (uid_map, gid_map) of the latest spawn with namespaces: the next spare's
 
 
 def _hello(msg):
@@ -126,13 +127,27 @@ def _write_proc(path, data):
         os.close(fd)
 
 
-def _enter_namespaces(ns):
-    """New user, network and mount namespaces; a private tmpfs on the scratch folder."""
+def _maps_of(msg):
+    ns = msg.get("namespaces")
+    return (ns["uid_map"], ns["gid_map"]) if ns else None
+
+
+def _unshare(maps):
+    """New user, network and mount namespaces, the user mapped, mounts private: what does
+    not depend on the request, so a spare does it while it waits (~1 ms of kernel work,
+    most of it building the network namespace, off the spawn's path)."""
     _check(_libc.unshare(ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWNS)), "unshare")
     _write_proc("/proc/self/setgroups", "deny")
-    _write_proc("/proc/self/uid_map", ns["uid_map"])
-    _write_proc("/proc/self/gid_map", ns["gid_map"])
+    _write_proc("/proc/self/uid_map", maps[0])
+    _write_proc("/proc/self/gid_map", maps[1])
     _check(_libc.mount(b"none", b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None), "mount --make-rprivate /")
+
+
+def _enter_namespaces(ns, unshared):
+    """New user, network and mount namespaces (unless `unshared` already); a private tmpfs
+    on the scratch folder; every capability the new user namespace gave dropped."""
+    if not unshared:
+        _unshare((ns["uid_map"], ns["gid_map"]))
     scratch = ns["scratch"].encode()
     _check(_libc.mount(b"tmpfs", scratch, b"tmpfs", ctypes.c_ulong(_MS_NOSUID | _MS_NODEV),
                        ns["tmpfs_options"].encode()), "mount tmpfs")
@@ -171,8 +186,9 @@ def _apply_seccomp():
                         ctypes.c_uint(0), ctypes.byref(prog)), "seccomp")
 
 
-def _child(msg, fds, zygote_pid, detached=False):
-    """Runs in the forked child; never returns."""
+def _child(msg, fds, zygote_pid, detached=False, unshared=False):
+    """Runs in the forked child; never returns. `detached`, `unshared`: a spare did that
+    much before the request came."""
     try:
         if not detached:  # a spare did it when it was forked
             _detach(zygote_pid)
@@ -193,7 +209,7 @@ def _child(msg, fds, zygote_pid, detached=False):
         for res, soft, hard in msg["rlimits"]:
             resource.setrlimit(res, (soft, hard))
         if msg.get("namespaces"):
-            _enter_namespaces(msg["namespaces"])
+            _enter_namespaces(msg["namespaces"], unshared)
         if msg.get("landlock") is not None:
             _restrict_landlock(msg["landlock"], ruleset, msg["cwd"])
         if msg.get("seccomp"):
@@ -271,8 +287,13 @@ def _reap(ctl, assigned):
             assigned.discard(pid)
             _send(ctl, {"type": "exited", "pid": pid, "status": status})
         elif pid == _Spare.pid:
+            # Died idle: if entering its namespaces is what failed, the next spare must not
+            # try again (or spares would be forked and die in a loop); the next request
+            # with namespaces lets one more try.
+            if _Spare.maps is not None:
+                _Config.maps = None
             _Spare.sock.close()
-            _Spare.pid = _Spare.sock = None
+            _Spare.pid = _Spare.sock = _Spare.maps = None
 
 
 class _Spare:
@@ -280,6 +301,7 @@ class _Spare:
     costs handing it the request instead of a fork plus a cold child's first steps."""
     pid = None
     sock = None
+    maps = None  # the user maps of the namespaces it is already in, or None
 
 
 # What a spare compiles and runs once while it waits: the first compile and the first JSON
@@ -322,11 +344,23 @@ def _spare_due(assigned, last_spawn):
 
 def _fork_spare(zygote_pid):
     server_end, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    maps = _Config.maps
     pid = _fork(zygote_pid)
     if pid == 0:
-        _spare(spare_end, zygote_pid)
+        _spare(spare_end, zygote_pid, maps)
     spare_end.close()
-    _Spare.pid, _Spare.sock = pid, server_end
+    _Spare.pid, _Spare.sock, _Spare.maps = pid, server_end, maps
+
+
+def _drop_spare():
+    """A spare that cannot serve the request (in namespaces it was not asked for) ends."""
+    pid, sock = _Spare.pid, _Spare.sock
+    _Spare.pid = _Spare.sock = _Spare.maps = None
+    sock.close()  # it reads the end of its socket and exits; the kill makes sure
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _detach(zygote_pid):
@@ -341,15 +375,18 @@ def _detach(zygote_pid):
     os.setpgid(0, 0)
 
 
-def _spare(sock, zygote_pid):
-    """Runs in a spare child: warms up, waits for its request, then becomes that worker.
-    It holds nothing but its socket to the server while it waits (no layers yet: they
-    depend on the request, and unshare refuses a process with threads, so none start)."""
+def _spare(sock, zygote_pid, maps):
+    """Runs in a spare child: enters its namespaces (with `maps`, those of the latest
+    request), warms up, waits for its request, then becomes that worker. It holds nothing
+    but its socket to the server while it waits; the other layers depend on the request
+    (and unshare refuses a process with threads, so none start)."""
     try:
         _detach(zygote_pid)
         keep = sock.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 16)
+        if maps is not None:
+            _unshare(maps)
         namespace = {"__name__": "candidate"}
         exec(compile(_WARM_UP, "candidate.py", "exec"), namespace)
         json.loads(json.dumps({"type": "result", "output": namespace["forward"]({"question": "x"})}))
@@ -360,17 +397,22 @@ def _spare(sock, zygote_pid):
         sock.close()
     except BaseException:  # noqa: BLE001  (a spare that cannot serve simply ends)
         os._exit(SETUP_FAILED)
-    _child(msg, fds, zygote_pid, detached=True)
+    _child(msg, fds, zygote_pid, detached=True, unshared=maps is not None)
 
 
 def _spawn(ctl, msg, fds, zygote_pid, assigned):
+    maps = _maps_of(msg)
+    if maps is not None:
+        _Config.maps = maps
+    if _Spare.pid is not None and _Spare.maps is not None and _Spare.maps != maps:
+        _drop_spare()
     if _Spare.pid is not None:
         # The spare is this worker from here on. The host hears so before the spare gets its
         # request: woken, the spare would take this CPU and delay the answer by its whole
         # set-up (seen: 4-5 ms on one spawn in four). Should it have died meanwhile (killed
         # from outside), `_reap` reports that as this worker's exit.
         pid, sock = _Spare.pid, _Spare.sock
-        _Spare.pid = _Spare.sock = None
+        _Spare.pid = _Spare.sock = _Spare.maps = None
         assigned.add(pid)
         _send(ctl, {"type": "spawned", "id": msg.get("id"), "pid": pid})
         try:

@@ -95,6 +95,34 @@ fn memory_hog_gets_memory_error() {
     assert!(t.error.as_deref().unwrap_or("").starts_with("MemoryError"), "{t:?}");
 }
 
+/// A 512 MB worker runs a candidate's own fan-out of 24 threads (glibc's per-thread malloc
+/// arenas made it refuse the 14th), and a flood is stopped by the thread cap with an error
+/// naming the limit to raise, every task reported, where running into the address-space
+/// limit left the interpreter too starved to report and the worker timed out.
+#[test]
+fn threads_fan_out_and_a_flood_is_refused_by_name() {
+    let fan_out = "import threading\nfrom metaforge import llm\ndef forward(task):\n    out = []\n    ts = [threading.Thread(target=lambda: out.append(llm('x'))) for _ in range(24)]\n    for t in ts: t.start()\n    for t in ts: t.join()\n    return str(len(out))\n";
+    let run = run_worker(fan_out, &tasks(2), &ScriptedModel, &limits(30)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Completed);
+    for t in run.tasks.values() {
+        assert_eq!(t.output.as_deref(), Some("24"), "{t:?}");
+        assert_eq!(t.usage.calls, 24, "calls from a task's threads are the task's");
+    }
+
+    let flood = "import threading\n_stop = threading.Event()\ndef forward(task):\n    while True:\n        threading.Thread(target=_stop.wait).start()\n";
+    let run = run_worker(flood, &tasks(2), &ScriptedModel, &limits(10)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Completed, "{:?}", run.tasks);
+    assert_eq!(run.tasks.len(), 2);
+    let cap = limits(10).max_threads();
+    for t in run.tasks.values() {
+        let error = t.error.as_deref().unwrap_or("");
+        assert!(
+            error.starts_with("RuntimeError") && error.contains(&format!("{cap} threads")) && error.contains("memory_mb"),
+            "{t:?}"
+        );
+    }
+}
+
 #[test]
 fn forged_results_are_counted_not_trusted() {
     // Writes a fake result for a task that does not exist, straight onto the RPC pipe.

@@ -52,12 +52,21 @@ def send(message):
         _out.flush()
 
 
-def inherit_task_in_threads():
+def inherit_task_in_threads(max_threads=0):
     """Threads a task starts make their llm() calls as that task, so per-task budgets and
-    accounting cover them (the host refuses unattributed calls under an agent contract)."""
+    accounting cover them (the host refuses unattributed calls under an agent contract).
+
+    `max_threads` (0: none) caps the threads alive at once. Why here and not only the
+    address-space limit: a flood that runs into RLIMIT_AS leaves the interpreter no memory
+    to report its tasks, and a thread that fails to boot for want of memory hangs its
+    starter in `Thread.start` for good; either way a timeout, not the error it is."""
     start = threading.Thread.start
 
     def start_as_task(self):
+        if max_threads and threading.active_count() >= max_threads:
+            raise RuntimeError(
+                f"can't start new thread: this worker already runs {max_threads} threads, "
+                "the most its memory limit allows (raise [evaluation] memory_mb for more)")
         task_id = getattr(current, "task_id", None)
         if task_id is not None:
             run = self.run

@@ -9,8 +9,8 @@
 //! (tree-sitter analyses each pattern at compile time), ~16 ms of every search's start.
 
 use anyhow::{anyhow, bail, Context, Result};
-use streaming_iterator::StreamingIterator;
 use std::sync::{Arc, OnceLock};
+use streaming_iterator::StreamingIterator;
 
 use tree_sitter::{Node, Query, QueryCursor};
 
@@ -257,10 +257,16 @@ mod tests {
         .err()
         .unwrap();
         let text = format!("{err:#}");
-        assert!(text.contains("grammars/b.scm") && !text.contains("grammars/a.scm"), "{text}");
+        assert!(
+            text.contains("grammars/b.scm") && !text.contains("grammars/a.scm"),
+            "{text}"
+        );
         // A capture named only in a comment does not count.
         let uncaptured = "; id: c\n; severity: error\n; message: m\n; fix: f\n(call) ; @violation\n";
-        let err = super::Rule::parse("grammars/c.scm", uncaptured).err().unwrap().to_string();
+        let err = super::Rule::parse("grammars/c.scm", uncaptured)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("grammars/c.scm") && err.contains("@violation"), "{err}");
     }
 

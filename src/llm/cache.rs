@@ -122,7 +122,9 @@ impl CallCache {
     pub fn len(&self) -> usize {
         let mut state = self.state.lock().unwrap();
         state.write_pending();
-        state.conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0))
+        state
+            .conn
+            .query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0))
             .unwrap_or(0) as usize
     }
 

@@ -485,7 +485,8 @@ mod tests {
     /// Rows of `llm_calls` as another process sees them: through its own connection.
     fn stored_calls(db: &std::path::Path) -> i64 {
         let conn = crate::archive::open_connection(db).unwrap();
-        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get(0)).unwrap()
+        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get(0))
+            .unwrap()
     }
 
     #[test]
@@ -495,7 +496,13 @@ mod tests {
         crate::archive::open_connection(&db).unwrap();
         let cache = Arc::new(CallCache::open(&db).unwrap());
         let backend = Arc::new(ScriptedBackend::new("s", (0..5).map(|i| format!("r{i}")).collect()));
-        let gw = Gateway::new(Role::Agent, backend.clone(), &cfg(), Some(cache.clone()), Arc::new(Budget::unlimited()));
+        let gw = Gateway::new(
+            Role::Agent,
+            backend.clone(),
+            &cfg(),
+            Some(cache.clone()),
+            Arc::new(Budget::unlimited()),
+        );
         let reqs: Vec<_> = (0..5)
             .map(|i| gw.request(vec![Message::new("user", "q")], CallParams::default(), i))
             .collect();
@@ -520,7 +527,13 @@ mod tests {
             gw.request(vec![Message::new("user", "b")], CallParams::default(), 0),
         );
         let backend2 = Arc::new(ScriptedBackend::new("s", vec!["x".into(), "y".into()]));
-        let gw2 = Gateway::new(Role::Agent, backend2, &cfg(), Some(cache.clone()), Arc::new(Budget::unlimited()));
+        let gw2 = Gateway::new(
+            Role::Agent,
+            backend2,
+            &cfg(),
+            Some(cache.clone()),
+            Arc::new(Budget::unlimited()),
+        );
         gw2.complete(&a).unwrap();
         assert_eq!(stored_calls(&db), 6);
         gw2.complete(&b).unwrap();

@@ -156,6 +156,7 @@ impl ForkServer {
                     .env("PATH", "/usr/local/bin:/usr/bin:/bin")
                     .env("PYTHONIOENCODING", "utf-8")
                     .env("PYTHONHASHSEED", "0")
+                    .env(super::MALLOC_ARENAS.0, super::MALLOC_ARENAS.1)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .process_group(0);

@@ -28,6 +28,13 @@ pub use worker::{
     WorkerLimits, WorkerRun, WorkerStart,
 };
 
+/// glibc's malloc gives each new thread its own arena, reserving 64 MiB of address space
+/// each (up to 8 per core). Under the worker's RLIMIT_AS that made a 512 MB worker refuse
+/// its 14th thread, and a thread flood could leave the interpreter no room to report its
+/// tasks (a timeout instead of an error). Two arenas keep a thread at its stack's cost. Set
+/// where the interpreter starts (the fork server, an exec'd worker): glibc reads it once.
+const MALLOC_ARENAS: (&str, &str) = ("MALLOC_ARENA_MAX", "2");
+
 /// The real Python interpreter, resolved once. Why: `python3` on PATH may be a version
 /// manager shim costing ~100 ms a start; the interpreter it resolves to starts in ~10 ms.
 /// `$METAFORGE_PYTHON` overrides.

@@ -51,6 +51,20 @@ pub struct WorkerLimits {
     pub start: WorkerStart,
 }
 
+/// Address space a thread's stack takes (glibc's default, RLIMIT_STACK's usual 8 MiB).
+const THREAD_STACK_MB: u64 = 8;
+
+impl WorkerLimits {
+    /// Most threads a worker may run at once (pool and candidate threads together): their
+    /// stacks may take half the address space `memory_mb` allows, so a thread flood ends in
+    /// a clear error with room left to report it, never an interpreter too starved to.
+    /// Never fewer than the task pool and a few threads of the candidate's own.
+    pub fn max_threads(&self) -> usize {
+        let by_memory = (self.memory_mb / 2 / THREAD_STACK_MB).min(self.processes) as usize;
+        by_memory.max(self.tasks_in_flight + 8)
+    }
+}
+
 /// How a worker's interpreter comes to be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -266,6 +280,7 @@ pub fn run_worker(
         ("--tasks-in-flight", limits.tasks_in_flight),
         ("--stdout-limit", limits.stdout_limit),
         ("--output-limit", limits.output_limit),
+        ("--max-threads", limits.max_threads()),
     ] {
         argv.push(flag.into());
         argv.push(value.to_string().into());
@@ -288,6 +303,7 @@ pub fn run_worker(
         ("TMPDIR", scratch.display().to_string()),
         ("PYTHONIOENCODING", "utf-8".to_string()),
         ("PYTHONHASHSEED", "0".to_string()),
+        (super::MALLOC_ARENAS.0, super::MALLOC_ARENAS.1.to_string()),
     ];
     let file_size = limits.disk_mb.max(1) << 20;
     let rlimits = [
