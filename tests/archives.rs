@@ -90,6 +90,18 @@ fn merge_unites_by_content_hash_and_the_result_resumes() {
         "B's proposal history is kept"
     );
     assert_archive_sound(&merged);
+    // B's candidates were written after all of A's: selection still sees every candidate
+    // once, in step order (`Archive::scored` no longer asks SQLite to sort).
+    let scored = metaforge::archive::Archive::open_existing(&merged)
+        .unwrap()
+        .scored("val")
+        .unwrap();
+    let order: Vec<(u64, String)> = scored.iter().map(|s| (s.step, s.id.clone())).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(order, sorted, "scored candidates in (step, id) order, each once");
+    assert_eq!(order.len(), union.len(), "every candidate is fully evaluated on val");
     // The merged archive is A's run, with B's candidates as possible parents: it resumes,
     // reports, and A and B are untouched.
     ok(&metaforge(dir.path(), &["status", m_s]));

@@ -117,7 +117,9 @@ fn threads_fan_out_and_a_flood_is_refused_by_name() {
     for t in run.tasks.values() {
         let error = t.error.as_deref().unwrap_or("");
         assert!(
-            error.starts_with("RuntimeError") && error.contains(&format!("{cap} threads")) && error.contains("memory_mb"),
+            error.starts_with("RuntimeError")
+                && error.contains(&format!("{cap} threads"))
+                && error.contains("memory_mb"),
             "{t:?}"
         );
     }
