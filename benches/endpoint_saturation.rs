@@ -1,48 +1,74 @@
 //! Endpoint saturation: `cargo bench --bench endpoint_saturation`.
 //!
-//! A local OpenAI-compatible server (tiny_http, in this process) answers every chat
-//! completion after a fixed 50 ms, counting requests in flight. 64 client threads — as many
-//! candidate tasks calling `llm()` at once — send 480 distinct requests through the real
-//! gateway and `openai` backend configured with `max_concurrency = 8`. Sampling the server's
-//! in-flight count every millisecond while the run is busy gives how well the configured
-//! concurrency is used (target ≥ 95%), and the gateway must never exceed it.
+//! `metaforge serve`'s endpoint (`llm::Endpoint`, in this process) answers every chat
+//! completion after a fixed 50 ms from a backend that counts the requests in flight. 64
+//! client threads — as many candidate tasks calling `llm()` at once — send 480 distinct
+//! requests through the real gateway and `openai` backend configured with
+//! `max_concurrency = 8`. Sampling the in-flight count every millisecond while the run is
+//! busy gives how well the configured concurrency is used (target ≥ 95%), and the gateway
+//! must never exceed it. The connections the client opened are counted too: with one kept
+//! alive per call in flight there are 8, not one per call.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metaforge::llm::{Budget, CallParams, Gateway, Message, OpenAiBackend, Role};
+use metaforge::llm::{
+    Backend, Budget, CallParams, ChatRequest, Completion, Endpoint, Gateway, LlmError, Message, OpenAiBackend, Role,
+};
 
 const LATENCY: Duration = Duration::from_millis(50);
 const CONCURRENCY: usize = 8;
 const REQUESTS: usize = 480;
 const CLIENTS: usize = 64;
 
+/// A model that takes `LATENCY` per call and counts the calls it is serving.
+struct FixedLatency {
+    in_flight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Backend for FixedLatency {
+    fn model_id(&self) -> String {
+        "fixed-latency".into()
+    }
+    fn complete(&self, _request: &ChatRequest) -> Result<Completion, LlmError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(LATENCY);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(Completion {
+            text: "7".into(),
+            prompt_tokens: 10,
+            completion_tokens: 1,
+        })
+    }
+}
+
+/// Connections to `port` this process holds open now (client side), from /proc/net/tcp.
+fn client_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[2].ends_with(&remote) && cols[3] == "01"
+        })
+        .count()
+}
+
 fn main() {
-    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-    let port = server.server_addr().to_ip().unwrap().port();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
-    for _ in 0..64 {
-        let (server, in_flight, peak) = (server.clone(), in_flight.clone(), peak.clone());
-        std::thread::spawn(move || {
-            for mut req in server.incoming_requests() {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                let mut body = String::new();
-                let _ = req.as_reader().read_to_string(&mut body);
-                std::thread::sleep(LATENCY);
-                let reply = serde_json::json!({
-                    "id": "x", "object": "chat.completion", "model": "fixed-latency",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "7"}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
-                });
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                let header = tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
-                let _ = req.respond(tiny_http::Response::from_string(reply.to_string()).with_header(header));
-            }
-        });
-    }
+    let endpoint = Endpoint::bind("127.0.0.1:0").unwrap();
+    let port = endpoint.local_addr().port();
+    let model = Arc::new(FixedLatency {
+        in_flight: in_flight.clone(),
+        peak: peak.clone(),
+    });
+    std::thread::spawn(move || endpoint.run(model, 16));
     let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
         "backend = \"openai\"\nmodel = \"fixed-latency\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmax_concurrency = {CONCURRENCY}\nmax_tokens = 4"
     ))
@@ -91,6 +117,7 @@ fn main() {
         c.join().unwrap();
     }
     let wall = start.elapsed();
+    let connections = client_connections(port);
     busy.store(false, Ordering::SeqCst);
     let samples = sampler.join().unwrap();
     // The busy period: from the first sample with a request in flight to the last.
@@ -115,4 +142,5 @@ fn main() {
         peak.load(Ordering::SeqCst),
         peak.load(Ordering::SeqCst) <= CONCURRENCY
     );
+    println!("connections the client holds open at the end: {connections} (one kept alive per call in flight)");
 }

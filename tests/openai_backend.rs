@@ -49,7 +49,7 @@ fn chat_completion_through_the_gateway_is_accounted_and_cached() {
 #[test]
 fn client_errors_are_not_retried() {
     let (_server, url) = start_server(48);
-    let backend = OpenAiBackend::new(&format!("{url}/missing"), "x", None, Duration::from_secs(30));
+    let backend = OpenAiBackend::new(&format!("{url}/missing"), "x", None, Duration::from_secs(30), 4);
     let req = metaforge::llm::ChatRequest {
         messages: vec![Message::new("user", "hi")],
         temperature: 0.0,
@@ -65,7 +65,7 @@ fn client_errors_are_not_retried() {
 
 #[test]
 fn unreachable_endpoint_is_transient() {
-    let backend = OpenAiBackend::new("http://127.0.0.1:9/v1", "x", None, Duration::from_secs(2));
+    let backend = OpenAiBackend::new("http://127.0.0.1:9/v1", "x", None, Duration::from_secs(2), 4);
     let req = metaforge::llm::ChatRequest {
         messages: vec![Message::new("user", "hi")],
         temperature: 0.0,
@@ -85,4 +85,58 @@ fn missing_api_key_variable_is_a_clear_error() {
         err.contains("METAFORGE_TEST_UNSET_KEY_VAR") && err.contains("fix:"),
         "{err}"
     );
+}
+
+/// A stand-in model for the server test below (scripted: it echoes after 5 ms); the test is
+/// about `metaforge serve`'s connection handling, not the model.
+struct EchoAfter5ms;
+impl Backend for EchoAfter5ms {
+    fn model_id(&self) -> String {
+        "echo".into()
+    }
+    fn complete(&self, req: &metaforge::llm::ChatRequest) -> Result<metaforge::llm::Completion, LlmError> {
+        std::thread::sleep(Duration::from_millis(5));
+        Ok(metaforge::llm::Completion {
+            text: req.messages[0].content.clone(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+        })
+    }
+}
+
+/// `metaforge serve` answers every request on every kept-alive connection. Its former
+/// server (tiny_http) could lose the wake-up of a connection that arrived together with
+/// another; with the client keeping one connection per call in flight, such a request sat
+/// unread until the client's timeout (2 runs in 5 of the saturation bench).
+#[test]
+fn every_kept_alive_connection_is_served() {
+    let endpoint = metaforge::llm::Endpoint::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", endpoint.local_addr());
+    std::thread::spawn(move || endpoint.run(Arc::new(EchoAfter5ms), 16));
+    for round in 0..5 {
+        // A fresh client each round: its 16 connections open together.
+        let backend = Arc::new(OpenAiBackend::new(&url, "echo", None, Duration::from_secs(10), 16));
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                let backend = backend.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let text = format!("round {round} worker {w} call {i}");
+                        let req = metaforge::llm::ChatRequest {
+                            messages: vec![Message::new("user", &text)],
+                            temperature: 0.0,
+                            max_tokens: 4,
+                            json: false,
+                            sample_index: 0,
+                        };
+                        let reply = backend.complete(&req).unwrap_or_else(|e| panic!("{text}: {e}"));
+                        assert_eq!(reply.text, text);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
 }

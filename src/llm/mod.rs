@@ -26,7 +26,7 @@ pub use cache::CallCache;
 pub use fetch::{cache_dir as cache_root, resolve_local_model, DEFAULT_LOCAL_MODEL};
 pub use openai::OpenAiBackend;
 pub use scripted::ScriptedBackend;
-pub use serve::serve;
+pub use serve::{serve, Endpoint};
 
 use crate::config::{BackendKind, BudgetConfig, ModelConfig};
 

@@ -1,14 +1,30 @@
 //! `metaforge serve`: an OpenAI-compatible `/v1/chat/completions` endpoint in front of any
 //! backend (normally the embedded model). Why: it lets the `openai` backend, exported agents
 //! and other tools be run and tested against a real server offline, on 127.0.0.1.
+//!
+//! Why hyper on a small tokio runtime and not tiny_http (used until 2026-12-02): tiny_http
+//! runs each connection as a task of a thread pool that can lose a wake-up when two
+//! connections arrive together; a keep-alive connection then holds its thread for good and
+//! the new one is never read. Once the `openai` client kept a connection per call in flight,
+//! a request could sit unread until its timeout (`benches/endpoint_saturation.rs` saw 120 s).
+//! hyper serves every connection as its own task; model calls, which block, run on tokio's
+//! blocking pool.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{Backend, ChatRequest, LlmError, Message};
+
+/// Largest request body accepted (a chat request of any sane prompt fits many times over).
+const MAX_BODY_BYTES: usize = 16 << 20;
 
 #[derive(Deserialize)]
 struct Body {
@@ -23,33 +39,106 @@ struct Body {
 
 /// Serves until the process is killed. Prints `listening on http://ADDR/v1` once bound.
 pub fn serve(backend: Arc<dyn Backend>, addr: &str, max_tokens_cap: u32) -> Result<()> {
-    let server = tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
-    eprintln!("listening on http://{}/v1", server.server_addr());
-    for mut request in server.incoming_requests() {
-        let backend = backend.clone();
-        std::thread::spawn(move || {
-            let path = request.url().split('?').next().unwrap_or("").to_string();
-            let (status, body) = match (request.method(), path.as_str()) {
-                (tiny_http::Method::Get, "/v1/models") => (
-                    200,
-                    json!({"object": "list", "data": [{"id": backend.model_id(), "object": "model"}]}),
-                ),
-                (tiny_http::Method::Post, "/v1/chat/completions") => {
-                    let mut text = String::new();
-                    let _ = request.as_reader().read_to_string(&mut text);
-                    complete(&*backend, &text, max_tokens_cap)
-                }
-                _ => (404, json!({"error": {"message": format!("no route {path}")}})),
-            };
-            let header = tiny_http::Header::from_bytes("Content-Type", "application/json").expect("static header");
-            let _ = request.respond(
-                tiny_http::Response::from_string(body.to_string())
-                    .with_status_code(status)
-                    .with_header(header),
-            );
-        });
+    let endpoint = Endpoint::bind(addr)?;
+    eprintln!("listening on http://{}/v1", endpoint.local_addr());
+    endpoint.run(backend, max_tokens_cap)
+}
+
+/// A bound endpoint: bind first to learn the port (tests, benches), then `run`.
+pub struct Endpoint {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Endpoint {
+    pub fn bind(addr: &str) -> Result<Self> {
+        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr })
     }
-    Ok(())
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves on the calling thread until the process ends.
+    pub fn run(self, backend: Arc<dyn Backend>, max_tokens_cap: u32) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("metaforge-serve")
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("cannot start the server's runtime")?;
+        runtime.block_on(async move {
+            self.listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(self.listener)?;
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors and the like: the next accept may succeed.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request| answer(backend.clone(), max_tokens_cap, request));
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        })
+    }
+}
+
+async fn answer(
+    backend: Arc<dyn Backend>,
+    cap: u32,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_string();
+    let (status, body) = match (request.method(), path.as_str()) {
+        (&Method::GET, "/v1/models") => (
+            200,
+            json!({"object": "list", "data": [{"id": backend.model_id(), "object": "model"}]}),
+        ),
+        (&Method::POST, "/v1/chat/completions") => {
+            match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes.to_bytes()).into_owned();
+                    tokio::task::spawn_blocking(move || complete(&*backend, &text, cap))
+                        .await
+                        .unwrap_or_else(|e| {
+                            (
+                                500,
+                                json!({"error": {"message": format!("the model call failed: {e}")}}),
+                            )
+                        })
+                }
+                Err(e) => (
+                    413,
+                    json!({"error": {"message": format!("request body refused ({e}); the limit is {MAX_BODY_BYTES} bytes")}}),
+                ),
+            }
+        }
+        _ => (404, json!({"error": {"message": format!("no route {path}")}})),
+    };
+    let response = Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a status and a static header");
+    Ok(response)
 }
 
 fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Value) {
