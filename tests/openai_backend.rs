@@ -13,6 +13,17 @@ fn model_cfg(url: &str) -> metaforge::config::ModelConfig {
     toml::from_str(&format!("backend = \"openai\"\nmodel = \"smollm2\"\nbase_url = {url:?}\nmax_tokens = 32\nprice_prompt_per_mtok = 1.0\nprice_completion_per_mtok = 2.0")).unwrap()
 }
 
+/// One user message, greedy, 4 tokens: what the backend tests send.
+fn user_request(text: &str) -> metaforge::llm::ChatRequest {
+    metaforge::llm::ChatRequest {
+        messages: vec![Message::new("user", text)],
+        temperature: 0.0,
+        max_tokens: 4,
+        json: false,
+        sample_index: 0,
+    }
+}
+
 #[test]
 fn chat_completion_through_the_gateway_is_accounted_and_cached() {
     let (_server, url) = start_server(48);
@@ -50,13 +61,7 @@ fn chat_completion_through_the_gateway_is_accounted_and_cached() {
 fn client_errors_are_not_retried() {
     let (_server, url) = start_server(48);
     let backend = OpenAiBackend::new(&format!("{url}/missing"), "x", None, Duration::from_secs(30), 4);
-    let req = metaforge::llm::ChatRequest {
-        messages: vec![Message::new("user", "hi")],
-        temperature: 0.0,
-        max_tokens: 4,
-        json: false,
-        sample_index: 0,
-    };
+    let req = user_request("hi");
     match backend.complete(&req) {
         Err(LlmError::Fatal(e)) => assert!(e.contains("404"), "{e}"),
         other => panic!("expected a fatal 404, got {other:?}"),
@@ -66,13 +71,7 @@ fn client_errors_are_not_retried() {
 #[test]
 fn unreachable_endpoint_is_transient() {
     let backend = OpenAiBackend::new("http://127.0.0.1:9/v1", "x", None, Duration::from_secs(2), 4);
-    let req = metaforge::llm::ChatRequest {
-        messages: vec![Message::new("user", "hi")],
-        temperature: 0.0,
-        max_tokens: 4,
-        json: false,
-        sample_index: 0,
-    };
+    let req = user_request("hi");
     assert!(matches!(backend.complete(&req), Err(LlmError::Transient(_))));
 }
 
@@ -122,14 +121,9 @@ fn every_kept_alive_connection_is_served() {
                 std::thread::spawn(move || {
                     for i in 0..10 {
                         let text = format!("round {round} worker {w} call {i}");
-                        let req = metaforge::llm::ChatRequest {
-                            messages: vec![Message::new("user", &text)],
-                            temperature: 0.0,
-                            max_tokens: 4,
-                            json: false,
-                            sample_index: 0,
-                        };
-                        let reply = backend.complete(&req).unwrap_or_else(|e| panic!("{text}: {e}"));
+                        let reply = backend
+                            .complete(&user_request(&text))
+                            .unwrap_or_else(|e| panic!("{text}: {e}"));
                         assert_eq!(reply.text, text);
                     }
                 })
@@ -139,4 +133,29 @@ fn every_kept_alive_connection_is_served() {
             w.join().unwrap();
         }
     }
+}
+
+/// A request body over the server's limit is refused with 413 and a message naming the
+/// limit; the server keeps serving.
+#[test]
+fn an_oversized_body_is_refused_by_name() {
+    let endpoint = metaforge::llm::Endpoint::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", endpoint.local_addr());
+    std::thread::spawn(move || endpoint.run(Arc::new(EchoAfter5ms), 16));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut reply = agent
+        .post(&format!("{url}/chat/completions"))
+        .send(vec![b' '; 17 << 20])
+        .unwrap();
+    assert_eq!(reply.status(), 413);
+    let text = reply.body_mut().read_to_string().unwrap();
+    assert!(
+        text.contains("limit") && text.contains(&(16usize << 20).to_string()),
+        "{text}"
+    );
+    let backend = OpenAiBackend::new(&url, "echo", None, Duration::from_secs(10), 1);
+    assert_eq!(
+        backend.complete(&user_request("still here")).unwrap().text,
+        "still here"
+    );
 }

@@ -354,7 +354,7 @@ impl Archive {
     /// itself SQLite walked `evaluations_by_split` in score order, looking each candidate up
     /// at random, then sorted 100k wide rows in a temp B-tree: 713 ms of a 100k archive's
     /// resume. Walking candidates in table order (the order steps wrote them) and sorting
-    /// the structs takes ~100 ms (`cargo bench --bench archive_scale`).
+    /// the structs takes 165 ms (`cargo bench --bench archive_scale`).
     pub fn scored(&self, split: &str) -> Result<Vec<Scored>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.name, c.generation, e.mean, e.ci_lo, e.ci_hi, e.cost_usd, e.prompt_tokens + e.completion_tokens,

@@ -125,9 +125,13 @@ async fn answer(
                             )
                         })
                 }
-                Err(e) => (
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => (
                     413,
-                    json!({"error": {"message": format!("request body refused ({e}); the limit is {MAX_BODY_BYTES} bytes")}}),
+                    json!({"error": {"message": format!("request body over the limit of {MAX_BODY_BYTES} bytes")}}),
+                ),
+                Err(e) => (
+                    400,
+                    json!({"error": {"message": format!("cannot read the request body: {e}")}}),
                 ),
             }
         }
