@@ -108,6 +108,7 @@ fn step(i: u64, rng: &mut impl Rng) -> StepRecord {
             evaluation: Some(evaluation),
             prompt: None,
             reply: None,
+            race: None,
         }],
         ..StepRecord::default()
     }

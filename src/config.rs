@@ -449,6 +449,20 @@ pub struct ProposerMix {
     /// Options of the three LLM kinds.
     #[serde(default)]
     pub rewrite_options: RewriteOptions,
+    /// How a proposal step picks its operator or kind: `thompson` learns from the archive
+    /// which ones improve programs per model call (`search::bandit`); `fixed` draws by the
+    /// weights above alone (the random-search baseline).
+    #[serde(default)]
+    pub bandit: Bandit,
+}
+
+/// How proposal steps choose among proposers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bandit {
+    #[default]
+    Thompson,
+    Fixed,
 }
 
 fn default_novelty() -> f64 {
@@ -469,6 +483,7 @@ impl Default for ProposerMix {
             llm_instruction: 0.0,
             novelty_threshold: default_novelty(),
             rewrite_options: RewriteOptions::default(),
+            bandit: Bandit::default(),
         }
     }
 }
@@ -558,6 +573,11 @@ pub struct EvaluationConfig {
     /// validation score.
     #[serde(default = "default_cascade_threshold")]
     pub cascade_threshold: f64,
+    /// Racing: a proposal first runs this many validation tasks, then twice as many, and so
+    /// on, while it stays ahead of its rival (its parent; for a seed, the best seed so far)
+    /// on the same tasks; 0 = off. See `evaluate::racing`.
+    #[serde(default)]
+    pub race_first: usize,
 }
 
 fn default_cascade_threshold() -> f64 {
@@ -599,6 +619,7 @@ impl Default for EvaluationConfig {
             disk_mb: default_disk(),
             cascade_fraction: 0.0,
             cascade_threshold: default_cascade_threshold(),
+            race_first: 0,
         }
     }
 }
@@ -671,6 +692,19 @@ impl Experiment {
                 ev.cascade_threshold
             );
         }
+        if ev.race_first > 0 && ev.cascade_fraction > 0.0 {
+            bail!(
+                "evaluation.race_first and evaluation.cascade_fraction are both set; fix: keep one (racing compares each proposal with its parent task by task, the cascade with the parent's score)"
+            );
+        }
+        if ev.race_first > 0 && ev.race_first >= self.domain.val_size {
+            bail!(
+                "evaluation.race_first = {} is not below domain.val_size = {}; fix: a first look of about a tenth of the validation pool, e.g. race_first = {}",
+                ev.race_first,
+                self.domain.val_size,
+                (self.domain.val_size / 10).max(1)
+            );
+        }
         for (role, m) in [("models.meta", &self.models.meta), ("models.agent", &self.models.agent)] {
             match m.backend {
                 BackendKind::Openai => {
@@ -739,6 +773,10 @@ impl Experiment {
                 (
                     self.evaluation.cascade_fraction > 0.0,
                     "evaluation.cascade_fraction (an episode sequence is not staged)",
+                ),
+                (
+                    self.evaluation.race_first > 0,
+                    "evaluation.race_first (an episode sequence is one unit)",
                 ),
                 (
                     self.evaluation.shards > 1,

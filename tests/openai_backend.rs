@@ -20,6 +20,7 @@ fn user_request(text: &str) -> metaforge::llm::ChatRequest {
         temperature: 0.0,
         max_tokens: 4,
         json: false,
+        stop: Vec::new(),
         sample_index: 0,
     }
 }

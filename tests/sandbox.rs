@@ -180,7 +180,7 @@ fn spliced_crossover_program_runs() {
     let (a, b) = (seed("direct_answer"), seed("self_consistency"));
     for s in 0..20u64 {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s);
-        let p = metaforge::propose::operators::propose(&mut rng, &a, Some(&b), &t, &checker, &|_| false).unwrap();
+        let p = metaforge::propose::operators::propose(&mut rng, &a, Some(&b), &t, &checker, &|_| false, None).unwrap();
         let run = run_worker(&p.code, &tasks(2), &ScriptedModel, &limits(30)).unwrap();
         assert_eq!(run.exit, WorkerExit::Completed, "{} failed:\n{}", p.kind, p.code);
         assert!(

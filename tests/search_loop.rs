@@ -361,3 +361,74 @@ fn a_rerun_with_the_old_cache_sends_no_model_call() {
     );
     assert!(!dir.path().join("third.db").exists(), "a refused rerun creates nothing");
 }
+
+/// Racing, credit and the paired verdict, wired through the real loop: a proposal that
+/// answers like its parent is raced out at the first look; every proposal step leaves one
+/// `credit` event that the next step's bandit and `status` read; the race against the rival
+/// is stored; status prints the credit table, the bandit's choices and a paired verdict.
+#[test]
+fn racing_and_proposer_credit_are_stored_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = write_experiment(
+        dir.path(),
+        "exp.toml",
+        5,
+        "name = \"arith\"\nval_size = 24\ntest_size = 12\n",
+        0.0,
+        3,
+    );
+    let text = std::fs::read_to_string(&exp)
+        .unwrap()
+        .replace("[evaluation]\n", "[evaluation]\nrace_first = 4\n");
+    std::fs::write(&exp, text).unwrap();
+    let db = dir.path().join("run.db");
+    let shown = run_to_end(&exp, &db);
+    let proposal_steps = 3 * 3;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM events WHERE kind = 'credit'"),
+        proposal_steps
+    );
+    assert!(
+        count(&db, "SELECT count(*) FROM evaluations WHERE stage = 'raced' AND n < 24") >= 1,
+        "copies of a parent's answers are raced out before the whole pool"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM evaluations WHERE split = 'val' AND stage = 'full' AND n != 24"
+        ),
+        0
+    );
+    // Every evaluated proposal and every seed after the first raced a rival.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM events WHERE kind = 'race' AND json_extract(detail, '$.paired.n') > 0"
+        ),
+        count(&db, "SELECT count(*) FROM proposals WHERE status = 'evaluated'") - 1
+    );
+    let out = Command::new(bin())
+        .args(["status", "--json"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tries: u64 = v["credit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["proposals"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tries, proposal_steps as u64);
+    assert_eq!(v["choices"].as_array().unwrap().len(), proposal_steps as usize);
+    assert!(v["raced"].as_u64().unwrap() >= 1);
+    assert!(
+        shown.contains("proposer credit") && shown.contains("bandit choices"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("held-out test, paired on 12 tasks") || shown.contains("no discovered candidate was tested"),
+        "{shown}"
+    );
+    assert_archive_sound(&db);
+}

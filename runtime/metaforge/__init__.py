@@ -1,24 +1,30 @@
 """The agent API that candidate programs import: `from metaforge import llm`.
 
 llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=None,
-    contract=None, input=None)
+    stop=None, contract=None, input=None)
     -> str when n == 1, else list[str]; with `contract`, the value the contract parsed
 
 `contract="id"` names an entry of the module-level literal `CONTRACTS = {"id": {...}}`;
 the host (never this process) checks every answer against it, asks again up to
 `max_attempts` times, and returns the contract's fallback when no answer passes.
 `input` is the JSON-able dict the contract's `pre`, `post` and fallback read.
+`stop` is a string or a list of up to 4 strings: generation ends where one appears, and the
+reply stops before it (as OpenAI-compatible endpoints do).
+
+`calc`, `calc_in` and `extract` (metaforge.tools) are tools every candidate may use: a safe
+calculator, and answer-extraction strategies.
 
 The call travels over the worker's RPC pipe to the host gateway, which owns the model,
 the cache, the budget and the accounting. The candidate never sees a key or a socket.
 """
 from metaforge._rpc import ContractError, LLMError, call_llm
+from metaforge.tools import EXTRACTORS, calc, calc_in, extract
 
-__all__ = ["llm", "LLMError", "ContractError"]
+__all__ = ["llm", "LLMError", "ContractError", "calc", "calc_in", "extract", "EXTRACTORS"]
 
 
 def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=None,
-        contract=None, input=None):
+        stop=None, contract=None, input=None):
     if isinstance(prompt_or_messages, str):
         messages = [{"role": "user", "content": prompt_or_messages}]
     elif isinstance(prompt_or_messages, (list, tuple)):
@@ -31,10 +37,14 @@ def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=Non
         raise TypeError("llm(): pass a prompt string or a list of {'role','content'} messages")
     if not isinstance(n, int) or n < 1 or n > 16:
         raise ValueError("llm(): n must be an int between 1 and 16")
+    if stop is not None:
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        if not 1 <= len(stop) <= 4 or not all(isinstance(x, str) and x for x in stop):
+            raise ValueError("llm(): stop must be a non-empty string or a list of 1 to 4 of them")
     if contract is not None and not isinstance(contract, str):
         raise TypeError("llm(): contract must be the id (a string) of an entry of CONTRACTS")
     texts = call_llm(messages, temperature=temperature, n=n, json=bool(json),
-                     max_tokens=max_tokens, contract=contract, input=input)
+                     max_tokens=max_tokens, stop=stop, contract=contract, input=input)
     return texts[0] if n == 1 else texts
 
 

@@ -1,6 +1,6 @@
 """The worker's side of evaluating a memory design (candidate kind `memory`).
 
-ALMA's protocol (DESIGN.md §2): the episode sequence arrives as one task. Its first half
+ALMA's protocol: the episode sequence arrives as one task. Its first half
 fills the memory: each episode is played by the host's base agent without retrieval, then
 `update(observation, trajectory, reward)` sees it, in order. Its second half is scored: the
 memory is frozen, `retrieve(observation)` writes the text the base agent is given, and the

@@ -79,6 +79,9 @@ pub struct ProposalRecord {
     pub evaluation: Option<Evaluation>,
     pub prompt: Option<String>,
     pub reply: Option<String>,
+    /// How its evaluation compared with its rival (`evaluate::racing`), stored as a `race`
+    /// event of the step.
+    pub race: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -330,6 +333,63 @@ impl Archive {
             )
             .optional()
             .map_err(Into::into)
+    }
+
+    /// Per-task scores of `id`'s evaluation on `split` (every stage), for paired comparisons.
+    pub fn task_scores(&self, id: &str, split: &str) -> Result<Vec<(String, f64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT t.task_id, t.score FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
+             WHERE e.candidate_id = ?1 AND e.split = ?2",
+        )?;
+        let rows = stmt.query_map(params![id, split], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Among `ids`, the one with the best full, successful validation evaluation (ties: the
+    /// first). A proposal races against this parent.
+    pub fn best_of(&self, ids: &[String]) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT mean FROM evaluations WHERE candidate_id = ?1 AND split = 'val' AND stage = 'full' AND outcome = 'ok'",
+        )?;
+        let mut best: Option<(f64, &String)> = None;
+        for id in ids {
+            if let Some(m) = stmt.query_row([id], |r| r.get::<_, f64>(0)).optional()? {
+                if best.is_none_or(|(b, _)| m > b) {
+                    best = Some((m, id));
+                }
+            }
+        }
+        Ok(best.map(|(_, id)| id.clone()))
+    }
+
+    /// The seed with the best full, successful validation evaluation (ties: the earliest).
+    pub fn best_seed(&self) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT c.id FROM candidates c JOIN evaluations e ON e.candidate_id = c.id
+                 WHERE c.operator = 'seed' AND e.split = 'val' AND e.stage = 'full' AND e.outcome = 'ok'
+                 ORDER BY e.mean DESC, c.step ASC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Every event of `kind` in order, as (step, detail).
+    pub fn events(&self, kind: &str) -> Result<Vec<(Option<u64>, serde_json::Value)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT step, detail FROM events WHERE kind = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([kind], |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (step, detail) = row?;
+            let detail = serde_json::from_str(&detail)
+                .with_context(|| format!("event {kind:?} of step {step:?} is not JSON; the archive is damaged"))?;
+            out.push((step.map(|s| s as u64), detail));
+        }
+        Ok(out)
     }
 
     /// The best full validation score among `ids` (a proposal's parents): the bar staged

@@ -4,6 +4,7 @@
 //! scorer name. Splits are a seeded shuffle, so validation and held-out test never overlap
 //! and are identical on every machine.
 
+mod f1;
 mod scorers;
 
 use std::path::Path;
@@ -56,6 +57,24 @@ const BUILTINS: &[Builtin] = &[
         file: "arith.jsonl",
         scorer: Scorer::Numeric,
         description: "Short arithmetic word problems with whole-number answers (one or two steps: add, subtract, multiply). The task dict has a `question` string; the agent returns text whose final number is taken as the answer and compared exactly.",
+    },
+    Builtin {
+        name: "units",
+        file: "units.jsonl",
+        scorer: Scorer::Numeric,
+        description: "Unit conversions and counting questions whose answer needs a fact the question leaves unsaid (minutes in an hour, legs of a spider, cents in a dollar) combined with the numbers given. The task dict has a `question` string; the agent returns text whose final number is taken as the answer and compared exactly.",
+    },
+    Builtin {
+        name: "mgsm",
+        file: "mgsm.jsonl",
+        scorer: Scorer::Numeric,
+        description: "Grade-school math word problems (MGSM: GSM8K translated into 11 languages, ADAS's headline domain). The task dict has a `question` string and its `lang`; the agent returns text whose final number is taken as the answer and compared exactly.",
+    },
+    Builtin {
+        name: "drop",
+        file: "drop.jsonl",
+        scorer: Scorer::F1,
+        description: "Reading comprehension with discrete reasoning (DROP): a passage, then a question whose answer is a short span of the passage, a number or a date. The task dict has a `question` string holding both (`Passage: ...` then `Question: ...`); the agent returns the answer text, scored by DROP's F1 over the gold spans (partial credit; a number in the gold must appear in the answer).",
     },
     Builtin {
         name: "gsm8k",

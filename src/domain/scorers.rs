@@ -12,6 +12,13 @@ pub enum Scorer {
     Numeric,
     /// Trimmed, case-insensitive string equality with the gold (or any of a list of golds).
     Exact,
+    /// DROP's F1: bag-of-words overlap after normalisation (case, punctuation, articles,
+    /// numbers), spans aligned one to one, zero when the gold has a number the output lacks;
+    /// the best over the gold's alternatives. Partial credit in [0, 1].
+    F1,
+    /// Multiple choice: the choice letter (A to H) the output gives (after `Answer:`, else
+    /// the first one standing alone) equals the gold letter.
+    Mc,
 }
 
 impl Scorer {
@@ -19,7 +26,9 @@ impl Scorer {
         match name {
             "numeric" => Ok(Scorer::Numeric),
             "exact" => Ok(Scorer::Exact),
-            other => bail!("unknown scorer {other:?}; fix: use \"numeric\" or \"exact\""),
+            "f1" => Ok(Scorer::F1),
+            "mc" => Ok(Scorer::Mc),
+            other => bail!("unknown scorer {other:?}; fix: use \"numeric\", \"exact\", \"f1\" or \"mc\""),
         }
     }
 
@@ -47,8 +56,29 @@ impl Scorer {
                 };
                 f64::from(u8::from(hit))
             }
+            Scorer::F1 => super::f1::drop_f1(output, gold),
+            Scorer::Mc => {
+                let want = gold.as_str().map(str::trim).unwrap_or_default().to_ascii_uppercase();
+                f64::from(u8::from(
+                    !want.is_empty() && choice_letter(output).as_deref() == Some(want.as_str()),
+                ))
+            }
         }
     }
+}
+
+/// The choice letter of a free-text output: the first standing alone after the last
+/// `Answer:`, else the first in the text (`(B)`, `B.`, `B)` and a bare `B` all count).
+pub fn choice_letter(text: &str) -> Option<String> {
+    static LETTER: OnceLock<Regex> = OnceLock::new();
+    static ANSWER: OnceLock<Regex> = OnceLock::new();
+    let letter = LETTER.get_or_init(|| Regex::new(r"(?:^|[^A-Za-z])\(?([A-H])(?:[).:,]|\s|$)").unwrap());
+    let answer = ANSWER.get_or_init(|| Regex::new(r"(?i)answer\s*(?:is)?\s*[:=]?").unwrap());
+    let scope = match answer.find_iter(text).last() {
+        Some(m) if letter.is_match(&text[m.end()..]) => &text[m.end()..],
+        _ => text,
+    };
+    letter.captures(scope).map(|c| c[1].to_string())
 }
 
 /// The answer number of a free-text output.
@@ -85,6 +115,22 @@ mod tests {
         assert_eq!(s.score("no number", &json!("3")), 0.0);
         assert_eq!(s.score("Answer: 8", &json!("7")), 0.0);
         assert_eq!(s.score("-5", &json!("-5")), 1.0);
+    }
+
+    #[test]
+    fn mc_reads_the_choice_letter() {
+        let s = Scorer::Mc;
+        assert_eq!(s.score("B", &json!("B")), 1.0);
+        assert_eq!(s.score("(C) because of heat", &json!("C")), 1.0);
+        assert_eq!(s.score("I think A is wrong. Answer: D.", &json!("d")), 1.0);
+        assert_eq!(s.score("A. Paris", &json!("B")), 0.0);
+        assert_eq!(
+            s.score("Because it is big", &json!("B")),
+            0.0,
+            "the B of a word is no choice"
+        );
+        assert_eq!(s.score("", &json!("A")), 0.0);
+        assert_eq!(s.score("I think B", &json!("B")), 1.0, "the pronoun I is no choice");
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl BaseAgent<'_> {
                         temperature: None,
                         max_tokens: Some(24),
                         json: false,
+                        stop: Vec::new(),
                     };
                     let req = gateway.request(vec![Message::new("user", prompt)], params, 0);
                     let reply = gateway.complete(&req)?;

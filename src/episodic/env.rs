@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// The pinned environment package (docs: ../shared/reference/datasets.md).
+/// The pinned environment package.
 pub const TWX_PACKAGE: &str = "textworld-express==1.1.0";
 
 /// One game of the domain: which generated world to play.

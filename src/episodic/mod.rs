@@ -311,7 +311,7 @@ impl LlmHandler for SequenceCalls<'_> {
         let mut usage = Usage::default();
         let mut texts = Vec::new();
         for i in 0..call.n {
-            let req = self.gateway.request(call.messages.clone(), params, i);
+            let req = self.gateway.request(call.messages.clone(), params.clone(), i);
             let r = self.gateway.complete(&req).map_err(|e| e.to_string())?;
             usage.add(&r);
             texts.push(r.text);

@@ -2,6 +2,8 @@
 //! every `llm()` call answered through the agent gateway, each output scored, and the mean
 //! reported with a bootstrap 95% confidence interval.
 
+pub mod paired;
+pub mod racing;
 pub mod staged;
 mod stats;
 
@@ -287,7 +289,7 @@ impl AgentCalls<'_, '_> {
         params: CallParams,
         n: u32,
     ) -> Result<(Vec<String>, Usage), String> {
-        let probe = self.gateway.request(messages.to_vec(), params, 0);
+        let probe = self.gateway.request(messages.to_vec(), params.clone(), 0);
         let mut h = Sha256::new();
         h.update(task_id.unwrap_or("").as_bytes());
         h.update(self.gateway.cache_key(&probe).as_bytes());
@@ -304,7 +306,7 @@ impl AgentCalls<'_, '_> {
         let replies: Vec<_> = std::thread::scope(|scope| {
             let others: Vec<_> = (1..n)
                 .map(|i| {
-                    let req = self.gateway.request(messages.to_vec(), params, first + i);
+                    let req = self.gateway.request(messages.to_vec(), params.clone(), first + i);
                     scope.spawn(move || self.gateway.complete(&req))
                 })
                 .collect();
@@ -346,7 +348,7 @@ impl AgentCalls<'_, '_> {
                     messages.push(Message::new("user", crate::guard::sampler::reask_feedback(v)));
                 }
             }
-            let (texts, u) = self.complete(task_id, &messages, params, 1)?;
+            let (texts, u) = self.complete(task_id, &messages, params.clone(), 1)?;
             usage.merge(&u);
             last_text = texts.into_iter().next().unwrap_or_default();
             Ok(last_text.clone())

@@ -81,11 +81,12 @@ pub fn evaluate_staged(
             break;
         }
     }
-    Ok(combine(parts, stop, stages))
+    Ok(combine(parts, stop, stages.bootstrap_samples))
 }
 
-/// One evaluation from the stages that ran (at least one).
-fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, stages: &Stages) -> Evaluation {
+/// One evaluation from the stages that ran (at least one); `stop` is the stage it ended at
+/// early and why (None: it ran every stage, `full`).
+pub(super) fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, bootstrap_samples: usize) -> Evaluation {
     let mut usage = Usage::default();
     let mut wall_ms = 0.0;
     let mut outcome = Outcome::Ok;
@@ -119,7 +120,7 @@ fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, stages: &Stages
         wall_ms,
         outcome,
         details.join("\n---\n"),
-        stages.bootstrap_samples,
+        bootstrap_samples,
     );
     if let (Some(g), Some(tiers)) = (&mut e.guard, tiers) {
         g.tiers = tiers;

@@ -75,13 +75,14 @@ fn module_name(name: &str, id: &str) -> String {
     format!("agent_{}_{}", stem.trim_end_matches('_'), &id[..8.min(id.len())])
 }
 
-/// The runtime's API file without the import of its transport (defined by the template).
-fn api_text(file: &str, transport_import: &str) -> Result<String> {
+/// The runtime's API file without its imports of what the template defines itself (the
+/// transport, and the tools it inlines).
+fn api_text(file: &str, dropped_imports: &[&str]) -> Result<String> {
     let text = crate::assets::text(&crate::assets::RUNTIME, file)
         .with_context(|| format!("runtime/{file} is missing from this build"))?;
     Ok(text
         .lines()
-        .filter(|l| l.trim() != transport_import)
+        .filter(|l| !dropped_imports.contains(&l.trim()))
         .collect::<Vec<_>>()
         .join("\n"))
 }
@@ -123,9 +124,13 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
     let templates = Templates::embedded()?;
     let api = api_text(
         "metaforge/__init__.py",
-        "from metaforge._rpc import ContractError, LLMError, call_llm",
+        &[
+            "from metaforge._rpc import ContractError, LLMError, call_llm",
+            "from metaforge.tools import EXTRACTORS, calc, calc_in, extract",
+        ],
     )?;
-    let adas_api = api_text("metaforge/adas.py", "from metaforge import llm")?;
+    let tools_api = api_text("metaforge/tools.py", &[])?;
+    let adas_api = api_text("metaforge/adas.py", &["from metaforge import llm"])?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut agents = Vec::new();
     for id in ids {
@@ -180,7 +185,7 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
         let text = templates.render(
             "export/agent.py.j2",
             serde_json::json!({ "agent": &agent, "code": candidate.code.trim_end(), "run": exp.name,
-                                "api": api, "adas_api": adas_api, "default_base_url": "http://127.0.0.1:8080/v1" }),
+                                "api": api, "tools_api": tools_api, "adas_api": adas_api, "default_base_url": "http://127.0.0.1:8080/v1" }),
         )?;
         let path = out.join(&agent.file);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;

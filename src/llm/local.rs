@@ -215,6 +215,8 @@ struct Sequence {
     generated: u64,
     prompt: u64,
     max: u64,
+    /// The request's stop sequences: decoding ends once one appears (the gateway cuts it).
+    stop: Vec<String>,
     done: bool,
     /// Index of this sequence's logits in the last decoded batch.
     logits_at: i32,
@@ -277,6 +279,7 @@ fn generate(
             generated: 0,
             prompt: tokens.len() as u64,
             max: u64::from(req.max_tokens.max(1)),
+            stop: req.stop.clone(),
             done: errors[s].is_some(),
             logits_at: 0,
         };
@@ -342,5 +345,14 @@ fn accept(vocab: &llama_cpp_2::vocab::LlamaVocab<'_>, seq: &mut Sequence) {
     seq.generated += 1;
     if seq.generated >= seq.max {
         seq.done = true;
+    }
+    if !seq.stop.is_empty() {
+        // A stop sequence can straddle tokens: look at the tail that could hold a new one.
+        let longest = seq.stop.iter().map(String::len).max().unwrap_or(0);
+        let from = seq.out.len().saturating_sub(longest + 16);
+        let tail = String::from_utf8_lossy(&seq.out[from..]);
+        if seq.stop.iter().any(|s| tail.contains(s.as_str())) {
+            seq.done = true;
+        }
     }
 }

@@ -52,6 +52,11 @@ pub struct ChatRequest {
     pub temperature: f32,
     pub max_tokens: u32,
     pub json: bool,
+    /// Generation ends where one of these appears; the reply stops before it. Left out of
+    /// the serialised request (and so of the cache key) when empty, so calls without stop
+    /// sequences keep the keys they always had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
     /// Which sample of an identical request this is; also seeds local sampling, so a repeat
     /// sample is distinct from the first yet reproducible.
     pub sample_index: u32,
@@ -246,11 +251,26 @@ impl Role {
 }
 
 /// Parameters a caller may set per call; unset ones take the role's configured defaults.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CallParams {
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
     pub json: bool,
+    /// Stop sequences (at most `MAX_STOP`), as OpenAI-compatible endpoints take them.
+    pub stop: Vec<String>,
+}
+
+/// Most stop sequences a call may carry (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+/// `text` cut before the earliest stop sequence in it. Every backend's reply passes here, so
+/// `stop` means the same whether the backend honours it (llama.cpp stops decoding, an
+/// endpoint cuts) or not (the scripted backend).
+pub fn cut_at_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
 }
 
 pub struct Gateway {
@@ -319,6 +339,7 @@ impl Gateway {
                 .unwrap_or(self.default_max_tokens)
                 .min(self.default_max_tokens.max(1)),
             json: params.json,
+            stop: params.stop,
             sample_index,
         }
     }
@@ -367,7 +388,10 @@ impl Gateway {
             Err(_) => (0, 0),
         };
         self.budget.settle(reservation, tokens, micro);
-        let completion = result?;
+        let mut completion = result?;
+        if let Some(at) = cut_at_stop(&completion.text, &req.stop) {
+            completion.text.truncate(at);
+        }
         let reply = Reply {
             cost_usd: self.price(completion.prompt_tokens, completion.completion_tokens),
             latency_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -480,6 +504,24 @@ mod tests {
         }
         assert!(refused > 0, "a 30-token cap must refuse some of 10 calls");
         assert!(backend.calls() < 10);
+    }
+
+    #[test]
+    fn a_reply_ends_before_its_first_stop_sequence_and_stop_keys_the_cache() {
+        let backend = Arc::new(ScriptedBackend::new("s", vec!["42 apples\nQuestion: 7".into(); 4]));
+        let gw = Gateway::new(Role::Agent, backend, &cfg(), None, Arc::new(Budget::unlimited()));
+        let stop = |s: &[&str]| CallParams {
+            stop: s.iter().map(|x| x.to_string()).collect(),
+            ..CallParams::default()
+        };
+        let plain = gw.request(vec![Message::new("user", "q")], CallParams::default(), 0);
+        let cut = gw.request(vec![Message::new("user", "q")], stop(&["Question:", "\n"]), 0);
+        assert_eq!(gw.complete(&plain).unwrap().text, "42 apples\nQuestion: 7");
+        assert_eq!(gw.complete(&cut).unwrap().text, "42 apples");
+        assert_ne!(gw.cache_key(&plain), gw.cache_key(&cut));
+        // A request without stop sequences serialises (and so is keyed) as it always was.
+        assert!(!serde_json::to_string(&plain).unwrap().contains("stop"));
+        assert_eq!(cut_at_stop("abc", &["".into()]), None, "an empty stop never matches");
     }
 
     /// Rows of `llm_calls` as another process sees them: through its own connection.

@@ -72,6 +72,9 @@ impl Backend for OpenAiBackend {
             "max_tokens": req.max_tokens,
             "seed": req.sample_index,
         });
+        if !req.stop.is_empty() {
+            body["stop"] = json!(req.stop);
+        }
         if req.json {
             body["response_format"] = json!({"type": "json_object"});
         }

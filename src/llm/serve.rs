@@ -35,6 +35,25 @@ struct Body {
     max_tokens: Option<u32>,
     #[serde(default)]
     seed: Option<u32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+}
+
+/// OpenAI's `stop`: one string or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s],
+            Stop::Many(v) => v,
+        }
+    }
 }
 
 /// Serves until the process is killed. Prints `listening on http://ADDR/v1` once bound.
@@ -158,9 +177,15 @@ fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Va
         temperature: body.temperature.unwrap_or(0.0).clamp(0.0, 2.0),
         max_tokens: body.max_tokens.unwrap_or(cap).min(cap).max(1),
         json: false,
+        stop: body.stop.map(|s| s.into_vec()).unwrap_or_default(),
         sample_index: body.seed.unwrap_or(0),
     };
-    match backend.complete(&req) {
+    match backend.complete(&req).map(|mut c| {
+        if let Some(at) = super::cut_at_stop(&c.text, &req.stop) {
+            c.text.truncate(at);
+        }
+        c
+    }) {
         Ok(c) => (
             200,
             json!({

@@ -66,6 +66,34 @@ pub const OPERATORS: &[Operator] = &[
         apply: wrap_verify,
     },
     Operator {
+        name: "wrap_extract",
+        binary: false,
+        kind: Some(CandidateKind::Agent),
+        doc: "keep only one part of the agent's answer (first line, text after 'Answer:', first or last number; templates/operators/extractors.txt)",
+        apply: wrap_extract,
+    },
+    Operator {
+        name: "add_stop",
+        binary: false,
+        kind: Some(CandidateKind::Agent),
+        doc: "give every llm() call without one a stop sequence (templates/operators/stops.txt), so replies end where the answer does",
+        apply: add_stop,
+    },
+    Operator {
+        name: "use_calculator",
+        binary: false,
+        kind: Some(CandidateKind::Agent),
+        doc: "let the model write a calculation that metaforge.calc computes; the agent answers when none comes back (templates/operators/tool_prompts.txt)",
+        apply: use_calculator,
+    },
+    Operator {
+        name: "wrap_decompose",
+        binary: false,
+        kind: Some(CandidateKind::Agent),
+        doc: "have the model break the question into parts first and pass its notes to the agent (templates/operators/decompose_prompts.txt)",
+        apply: wrap_decompose,
+    },
+    Operator {
         name: "crossover_constants",
         binary: true,
         kind: None,
@@ -108,6 +136,7 @@ pub const OPERATORS: &[Operator] = &[
 /// and that `is_known` (given the normalised source) does not recognise as an archived
 /// program: deterministic operators on the same parents would otherwise keep proposing the
 /// same child.
+/// `first` names the operator to try before the others (the bandit's choice).
 pub fn propose(
     rng: &mut dyn RngCore,
     parent: &Candidate,
@@ -115,14 +144,14 @@ pub fn propose(
     templates: &Templates,
     checker: &Checker,
     is_known: &dyn Fn(&str) -> bool,
+    first: Option<&str>,
 ) -> Result<Proposal, String> {
-    let mut order: Vec<&Operator> = OPERATORS
-        .iter()
-        .filter(|o| !o.binary || other.is_some())
-        .filter(|o| o.kind.is_none_or(|k| k == parent.kind))
-        .collect();
+    let mut order: Vec<&Operator> = applicable(parent.kind, other.is_some()).collect();
     // Shuffle by repeated random picks (keeps the rng stream simple and reproducible).
     let mut shuffled = Vec::with_capacity(order.len());
+    if let Some(i) = first.and_then(|f| order.iter().position(|o| o.name == f)) {
+        shuffled.push(order.remove(i));
+    }
     while !order.is_empty() {
         let i = rng.random_range(0..order.len());
         shuffled.push(order.remove(i));
@@ -165,6 +194,14 @@ pub fn propose(
         });
     }
     Err(format!("no operator applied: {}", failures.join("; ")))
+}
+
+/// The operators that apply to a parent of `kind` (binary ones only with a second parent).
+pub fn applicable(kind: CandidateKind, has_other: bool) -> impl Iterator<Item = &'static Operator> {
+    OPERATORS
+        .iter()
+        .filter(move |o| !o.binary || has_other)
+        .filter(move |o| o.kind.is_none_or(|k| k == kind))
 }
 
 /// A module-level `NAME = literal` with an upper-case name.
@@ -394,11 +431,171 @@ fn top_level_names(code: &str) -> Vec<String> {
 }
 
 fn wrap(p: &Candidate, template: &str, n: u32, t: &Templates) -> Option<(String, usize, String)> {
+    wrap_with(p, template, json!({"n": n}), t)
+}
+
+/// `p` with its `forward` renamed and `template` appended, rendered with `extra` plus the
+/// wrapper's suffix `k` and the inner function's name.
+fn wrap_with(
+    p: &Candidate,
+    template: &str,
+    mut extra: serde_json::Value,
+    t: &Templates,
+) -> Option<(String, usize, String)> {
     let k = fresh_suffix(&p.code);
     let inner = format!("_inner_forward_{k}");
     let renamed = rename(&p.code, &HashMap::from([("forward".to_string(), inner.clone())]));
-    let tail = t.render(template, json!({"k": k, "n": n, "inner": inner})).ok()?;
+    extra["k"] = json!(k);
+    extra["inner"] = json!(inner);
+    let tail = t.render(template, extra).ok()?;
     Some((format!("{}{}", renamed.trim_end(), tail), k, inner))
+}
+
+fn wrap_extract(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let how = *t.lines("operators/extractors.txt").choose(rng)?;
+    let (code, _, _) = wrap_with(p, "operators/wrap_extract.py.j2", json!({"how": how}), t)?;
+    Some((
+        code,
+        format!("{} + extract {how}", display_name(p)),
+        format!("wrap_extract: keep the {how} of the answer"),
+    ))
+}
+
+fn use_calculator(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let prompt = *t.lines("operators/tool_prompts.txt").choose(rng)?;
+    let (code, _, _) = wrap_with(
+        p,
+        "operators/use_calculator.py.j2",
+        json!({"instruction": python_string(prompt)}),
+        t,
+    )?;
+    let short: String = prompt.chars().take(32).collect();
+    Some((
+        code,
+        format!("{} + calculator ({short}…)", display_name(p)),
+        format!("use_calculator: the model writes a calculation ({prompt:?}), calc computes it"),
+    ))
+}
+
+fn wrap_decompose(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let prompt = *t.lines("operators/decompose_prompts.txt").choose(rng)?;
+    let (code, _, _) = wrap_with(
+        p,
+        "operators/wrap_decompose.py.j2",
+        json!({"instruction": python_string(prompt)}),
+        t,
+    )?;
+    Some((
+        code,
+        format!("{} + decompose", display_name(p)),
+        format!("wrap_decompose: notes first ({prompt:?})"),
+    ))
+}
+
+/// Adds `stop=STOP_<k>` to every `llm(...)` call (however imported) that has no `stop`.
+fn add_stop(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let stops = *t.lines("operators/stops.txt").choose(rng)?;
+    let tree = parse_python(&p.code);
+    let mut calls = Vec::new();
+    llm_calls_without_stop(&p.code, tree.root_node(), &mut calls);
+    if calls.is_empty() {
+        return None;
+    }
+    let k = fresh_suffix(&p.code);
+    let name = format!("STOP_{k}");
+    let mut edits: Vec<(usize, usize, String)> = calls
+        .into_iter()
+        .map(|(at, empty)| {
+            (
+                at,
+                at,
+                if empty {
+                    format!("stop={name}")
+                } else {
+                    format!(", stop={name}")
+                },
+            )
+        })
+        .collect();
+    let code = replace(&p.code, &mut edits);
+    let code = format!(
+        "{}
+
+# --- added by operator add_stop: replies end at the first of these ---
+{name} = {stops}
+",
+        code.trim_end()
+    );
+    Some((
+        code,
+        format!("{} + stop", display_name(p)),
+        format!("add_stop: every llm() call stops at {stops}"),
+    ))
+}
+
+/// Where to insert a `stop=` argument in each call of `llm` or `_llm_<k>` that has none: the
+/// byte offset just after its last argument (or its opening parenthesis), and whether the
+/// argument list is empty.
+fn llm_calls_without_stop(code: &str, node: Node<'_>, out: &mut Vec<(usize, bool)>) {
+    if node.kind() == "call" {
+        let is_llm = node.child_by_field_name("function").is_some_and(|f| {
+            let name = &code[f.byte_range()];
+            f.kind() == "identifier" && (name == "llm" || name.starts_with("_llm_"))
+        });
+        if let Some(args) = node
+            .child_by_field_name("arguments")
+            .filter(|a| a.kind() == "argument_list")
+        {
+            let mut cursor = args.walk();
+            let mut named = 0;
+            let mut has_stop = false;
+            let mut after_last = args.start_byte() + 1;
+            for a in args.named_children(&mut cursor) {
+                if a.kind() == "comment" {
+                    continue;
+                }
+                named += 1;
+                after_last = a.end_byte();
+                if a.kind() == "keyword_argument"
+                    && a.child_by_field_name("name")
+                        .is_some_and(|n| &code[n.byte_range()] == "stop")
+                {
+                    has_stop = true;
+                }
+                if a.kind() == "dictionary_splat" || a.kind() == "list_splat" {
+                    has_stop = true;
+                }
+            }
+            let trailing_comma = code[..args.end_byte() - 1].trim_end().ends_with(',');
+            if is_llm && !has_stop && !trailing_comma {
+                out.push((after_last, named == 0));
+            }
+        }
+    }
+    let mut cursor = node.walk();
+    for child in node.children(&mut cursor) {
+        llm_calls_without_stop(code, child, out);
+    }
 }
 
 fn wrap_vote(
@@ -408,7 +605,18 @@ fn wrap_vote(
     t: &Templates,
 ) -> Option<(String, String, String)> {
     let n = *[3u32, 5].choose(rng)?;
-    let (code, _, _) = wrap(p, "operators/wrap_vote.py.j2", n, t)?;
+    // Votes over greedy runs of one prompt agree by construction: sample instead.
+    let greedy: Vec<Constant> = module_constants(&p.code)
+        .into_iter()
+        .filter(|c| c.kind == "float" && c.name.contains("TEMPERATURE") && c.text.parse::<f64>().ok() == Some(0.0))
+        .collect();
+    let mut sampled = p.clone();
+    if !greedy.is_empty() {
+        let mut edits: Vec<(usize, usize, String)> =
+            greedy.iter().map(|c| (c.start, c.end, "0.7".to_string())).collect();
+        sampled.code = replace(&p.code, &mut edits);
+    }
+    let (code, _, _) = wrap(&sampled, "operators/wrap_vote.py.j2", n, t)?;
     Some((
         code,
         format!("{} + vote×{n}", display_name(p)),
@@ -724,6 +932,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn add_stop_reaches_every_llm_call_without_one_and_only_those() {
+        let t = Templates::embedded().unwrap();
+        let code = "from metaforge import llm\n\n\ndef forward(task):\n    a = llm(task['question'])\n    b = llm(a, n=3, stop=['x'])\n    c = llm(\n        a,\n        temperature=0.5  # warmer\n    )\n    return llm()\n";
+        let p = Candidate {
+            id: "p".into(),
+            kind: CandidateKind::Agent,
+            name: "p".into(),
+            thought: String::new(),
+            code: code.into(),
+            operator: "seed".into(),
+            generation: 0,
+            parents: vec![],
+            fingerprint: String::new(),
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (out, _, _) = add_stop(&mut rng, &p, None, &t).unwrap();
+        assert!(out.contains("llm(task['question'], stop=STOP_1)"), "{out}");
+        assert!(
+            out.contains("llm(a, n=3, stop=['x'])"),
+            "an existing stop is kept:\n{out}"
+        );
+        assert!(out.contains("temperature=0.5, stop=STOP_1  # warmer\n    )"), "{out}");
+        assert!(!out.contains("\n    , stop"), "{out}");
+        assert!(out.contains("return llm(stop=STOP_1)"), "{out}");
+        assert!(out.contains("\nSTOP_1 = ["), "{out}");
+        assert!(Checker::embedded()
+            .unwrap()
+            .check("x.py", &out, CandidateKind::Agent)
+            .passes());
+        let again = Candidate { code: out, ..p };
+        let (twice, _, _) = add_stop(&mut rng, &again, None, &t).unwrap_or_default();
+        assert!(
+            twice.is_empty() || !twice.contains("STOP_2"),
+            "nothing left to give a stop:\n{twice}"
+        );
+    }
+
     /// Operators for memory designs keep a `class Memory` the worker can run: the wrapped
     /// parent stays reachable under its new name.
     #[test]
@@ -769,13 +1015,13 @@ mod tests {
         let checker = Checker::embedded().unwrap();
         let s = seeds();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let err = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|_| true).unwrap_err();
+        let err = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|_| true, None).unwrap_err();
         assert!(err.contains("its result is already archived"), "{err}");
-        let first = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|_| false).unwrap();
+        let first = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|_| false, None).unwrap();
         let known = checker.check("p.py", &first.code, CandidateKind::Agent).normalized;
         for seed in 0..20 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let p = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|n| n == known).unwrap();
+            let p = propose(&mut rng, &s[0], Some(&s[1]), &t, &checker, &|n| n == known, None).unwrap();
             assert_ne!(p.code, first.code, "an archived result was proposed again");
         }
     }
@@ -793,7 +1039,7 @@ mod tests {
             let same: Vec<Candidate> = s.iter().filter(|o| o.kind == current.kind).cloned().collect();
             for _ in 0..depth {
                 let other = same[rand::Rng::random_range(&mut rng, 0..same.len())].clone();
-                if let Ok(p) = propose(&mut rng, &current, Some(&other), &t, &checker, &|_| false) {
+                if let Ok(p) = propose(&mut rng, &current, Some(&other), &t, &checker, &|_| false, None) {
                     let r = checker.check("x.py", &p.code, current.kind);
                     prop_assert!(r.passes(), "{}\n{}", r.render(), p.code);
                     current.code = p.code;

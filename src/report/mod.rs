@@ -8,6 +8,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::{Archive, LeaderRow, SplitScore};
+use crate::evaluate::paired::Paired;
+use crate::search::bandit::{arm_of, ArmStats};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -26,21 +28,74 @@ pub struct Status {
     /// Staged evaluation: (stopped at the cascade, stopped later, validation tasks not run).
     pub staged: (u64, u64, u64),
     pub verdict: String,
+    /// The paired held-out comparison behind the verdict, when both were tested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_comparison: Option<TestComparison>,
+    /// Per proposer (operator or kind): proposals, improvements and the calls they cost.
+    pub credit: Vec<CreditRow>,
+    /// The arm each proposal step tried, in step order.
+    pub choices: Vec<(u64, String)>,
+    /// Proposals (and seeds) dropped by racing before the whole validation pool.
+    pub raced: u64,
     /// The Ray executor's totals when the run's shards ran on a cluster (`executor` event).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executor: Option<serde_json::Value>,
+}
+
+/// The best discovered agent against the best seed on the same held-out tasks.
+#[derive(Debug, Serialize)]
+pub struct TestComparison {
+    pub discovered: String,
+    pub seed: String,
+    pub discovered_mean: f64,
+    pub seed_mean: f64,
+    pub paired: Paired,
+    /// The smallest gain this many held-out tasks would show at p < 0.05 with 80% power,
+    /// given how often the two disagreed.
+    pub detectable_gain: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreditRow {
+    pub arm: String,
+    #[serde(flatten)]
+    pub stats: ArmStats,
 }
 
 pub fn status(archive: &Archive) -> Result<Status> {
     let (exp, _) = archive.experiment()?;
     let leaderboard = archive.leaderboard()?;
     let (tokens, cost_usd, cached_calls) = archive.usage()?;
+    let test_comparison = test_comparison(archive, &leaderboard)?;
+    let mut credit = std::collections::BTreeMap::<String, ArmStats>::new();
+    let mut choices = Vec::new();
+    for (step, e) in archive.events("credit")? {
+        let kind = e["kind"].as_str().unwrap_or("?");
+        credit.entry(arm_of(kind).to_string()).or_default().add(
+            e["improved"].as_bool().unwrap_or(false),
+            e["gain"].as_f64().unwrap_or(0.0),
+            e["calls"].as_u64().unwrap_or(0),
+        );
+        choices.push((step.unwrap_or(0), e["arm"].as_str().unwrap_or("?").to_string()));
+    }
+    let raced = archive.connection().query_row(
+        "SELECT count(*) FROM evaluations WHERE split = 'val' AND stage = 'raced'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? as u64;
     Ok(Status {
         name: exp.name,
         domain: exp.domain.name,
         finished: archive.is_finished()?,
         next_step: archive.next_step()?,
-        verdict: verdict(&leaderboard),
+        verdict: verdict(&leaderboard, test_comparison.as_ref()),
+        test_comparison,
+        credit: credit
+            .into_iter()
+            .map(|(arm, stats)| CreditRow { arm, stats })
+            .collect(),
+        choices,
+        raced,
         leaderboard,
         funnel: archive.funnel()?,
         improvements: archive.improvements()?,
@@ -52,14 +107,69 @@ pub fn status(archive: &Archive) -> Result<Status> {
     })
 }
 
-/// Did a discovered agent beat the best seed on held-out test? Said plainly, with the CIs.
-fn verdict(rows: &[LeaderRow]) -> String {
-    let tested = |seed: bool| {
-        rows.iter()
-            .filter(|r| (r.operator == "seed") == seed)
-            .find(|r| r.test.is_some() && r.val.as_ref().is_some_and(|v| v.outcome == "ok"))
+/// The best validation-ranked seed and discovered agent that were both tested.
+fn tested(rows: &[LeaderRow], seed: bool) -> Option<&LeaderRow> {
+    rows.iter()
+        .filter(|r| (r.operator == "seed") == seed)
+        .find(|r| r.test.is_some() && r.val.as_ref().is_some_and(|v| v.outcome == "ok"))
+}
+
+/// The paired comparison of the best discovered agent with the best seed on held-out test.
+pub fn test_comparison(archive: &Archive, rows: &[LeaderRow]) -> Result<Option<TestComparison>> {
+    let (Some(s), Some(d)) = (tested(rows, true), tested(rows, false)) else {
+        return Ok(None);
     };
-    match (tested(true), tested(false)) {
+    let (st, dt) = (s.test.as_ref().unwrap(), d.test.as_ref().unwrap());
+    let paired = Paired::compare(
+        &archive.task_scores(&d.id, "test")?,
+        &archive.task_scores(&s.id, "test")?,
+        2000,
+    );
+    let discordant = (paired.wins + paired.losses) as f64 / paired.n.max(1) as f64;
+    Ok(Some(TestComparison {
+        discovered: d.name.clone(),
+        seed: s.name.clone(),
+        discovered_mean: dt.mean,
+        seed_mean: st.mean,
+        detectable_gain: crate::evaluate::paired::detectable_gain(paired.n, discordant.max(0.05), 0.025, 0.8),
+        paired,
+    }))
+}
+
+/// Did a discovered agent beat the best seed on held-out test? Said plainly: the paired
+/// difference on the same tasks with its interval and McNemar's exact p-value.
+fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>) -> String {
+    if let Some(c) = comparison {
+        let p = &c.paired;
+        let relation = match p.verdict(0.05) {
+            "beats" => "beats it".to_string(),
+            "loses to" => "does NOT beat it (significantly worse)".to_string(),
+            _ => format!(
+                "no significant difference{}",
+                c.detectable_gain
+                    .map(|g| format!(
+                        " (these {} tasks detect a gain of about {g:.3} or more with 80% power)",
+                        p.n
+                    ))
+                    .unwrap_or_default()
+            ),
+        };
+        return format!(
+            "held-out test, paired on {} tasks: best discovered agent {:?} {:.3} vs best seed {:?} {:.3}: difference {:+.3} [95% CI {:+.3}, {:+.3}], {} better, {} worse, McNemar p = {}: {relation}",
+            p.n,
+            c.discovered,
+            c.discovered_mean,
+            c.seed,
+            c.seed_mean,
+            p.diff,
+            p.ci_lo,
+            p.ci_hi,
+            p.wins,
+            p.losses,
+            format_p(p.p_two_sided),
+        );
+    }
+    match (tested(rows, true), tested(rows, false)) {
         (Some(s), Some(d)) => {
             let (st, dt) = (s.test.as_ref().unwrap(), d.test.as_ref().unwrap());
             let relation = if dt.mean > st.mean && dt.ci_lo > st.ci_hi {
@@ -81,12 +191,20 @@ fn verdict(rows: &[LeaderRow]) -> String {
                 .iter()
                 .any(|r| r.operator != "seed" && r.val.as_ref().is_some_and(|v| v.outcome == "ok"));
             if discovered_ok {
-                "held-out test: no discovered candidate was tested (none ranked above the seeds on validation)".into()
+                "held-out test: no discovered candidate was tested (none finished validation ahead of its parent, or above the seeds): the best seed stands".into()
             } else {
                 "held-out test: no discovered candidate was tested (none evaluated successfully on validation)".into()
             }
         }
         _ => "held-out test: not evaluated yet (it runs at the end of the search)".into(),
+    }
+}
+
+fn format_p(p: f64) -> String {
+    if p < 1e-4 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
     }
 }
 
@@ -241,6 +359,53 @@ fn memory_section(rows: &[LeaderRow]) -> String {
     )
 }
 
+/// Operator credit and the bandit's choices over time (empty before any proposal step).
+fn credit_section(s: &Status) -> String {
+    if s.credit.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        String::from("\nproposer credit (improved: beat its parent task by task on the whole validation pool):\n");
+    out.push_str(&format!(
+        "  {:<22} {:>6} {:>9} {:>10} {:>8} {:>20}\n",
+        "proposer", "tries", "improved", "mean gain", "calls", "improved / 1k calls"
+    ));
+    let mut rows: Vec<&CreditRow> = s.credit.iter().collect();
+    rows.sort_by(|a, b| b.stats.improved.cmp(&a.stats.improved).then(a.arm.cmp(&b.arm)));
+    for r in rows {
+        let st = &r.stats;
+        out.push_str(&format!(
+            "  {:<22} {:>6} {:>9} {:>10} {:>8} {:>20.2}\n",
+            r.arm,
+            st.proposals,
+            st.improved,
+            if st.improved > 0 {
+                format!("{:+.3}", st.gain / st.improved as f64)
+            } else {
+                "-".into()
+            },
+            st.calls,
+            1000.0 * st.improved as f64 / st.calls.max(1) as f64
+        ));
+    }
+    // The choices, five steps a row: what the bandit tried as credit came in.
+    out.push_str("bandit choices (step: proposer tried):\n");
+    for chunk in s.choices.chunks(5) {
+        let line: Vec<String> = chunk
+            .iter()
+            .map(|(step, arm)| format!("{step}: {}", arm.trim_start_matches("op:")))
+            .collect();
+        out.push_str(&format!("  {}\n", line.join(", ")));
+    }
+    if s.raced > 0 {
+        out.push_str(&format!(
+            "racing: {} evaluations stopped before the whole validation pool (behind their rival at a look)\n",
+            s.raced
+        ));
+    }
+    out
+}
+
 /// The leaderboard and summary as plain text.
 pub fn render_status(s: &Status) -> String {
     let mut out = format!(
@@ -323,6 +488,7 @@ pub fn render_status(s: &Status) -> String {
             e["shards"], e["retried_attempts"]
         ));
     }
+    out.push_str(&credit_section(s));
     let (cascade, stopped, saved) = s.staged;
     if cascade + stopped > 0 {
         out.push_str(&format!(

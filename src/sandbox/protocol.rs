@@ -67,6 +67,8 @@ pub struct LlmCall {
     pub json: bool,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub stop: Option<Vec<String>>,
     /// Never honoured: present only so a candidate asking for another model is refused by
     /// name instead of silently served.
     #[serde(default)]
@@ -95,6 +97,7 @@ impl LlmCall {
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             json: self.json,
+            stop: self.stop.clone().unwrap_or_default(),
         }
     }
 
@@ -118,6 +121,15 @@ impl LlmCall {
                 "a guarded call returns one value; n = {} (call it in a loop instead)",
                 self.n
             ));
+        }
+        if let Some(stop) = &self.stop {
+            if stop.is_empty() || stop.len() > crate::llm::MAX_STOP || stop.iter().any(|s| s.is_empty() || s.len() > 64)
+            {
+                return Err(format!(
+                    "stop must hold 1 to {} non-empty strings of at most 64 bytes",
+                    crate::llm::MAX_STOP
+                ));
+            }
         }
         if self.messages.is_empty() {
             return Err("no messages".into());

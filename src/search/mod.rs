@@ -7,6 +7,7 @@
 //! split. The random stream of step N is seeded from (run seed, N), and every model call is
 //! cached in the archive, so re-running a step after a crash reproduces it.
 
+pub mod bandit;
 mod islands;
 mod run_files;
 
@@ -22,8 +23,9 @@ use serde_json::json;
 use crate::archive::{select_parent, Archive, ProposalRecord, ProposalStatus, StepRecord};
 use crate::candidate::{candidate_id, docstring_header, Candidate, CandidateKind};
 use crate::check::{Checker, Signature};
-use crate::config::Experiment;
+use crate::config::{Bandit, Experiment};
 use crate::domain::{Domain, Task};
+use crate::evaluate::racing;
 use crate::evaluate::staged::{evaluate_staged, Stages};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
 use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
@@ -258,6 +260,9 @@ impl Search {
                 StepKind::Propose { generation } => self.propose_step(step, generation, &bar)?,
                 StepKind::Test => self.test_step(step, self.exp.search.test_top_k, false, &bar)?,
             };
+            let mut record = record;
+            let races: Vec<_> = record.proposals.iter().filter_map(|p| p.race.clone()).collect();
+            record.events.extend(races.into_iter().map(|r| ("race".to_string(), r)));
             self.flush_call_cache();
             self.archive.commit_step(&record)?;
             bar.set_position(step + 1);
@@ -363,7 +368,9 @@ impl Search {
             .archive
             .candidate(&scored[pi].id)?
             .context("selected parent vanished")?;
-        let kind = choose_kind(&self.exp.proposers, &mut rng);
+        let mix = &self.exp.proposers;
+        // Fixed weights draw the kind before the mate, as they always have (same runs).
+        let fixed_kind = (mix.bandit == Bandit::Fixed).then(|| choose_kind(mix, &mut rng));
         let mut records = Vec::new();
         let mut events = Vec::new();
         let other = select_parent(&scored, strategy, &search.objectives, &mut rng)
@@ -373,78 +380,39 @@ impl Search {
             Some(o) => self.archive.candidate(&scored[o].id)?,
             None => None,
         };
-        if let Some(kind) = kind {
-            let mates: Vec<&Candidate> = match (kind, &other) {
-                (LlmKind::Crossover, Some(o)) => vec![&parent, o],
-                _ => vec![&parent],
-            };
-            let job = LlmJob {
-                step,
-                generation,
-                kind,
-                parents: &mates,
-            };
-            self.llm_proposal(job, &scored, &mut rng, bar, &mut records, &mut events)?;
-        } else if self.exp.proposers.llm_instruction > 0.0 && rng.random_bool(self.exp.proposers.llm_instruction) {
-            bar.set_message(format!(
-                "gen {generation}: instruction rewrite (meta model) of {}",
-                parent.name
-            ));
-            let sample = (step as u32).wrapping_mul(64);
-            match instruction::propose(
-                &mut rng,
-                &self.meta,
-                &self.templates,
-                &parent,
-                &self.domain.description,
-                sample,
-            )? {
-                Ok(p) => records.push(self.check_and_evaluate(step, generation, 0, p, bar)?),
-                Err(f) => {
-                    let status = if f.llm_error {
-                        ProposalStatus::LlmError
-                    } else {
-                        ProposalStatus::ParseError
-                    };
-                    self.say(
-                        bar,
-                        &format!("[step {step}] op:llm_instruction     {}: {}", status.as_str(), f.reason),
-                    );
-                    let mut r = failed(0, "op:llm_instruction", vec![parent.id.clone()], status, f.reason, None);
-                    r.prompt = f.prompt;
-                    r.reply = f.reply;
-                    records.push(r);
-                }
+        let meta_calls_before = self.meta.totals().calls;
+        let (arm, draws) = match fixed_kind {
+            Some(Some(kind)) => (Arm::Llm(kind), None),
+            Some(None) if mix.llm_instruction > 0.0 && rng.random_bool(mix.llm_instruction) => (Arm::Instruction, None),
+            Some(None) => (Arm::Operator(None), None),
+            None => {
+                let (arm, draws) = self.thompson_arm(&parent, other.is_some(), &mut rng)?;
+                (arm, Some(draws))
             }
-        } else {
-            bar.set_message(format!("gen {generation}: operators on {}", parent.name));
-            let is_known = |normalized: &str| {
-                self.archive
-                    .has_candidate(&candidate_id(self.domain.kind, normalized))
-                    .unwrap_or(false)
-            };
-            match operators::propose(
-                &mut rng,
-                &parent,
-                other.as_ref(),
-                &self.templates,
-                &self.checker,
-                &is_known,
-            ) {
-                Ok(p) => records.push(self.check_and_evaluate(step, generation, 0, p, bar)?),
-                Err(reason) => {
-                    self.say(bar, &format!("[step {step}] operators: {}", truncate(&reason, 120)));
-                    records.push(failed(
-                        0,
-                        "op:none",
-                        vec![parent.id.clone()],
-                        ProposalStatus::CheckFailed,
-                        reason,
-                        None,
-                    ));
-                }
+        };
+        match arm {
+            Arm::Llm(kind) => {
+                let mates: Vec<&Candidate> = match (kind, &other) {
+                    (LlmKind::Crossover, Some(o)) => vec![&parent, o],
+                    _ => vec![&parent],
+                };
+                let job = LlmJob {
+                    step,
+                    generation,
+                    kind,
+                    parents: &mates,
+                };
+                self.llm_proposal(job, &scored, &mut rng, bar, &mut records, &mut events)?;
+            }
+            Arm::Instruction => records.push(self.instruction_proposal(step, generation, &parent, &mut rng, bar)?),
+            Arm::Operator(first) => {
+                records.push(self.operator_proposal(step, generation, &parent, other.as_ref(), first, &mut rng, bar)?)
             }
         }
+        events.push((
+            "credit".into(),
+            credit(&arm, draws, &records, self.meta.totals().calls - meta_calls_before),
+        ));
         Ok(StepRecord {
             step,
             generation,
@@ -452,6 +420,138 @@ impl Search {
             events,
             ..Default::default()
         })
+    }
+
+    /// The meta-model rewrites one instruction string of `parent`.
+    fn instruction_proposal(
+        &self,
+        step: u64,
+        generation: u32,
+        parent: &Candidate,
+        rng: &mut ChaCha8Rng,
+        bar: &ProgressBar,
+    ) -> Result<ProposalRecord> {
+        bar.set_message(format!(
+            "gen {generation}: instruction rewrite (meta model) of {}",
+            parent.name
+        ));
+        let sample = (step as u32).wrapping_mul(64);
+        match instruction::propose(
+            rng,
+            &self.meta,
+            &self.templates,
+            parent,
+            &self.domain.description,
+            sample,
+        )? {
+            Ok(p) => self.check_and_evaluate(step, generation, 0, p, bar),
+            Err(f) => {
+                let status = if f.llm_error {
+                    ProposalStatus::LlmError
+                } else {
+                    ProposalStatus::ParseError
+                };
+                self.say(
+                    bar,
+                    &format!("[step {step}] op:llm_instruction     {}: {}", status.as_str(), f.reason),
+                );
+                let mut r = failed(0, "op:llm_instruction", vec![parent.id.clone()], status, f.reason, None);
+                r.prompt = f.prompt;
+                r.reply = f.reply;
+                Ok(r)
+            }
+        }
+    }
+
+    /// An LLM-free operator on `parent` (and `other`): `first` if it applies, else the first
+    /// of the others, in random order, whose result passes check and is new.
+    #[allow(clippy::too_many_arguments)]
+    fn operator_proposal(
+        &self,
+        step: u64,
+        generation: u32,
+        parent: &Candidate,
+        other: Option<&Candidate>,
+        first: Option<&str>,
+        rng: &mut ChaCha8Rng,
+        bar: &ProgressBar,
+    ) -> Result<ProposalRecord> {
+        bar.set_message(format!("gen {generation}: operators on {}", parent.name));
+        let is_known = |normalized: &str| {
+            self.archive
+                .has_candidate(&candidate_id(self.domain.kind, normalized))
+                .unwrap_or(false)
+        };
+        match operators::propose(rng, parent, other, &self.templates, &self.checker, &is_known, first) {
+            Ok(p) => self.check_and_evaluate(step, generation, 0, p, bar),
+            Err(reason) => {
+                self.say(bar, &format!("[step {step}] operators: {}", truncate(&reason, 120)));
+                Ok(failed(
+                    0,
+                    "op:none",
+                    vec![parent.id.clone()],
+                    ProposalStatus::CheckFailed,
+                    reason,
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// The arm a Thompson step tries (`search::bandit`), and every arm's draw: each
+    /// operator that applies to `parent`, and each LLM kind the config gives a weight.
+    fn thompson_arm(
+        &self,
+        parent: &Candidate,
+        has_other: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Arm, serde_json::Value)> {
+        let mix = &self.exp.proposers;
+        let mut arms: Vec<(String, Arm)> = Vec::new();
+        if mix.operators > 0.0 {
+            arms.extend(
+                operators::applicable(parent.kind, has_other)
+                    .map(|o| (format!("op:{}", o.name), Arm::Operator(Some(o.name)))),
+            );
+        }
+        if mix.llm_instruction > 0.0 && parent.kind == CandidateKind::Agent {
+            arms.push(("op:llm_instruction".into(), Arm::Instruction));
+        }
+        for (w, kind) in [
+            (mix.rewrite, LlmKind::Rewrite),
+            (mix.diff, LlmKind::Diff),
+            (mix.crossover, LlmKind::Crossover),
+        ] {
+            if w > 0.0 && (kind != LlmKind::Crossover || has_other) {
+                arms.push((kind.as_str().to_string(), Arm::Llm(kind)));
+            }
+        }
+        if arms.is_empty() {
+            return Ok((Arm::Operator(None), json!({})));
+        }
+        let stats = self.credit_stats()?;
+        let names: Vec<String> = arms.iter().map(|(n, _)| n.clone()).collect();
+        let (pick, values) = bandit::choose(&names, &stats, rng);
+        let draws: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .zip(&values)
+            .map(|(n, v)| (n.clone(), json!((v * 1e4).round() / 1e4)))
+            .collect();
+        Ok((arms.swap_remove(pick).1, serde_json::Value::Object(draws)))
+    }
+
+    /// Each arm's proposals, improvements and calls, from the archive's `credit` events.
+    fn credit_stats(&self) -> Result<std::collections::BTreeMap<String, bandit::ArmStats>> {
+        let mut stats = std::collections::BTreeMap::<String, bandit::ArmStats>::new();
+        for (_, e) in self.archive.events("credit")? {
+            let kind = e["kind"].as_str().unwrap_or("op:none");
+            stats.entry(bandit::arm_of(kind).to_string()).or_default().add(
+                e["improved"].as_bool().unwrap_or(false),
+                e["gain"].as_f64().unwrap_or(0.0),
+                e["trial_calls"].as_u64().or(e["calls"].as_u64()).unwrap_or(0),
+            );
+        }
+        Ok(stats)
     }
 
     /// A proposal by the meta-model (`rewrite`, `crossover` or `diff`), with its reflexion
@@ -648,6 +748,7 @@ impl Search {
             evaluation: None,
             prompt: p.prompt,
             reply: p.reply,
+            race: None,
         };
         if !report.passes() {
             rec.reason = report.render();
@@ -682,9 +783,50 @@ impl Search {
             );
             return Ok(rec);
         }
-        // Staged: a proposal is measured against its best parent; seeds run every task.
+        // A proposal is measured against its best parent, a seed against the best seed so far:
+        // by score (the cascade) or task by task (racing, and the credit either way).
+        let rival = if p.kind == "seed" {
+            self.archive.best_seed()?
+        } else {
+            self.archive.best_of(&p.parents)?
+        };
         let parent_score = self.archive.best_val_score(&p.parents)?;
-        let eval = self.evaluate(&p.code, &self.val, "val", &p.name, parent_score, bar)?;
+        let rival_scores = match &rival {
+            Some(id) => Some(self.archive.task_scores(id, "val")?),
+            None => None,
+        };
+        // Each step's looks start at another place of the pool: a first look on the same few
+        // tasks for every proposal would make them all race on that one sample's luck.
+        let cfg = &self.exp.evaluation;
+        let pool: Vec<Task> = if cfg.race_first > 0 && !self.val.is_empty() {
+            let at = (step as usize * cfg.race_first) % self.val.len();
+            self.val[at..].iter().chain(&self.val[..at]).cloned().collect()
+        } else {
+            self.val.clone()
+        };
+        let (eval, race) = self.evaluate(
+            &p.code,
+            &pool,
+            "val",
+            &p.name,
+            Rivals {
+                score: parent_score,
+                tasks: rival_scores.as_deref(),
+            },
+            bar,
+        )?;
+        rec.race = race.map(|(paired, looks)| {
+            json!({
+                "attempt": attempt,
+                "kind": p.kind,
+                "candidate": id,
+                "rival": rival,
+                "looks": looks,
+                "stage": eval.stage,
+                "paired": paired,
+                "calls": eval.usage.calls,
+            })
+        });
         let breach = eval.contract_feedback();
         rec.status = match (&eval.outcome, &breach) {
             (Outcome::Ok, None) => ProposalStatus::Evaluated,
@@ -729,16 +871,19 @@ impl Search {
         Ok(rec)
     }
 
-    /// Evaluates `code` on `tasks`, in stages against `parent_score` when staging is on.
+    /// Evaluates `code` on `tasks`: raced against `rivals.tasks` when racing is on (and
+    /// compared with it at the end either way), else in stages against `rivals.score` when
+    /// the cascade is on. Returns the comparison with the rival and the tasks run at each
+    /// look when there was a rival.
     fn evaluate(
         &self,
         code: &str,
         tasks: &[Task],
         split: &str,
         label: &str,
-        parent_score: Option<f64>,
+        rivals: Rivals<'_>,
         bar: &ProgressBar,
-    ) -> Result<Evaluation> {
+    ) -> Result<(Evaluation, Option<(crate::evaluate::paired::Paired, Vec<usize>)>)> {
         let tasks_bar = if bar.is_hidden() {
             ProgressBar::hidden()
         } else {
@@ -780,15 +925,24 @@ impl Search {
             bootstrap_samples: cfg.bootstrap_samples,
         };
         // An episode sequence is one unit (its halves fill and score the memory): not staged.
-        let e = if self.episodic.is_some() {
-            evaluator.evaluate(code, tasks, split, &tick)
-        } else {
-            evaluate_staged(tasks, parent_score, &stages, |slice| {
+        let out = if self.episodic.is_some() {
+            evaluator.evaluate(code, tasks, split, &tick).map(|e| (e, None))
+        } else if cfg.race_first > 0 || cfg.cascade_fraction == 0.0 {
+            racing::evaluate_raced(tasks, rivals.tasks, cfg.race_first, cfg.bootstrap_samples, |slice| {
                 evaluator.evaluate(code, slice, split, &tick)
             })
+            .map(|r| {
+                let race = r.paired.map(|p| (p, r.looks));
+                (r.evaluation, race)
+            })
+        } else {
+            evaluate_staged(tasks, rivals.score, &stages, |slice| {
+                evaluator.evaluate(code, slice, split, &tick)
+            })
+            .map(|e| (e, None))
         };
         tasks_bar.finish_and_clear();
-        e
+        out
     }
 
     fn test_step(&mut self, step: u64, top_k: usize, with_front: bool, bar: &ProgressBar) -> Result<StepRecord> {
@@ -803,21 +957,22 @@ impl Search {
         };
         scored.retain(|s| s.ok);
         scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.tokens.cmp(&b.tokens)));
-        // The best seed is always tested too, so "did search beat the seeds?" has an answer.
-        let best_seed = self
-            .archive
-            .leaderboard()?
-            .into_iter()
-            .find(|r| r.operator == "seed" && r.val.as_ref().is_some_and(|v| v.outcome == "ok"));
+        // The best seed and the best discovered agent are always tested too, so "did search
+        // beat the seeds?" has an answer, paired on the same held-out tasks.
+        let board = self.archive.leaderboard()?;
+        let best = |seed: bool| {
+            board.iter().find(|r| {
+                (r.operator == "seed") == seed && r.val.as_ref().is_some_and(|v| v.outcome == "ok" && v.stage == "full")
+            })
+        };
         let mut chosen: Vec<String> = scored.iter().take(top_k).map(|s| s.id.clone()).collect();
-        for id in front {
+        for id in front
+            .into_iter()
+            .chain(best(false).map(|r| r.id.clone()))
+            .chain(best(true).map(|r| r.id.clone()))
+        {
             if !chosen.contains(&id) {
                 chosen.push(id);
-            }
-        }
-        if let Some(s) = best_seed {
-            if !chosen.contains(&s.id) {
-                chosen.push(s.id);
             }
         }
         let mut evaluations = Vec::new();
@@ -827,7 +982,7 @@ impl Search {
             }
             let c = self.archive.candidate(&id)?.context("candidate vanished")?;
             bar.set_message(format!("held-out test: {}", c.name));
-            let e = self.evaluate(&c.code, &self.test, "test", &c.name, None, bar)?;
+            let (e, _) = self.evaluate(&c.code, &self.test, "test", &c.name, Rivals::default(), bar)?;
             self.say(
                 bar,
                 &format!(
@@ -867,6 +1022,7 @@ fn failed(
         evaluation: None,
         prompt: None,
         reply: None,
+        race: None,
     }
 }
 
@@ -910,6 +1066,14 @@ pub fn resolve_seeds(names: &[String], kind: CandidateKind) -> Result<Vec<(Strin
     Ok(out)
 }
 
+/// What an evaluation is measured against: the best parent's score (the cascade) and the
+/// rival's per-task scores (racing and credit). Empty for seeds' first and held-out runs.
+#[derive(Default, Clone, Copy)]
+struct Rivals<'a> {
+    score: Option<f64>,
+    tasks: Option<&'a [(String, f64)]>,
+}
+
 /// What an LLM proposal works from.
 struct LlmJob<'a> {
     step: u64,
@@ -917,6 +1081,79 @@ struct LlmJob<'a> {
     kind: LlmKind,
     /// The parent, and for `crossover` its mate.
     parents: &'a [&'a Candidate],
+}
+
+/// What a proposal step tries.
+#[derive(Debug, Clone, Copy)]
+enum Arm {
+    /// An LLM-free operator: this one first (the bandit's choice), or any in random order.
+    Operator(Option<&'static str>),
+    /// The meta-model rewrites one instruction string of the parent.
+    Instruction,
+    /// The meta-model writes a program.
+    Llm(LlmKind),
+}
+
+impl Arm {
+    fn name(&self) -> String {
+        match self {
+            Arm::Operator(Some(op)) => format!("op:{op}"),
+            Arm::Operator(None) => "operators".into(),
+            Arm::Instruction => "op:llm_instruction".into(),
+            Arm::Llm(kind) => kind.as_str().into(),
+        }
+    }
+}
+
+/// The step's `credit` event: the arm tried, the kind that proposed (an operator the arm fell
+/// back to, or the arm itself when nothing was proposed), whether any attempt beat its parent
+/// on the whole validation pool and by how much, and the model calls the step spent.
+fn credit(
+    arm: &Arm,
+    draws: Option<serde_json::Value>,
+    records: &[ProposalRecord],
+    meta_calls: u64,
+) -> serde_json::Value {
+    let kind = records
+        .iter()
+        .map(|r| bandit::arm_of(&r.kind).to_string())
+        .find(|k| k != "op:none")
+        .unwrap_or_else(|| arm.name());
+    let gains: Vec<f64> = records
+        .iter()
+        .filter(|r| {
+            r.evaluation
+                .as_ref()
+                .is_some_and(|e| e.stage == "full" && e.outcome == Outcome::Ok)
+        })
+        .filter_map(|r| r.race.as_ref()?["paired"]["diff"].as_f64())
+        .filter(|d| *d > 0.0)
+        .collect();
+    let eval_calls: u64 = records
+        .iter()
+        .filter_map(|r| r.evaluation.as_ref())
+        .map(|e| e.usage.calls)
+        .sum();
+    // What trying the arm cost: its evaluations up to their first look. A winner's run over
+    // the rest of the pool is spent on any winner, and would make success look expensive.
+    let trial_calls: u64 = records
+        .iter()
+        .filter_map(|r| {
+            let e = r.evaluation.as_ref()?;
+            let ran = e.tasks.len().max(1) as u64;
+            let first = r.race.as_ref().and_then(|x| x["looks"][0].as_u64()).unwrap_or(ran);
+            Some(e.usage.calls * first.min(ran) / ran)
+        })
+        .sum();
+    json!({
+        "arm": arm.name(),
+        "kind": kind,
+        "improved": !gains.is_empty(),
+        "gain": gains.iter().copied().fold(0.0, f64::max),
+        "calls": meta_calls + eval_calls,
+        "trial_calls": meta_calls + trial_calls,
+        "draws": draws,
+    })
 }
 
 /// Picks the proposal kind by the configured weights; `None` is `operators`.
@@ -972,4 +1209,134 @@ fn fit_context(
         "dropped": dropped,
         "programs": context.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluate::TaskResult;
+    use crate::llm::Usage;
+
+    /// An evaluated proposal of `kind` that ran `ran` tasks with 2 model calls each, ended at
+    /// `stage`, and was `diff` ahead of its rival, its first look at `first` tasks.
+    fn record(kind: &str, stage: &str, ran: usize, first: usize, diff: f64) -> ProposalRecord {
+        let tasks: Vec<TaskResult> = (0..ran)
+            .map(|i| TaskResult {
+                task_id: format!("t{i}"),
+                score: 1.0,
+                outcome: "ok".into(),
+                output: None,
+                error: None,
+                usage: Usage::default(),
+                guard: None,
+            })
+            .collect();
+        let usage = Usage {
+            calls: 2 * ran as u64,
+            ..Usage::default()
+        };
+        let e = Evaluation::from_tasks("val", stage, tasks, usage, 1.0, Outcome::Ok, String::new(), 10);
+        let mut r = failed(0, kind, vec![], ProposalStatus::Evaluated, String::new(), None);
+        r.evaluation = Some(e);
+        r.race = Some(json!({"looks": [first], "paired": {"diff": diff}}));
+        r
+    }
+
+    #[test]
+    fn credit_counts_a_winner_once_and_charges_the_trial_not_the_win() {
+        let won = credit(
+            &Arm::Operator(Some("wrap_vote")),
+            None,
+            &[record("op:wrap_vote", "full", 80, 10, 0.2)],
+            3,
+        );
+        assert_eq!(won["improved"], true);
+        assert_eq!(won["gain"], 0.2);
+        assert_eq!(won["calls"], 3 + 160, "the report sees every call");
+        assert_eq!(won["trial_calls"], 3 + 20, "the bandit pays for the first look");
+        let raced = credit(
+            &Arm::Operator(Some("tune_constant")),
+            None,
+            &[record("op:tune_constant", "raced", 10, 10, -0.1)],
+            0,
+        );
+        assert_eq!(
+            (raced["improved"].as_bool(), raced["calls"].as_u64()),
+            (Some(false), Some(20))
+        );
+        // A full run that is not ahead (racing off) is no improvement either.
+        let tied = credit(
+            &Arm::Instruction,
+            None,
+            &[record("op:llm_instruction", "full", 80, 80, 0.0)],
+            1,
+        );
+        assert_eq!(tied["improved"], false);
+    }
+
+    #[test]
+    fn an_arm_that_fell_back_credits_the_operator_that_proposed() {
+        let fell_back = credit(
+            &Arm::Operator(Some("add_stop")),
+            None,
+            &[record("op:wrap_extract", "raced", 10, 10, 0.0)],
+            0,
+        );
+        assert_eq!(
+            (fell_back["arm"].as_str(), fell_back["kind"].as_str()),
+            (Some("op:add_stop"), Some("op:wrap_extract"))
+        );
+        let nothing = credit(
+            &Arm::Llm(LlmKind::Rewrite),
+            None,
+            &[failed(
+                0,
+                "rewrite",
+                vec![],
+                ProposalStatus::ParseError,
+                String::new(),
+                None,
+            )],
+            4,
+        );
+        assert_eq!(
+            (nothing["kind"].as_str(), nothing["calls"].as_u64()),
+            (Some("rewrite"), Some(4))
+        );
+        let debug = credit(
+            &Arm::Llm(LlmKind::Diff),
+            None,
+            &[record("diff:debug1", "full", 20, 20, 0.1)],
+            2,
+        );
+        assert_eq!(
+            (debug["kind"].as_str(), debug["improved"].as_bool()),
+            (Some("diff"), Some(true))
+        );
+    }
+
+    #[test]
+    fn the_context_keeps_the_parents_and_drops_inspirations_first() {
+        let program = |name: &str, size: usize| ContextCandidate {
+            name: name.into(),
+            code: "x".repeat(size),
+            score: 0.5,
+            ci_lo: 0.4,
+            ci_hi: 0.6,
+            tokens: 10,
+        };
+        let mut context = vec![program("parent", 4000), program("a", 4000), program("b", 4000)];
+        let mut failures = vec![("check_failed".to_string(), "y".repeat(400))];
+        let report = fit_context(&mut context, 1, &mut failures, 1200);
+        assert_eq!(context.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["parent"]);
+        assert_eq!(failures.len(), 1, "failures go only after every inspiration");
+        assert_eq!(report["dropped"], 2);
+        let mut tight = vec![program("parent", 40_000)];
+        fit_context(&mut tight, 1, &mut failures, 10);
+        assert_eq!(
+            (tight.len(), failures.len()),
+            (1, 0),
+            "a required parent is never dropped"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The files an experiment names travel inside its archive.
 //!
-//! Why: a run must resume on another machine from its `.db` alone (DESIGN §5). A user
+//! Why: a run must resume on another machine from its `.db` alone. A user
 //! domain's JSONL or a scripted model's replies are read once at `run`, stored in the
 //! `run_files` table, and the stored config keeps only their file names; opening a run writes
 //! them to a private temporary folder and points the config there. Archives from before this

@@ -1,0 +1,68 @@
+"""Prints an experiment file changed for one search-quality configuration and search seed.
+
+    python3 scripts/experiment_variant.py EXP.toml default|random|adas SEED
+
+Only the keys the configuration is about change; the step plan, the splits (the domain's
+split seed is pinned to the experiment's own) and the budget stay, so the runs compare.
+"""
+import json
+import sys
+import tomllib
+
+
+def variant(exp, config, seed):
+    exp = dict(exp)
+    domain = dict(exp.get("domain", {}))
+    # Every search seed is measured on the same validation and held-out tasks.
+    domain.setdefault("split_seed", exp.get("seed", 0))
+    exp["domain"] = domain
+    exp["seed"] = seed
+    exp["name"] = f"{exp.get('name', 'run')}-{config}-{seed}"
+    search = dict(exp.get("search", {}))
+    proposers = dict(exp.get("proposers", {}))
+    if config == "random":
+        search["parent_selection"] = "uniform"
+        proposers["bandit"] = "fixed"
+    elif config == "adas":
+        search["parent_selection"] = "uniform"
+        for key in ("operators", "diff", "crossover", "llm_instruction"):
+            proposers[key] = 0.0
+        proposers["rewrite"] = 1.0
+        proposers["bandit"] = "fixed"
+        options = dict(proposers.get("rewrite_options", {}))
+        options["context_candidates"] = 8
+        proposers["rewrite_options"] = options
+    elif config != "default":
+        sys.exit(f"experiment_variant: unknown configuration {config!r}; use default, random or adas")
+    exp["search"] = search
+    exp["proposers"] = proposers
+    return exp
+
+
+def value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def write(table, prefix=""):
+    lines = [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for k, v in table.items():
+        if isinstance(v, dict):
+            name = f"{prefix}{k}"
+            lines += ["", f"[{name}]", *write(v, name + ".")]
+    return lines
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit("usage: experiment_variant.py EXP.toml default|random|adas SEED")
+    with open(sys.argv[1], "rb") as f:
+        exp = tomllib.load(f)
+    print("\n".join(write(variant(exp, sys.argv[2], int(sys.argv[3])))))

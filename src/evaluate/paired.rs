@@ -1,0 +1,193 @@
+//! Paired comparison of two programs on the same tasks.
+//!
+//! Why paired: two agents run on the same tasks share the tasks' difficulty, so their
+//! per-task differences vary far less than either score does. Comparing the means of two
+//! independent intervals (what a leaderboard shows) needs several times more tasks to see the
+//! same gain. The test is McNemar's, exact: under "neither is better", each task on which
+//! exactly one of them succeeds goes either way with probability one half. Scores in (0, 1)
+//! count as a win for whichever scored higher.
+
+use serde::Serialize;
+
+use super::stats::{bootstrap_ci, mean};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Paired {
+    /// Tasks both programs ran.
+    pub n: usize,
+    /// Mean of (a − b) over those tasks.
+    pub diff: f64,
+    /// Paired-bootstrap 95% interval of `diff`.
+    pub ci_lo: f64,
+    pub ci_hi: f64,
+    /// Tasks where a scored higher, and where b did.
+    pub wins: usize,
+    pub losses: usize,
+    /// Exact one-sided p-value of "a is no better than b" (sign test on the discordant tasks).
+    pub p_better: f64,
+    /// Exact two-sided McNemar p-value.
+    pub p_two_sided: f64,
+}
+
+impl Paired {
+    /// Compares `a` with `b` on the tasks both ran (`(task id, score)` pairs, any order).
+    pub fn compare(a: &[(String, f64)], b: &[(String, f64)], bootstrap_samples: usize) -> Self {
+        let theirs: std::collections::HashMap<&str, f64> = b.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+        let diffs: Vec<f64> = a
+            .iter()
+            .filter_map(|(id, s)| theirs.get(id.as_str()).map(|t| s - t))
+            .collect();
+        Self::of_diffs(&diffs, bootstrap_samples)
+    }
+
+    /// The comparison from per-task differences (a − b).
+    pub fn of_diffs(diffs: &[f64], bootstrap_samples: usize) -> Self {
+        let wins = diffs.iter().filter(|d| **d > 1e-12).count();
+        let losses = diffs.iter().filter(|d| **d < -1e-12).count();
+        let (ci_lo, ci_hi) = bootstrap_ci(diffs, bootstrap_samples, 0x9a1_7ed);
+        Self {
+            n: diffs.len(),
+            diff: mean(diffs),
+            ci_lo,
+            ci_hi,
+            wins,
+            losses,
+            p_better: binomial_upper_tail(wins + losses, wins),
+            p_two_sided: (2.0 * binomial_upper_tail(wins + losses, wins.max(losses))).min(1.0),
+        }
+    }
+
+    /// "a beats b", "a ties b" or "a loses to b" at level `alpha`, two-sided.
+    pub fn verdict(&self, alpha: f64) -> &'static str {
+        if self.p_two_sided < alpha && self.diff > 0.0 {
+            "beats"
+        } else if self.p_two_sided < alpha && self.diff < 0.0 {
+            "loses to"
+        } else {
+            "does not differ significantly from"
+        }
+    }
+}
+
+/// P(X ≥ k) for X ~ Binomial(n, 1/2), exact (log-space sums; n up to millions).
+pub fn binomial_upper_tail(n: usize, k: usize) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n {
+        return 0.0;
+    }
+    let ln_half_n = n as f64 * std::f64::consts::LN_2;
+    // ln C(n, i) built up incrementally from ln C(n, k).
+    let mut ln_c: f64 = (0..k).map(|i| ((n - i) as f64).ln() - ((i + 1) as f64).ln()).sum();
+    let mut total = 0.0;
+    for i in k..=n {
+        total += (ln_c - ln_half_n).exp();
+        if i < n {
+            ln_c += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+        }
+    }
+    total.min(1.0)
+}
+
+/// The smallest true gain (as a share of tasks turned from failure to success, with none
+/// turned back) that a one-sided exact sign test at `alpha` detects with probability
+/// `power` on `n` tasks when a share `discordant` of them differ between the two programs.
+/// What `status` prints when a search ends without a significant result: how large a gain
+/// this budget could have shown.
+pub fn detectable_gain(n: usize, discordant: f64, alpha: f64, power: f64) -> Option<f64> {
+    let m = ((n as f64) * discordant).round() as usize;
+    if m == 0 {
+        return None;
+    }
+    // Critical number of wins among m discordant tasks.
+    let critical = (0..=m).find(|&k| binomial_upper_tail(m, k) <= alpha)?;
+    // Smallest win share q among discordant tasks with P(wins ≥ critical) ≥ power.
+    let mut q: f64 = 0.5;
+    while q < 1.0 {
+        let tail: f64 = (critical..=m)
+            .map(|i| {
+                let ln_c: f64 = (0..i).map(|j| ((m - j) as f64).ln() - ((j + 1) as f64).ln()).sum();
+                (ln_c + i as f64 * q.ln() + (m - i) as f64 * (1.0 - q).max(1e-300).ln()).exp()
+            })
+            .sum();
+        if tail >= power {
+            return Some(discordant * (2.0 * q - 1.0));
+        }
+        q += 0.005;
+    }
+    Some(discordant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_tail_matches_hand_computed_values() {
+        assert!((binomial_upper_tail(10, 8) - 56.0 / 1024.0).abs() < 1e-12);
+        assert_eq!(binomial_upper_tail(5, 0), 1.0);
+        assert!((binomial_upper_tail(1, 1) - 0.5).abs() < 1e-12);
+        assert!(binomial_upper_tail(2000, 1100) < 1e-5);
+    }
+
+    #[test]
+    fn pairs_join_by_task_and_test_the_discordant_ones() {
+        let a: Vec<(String, f64)> = (0..40)
+            .map(|i| (format!("t{i}"), f64::from(u8::from(i % 4 != 0))))
+            .collect();
+        let b: Vec<(String, f64)> = (0..40)
+            .rev()
+            .map(|i| (format!("t{i}"), f64::from(u8::from(i % 2 == 0))))
+            .collect();
+        let p = Paired::compare(&a, &b, 500);
+        // a fails t0,t4,..(10 tasks), b fails the 20 odd ones: a wins on 20 odd tasks, loses on 10.
+        assert_eq!((p.n, p.wins, p.losses), (40, 20, 10));
+        assert!((p.diff - 0.25).abs() < 1e-12);
+        assert!((p.p_better - binomial_upper_tail(30, 20)).abs() < 1e-12);
+        assert!(p.ci_lo < 0.25 && 0.25 < p.ci_hi);
+        let same = Paired::compare(&a, &a, 500);
+        assert_eq!(
+            (same.diff, same.p_two_sided, same.verdict(0.05)),
+            (0.0, 1.0, "does not differ significantly from")
+        );
+    }
+
+    #[test]
+    fn a_clear_gain_is_significant_and_a_small_one_is_not() {
+        let clear: Vec<f64> = (0..200)
+            .map(|i| {
+                if i < 40 {
+                    1.0
+                } else if i < 45 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(Paired::of_diffs(&clear, 200).verdict(0.05), "beats");
+        let small: Vec<f64> = (0..200)
+            .map(|i| {
+                if i < 12 {
+                    1.0
+                } else if i < 20 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(
+            Paired::of_diffs(&small, 200).verdict(0.05),
+            "does not differ significantly from"
+        );
+    }
+
+    #[test]
+    fn more_tasks_detect_smaller_gains() {
+        let small = detectable_gain(40, 0.3, 0.05, 0.8).unwrap();
+        let large = detectable_gain(400, 0.3, 0.05, 0.8).unwrap();
+        assert!(large < small && large > 0.0, "{large} {small}");
+    }
+}

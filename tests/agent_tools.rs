@@ -1,0 +1,56 @@
+//! The tools every candidate may import (`runtime/metaforge/tools.py`), run in a real Python
+//! interpreter: the calculator computes arithmetic and refuses everything else, and each
+//! answer-extraction strategy picks what it names.
+
+use std::process::Command;
+
+fn python(code: &str) -> String {
+    let runtime = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .env("PYTHONPATH", runtime)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_calculator_computes_arithmetic_and_refuses_anything_else() {
+    let out = python(
+        r#"
+from metaforge.tools import calc, calc_in
+print(calc("12 * 5 + 1"), calc("7 x 2"), calc("3 × (4 - 1)"), calc("10 / 4"), calc("2^3"), calc("1,200 + 1"))
+print(calc_in("The calculation: 23 * 6 = "), calc_in("no numbers here"), calc_in("5 apples"))
+for bad in ["__import__('os').system('id')", "(1).__class__", "9**9**9", "10**100", "a + 1", "1/0", "", "1" * 300]:
+    try:
+        calc(bad)
+        print("ACCEPTED", repr(bad))
+    except ValueError:
+        pass
+print("done")
+"#,
+    );
+    assert_eq!(out, "61 14 9 2.5 8 1201\n138 None None\ndone\n");
+}
+
+#[test]
+fn each_extraction_strategy_keeps_its_part() {
+    let out = python(
+        r#"
+from metaforge.tools import extract, EXTRACTORS
+reply = "\n 81 apples\nQuestion: and then? Answer: 5 pears\nmore 7"
+for how in ["first_line", "after_answer", "first_number", "last_number", "whole"]:
+    print(how, "=", repr(extract(reply, how)))
+try:
+    extract(reply, "middle")
+except ValueError as e:
+    print("refused:", "first_line" in str(e))
+"#,
+    );
+    assert_eq!(
+        out,
+        "first_line = '81 apples'\nafter_answer = '5 pears'\nfirst_number = '81'\nlast_number = '7'\nwhole = '81 apples\\nQuestion: and then? Answer: 5 pears\\nmore 7'\nrefused: True\n"
+    );
+}
