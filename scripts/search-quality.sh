@@ -39,7 +39,7 @@ for cfg in "${configs[@]}"; do
     variant="$dir/.search-quality-$name-$cfg-$seed.toml"
     python3 scripts/experiment_variant.py "$exp" "$cfg" "$seed" > "$variant"
     echo "search-quality: $cfg, search seed $seed ($((SECONDS - start)) s so far)" >&2
-    if ! "$bin" run "$variant" --db "$db" --quiet; then
+    if ! "$bin" run "$variant" --db "$db" --quiet >/dev/null; then
       rm -f "$variant"
       echo "search-quality: the $cfg run with seed $seed failed" >&2
       exit 1
