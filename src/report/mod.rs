@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::archive::{Archive, LeaderRow, SplitScore};
 use crate::evaluate::paired::Paired;
-use crate::search::bandit::{arm_of, ArmStats};
+use crate::search::bandit::{tally, ArmStats, Cost};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -67,17 +67,12 @@ pub fn status(archive: &Archive) -> Result<Status> {
     let leaderboard = archive.leaderboard()?;
     let (tokens, cost_usd, cached_calls) = archive.usage()?;
     let test_comparison = test_comparison(archive, &leaderboard)?;
-    let mut credit = std::collections::BTreeMap::<String, ArmStats>::new();
-    let mut choices = Vec::new();
-    for (step, e) in archive.events("credit")? {
-        let kind = e["kind"].as_str().unwrap_or("?");
-        credit.entry(arm_of(kind).to_string()).or_default().add(
-            e["improved"].as_bool().unwrap_or(false),
-            e["gain"].as_f64().unwrap_or(0.0),
-            e["calls"].as_u64().unwrap_or(0),
-        );
-        choices.push((step.unwrap_or(0), e["arm"].as_str().unwrap_or("?").to_string()));
-    }
+    let events = archive.events("credit")?;
+    let credit = tally(&events, Cost::AllCalls);
+    let choices = events
+        .iter()
+        .map(|(step, e)| (step.unwrap_or(0), e["arm"].as_str().unwrap_or("?").to_string()))
+        .collect();
     let raced = archive.connection().query_row(
         "SELECT count(*) FROM evaluations WHERE split = 'val' AND stage = 'raced'",
         [],

@@ -39,6 +39,34 @@ impl ArmStats {
     }
 }
 
+/// Which calls a tally charges an arm: every call its proposals spent (what `status`
+/// reports), or only their trials' (what the draw divides by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    AllCalls,
+    TrialCalls,
+}
+
+/// Each arm's stats from the `credit` events of a run (`Archive::events("credit")`).
+pub fn tally(events: &[(Option<u64>, serde_json::Value)], cost: Cost) -> BTreeMap<String, ArmStats> {
+    let mut stats = BTreeMap::<String, ArmStats>::new();
+    for (_, e) in events {
+        let calls = match cost {
+            Cost::AllCalls => e["calls"].as_u64(),
+            Cost::TrialCalls => e["trial_calls"].as_u64().or(e["calls"].as_u64()),
+        };
+        stats
+            .entry(arm_of(e["kind"].as_str().unwrap_or("op:none")).to_string())
+            .or_default()
+            .add(
+                e["improved"].as_bool().unwrap_or(false),
+                e["gain"].as_f64().unwrap_or(0.0),
+                calls.unwrap_or(0),
+            );
+    }
+    stats
+}
+
 /// The arm a proposal is credited to: its kind without the debug-round suffix.
 pub fn arm_of(kind: &str) -> &str {
     match kind.find(":debug") {
@@ -169,6 +197,28 @@ mod tests {
         assert_eq!(seen, [true; 3]);
         let draw = |seed| choose(&arms(), &stats, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
         assert_eq!(draw(7), draw(7));
+    }
+
+    #[test]
+    fn a_tally_charges_all_calls_or_the_trials_and_joins_debug_rounds() {
+        let events = vec![
+            (
+                Some(3),
+                serde_json::json!({"kind": "op:a", "improved": true, "gain": 0.2, "calls": 100, "trial_calls": 10}),
+            ),
+            (
+                Some(4),
+                serde_json::json!({"kind": "rewrite:debug1", "improved": false, "gain": 0.0, "calls": 7}),
+            ),
+        ];
+        let all = tally(&events, Cost::AllCalls);
+        let trial = tally(&events, Cost::TrialCalls);
+        assert_eq!((all["op:a"].calls, trial["op:a"].calls), (100, 10));
+        assert_eq!((all["op:a"].improved, all["op:a"].gain), (1, 0.2));
+        assert_eq!(
+            trial["rewrite"].calls, 7,
+            "an event without trial calls charges its calls"
+        );
     }
 
     #[test]

@@ -540,18 +540,9 @@ impl Search {
         Ok((arms.swap_remove(pick).1, serde_json::Value::Object(draws)))
     }
 
-    /// Each arm's proposals, improvements and calls, from the archive's `credit` events.
+    /// Each arm's proposals, improvements and trial calls, from the archive's `credit` events.
     fn credit_stats(&self) -> Result<std::collections::BTreeMap<String, bandit::ArmStats>> {
-        let mut stats = std::collections::BTreeMap::<String, bandit::ArmStats>::new();
-        for (_, e) in self.archive.events("credit")? {
-            let kind = e["kind"].as_str().unwrap_or("op:none");
-            stats.entry(bandit::arm_of(kind).to_string()).or_default().add(
-                e["improved"].as_bool().unwrap_or(false),
-                e["gain"].as_f64().unwrap_or(0.0),
-                e["trial_calls"].as_u64().or(e["calls"].as_u64()).unwrap_or(0),
-            );
-        }
-        Ok(stats)
+        Ok(bandit::tally(&self.archive.events("credit")?, bandit::Cost::TrialCalls))
     }
 
     /// A proposal by the meta-model (`rewrite`, `crossover` or `diff`), with its reflexion
