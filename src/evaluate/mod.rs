@@ -414,3 +414,60 @@ impl LlmHandler for AgentCalls<'_, '_> {
         self.episodes.restart(self.inputs);
     }
 }
+
+/// Stand-ins for the sandbox that the staged, raced and loop tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Evaluation, Outcome, TaskResult};
+    use crate::domain::Task;
+    use crate::llm::Usage;
+
+    /// Tasks `t0` .. `t<n-1>`.
+    pub fn tasks(n: usize) -> Vec<Task> {
+        (0..n)
+            .map(|i| Task {
+                id: format!("t{i}"),
+                input: serde_json::json!({}),
+                answer: serde_json::json!(1),
+            })
+            .collect()
+    }
+
+    /// A successful result of task `id` with `score`.
+    pub fn ok_result(id: &str, score: f64) -> TaskResult {
+        TaskResult {
+            task_id: id.to_string(),
+            score,
+            outcome: "ok".into(),
+            output: None,
+            error: None,
+            usage: Usage::default(),
+            guard: None,
+        }
+    }
+
+    /// Evaluates a slice as the sandbox would: task `t<i>` scores `pattern[i]`; counts the
+    /// tasks run.
+    pub fn runner<'a>(
+        pattern: &'a [f64],
+        ran: &'a mut usize,
+    ) -> impl FnMut(&[Task]) -> anyhow::Result<Evaluation> + 'a {
+        move |slice: &[Task]| {
+            *ran += slice.len();
+            let results = slice
+                .iter()
+                .map(|t| ok_result(&t.id, pattern[t.id[1..].parse::<usize>().unwrap()]))
+                .collect();
+            Ok(Evaluation::from_tasks(
+                "val",
+                "full",
+                results,
+                Usage::default(),
+                1.0,
+                Outcome::Ok,
+                String::new(),
+                100,
+            ))
+        }
+    }
+}

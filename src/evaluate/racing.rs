@@ -95,47 +95,7 @@ pub fn evaluate_raced(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluate::TaskResult;
-    use crate::llm::Usage;
-
-    fn tasks(n: usize) -> Vec<Task> {
-        (0..n)
-            .map(|i| Task {
-                id: format!("t{i}"),
-                input: serde_json::json!({}),
-                answer: serde_json::json!(1),
-            })
-            .collect()
-    }
-
-    /// A stand-in for the sandbox: task `t<i>` scores `pattern[i]`; counts the tasks run.
-    fn runner<'a>(pattern: &'a [f64], ran: &'a mut usize) -> impl FnMut(&[Task]) -> Result<Evaluation> + 'a {
-        move |slice: &[Task]| {
-            *ran += slice.len();
-            let results = slice
-                .iter()
-                .map(|t| TaskResult {
-                    task_id: t.id.clone(),
-                    score: pattern[t.id[1..].parse::<usize>().unwrap()],
-                    outcome: "ok".into(),
-                    output: None,
-                    error: None,
-                    usage: Usage::default(),
-                    guard: None,
-                })
-                .collect();
-            Ok(Evaluation::from_tasks(
-                "val",
-                "full",
-                results,
-                Usage::default(),
-                1.0,
-                Outcome::Ok,
-                String::new(),
-                100,
-            ))
-        }
-    }
+    use crate::evaluate::testing::{runner, tasks};
 
     fn rival(pattern: &[f64]) -> Vec<(String, f64)> {
         pattern.iter().enumerate().map(|(i, s)| (format!("t{i}"), *s)).collect()

@@ -131,49 +131,7 @@ pub(super) fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, boot
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluate::TaskResult;
-
-    fn tasks(n: usize) -> Vec<Task> {
-        (0..n)
-            .map(|i| Task {
-                id: format!("t{i}"),
-                input: serde_json::json!({}),
-                answer: serde_json::json!(1),
-            })
-            .collect()
-    }
-
-    /// A stand-in for the sandbox: task `t<i>` scores `pattern[i]`; counts the tasks run.
-    fn runner<'a>(pattern: &'a [f64], ran: &'a mut usize) -> impl FnMut(&[Task]) -> Result<Evaluation> + 'a {
-        move |slice: &[Task]| {
-            *ran += slice.len();
-            let results = slice
-                .iter()
-                .map(|t| {
-                    let i: usize = t.id[1..].parse().unwrap();
-                    TaskResult {
-                        task_id: t.id.clone(),
-                        score: pattern[i],
-                        outcome: "ok".into(),
-                        output: None,
-                        error: None,
-                        usage: Usage::default(),
-                        guard: None,
-                    }
-                })
-                .collect();
-            Ok(Evaluation::from_tasks(
-                "val",
-                "full",
-                results,
-                Usage::default(),
-                1.0,
-                Outcome::Ok,
-                String::new(),
-                100,
-            ))
-        }
-    }
+    use crate::evaluate::testing::{runner, tasks};
 
     const STAGES: Stages = Stages {
         fraction: 0.25,

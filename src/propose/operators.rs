@@ -451,6 +451,20 @@ fn wrap_with(
     Some((format!("{}{}", renamed.trim_end(), tail), k, inner))
 }
 
+/// `p` wrapped by `template`, whose `instruction` is a line drawn from the prompt bank `bank`;
+/// returns the code and the line drawn.
+fn wrap_with_prompt(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    bank: &str,
+    template: &str,
+    t: &Templates,
+) -> Option<(String, &'static str)> {
+    let prompt = *t.lines(bank).choose(rng)?;
+    let (code, _, _) = wrap_with(p, template, json!({"instruction": python_string(prompt)}), t)?;
+    Some((code, prompt))
+}
+
 fn wrap_extract(
     rng: &mut dyn RngCore,
     p: &Candidate,
@@ -472,11 +486,11 @@ fn use_calculator(
     _: Option<&Candidate>,
     t: &Templates,
 ) -> Option<(String, String, String)> {
-    let prompt = *t.lines("operators/tool_prompts.txt").choose(rng)?;
-    let (code, _, _) = wrap_with(
+    let (code, prompt) = wrap_with_prompt(
+        rng,
         p,
+        "operators/tool_prompts.txt",
         "operators/use_calculator.py.j2",
-        json!({"instruction": python_string(prompt)}),
         t,
     )?;
     let short: String = prompt.chars().take(32).collect();
@@ -493,11 +507,11 @@ fn wrap_decompose(
     _: Option<&Candidate>,
     t: &Templates,
 ) -> Option<(String, String, String)> {
-    let prompt = *t.lines("operators/decompose_prompts.txt").choose(rng)?;
-    let (code, _, _) = wrap_with(
+    let (code, prompt) = wrap_with_prompt(
+        rng,
         p,
+        "operators/decompose_prompts.txt",
         "operators/wrap_decompose.py.j2",
-        json!({"instruction": python_string(prompt)}),
         t,
     )?;
     Some((

@@ -1205,23 +1205,13 @@ fn fit_context(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluate::TaskResult;
+    use crate::evaluate::testing::ok_result;
     use crate::llm::Usage;
 
     /// An evaluated proposal of `kind` that ran `ran` tasks with 2 model calls each, ended at
     /// `stage`, and was `diff` ahead of its rival, its first look at `first` tasks.
     fn record(kind: &str, stage: &str, ran: usize, first: usize, diff: f64) -> ProposalRecord {
-        let tasks: Vec<TaskResult> = (0..ran)
-            .map(|i| TaskResult {
-                task_id: format!("t{i}"),
-                score: 1.0,
-                outcome: "ok".into(),
-                output: None,
-                error: None,
-                usage: Usage::default(),
-                guard: None,
-            })
-            .collect();
+        let tasks = (0..ran).map(|i| ok_result(&format!("t{i}"), 1.0)).collect();
         let usage = Usage {
             calls: 2 * ran as u64,
             ..Usage::default()
