@@ -11,8 +11,8 @@
 use std::time::Instant;
 
 use metaforge::archive::{
-    pareto_front, pareto_front_pairwise, select_parent, Archive, ProposalRecord, ProposalStatus, StepRecord,
-    DEFAULT_OBJECTIVES, STRATEGIES,
+    pareto_front, pareto_front_pairwise, select_parent, Archive, NewRun, ParentSelection, ProposalRecord,
+    ProposalStatus, StepRecord, DEFAULT_OBJECTIVES,
 };
 use metaforge::candidate::{Candidate, CandidateKind};
 use metaforge::config::Experiment;
@@ -124,7 +124,13 @@ fn main() {
     for n in sizes {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scale.db");
-        let mut archive = Archive::create(&path, &exp, CONFIG, &[]).unwrap();
+        let run = NewRun {
+            name: exp.name.clone(),
+            seed: exp.seed,
+            domain: exp.domain.name.clone(),
+            config_toml: CONFIG.into(),
+        };
+        let mut archive = Archive::create(&path, &run, &[]).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(n);
         let start = Instant::now();
         for i in 0..n {
@@ -204,7 +210,7 @@ fn main() {
                 pairwise / sweep
             );
         }
-        for strategy in STRATEGIES {
+        for strategy in ParentSelection::ALL {
             let draws = 200;
             let start = Instant::now();
             for _ in 0..draws {

@@ -3,11 +3,12 @@
 //! - tree-sitter check (parse, entry point, every rule in grammars/) of a 200-line candidate
 //!   (target ≤ 2 ms);
 //! - reading a meta-model reply (JSON in a fence, the common case) and a diff reply;
-//! - rendering the rewrite prompt with three context programs and two failures.
+//! - rendering the rewrite prompt with three context programs and two failures;
+//! - the near-duplicate signatures of 2000 archived programs, as resume computes them: one
+//!   thread against rayon's pool, with the ratio.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use metaforge::candidate::CandidateKind;
-use metaforge::check::Checker;
 use metaforge::propose::diff::parse_edits;
 use metaforge::propose::reply::parse_reply;
 use metaforge::propose::Templates;
@@ -30,14 +31,48 @@ fn two_hundred_lines() -> String {
     out
 }
 
+/// Signs 2000 distinct programs (the seeds with a numbered constant each) one by one and
+/// with `check::signatures` (rayon), and prints both times and their ratio.
+fn signatures_at_resume() {
+    let seeds: Vec<(&str, &str)> = metaforge::assets::files_with_ext(&metaforge::assets::ARCHIVE, "agents", "py");
+    let programs: Vec<String> = (0..2000)
+        .map(|i| format!("{}\nLIMIT_{i} = {i}\n", seeds[i % seeds.len()].1))
+        .collect();
+    let sources: Vec<&str> = programs.iter().map(String::as_str).collect();
+    let best = |f: &dyn Fn() -> Vec<metaforge::check::Signature>| {
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                assert_eq!(f().len(), sources.len());
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let serial = best(&|| sources.iter().map(|s| metaforge::check::signature_of(s)).collect());
+    let parallel = best(&|| metaforge::check::signatures(&sources));
+    println!(
+        "signatures of {} programs: one thread {serial:.1} ms, rayon ({} threads) {parallel:.1} ms, ratio {:.2}x",
+        sources.len(),
+        rayon::current_num_threads(),
+        serial / parallel
+    );
+}
+
 fn benches(c: &mut Criterion) {
-    let checker = Checker::embedded().unwrap();
+    signatures_at_resume();
+    let checker = metaforge::guard::checker(Default::default()).unwrap();
     let code = two_hundred_lines();
     let lines = code.lines().count();
     let report = checker.check("big.py", &code, CandidateKind::Agent);
     assert!(report.passes(), "{}", report.render());
+    // More variants than the checker remembers reports, so every check is a fresh one.
+    let variants: Vec<String> = (0..32).map(|i| format!("{code}\n# variant {i}\n")).collect();
+    let mut next = 0;
     c.bench_function(&format!("check a {lines}-line candidate"), |b| {
-        b.iter(|| checker.check("big.py", std::hint::black_box(&code), CandidateKind::Agent))
+        b.iter(|| {
+            next = (next + 1) % variants.len();
+            checker.check("big.py", std::hint::black_box(&variants[next]), CandidateKind::Agent)
+        })
     });
 
     let reply = format!(

@@ -7,18 +7,29 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::archive::Archive;
+use crate::archive::CallCache;
 use crate::candidate::CandidateKind;
-use crate::check::{Checker, Severity};
+use crate::check::Severity;
 use crate::config::{EvaluationConfig, Experiment, ModelConfig};
 use crate::domain::Domain;
 use crate::evaluate::Evaluator;
-use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
+use crate::llm::{BackendFactory, Budget, Gateway, Role};
 use crate::search::Search;
+use crate::types::BadInput;
 
 /// Exit code for failures of the thing being run (not of the user's input).
-pub const EXIT_FAILURE: i32 = 1;
-/// Exit code for bad usage, configs or inputs.
-pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for bad usage, configs or inputs (`types::BadInput`).
+pub const EXIT_USAGE: u8 = 2;
+
+/// The exit code for a command that ended in `error`.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if crate::types::is_bad_input(error) {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILURE
+    }
+}
 
 /// The archive a new run writes: `db` when given, else `runs/<run name>.db` beside the cwd;
 /// its folder is created.
@@ -99,7 +110,7 @@ pub fn import_adas(
     db: Option<&Path>,
     json: bool,
 ) -> Result<()> {
-    let agents = crate::adas::read_archive(archive_json)?;
+    let agents = crate::adas::read_archive(archive_json).map_err(BadInput::wrap)?;
     let mut exp = match experiment {
         Some(p) => Experiment::load(p)?,
         None => {
@@ -235,13 +246,28 @@ pub fn merge(a: &Path, b: &Path, out: &Path, force: bool, json: bool) -> Result<
     Ok(())
 }
 
+/// The paths the run's config names that its archive does not carry (runs made before
+/// files were stored in the archive).
+fn outside_paths(db: &Path) -> Result<Vec<String>> {
+    let archive = Archive::open_existing(db)?;
+    let stored: Vec<String> = archive.run_files()?.into_iter().map(|f| f.key).collect();
+    let mut exp = Experiment::parse(&archive.config_text()?, "stored config", Path::new(""))?;
+    Ok(exp
+        .file_refs_mut()
+        .into_iter()
+        .filter(|(key, _)| !stored.iter().any(|s| s == key))
+        .map(|(key, p)| format!("{key} = {}", p.display()))
+        .collect())
+}
+
 /// `metaforge export-bundle` / `import-bundle`: one checked file that carries a run.
 pub fn bundle(from: &Path, out: &Path, import: bool, json: bool) -> Result<()> {
-    let summary = if import {
+    let mut summary = if import {
         crate::archive::bundle::import(from, out)?
     } else {
         crate::archive::bundle::export(from, out)?
     };
+    summary.outside_paths = outside_paths(out)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
@@ -274,7 +300,7 @@ fn print_status(archive: &Archive, json: bool) -> Result<()> {
 
 /// `check FILE.py`: prints diagnostics; returns whether the file passes.
 pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
-    let checker = Checker::embedded()?;
+    let checker = crate::guard::checker(Default::default())?;
     let kind = if memory {
         CandidateKind::Memory
     } else {
@@ -283,7 +309,9 @@ pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
     let mut ok = true;
     let mut all = Vec::new();
     for f in files {
-        let code = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let code = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {}", f.display()))
+            .map_err(BadInput::wrap)?;
         let report = checker.check(&f.display().to_string(), &code, kind);
         ok &= report.passes();
         if json {
@@ -316,7 +344,9 @@ pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
 
 /// `eval FILE.py --domain D`: one evaluation outside a search (cached in `--db` if given).
 pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>, json: bool) -> Result<()> {
-    let code = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let code = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {}", file.display()))
+        .map_err(BadInput::wrap)?;
     let dcfg = crate::config::DomainConfig {
         name: domain.into(),
         path: None,
@@ -327,7 +357,7 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         episodes: None,
     };
     let dom = Domain::load(&dcfg)?;
-    let report = Checker::embedded()?.check(&file.display().to_string(), &code, dom.kind);
+    let report = crate::guard::checker(Default::default())?.check(&file.display().to_string(), &code, dom.kind);
     if !report.passes() {
         bail!("{} does not pass check:\n{}", file.display(), report.render());
     }
@@ -352,7 +382,7 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         scorer: dom.scorer,
         agent_contract: None,
         require_call_contracts: false,
-        episodic: episodic.as_ref(),
+        episodic: episodic.as_ref().map(|e| e as &dyn crate::evaluate::EpisodeRunner),
         executor: &crate::executor::Executor::Local,
     }
     .evaluate(&code, &tasks, "val", &tick)?;

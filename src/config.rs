@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::Objective;
-use crate::sandbox::IsolationMode;
+use crate::types::{BadInput, IsolationMode, Objective, ParentSelection, DEFAULT_OBJECTIVES};
+
+/// The episodic domain for memory designs (TextWorldExpress TextWorld-Commonsense games).
+pub const EPISODIC_DOMAIN: &str = "twc";
 
 /// A whole experiment, as written in `experiments/*.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,31 +143,6 @@ pub struct GuardsConfig {
     /// Modules candidates may import (`metaforge` always); unset: only the built-in deny-list.
     #[serde(default)]
     pub allowed_imports: Option<Vec<String>>,
-}
-
-impl GuardsConfig {
-    pub fn rules(&self) -> crate::guard::GuardRules {
-        crate::guard::GuardRules {
-            require_call_contracts: self.require_call_contracts,
-            allowed_imports: self.allowed_imports.clone(),
-        }
-    }
-
-    /// Reads and compiles the agent contract, proving its output fallback.
-    pub fn agent_contract(&self) -> Result<Option<crate::guard::AgentContract>> {
-        let Some(path) = &self.contract else { return Ok(None) };
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "guards.contract: cannot read {}; fix: point it at a contract TOML file",
-                path.display()
-            )
-        })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        crate::guard::AgentContract::from_toml(&name, &text).map(Some)
-    }
 }
 
 fn default_seed() -> u64 {
@@ -361,8 +338,8 @@ pub struct SearchConfig {
     /// `pareto` (front sampled by score sigmoid x 1/(1+children)), `tournament`, `softmax`
     /// (with a visit penalty), `instance` (GEPA per-task fronts) or `uniform`; see
     /// `archive::front::select_parent`.
-    #[serde(default = "default_selection")]
-    pub parent_selection: String,
+    #[serde(default)]
+    pub parent_selection: ParentSelection,
     /// What the Pareto front trades off: `score` (maximised) and any of `cost`, `tokens`,
     /// `latency`, `code_size` (minimised).
     #[serde(default = "default_objectives")]
@@ -385,7 +362,7 @@ fn default_migration() -> u32 {
 }
 
 fn default_objectives() -> Vec<Objective> {
-    crate::archive::DEFAULT_OBJECTIVES.to_vec()
+    DEFAULT_OBJECTIVES.to_vec()
 }
 
 fn default_seeds() -> Vec<String> {
@@ -400,10 +377,6 @@ fn default_per_generation() -> u32 {
 fn default_test_top_k() -> usize {
     3
 }
-fn default_selection() -> String {
-    "pareto".into()
-}
-
 impl Default for SearchConfig {
     fn default() -> Self {
         Self {
@@ -411,7 +384,7 @@ impl Default for SearchConfig {
             generations: default_generations(),
             proposals_per_generation: default_per_generation(),
             test_top_k: default_test_top_k(),
-            parent_selection: default_selection(),
+            parent_selection: ParentSelection::default(),
             objectives: default_objectives(),
             islands: 1,
             migration_interval: default_migration(),
@@ -640,17 +613,27 @@ impl Experiment {
     /// Reads and validates an experiment file. Relative paths inside it are resolved against
     /// the file's folder, so a config works from any working directory.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read experiment file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read experiment file {}", path.display()))
+            .map_err(BadInput::wrap)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base)
     }
 
-    /// Parses TOML text; `origin` names the source in errors.
+    /// The experiment stored in the archive at `archive` (`Archive::config_text`).
+    pub fn parse_stored(text: &str, archive: &Path) -> Result<Self> {
+        Self::parse(text, &format!("{} (stored config)", archive.display()), Path::new("."))
+    }
+
+    /// Parses TOML text; `origin` names the source in errors, which are `BadInput`.
     pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self> {
+        Self::parse_unmarked(text, origin, base).map_err(BadInput::wrap)
+    }
+
+    fn parse_unmarked(text: &str, origin: &str, base: &Path) -> Result<Self> {
         let mut exp: Experiment = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!(
-                "{origin}: {}\nfix: correct the key or value shown above; every key is listed in README.md (section \"Experiment file\")",
+                "{origin}: {}\nfix: correct the key or value shown above; every key is listed in docs/experiment.md",
                 e.to_string().trim_end()
             )
         })?;
@@ -739,13 +722,13 @@ impl Experiment {
         if self.domain.val_size == 0 {
             bail!("domain.val_size must be at least 1");
         }
-        let episodic = self.domain.name == crate::domain::EPISODIC_DOMAIN && self.domain.path.is_none();
+        let episodic = self.domain.name == EPISODIC_DOMAIN && self.domain.path.is_none();
         if let Some(ep) = &self.domain.episodes {
             if !episodic {
                 bail!(
                     "[domain.episodes] is set but domain {:?} is not episodic; fix: remove it, or set domain.name = \"{}\"",
                     self.domain.name,
-                    crate::domain::EPISODIC_DOMAIN
+                    EPISODIC_DOMAIN
                 );
             }
             if !["train", "dev", "test"].contains(&ep.fold.as_str()) {
@@ -786,7 +769,7 @@ impl Experiment {
             if let Some((_, what)) = refused.iter().find(|(set, _)| *set) {
                 bail!(
                     "{what} does not apply to the {} domain, whose candidates are memory designs; fix: remove it",
-                    crate::domain::EPISODIC_DOMAIN
+                    EPISODIC_DOMAIN
                 );
             }
         }
@@ -826,13 +809,6 @@ impl Experiment {
         }
         if (1..objectives.len()).any(|i| objectives[..i].contains(&objectives[i])) {
             bail!("search.objectives = {objectives:?} names an objective twice; fix: list each once");
-        }
-        if !crate::archive::STRATEGIES.contains(&self.search.parent_selection.as_str()) {
-            bail!(
-                "search.parent_selection = {:?} is unknown; fix: use one of {}",
-                self.search.parent_selection,
-                crate::archive::STRATEGIES.join(", ")
-            );
         }
         Ok(())
     }

@@ -246,10 +246,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(metaforge::app::EXIT_FAILURE as u8),
+        Ok(false) => ExitCode::from(metaforge::app::EXIT_FAILURE),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(metaforge::app::EXIT_USAGE as u8)
+            ExitCode::from(metaforge::app::exit_code(&e))
         }
     }
 }

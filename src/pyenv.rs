@@ -24,7 +24,7 @@ pub struct PinnedEnv {
 impl PinnedEnv {
     /// The venv's folder (whether or not it is installed yet).
     pub fn dir(&self) -> PathBuf {
-        crate::llm::cache_root().join("envs").join(self.folder)
+        crate::host::cache_root().join("envs").join(self.folder)
     }
 
     /// The venv's interpreter (whether or not it is installed yet).
@@ -78,7 +78,7 @@ impl PinnedEnv {
             venv.display()
         );
         let staging = tempfile::tempdir_in(root)?;
-        let base = crate::sandbox::python_interpreter()?;
+        let base = crate::host::python_interpreter()?;
         let ok = Command::new(&base)
             .args(["-m", "venv"])
             .arg(staging.path())

@@ -106,3 +106,55 @@ fn run_refuses_to_overwrite_an_existing_archive() {
     let name: String = conn.query_row("SELECT name FROM runs", [], |r| r.get(0)).unwrap();
     assert_eq!(name, "old");
 }
+
+/// Exit codes: 0 the command did what it was asked; 1 the thing run failed (a check error, a
+/// sandbox that cannot start); 2 the input was wrong (arguments, config, files).
+#[test]
+fn exit_codes_separate_bad_input_from_a_failed_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("archive/agents/direct_answer.py");
+    let seed = seed.to_str().unwrap();
+    std::fs::write(dir.path().join("broken.py"), "def forward(task):\n    return llm(\n").unwrap();
+    let code = |args: &[&str], python: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(dir.path()).args(args);
+        if let Some(p) = python {
+            cmd.env("METAFORGE_PYTHON", p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: &[(&[&str], Option<&str>, i32, &str)] = &[
+        (&["check", seed], None, 0, "ok"),
+        (&["check", "broken.py"], None, 1, "error"),
+        (
+            &["eval", "broken.py", "--domain", "arith", "--n", "2"],
+            None,
+            1,
+            "does not pass check",
+        ),
+        (&["doctor"], Some("/nonexistent/python3"), 1, "METAFORGE_PYTHON"),
+        (&["check", "missing.py"], None, 2, "cannot read missing.py"),
+        (
+            &["eval", seed, "--domain", "nope", "--n", "2"],
+            None,
+            2,
+            "not a built-in domain",
+        ),
+        (&["run", "missing.toml"], None, 2, "cannot read experiment file"),
+        (&["status", "missing.db"], None, 2, "does not exist"),
+        (&["no-such-command"], None, 2, "unrecognized subcommand"),
+    ];
+    for (args, python, want, says) in cases {
+        let (got, err) = code(args, *python);
+        assert_eq!(got, *want, "metaforge {}: {err}", args.join(" "));
+        assert!(
+            err.contains(says),
+            "metaforge {}: expected {says:?} in:\n{err}",
+            args.join(" ")
+        );
+    }
+}

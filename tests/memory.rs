@@ -54,7 +54,7 @@ fn key_value_facts_beat_no_memory_on_a_fixed_episode_sequence() {
     let names = ["no_memory", "kv_facts", "trajectory_retrieval", "insight_list"];
     let codes: Vec<String> = names.iter().map(|n| seed(n)).collect();
     let e = evaluate_designs(&codes.iter().map(String::as_str).collect::<Vec<_>>());
-    // The figures README.md quotes ("Memory designs"), printed with --nocapture.
+    // The figures docs/memory.md quotes, printed with --nocapture.
     for (name, x) in names.iter().zip(&e) {
         let (with, without) = rewards(x);
         eprintln!(

@@ -7,7 +7,8 @@ use std::time::Duration;
 mod common;
 
 use common::start_server;
-use metaforge::llm::{Backend, Budget, CallCache, CallParams, Gateway, LlmError, Message, OpenAiBackend, Role};
+use metaforge::archive::CallCache;
+use metaforge::llm::{Backend, Budget, CallParams, Gateway, LlmError, Message, OpenAiBackend, Role};
 
 fn model_cfg(url: &str) -> metaforge::config::ModelConfig {
     toml::from_str(&format!("backend = \"openai\"\nmodel = \"smollm2\"\nbase_url = {url:?}\nmax_tokens = 32\nprice_prompt_per_mtok = 1.0\nprice_completion_per_mtok = 2.0")).unwrap()

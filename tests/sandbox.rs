@@ -176,7 +176,7 @@ fn spliced_crossover_program_runs() {
         }
     };
     let t = metaforge::propose::Templates::embedded().unwrap();
-    let checker = metaforge::check::Checker::embedded().unwrap();
+    let checker = metaforge::guard::checker(Default::default()).unwrap();
     let (a, b) = (seed("direct_answer"), seed("self_consistency"));
     for s in 0..20u64 {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s);

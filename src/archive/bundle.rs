@@ -9,11 +9,12 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use super::{Archive, SCHEMA_VERSION};
+use crate::types::BadInput;
 
 #[derive(Debug, Serialize)]
 pub struct BundleSummary {
@@ -23,45 +24,36 @@ pub struct BundleSummary {
     pub evaluations: u64,
     pub stored_files: u64,
     /// Config paths the archive does not carry (runs made before files were stored):
-    /// the receiving machine needs them at the same place.
+    /// the receiving machine needs them at the same place. Empty here: the archive does not
+    /// read configs, the caller fills it (`app::bundle`).
     pub outside_paths: Vec<String>,
 }
 
 fn refuse_existing(out: &Path) -> Result<()> {
     if out.exists() {
-        bail!(
+        return Err(BadInput::wrap(anyhow!(
             "{} already exists; fix: choose another -o file (nothing is overwritten)",
             out.display()
-        );
+        )));
     }
     Ok(())
 }
 
 fn summarise(conn: &Connection, path: &Path) -> Result<BundleSummary> {
     let count = |sql: &str| -> Result<u64> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
-    let (run, config): (String, String) = conn.query_row(
-        "SELECT name, config_toml FROM runs WHERE merged_at IS NULL ORDER BY id LIMIT 1",
+    let run: String = conn.query_row(
+        "SELECT name FROM runs WHERE merged_at IS NULL ORDER BY id LIMIT 1",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| r.get(0),
     )?;
-    let stored: Vec<String> = conn
-        .prepare("SELECT key FROM run_files")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut exp = crate::config::Experiment::parse(&config, "stored config", Path::new(""))?;
-    let outside_paths = exp
-        .file_refs_mut()
-        .into_iter()
-        .filter(|(key, _)| !stored.iter().any(|s| s == key))
-        .map(|(key, p)| format!("{key} = {}", p.display()))
-        .collect();
+    let stored_files = count("SELECT count(*) FROM run_files")?;
     Ok(BundleSummary {
         run,
         bytes: std::fs::metadata(path)?.len(),
         candidates: count("SELECT count(*) FROM candidates")?,
         evaluations: count("SELECT count(*) FROM evaluations")?,
-        stored_files: stored.len() as u64,
-        outside_paths,
+        stored_files,
+        outside_paths: Vec::new(),
     })
 }
 
@@ -82,10 +74,10 @@ pub fn export(db: &Path, out: &Path) -> Result<BundleSummary> {
 pub fn import(bundle: &Path, out: &Path) -> Result<BundleSummary> {
     refuse_existing(out)?;
     let not_a_bundle = |why: String| {
-        anyhow::anyhow!(
+        BadInput::wrap(anyhow!(
             "{} is not a usable metaforge bundle: {why}; fix: export it again with `metaforge export-bundle` and copy it whole",
             bundle.display()
-        )
+        ))
     };
     let conn = Connection::open_with_flags(bundle, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot open {}", bundle.display()))?;
@@ -100,10 +92,10 @@ pub fn import(bundle: &Path, out: &Path) -> Result<BundleSummary> {
         return Err(not_a_bundle("it holds no metaforge archive".into()));
     }
     if version > SCHEMA_VERSION {
-        bail!(
+        return Err(BadInput::wrap(anyhow!(
             "{} has archive schema {version}, newer than this metaforge ({SCHEMA_VERSION}); fix: upgrade metaforge",
             bundle.display()
-        );
+        )));
     }
     drop(conn);
     std::fs::copy(bundle, out).with_context(|| format!("cannot write {}", out.display()))?;

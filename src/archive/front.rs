@@ -6,7 +6,9 @@
 //! lineages that have not been expanded yet.
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+pub use crate::types::{Objective, ParentSelection, DEFAULT_OBJECTIVES};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Scored {
@@ -63,29 +65,6 @@ impl Scored {
         }
     }
 }
-
-/// What the front trades off (`search.objectives`). Score is maximised, the rest minimised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Objective {
-    /// Validation score.
-    Score,
-    /// Dollars when the model is priced, else tokens (a free local model still costs time).
-    Cost,
-    /// Prompt + completion tokens of the validation evaluation.
-    Tokens,
-    /// Wall-clock time of the validation evaluation.
-    Latency,
-    /// Length of the program source.
-    CodeSize,
-    /// Share of guarded values that were contract fallbacks (`[guards]`).
-    FallbackRate,
-    /// Soft contract violations per task (`[guards]`).
-    SoftViolations,
-}
-
-/// The default objectives: validation score up, cost down.
-pub const DEFAULT_OBJECTIVES: &[Objective] = &[Objective::Score, Objective::Cost];
 
 impl Objective {
     /// The value to minimise (the score negated).
@@ -206,9 +185,6 @@ pub fn crowding_distance(items: &[Scored], front: &[usize], objectives: &[Object
     dist
 }
 
-/// The parent-selection strategies `search.parent_selection` accepts.
-pub const STRATEGIES: &[&str] = &["pareto", "tournament", "softmax", "instance", "uniform"];
-
 /// Candidates drawn per tournament.
 const TOURNAMENT_SIZE: usize = 3;
 /// Softmax temperature over validation scores in [0, 1]: 0.1 makes a 0.1 better score
@@ -227,28 +203,35 @@ const VISIT_PENALTY: f64 = 0.5;
 ///   is kept however its mean compares, weight = the number of such tasks; falls back to
 ///   `pareto` while no candidate is best anywhere (all scores 0).
 /// - `uniform`: any ok candidate.
-pub fn select_parent(items: &[Scored], strategy: &str, objectives: &[Objective], rng: &mut impl Rng) -> Option<usize> {
+pub fn select_parent(
+    items: &[Scored],
+    strategy: ParentSelection,
+    objectives: &[Objective],
+    rng: &mut impl Rng,
+) -> Option<usize> {
     let ok: Vec<usize> = (0..items.len()).filter(|&i| items[i].ok).collect();
     if ok.is_empty() {
         return None;
     }
     match strategy {
-        "uniform" => Some(ok[rng.random_range(0..ok.len())]),
-        "tournament" => (0..TOURNAMENT_SIZE)
-            .map(|_| ok[rng.random_range(0..ok.len())])
-            .max_by(|&a, &b| {
-                items[a].score.total_cmp(&items[b].score).then(
-                    Objective::Cost
-                        .loss(&items[b])
-                        .total_cmp(&Objective::Cost.loss(&items[a])),
-                )
-            }),
-        "instance" if ok.iter().any(|&i| items[i].instance_wins > 0) => {
+        ParentSelection::Uniform => Some(ok[rng.random_range(0..ok.len())]),
+        ParentSelection::Tournament => {
+            (0..TOURNAMENT_SIZE)
+                .map(|_| ok[rng.random_range(0..ok.len())])
+                .max_by(|&a, &b| {
+                    items[a].score.total_cmp(&items[b].score).then(
+                        Objective::Cost
+                            .loss(&items[b])
+                            .total_cmp(&Objective::Cost.loss(&items[a])),
+                    )
+                })
+        }
+        ParentSelection::Instance if ok.iter().any(|&i| items[i].instance_wins > 0) => {
             let pool: Vec<usize> = ok.iter().copied().filter(|&i| items[i].instance_wins > 0).collect();
             let weights: Vec<f64> = pool.iter().map(|&i| f64::from(items[i].instance_wins)).collect();
             weighted_pick(&pool, &weights, rng)
         }
-        "softmax" => {
+        ParentSelection::Softmax => {
             let best = ok.iter().map(|&i| items[i].score).fold(f64::MIN, f64::max);
             let weights: Vec<f64> = ok
                 .iter()
@@ -318,7 +301,7 @@ mod tests {
         bad.ok = false;
         let items = vec![bad, s("good", 0.1, 10)];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        for strategy in STRATEGIES {
+        for strategy in ParentSelection::ALL {
             for _ in 0..50 {
                 assert_eq!(
                     select_parent(&items, strategy, DEFAULT_OBJECTIVES, &mut rng),
@@ -330,7 +313,7 @@ mod tests {
     }
 
     /// How often each candidate is picked in 4000 draws.
-    fn picks(items: &[Scored], strategy: &str) -> Vec<u32> {
+    fn picks(items: &[Scored], strategy: ParentSelection) -> Vec<u32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut n = vec![0; items.len()];
         for _ in 0..4000 {
@@ -343,23 +326,23 @@ mod tests {
     fn strategies_prefer_what_they_promise() {
         // "weak" is dominated (worse and dearer than "strong").
         let mut items = vec![s("weak", 0.2, 500), s("strong", 0.8, 400), s("cheap", 0.5, 10)];
-        let pareto = picks(&items, "pareto");
+        let pareto = picks(&items, ParentSelection::Pareto);
         assert_eq!(
             pareto[0], 0,
             "a dominated candidate is never a pareto parent: {pareto:?}"
         );
-        let tournament = picks(&items, "tournament");
+        let tournament = picks(&items, ParentSelection::Tournament);
         assert!(
             tournament[1] > tournament[2] && tournament[2] > tournament[0],
             "{tournament:?}"
         );
-        let softmax = picks(&items, "softmax");
+        let softmax = picks(&items, ParentSelection::Softmax);
         assert!(softmax[1] > softmax[2] && softmax[2] > softmax[0], "{softmax:?}");
-        let uniform = picks(&items, "uniform");
+        let uniform = picks(&items, ParentSelection::Uniform);
         assert!(uniform.iter().all(|&n| n > 1100), "{uniform:?}");
         // The visit penalty moves softmax away from a much-expanded parent.
         items[1].children = 8;
-        let penalised = picks(&items, "softmax");
+        let penalised = picks(&items, ParentSelection::Softmax);
         assert!(penalised[1] < softmax[1] / 3, "{penalised:?} vs {softmax:?}");
         assert!(
             penalised[2] > penalised[1],
@@ -377,15 +360,15 @@ mod tests {
         ];
         items[0].instance_wins = 7;
         items[1].instance_wins = 1;
-        let n = picks(&items, "instance");
+        let n = picks(&items, ParentSelection::Instance);
         assert!(n[1] > 200 && n[0] > n[1] * 4 && n[2] == 0, "{n:?}");
-        assert_eq!(picks(&items, "pareto")[1], 0, "pareto never picks it");
+        assert_eq!(picks(&items, ParentSelection::Pareto)[1], 0, "pareto never picks it");
         for c in &mut items {
             c.instance_wins = 0;
         }
         assert_eq!(
-            picks(&items, "instance"),
-            picks(&items, "pareto"),
+            picks(&items, ParentSelection::Instance),
+            picks(&items, ParentSelection::Pareto),
             "falls back to pareto"
         );
     }

@@ -14,11 +14,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::{open_connection, Archive};
+use crate::types::BadInput;
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct MergeSummary {
@@ -48,7 +49,21 @@ struct Identity {
 
 fn identity(path: &Path) -> Result<Identity> {
     let archive = Archive::open_existing(path)?;
-    let (exp, _) = archive.experiment()?;
+    // The keys that decide comparability, read from the stored text: the archive keeps a
+    // run's config and never interprets the rest of it.
+    let config: toml::Table = archive.config_text()?.parse().with_context(|| {
+        format!(
+            "{}: the stored config is not TOML; fix: the archive is damaged, use a backup",
+            path.display()
+        )
+    })?;
+    let key = |section: &str, sub: Option<&str>, name: &str| -> String {
+        let mut v = config.get(section);
+        if let Some(s) = sub {
+            v = v.and_then(|t| t.get(s));
+        }
+        v.and_then(|t| t.get(name)).map(|x| x.to_string()).unwrap_or_default()
+    };
     let mut stmt = archive.connection().prepare(
         "SELECT DISTINCT t.task_id FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id WHERE e.split = 'val'",
     )?;
@@ -56,9 +71,13 @@ fn identity(path: &Path) -> Result<Identity> {
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<BTreeSet<String>>>()?;
     Ok(Identity {
-        domain: exp.domain.name,
-        agent_model: format!("{:?} {}", exp.models.agent.backend, exp.models.agent.model),
-        objectives: format!("{:?}", exp.search.objectives),
+        domain: key("domain", None, "name"),
+        agent_model: format!(
+            "{} {}",
+            key("models", Some("agent"), "backend"),
+            key("models", Some("agent"), "model")
+        ),
+        objectives: key("search", None, "objectives"),
         val_tasks,
     })
 }
@@ -92,21 +111,21 @@ fn incompatibilities(a: &Identity, b: &Identity) -> Vec<String> {
 /// adds tables and columns).
 pub fn merge(a: &Path, b: &Path, out: &Path, force: bool) -> Result<MergeSummary> {
     if out.exists() {
-        bail!(
+        return Err(BadInput::wrap(anyhow!(
             "{} already exists; fix: choose another -o file (merge never overwrites an archive)",
             out.display()
-        );
+        )));
     }
     let (ia, ib) = (identity(a)?, identity(b)?);
     let problems = incompatibilities(&ia, &ib);
     if !problems.is_empty() && !force {
-        bail!(
+        return Err(BadInput::wrap(anyhow!(
             "{} and {} are not comparable: {}; fix: merge runs of the same experiment, or pass --force \
              to merge anyway (their scores are then ranked together as if comparable)",
             a.display(),
             b.display(),
             problems.join("; ")
-        );
+        )));
     }
     {
         let source = Connection::open(a).with_context(|| format!("cannot open {}", a.display()))?;

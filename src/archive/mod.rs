@@ -9,6 +9,7 @@
 //! queries; deciding what to do next is `search`'s job.
 
 pub mod bundle;
+mod call_cache;
 mod front;
 mod lineage;
 mod merge;
@@ -21,16 +22,16 @@ use serde::Serialize;
 use sha2::Digest;
 
 pub use bundle::BundleSummary;
+pub use call_cache::CallCache;
 pub use front::{
-    crowding_distance, pareto_front, pareto_front_pairwise, select_parent, Objective, Scored, DEFAULT_OBJECTIVES,
-    STRATEGIES,
+    crowding_distance, pareto_front, pareto_front_pairwise, select_parent, Objective, ParentSelection, Scored,
+    DEFAULT_OBJECTIVES,
 };
 pub use lineage::{Improvement, Lineage, LineageNode};
 pub use merge::{merge, MergeSummary};
 
 use crate::candidate::{Candidate, CandidateKind};
-use crate::config::Experiment;
-use crate::evaluate::Evaluation;
+use crate::types::{BadInput, Evaluation, GuardSummary};
 
 pub const SCHEMA_VERSION: i32 = 3;
 const MIGRATIONS: &[&str] = &[
@@ -129,6 +130,16 @@ pub struct StepRecord {
     pub events: Vec<(String, serde_json::Value)>,
 }
 
+/// What the archive keeps of a run's experiment: its config as text (the archive never
+/// reads it) and the fields listings show.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub name: String,
+    pub seed: u64,
+    pub domain: String,
+    pub config_toml: String,
+}
+
 /// A file the run's config names, stored in the archive.
 #[derive(Debug, Clone)]
 pub struct RunFile {
@@ -162,7 +173,7 @@ pub struct SplitScore {
     pub stage: String,
     /// What the contract guards saw (runs with `[guards]`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub guard: Option<crate::guard::GuardSummary>,
+    pub guard: Option<GuardSummary>,
     /// Memory designs: mean reward of the scored episodes with the design's memory and
     /// without memory (the baseline); `mean` is their difference.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,24 +192,24 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Creates a new archive for an experiment, with the files its config names (`files`:
-    /// config key, file name, content) stored inside. Refuses to overwrite an existing run.
-    pub fn create(path: &Path, exp: &Experiment, config_toml: &str, files: &[RunFile]) -> Result<Self> {
+    /// Creates a new archive for a run, with the files its config names stored inside.
+    /// Refuses to overwrite an existing run.
+    pub fn create(path: &Path, run: &NewRun, files: &[RunFile]) -> Result<Self> {
         if path.exists() {
             let existing = Self::open(path)?;
             if existing.run_count()? > 0 {
-                bail!(
+                return Err(BadInput::wrap(anyhow::anyhow!(
                     "{} already holds a run; fix: `metaforge resume {}` to continue it, or pass --db with a new file",
                     path.display(),
                     path.display()
-                );
+                )));
             }
         }
         let mut archive = Self::open(path)?;
         let tx = archive.conn.transaction()?;
         tx.execute(
             "INSERT INTO runs(name, seed, config_toml, domain, created_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
-            params![exp.name, exp.seed as i64, config_toml, exp.domain.name],
+            params![run.name, run.seed as i64, run.config_toml, run.domain],
         )?;
         for f in files {
             tx.execute(
@@ -238,8 +249,13 @@ impl Archive {
         })
     }
 
-    /// Opens an archive that must already hold a run (for resume/status).
+    /// Opens an archive that must already hold a run (for resume/status); a path that holds
+    /// none is `BadInput`.
     pub fn open_existing(path: &Path) -> Result<Self> {
+        Self::open_existing_unmarked(path).map_err(BadInput::wrap)
+    }
+
+    fn open_existing_unmarked(path: &Path) -> Result<Self> {
         if !path.exists() {
             bail!(
                 "archive {} does not exist; fix: check the path, or start a run with `metaforge run EXP.toml`",
@@ -267,19 +283,14 @@ impl Archive {
             .query_row("SELECT count(*) FROM runs WHERE merged_at IS NULL", [], |r| r.get(0))?)
     }
 
-    /// The experiment as stored when the run began (resume never re-reads the TOML file).
-    pub fn experiment(&self) -> Result<(Experiment, String)> {
-        let text: String = self.conn.query_row(
+    /// The experiment's config as stored when the run began (resume never re-reads the
+    /// TOML file; `config::Experiment::parse_stored` reads this text).
+    pub fn config_text(&self) -> Result<String> {
+        Ok(self.conn.query_row(
             "SELECT config_toml FROM runs WHERE merged_at IS NULL ORDER BY id LIMIT 1",
             [],
             |r| r.get(0),
-        )?;
-        let exp = Experiment::parse(
-            &text,
-            &format!("{} (stored config)", self.path.display()),
-            Path::new("."),
-        )?;
-        Ok((exp, text))
+        )?)
     }
 
     /// The next step to run: one past the last committed step.
@@ -412,9 +423,9 @@ impl Archive {
     ///
     /// Why candidates drive the join (`CROSS JOIN` fixes the order) and Rust sorts: left to
     /// itself SQLite walked `evaluations_by_split` in score order, looking each candidate up
-    /// at random, then sorted 100k wide rows in a temp B-tree: 713 ms of a 100k archive's
+    /// at random, then sorted every wide row in a temp B-tree, most of a large archive's
     /// resume. Walking candidates in table order (the order steps wrote them) and sorting
-    /// the structs takes 165 ms (`cargo bench --bench archive_scale`).
+    /// the structs is several times faster (`cargo bench --bench archive_scale`).
     pub fn scored(&self, split: &str) -> Result<Vec<Scored>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.name, c.generation, e.mean, e.ci_lo, e.ci_hi, e.cost_usd, e.prompt_tokens + e.completion_tokens,
@@ -423,7 +434,7 @@ impl Archive {
              FROM candidates c CROSS JOIN evaluations e ON e.candidate_id = c.id AND e.split = ?1 AND e.stage = 'full'",
         )?;
         let rows = stmt.query_map([split], |r| {
-            let guard: Option<crate::guard::GuardSummary> = r
+            let guard: Option<GuardSummary> = r
                 .get::<_, Option<String>>(14)?
                 .and_then(|text| serde_json::from_str(&text).ok());
             let hard = guard.as_ref().map_or(0, |g| g.hard);

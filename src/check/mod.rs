@@ -13,7 +13,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tree_sitter::{Node, Parser, Tree};
 
-pub use normalize::{normalized_source, structure_fingerprint, Signature};
+pub use normalize::{normalized_source, signature_of, signatures, structure_fingerprint, Signature};
 pub use rules::{Rule, RuleSet};
 
 use crate::candidate::CandidateKind;
@@ -92,10 +92,17 @@ pub fn parse_python(source: &str) -> Tree {
         .expect("parsing without a timeout always returns a tree")
 }
 
+/// Rules another layer adds to the embedded query rules (the guards' contract rules). They
+/// run on a tree without syntax errors. Why a trait: `check` stays pure and knows nothing
+/// of the layers above it that extend it.
+pub trait TreeRules: Send + Sync {
+    fn check(&self, file: &str, source: &str, root: Node) -> Vec<Diagnostic>;
+}
+
 /// Checks candidate programs against the syntax, the entry-point contract and the rules.
 pub struct Checker {
     rules: std::sync::Arc<RuleSet>,
-    guard_rules: crate::guard::GuardRules,
+    tree_rules: Vec<std::sync::Arc<dyn TreeRules>>,
     /// The latest reports, by file, kind and source: the loop checks a program when an
     /// operator makes it, again before evaluating it, and its signature once archived.
     recent: std::sync::Mutex<std::collections::VecDeque<(String, CandidateKind, String, CheckReport)>>,
@@ -119,14 +126,14 @@ impl Checker {
     fn with_shared_rules(rules: std::sync::Arc<RuleSet>) -> Self {
         Self {
             rules,
-            guard_rules: Default::default(),
+            tree_rules: Vec::new(),
             recent: Default::default(),
         }
     }
 
-    /// Turns on the experiment's guard rules (`[guards]`); the contract rules always run.
-    pub fn with_guard_rules(mut self, rules: crate::guard::GuardRules) -> Self {
-        self.guard_rules = rules;
+    /// Adds rules from a layer above (`guard::checker` adds the contract rules).
+    pub fn with_tree_rules(mut self, rules: impl TreeRules + 'static) -> Self {
+        self.tree_rules.push(std::sync::Arc::new(rules));
         self.recent.get_mut().unwrap().clear(); // reports made under the old rules
         self
     }
@@ -158,7 +165,9 @@ impl Checker {
         syntax_errors(file, source, root, &mut diagnostics);
         if diagnostics.is_empty() {
             entry_point(file, root, source, kind, &mut diagnostics);
-            diagnostics.extend(crate::guard::manifest::check(file, source, root, &self.guard_rules));
+            for rules in &self.tree_rules {
+                diagnostics.extend(rules.check(file, source, root));
+            }
         }
         diagnostics.extend(self.rules.run(file, source, root));
         diagnostics.sort_by(|a, b| (a.line, a.col, &a.rule).cmp(&(b.line, b.col, &b.rule)));

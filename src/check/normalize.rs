@@ -96,6 +96,20 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The near-duplicate signatures of many programs, computed in parallel. Why rayon: at
+/// resume the loop signs every archived program before its first novelty check, each a
+/// tree-sitter parse and a hash per token window; the programs are independent.
+pub fn signatures(sources: &[&str]) -> Vec<Signature> {
+    use rayon::prelude::*;
+    sources.par_iter().map(|s| signature_of(s)).collect()
+}
+
+/// The signature of one program's source (parsed, then normalised).
+pub fn signature_of(source: &str) -> Signature {
+    let tree = super::parse_python(source);
+    Signature::of(&normalized_source(tree.root_node(), source))
+}
+
 #[cfg(test)]
 mod signature_tests {
     use super::Signature;

@@ -12,12 +12,13 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub use scorers::Scorer;
 
 use crate::candidate::CandidateKind;
-use crate::config::DomainConfig;
+use crate::config::{DomainConfig, EpisodesConfig};
+use crate::types::BadInput;
 
 /// One task: what the agent sees (`input`, passed as the `task` dict) and the gold answer
 /// (never sent to the worker).
@@ -28,8 +29,7 @@ pub struct Task {
     pub answer: Value,
 }
 
-/// The episodic domain for memory designs (TextWorldExpress TextWorld-Commonsense games).
-pub const EPISODIC_DOMAIN: &str = "twc";
+pub use crate::config::EPISODIC_DOMAIN;
 
 pub struct Domain {
     pub name: String,
@@ -89,8 +89,13 @@ impl Domain {
         BUILTINS.iter().map(|b| b.name).chain([EPISODIC_DOMAIN]).collect()
     }
 
-    /// Loads the domain named by the config (built-in, or a user JSONL with a scorer).
+    /// Loads the domain named by the config (built-in, or a user JSONL with a scorer). Its
+    /// errors are `BadInput`: they are about the config or the user's dataset.
     pub fn load(cfg: &DomainConfig) -> Result<Self> {
+        Self::load_unmarked(cfg).map_err(BadInput::wrap)
+    }
+
+    fn load_unmarked(cfg: &DomainConfig) -> Result<Self> {
         if let Some(path) = &cfg.path {
             let scorer_name = cfg.scorer.as_deref().unwrap_or("exact");
             let scorer = Scorer::parse(scorer_name).with_context(|| format!("domain.scorer = {scorer_name:?}"))?;
@@ -123,7 +128,7 @@ impl Domain {
                     episodes.fold, episodes.items
                 ),
                 scorer: Scorer::Exact,
-                tasks: crate::episodic::episode_tasks(&episodes),
+                tasks: episode_tasks(&episodes),
                 episodes: Some(episodes),
             });
         }
@@ -202,6 +207,27 @@ fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Task>> {
         bail!("{origin}: no tasks; fix: add one JSON object per line");
     }
     Ok(tasks)
+}
+
+/// The episode tasks of the `twc` domain: seeds of the configured fold, with the game
+/// parameters of the config.
+pub fn episode_tasks(cfg: &EpisodesConfig) -> Vec<Task> {
+    let first = match cfg.fold.as_str() {
+        "dev" => 10_000,
+        "test" => 20_000,
+        _ => 0,
+    };
+    let params = format!(
+        "numLocations={},numItemsToPutAway={},includeDoors=0,limitInventorySize=0",
+        cfg.locations, cfg.items
+    );
+    (first..first + 1000)
+        .map(|seed| Task {
+            id: format!("twc-{}-{seed}", cfg.fold),
+            input: json!({"game": "twc", "fold": cfg.fold, "seed": seed, "params": params}),
+            answer: serde_json::Value::Null,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::config::{BaseAgentKind, EpisodesConfig};
 use crate::domain::Task;
-use crate::evaluate::{Evaluation, Evaluator, TaskDone, TaskResult};
+use crate::evaluate::{EpisodeRunner, Evaluation, Evaluator, TaskDone, TaskResult};
 use crate::executor::ShardLimits;
 use crate::llm::{Gateway, Usage};
 use crate::propose::Templates;
@@ -49,25 +49,17 @@ pub fn game_of(task: &Task) -> Result<Game> {
     serde_json::from_value(task.input.clone()).with_context(|| format!("episode {} does not name a game", task.id))
 }
 
-/// The episode tasks of the `twc` domain: seeds of the configured fold, with the game
-/// parameters of the config.
-pub fn episode_tasks(cfg: &EpisodesConfig) -> Vec<Task> {
-    let first = match cfg.fold.as_str() {
-        "dev" => 10_000,
-        "test" => 20_000,
-        _ => 0,
-    };
-    let params = format!(
-        "numLocations={},numItemsToPutAway={},includeDoors=0,limitInventorySize=0",
-        cfg.locations, cfg.items
-    );
-    (first..first + 1000)
-        .map(|seed| Task {
-            id: format!("twc-{}-{seed}", cfg.fold),
-            input: json!({"game": "twc", "fold": cfg.fold, "seed": seed, "params": params}),
-            answer: serde_json::Value::Null,
-        })
-        .collect()
+impl EpisodeRunner for Episodic {
+    fn evaluate(
+        &self,
+        ev: &Evaluator,
+        code: &str,
+        tasks: &[Task],
+        split: &str,
+        on_task: TaskDone,
+    ) -> Result<Evaluation> {
+        Episodic::evaluate(self, ev, code, tasks, split, on_task)
+    }
 }
 
 impl Episodic {
@@ -261,10 +253,10 @@ impl Episodic {
                 tail(r.error.as_deref().unwrap_or(""), 1500)
             ));
         }
-        if outcome == crate::evaluate::Outcome::Ok
+        if outcome == crate::types::Outcome::Ok
             && (retrieve_errors == results.len() || (!fill.is_empty() && update_errors.len() == fill.len()))
         {
-            outcome = crate::evaluate::Outcome::Error;
+            outcome = crate::types::Outcome::Error;
         }
         let mut e = Evaluation::from_tasks(
             split,

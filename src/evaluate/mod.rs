@@ -12,7 +12,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use stats::{bootstrap_ci, mean};
@@ -20,45 +19,13 @@ pub use stats::{bootstrap_ci, mean};
 use crate::config::EvaluationConfig;
 use crate::domain::{Scorer, Task};
 use crate::executor::{Executor, ShardLimits};
-use crate::guard::{guarded_call, AgentContract, Episodes, GuardOutcome, GuardSummary, TaskGuard};
+use crate::guard::{guarded_call, AgentContract, Episodes, GuardOutcome};
 use crate::llm::{CallParams, Gateway, Message, Usage};
 use crate::sandbox::{classify, task_outcome, unguarded_reply, CallError, LlmCall, LlmHandler};
+use crate::types::{GuardSummary, TaskGuard};
 
 /// How an evaluation ended (defined by the sandbox, which knows what a breach is).
-pub use crate::sandbox::Outcome;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskResult {
-    pub task_id: String,
-    pub score: f64,
-    /// ok | error | timeout | memory_limit | cpu_limit | output_limit | policy_denied |
-    /// protocol_violation | crashed | load_error
-    pub outcome: String,
-    pub output: Option<String>,
-    pub error: Option<String>,
-    pub usage: Usage,
-    /// What the contract guards saw (None when the run has no guards).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guard: Option<TaskGuard>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Evaluation {
-    pub split: String,
-    pub stage: String,
-    pub mean: f64,
-    pub ci_lo: f64,
-    pub ci_hi: f64,
-    pub usage: Usage,
-    pub wall_ms: f64,
-    pub outcome: Outcome,
-    /// Human-readable detail (first traceback, stderr tail): the proposer's debug feedback.
-    pub detail: String,
-    pub tasks: Vec<TaskResult>,
-    /// The guards' totals over the tasks (None when the run has no guards).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guard: Option<GuardSummary>,
-}
+pub use crate::types::{Evaluation, Outcome, TaskResult};
 
 impl Evaluation {
     /// An evaluation from its per-task results: mean and bootstrap 95% CI over their scores.
@@ -136,10 +103,25 @@ pub struct Evaluator<'a> {
     /// `guards.require_call_contracts`: the host refuses `llm()` calls without a contract.
     pub require_call_contracts: bool,
     /// The episodic domain's game servers and baseline plays, when candidates are memory
-    /// designs (their evaluation is `episodic::Episodic::evaluate`).
-    pub episodic: Option<&'a crate::episodic::Episodic>,
+    /// designs.
+    pub episodic: Option<&'a dyn EpisodeRunner>,
     /// Where the shards run (this machine, or a Ray cluster).
     pub executor: &'a Executor,
+}
+
+/// Evaluates memory designs, which play episodes instead of answering tasks
+/// (`episodic::Episodic`). Why a trait: episodic evaluation is built on this layer (its
+/// gateway, limits and records), so this layer only hands candidates to it and never
+/// imports it.
+pub trait EpisodeRunner: Sync {
+    fn evaluate(
+        &self,
+        ev: &Evaluator,
+        code: &str,
+        tasks: &[Task],
+        split: &str,
+        on_task: TaskDone,
+    ) -> Result<Evaluation>;
 }
 
 /// Called once per finished task (progress bars).

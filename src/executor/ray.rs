@@ -88,12 +88,14 @@ impl RayExecutor {
         let fail = |child: &mut Child, why: String| {
             let _ = child.kill();
             let _ = child.wait();
-            anyhow!(
+            // The config names an address where no cluster answers: bad input, like a
+            // dataset path where no file is.
+            crate::types::BadInput::wrap(anyhow!(
                 "cannot join the Ray cluster at {:?}: {why}\nfix: start it (`ray start --head`) or correct executor.address; the bridge's log: {}\n{}",
                 cfg.address.as_deref().unwrap_or(""),
                 log.display(),
                 crate::sandbox::tail(&std::fs::read_to_string(&log).unwrap_or_default(), 1500)
-            )
+            ))
         };
         // ray.init retries an unreachable head for ever; two minutes is plenty for a live one.
         let ready: Value = match ready_rx.recv_timeout(std::time::Duration::from_secs(120)) {

@@ -90,12 +90,12 @@ fn api_text(file: &str, dropped_imports: &[&str]) -> Result<String> {
 /// Writes the picked agents of `archive` into `out` (which must be empty or absent).
 pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<ExportedAgent>> {
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!(
+        return Err(crate::types::BadInput::wrap(anyhow::anyhow!(
             "{} is not empty; fix: export into a new or empty folder (nothing is overwritten)",
             out.display()
-        );
+        )));
     }
-    let (exp, _) = archive.experiment()?;
+    let exp = crate::config::Experiment::parse_stored(&archive.config_text()?, archive.path())?;
     let rows = archive.leaderboard()?;
     let lineage = archive.lineage()?;
     let ids: Vec<String> = match pick {

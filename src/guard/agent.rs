@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::contract::{Contract, ContractSpec};
 use super::expr::Cel;
 use super::verify::{verify_fallback, Tier};
+pub use crate::types::Hit;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,7 +121,7 @@ impl AgentContract {
     /// Parses and compiles a contract file; `name` is how errors refer to it.
     pub fn from_toml(name: &str, text: &str) -> Result<Self> {
         let spec: AgentContractSpec =
-            toml::from_str(text).map_err(|e| anyhow!("{name}: {e}fix: see README \"Contract guards\" for the keys"))?;
+            toml::from_str(text).map_err(|e| anyhow!("{name}: {e}fix: see docs/guards.md for the keys"))?;
         Self::compile(name, spec)
     }
 
@@ -272,16 +273,6 @@ pub enum Decision {
     Deny(String),
     /// A hard invariant broke: the episode ends and scores 0.
     Abort(String),
-}
-
-/// One rule that fired.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Hit {
-    /// pre | budget:<name> | tool-allow | tool-args | order | repeat | hard:<id> | soft:<id> | output
-    pub rule: String,
-    /// Index of the event (0-based) that fired it.
-    pub event: usize,
-    pub detail: String,
 }
 
 /// The outcome of one episode under an agent contract.

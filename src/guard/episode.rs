@@ -7,54 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::agent::{AgentContract, Decision, Event, Hit, Monitor};
+use super::agent::{AgentContract, Decision, Event, Monitor};
 use super::contract::Contract;
 use super::manifest::Manifest;
 use super::sampler::CallRecord;
 use super::verify::{verify_fallback, Tier};
-
-/// What the guards saw in one task; stored with the task's result.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TaskGuard {
-    /// invalid_task | compliant | recovered | soft_violation | hard_breach ("" without an
-    /// agent contract)
-    pub verdict: String,
-    pub hard: u32,
-    pub soft: u32,
-    pub persistent: u32,
-    /// The final answer failed the output contract and its fallback was scored instead.
-    pub final_fallback: bool,
-    /// A hard invariant ended the episode (scored 0).
-    pub aborted: bool,
-    /// Host CPU time of the agent-contract monitor, microseconds.
-    pub monitor_us: f64,
-    /// The guarded calls, all contracts together.
-    pub calls: ContractStats,
-    /// The guarded calls per contract.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub contracts: BTreeMap<String, ContractStats>,
-    /// The first rules that fired (diagnostics for the proposer).
-    pub hits: Vec<Hit>,
-}
-
-/// What call contracts did over some guarded calls.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ContractStats {
-    pub calls: u32,
-    pub first_try: u32,
-    pub attempts: u32,
-    pub fallbacks: u32,
-    pub unsatisfied: u32,
-    /// Calls refused by the precondition (no model call made).
-    pub pre_failed: u32,
-    pub repaired: u32,
-    pub rejects: BTreeMap<String, u32>,
-    /// Host CPU time spent checking, microseconds (model latency excluded).
-    pub guard_us: f64,
-}
+use crate::types::{ContractStats, GuardSummary, TaskGuard};
 
 impl ContractStats {
     fn record(&mut self, c: &CallRecord) {
@@ -84,27 +44,6 @@ impl ContractStats {
         }
         self.guard_us += o.guard_us;
     }
-}
-
-/// The guards of one evaluation, summed over its tasks; stored with the evaluation.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct GuardSummary {
-    pub tasks: u32,
-    /// Tasks without any hard violation (ABC's hard compliance, counted per episode).
-    #[serde(default)]
-    pub hard_free: u32,
-    pub hard: u32,
-    pub soft: u32,
-    pub persistent: u32,
-    pub final_fallbacks: u32,
-    pub monitor_us: f64,
-    /// The guarded calls, all contracts together.
-    pub calls: ContractStats,
-    /// Tier of each call contract's fallback (verified, verified (z3), tested ...).
-    pub tiers: BTreeMap<String, String>,
-    /// Attempts, fallbacks, rejects per stage and guard CPU time per call contract.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub contracts: BTreeMap<String, ContractStats>,
 }
 
 impl GuardSummary {

@@ -13,7 +13,7 @@ use serde_json::{Map, Number, Value};
 use tree_sitter::Node;
 
 use super::contract::{Contract, ContractSpec, Fallback};
-use crate::check::{Diagnostic, Severity};
+use crate::check::{Checker, Diagnostic, Severity, TreeRules};
 
 /// The rules an experiment turns on (`[guards]`); contract rules run whatever they say.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +21,18 @@ pub struct GuardRules {
     pub require_call_contracts: bool,
     /// Modules a candidate may import (`metaforge` always); None: no allow-list.
     pub allowed_imports: Option<Vec<String>>,
+}
+
+impl TreeRules for GuardRules {
+    fn check(&self, file: &str, source: &str, root: Node) -> Vec<Diagnostic> {
+        check(file, source, root, self)
+    }
+}
+
+/// The checker every candidate passes: the embedded rules plus the contract rules, and the
+/// call-contract and import rules when `rules` turns them on (`[guards]`).
+pub fn checker(rules: GuardRules) -> anyhow::Result<Checker> {
+    Ok(Checker::embedded()?.with_tree_rules(rules))
 }
 
 /// The contracts a candidate declares, as data.
@@ -471,7 +483,6 @@ fn python_string(text: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::candidate::CandidateKind;
-    use crate::check::Checker;
 
     const GUARDED: &str = r#"from metaforge import llm
 import re
@@ -493,7 +504,7 @@ def forward(task):
 "#;
 
     fn run(src: &str, rules: GuardRules) -> String {
-        let checker = Checker::embedded().unwrap().with_guard_rules(rules);
+        let checker = super::checker(rules).unwrap();
         checker.check("cand.py", src, CandidateKind::Agent).render()
     }
 

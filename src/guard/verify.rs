@@ -1,7 +1,7 @@
 //! Checks, before any evaluation, that a contract's fallback satisfies the contract — the
 //! step that turns "rejection sampling" into a guarantee.
 //!
-//! Tiers, strongest first (reference/guards.md §6.2):
+//! Tiers, strongest first:
 //! - `verified`: a constant fallback and checks that do not read `input` — one run of the
 //!   pipeline on the constant decides it for every input;
 //! - `verified_smt`: the postcondition and the fallback lie in a small fragment (integers,

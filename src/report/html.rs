@@ -233,7 +233,7 @@ fn lineage_svg(views: &[CandidateView]) -> Result<String> {
 /// The whole report page.
 pub fn render(archive: &Archive) -> Result<String> {
     let status = super::status(archive)?;
-    let (exp, _) = archive.experiment()?;
+    let exp = crate::config::Experiment::parse_stored(&archive.config_text()?, archive.path())?;
     let scored = archive.scored("val")?;
     let front_idx = pareto_front(&scored, &exp.search.objectives);
     let front: std::collections::HashSet<&str> = front_idx.iter().map(|&i| scored[i].id.as_str()).collect();

@@ -29,7 +29,9 @@ pub struct NodeRow {
 pub fn report(lineage: &Lineage, of: Option<&str>) -> Result<LineageReport> {
     let nodes: Vec<&LineageNode> = match of {
         Some(prefix) => {
-            let target = lineage.find(prefix).map_err(|e| anyhow!(e))?;
+            let target = lineage
+                .find(prefix)
+                .map_err(|e| crate::types::BadInput::wrap(anyhow!(e)))?;
             lineage.ancestry(&target.id)
         }
         None => lineage.graph.node_weights().collect(),

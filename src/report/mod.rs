@@ -63,7 +63,7 @@ pub struct CreditRow {
 }
 
 pub fn status(archive: &Archive) -> Result<Status> {
-    let (exp, _) = archive.experiment()?;
+    let exp = crate::config::Experiment::parse_stored(&archive.config_text()?, archive.path())?;
     let leaderboard = archive.leaderboard()?;
     let (tokens, cost_usd, cached_calls) = archive.usage()?;
     let test_comparison = test_comparison(archive, &leaderboard)?;

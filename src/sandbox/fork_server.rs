@@ -1,9 +1,9 @@
 //! The fork server: one pre-started Python interpreter (`runtime/zygote.py`) that forks a
 //! fresh worker per evaluation, instead of exec'ing a new interpreter each time.
 //!
-//! Why: with a fast model, starting an interpreter and importing the worker (~35 ms of CPU)
-//! was most of a search's orchestration cost (`benches/RESULTS.md`, profile: 84% of CPU in
-//! `python3` start-up). A fork of a warm interpreter costs a few milliseconds.
+//! Why: with a fast model, starting an interpreter and importing the worker is most of a
+//! search's orchestration cost (`benches/RESULTS.md` has the profile). A fork of a warm
+//! interpreter costs a fraction of that.
 //!
 //! Why isolation does not suffer: the child applies, for itself, every layer an exec'd
 //! worker gets (its own user/network/mount namespaces and tmpfs, the landlock ruleset the
@@ -16,8 +16,8 @@
 //! round trip), which the next request is handed to: a spawn is then a message, not a fork.
 //!
 //! When the server cannot start or its probe child cannot apply the layers, metaforge warns
-//! once and exec's one interpreter per evaluation, as before (`METAFORGE_FORK_SERVER=0`
-//! chooses that path outright).
+//! once and exec's one interpreter per evaluation (`METAFORGE_FORK_SERVER=0` chooses that
+//! path outright).
 
 use std::collections::HashMap;
 use std::io::IoSlice;

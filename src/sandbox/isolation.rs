@@ -20,26 +20,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Once, OnceLock};
 
+use crate::types::IsolationMode;
 use anyhow::{bail, Context, Result};
 use landlock::{path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI};
 use nix::libc;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
 };
-use serde::{Deserialize, Serialize};
-
-/// What to do when a layer is unavailable on this kernel (`evaluation.isolation`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IsolationMode {
-    /// Refuse to evaluate unless every layer is active.
-    Strict,
-    /// Use every layer this kernel has; warn once, naming what is missing.
-    #[default]
-    BestEffort,
-    /// rlimits, process group and cleared environment only (for debugging and benchmarks).
-    Off,
-}
 
 /// The layers a worker is started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,10 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-pub use isolation::{Isolation, IsolationMode};
-pub use outcome::{classify, error_kind, task_outcome, Outcome};
+pub use crate::host::python_interpreter;
+pub use crate::types::{IsolationMode, Outcome};
+pub use isolation::Isolation;
+pub use outcome::{classify, error_kind, task_outcome};
 pub use protocol::{LlmCall, WorkerMessage};
 pub use worker::{
     run_worker, sweep_stale_workdirs, tail, unguarded_reply, CallError, Denial, LlmHandler, TaskRun, WorkerExit,
@@ -35,44 +37,12 @@ pub use worker::{
 /// where the interpreter starts (the fork server, an exec'd worker): glibc reads it once.
 const MALLOC_ARENAS: (&str, &str) = ("MALLOC_ARENA_MAX", "2");
 
-/// The real Python interpreter, resolved once. Why: `python3` on PATH may be a version
-/// manager shim costing ~100 ms a start; the interpreter it resolves to starts in ~10 ms.
-/// `$METAFORGE_PYTHON` overrides.
-pub fn python_interpreter() -> Result<PathBuf> {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(p) = PY.get() {
-        return Ok(p.clone());
-    }
-    let resolved = match std::env::var_os("METAFORGE_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let out = Command::new("python3")
-                .args(["-c", "import sys; print(sys.executable)"])
-                .output()
-                .context(
-                    "cannot run python3; fix: install Python 3 (apt-get install python3) or set METAFORGE_PYTHON",
-                )?;
-            if !out.status.success() {
-                bail!("python3 failed to start; fix: install Python 3 or set METAFORGE_PYTHON to an interpreter");
-            }
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
-    };
-    if !resolved.exists() {
-        bail!(
-            "Python interpreter {} does not exist; fix: set METAFORGE_PYTHON",
-            resolved.display()
-        );
-    }
-    Ok(PY.get_or_init(|| resolved).clone())
-}
-
 /// Starts a real worker under every available layer with `runtime/probe_candidate.py`, which
 /// tries a connection, a secret file, a fork and a write outside; one line per attempt.
 pub fn live_probe() -> Result<Vec<String>> {
     struct NoModel;
     impl LlmHandler for NoModel {
-        fn handle(&self, _: Option<&str>, _: &LlmCall) -> Result<(Vec<String>, crate::llm::Usage), String> {
+        fn handle(&self, _: Option<&str>, _: &LlmCall) -> Result<(Vec<String>, crate::types::Usage), String> {
             Err("no model in the probe".into())
         }
     }
@@ -150,7 +120,7 @@ pub fn runtime_dir() -> Result<PathBuf> {
         h.update(c);
     }
     let hash = hex::encode(&h.finalize()[..8]);
-    let root = crate::llm::cache_root().join("runtime");
+    let root = crate::host::cache_root().join("runtime");
     let dir = root.join(&hash);
     if !dir.join("worker.py").exists() {
         std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;

@@ -4,57 +4,9 @@
 //! Why one place: the hostile-code corpus, the evaluator and the proposer's feedback must
 //! agree on what a breach is called.
 
-use std::fmt;
-
-use serde::Serialize;
+use crate::types::Outcome;
 
 use super::worker::{TaskRun, WorkerExit, WorkerRun};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    /// Every task raised an exception.
-    Error,
-    /// The candidate failed to load (syntax, import, missing `forward`).
-    LoadError,
-    /// The wall-clock deadline passed; the process group was killed.
-    Timeout,
-    /// Every task ran out of address space.
-    MemoryLimit,
-    /// The CPU-seconds limit killed the worker.
-    CpuLimit,
-    /// Captured output, a file or the scratch disk went over its limit.
-    OutputLimit,
-    /// The sandbox refused an operation; `what` names the first one.
-    PolicyDenied {
-        what: String,
-    },
-    /// Forged, malformed or oversized messages on the worker's pipes.
-    ProtocolViolation,
-    /// The worker died on a signal or exited before reporting every task.
-    Crashed {
-        signal: Option<i32>,
-    },
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Ok => f.write_str("ok"),
-            Outcome::Error => f.write_str("error"),
-            Outcome::LoadError => f.write_str("load_error"),
-            Outcome::Timeout => f.write_str("timeout"),
-            Outcome::MemoryLimit => f.write_str("memory_limit"),
-            Outcome::CpuLimit => f.write_str("cpu_limit"),
-            Outcome::OutputLimit => f.write_str("output_limit"),
-            Outcome::PolicyDenied { .. } => f.write_str("policy_denied"),
-            Outcome::ProtocolViolation => f.write_str("protocol_violation"),
-            Outcome::Crashed { signal: Some(s) } => write!(f, "crashed:{s}"),
-            Outcome::Crashed { signal: None } => f.write_str("crashed"),
-        }
-    }
-}
 
 /// Outcome of one task, as stored in `task_results.outcome`.
 pub fn task_outcome(task: &TaskRun, exit: &WorkerExit) -> &'static str {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::llm::Message;
+use crate::types::Message;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -92,8 +92,8 @@ pub const MAX_SAMPLES: u32 = 16;
 
 impl LlmCall {
     /// The sampling parameters the call asks for (the gateway applies the defaults).
-    pub fn params(&self) -> crate::llm::CallParams {
-        crate::llm::CallParams {
+    pub fn params(&self) -> crate::types::CallParams {
+        crate::types::CallParams {
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             json: self.json,
@@ -123,11 +123,13 @@ impl LlmCall {
             ));
         }
         if let Some(stop) = &self.stop {
-            if stop.is_empty() || stop.len() > crate::llm::MAX_STOP || stop.iter().any(|s| s.is_empty() || s.len() > 64)
+            if stop.is_empty()
+                || stop.len() > crate::types::MAX_STOP
+                || stop.iter().any(|s| s.is_empty() || s.len() > 64)
             {
                 return Err(format!(
                     "stop must hold 1 to {} non-empty strings of at most 64 bytes",
-                    crate::llm::MAX_STOP
+                    crate::types::MAX_STOP
                 ));
             }
         }

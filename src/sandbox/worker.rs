@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::isolation::{ChildSetup, Isolation};
 use super::protocol::{LlmCall, WorkerMessage};
-use crate::llm::Usage;
+use crate::types::Usage;
 
 /// Limits of one worker.
 #[derive(Debug, Clone)]

@@ -20,7 +20,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::archive::{select_parent, Archive, ProposalRecord, ProposalStatus, StepRecord};
+use crate::archive::CallCache;
+use crate::archive::{select_parent, Archive, NewRun, ParentSelection, ProposalRecord, ProposalStatus, StepRecord};
 use crate::candidate::{candidate_id, docstring_header, Candidate, CandidateKind};
 use crate::check::{Checker, Signature};
 use crate::config::{Bandit, Experiment};
@@ -28,7 +29,7 @@ use crate::domain::{Domain, Task};
 use crate::evaluate::racing;
 use crate::evaluate::staged::{evaluate_staged, Stages};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
-use crate::llm::{BackendFactory, Budget, CallCache, Gateway, Role};
+use crate::llm::{BackendFactory, Budget, Gateway, Role};
 use crate::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
 use crate::propose::{instruction, operators, Proposal, Templates};
 use crate::sandbox::Isolation;
@@ -104,7 +105,13 @@ impl Search {
         // names only, so resume never reads the original files (and the .db moves freely).
         let files = run_files::take(&mut exp)?;
         let stored = toml::to_string(&exp).context("cannot serialise the experiment")?;
-        let archive = Archive::create(db, &exp, &stored, &files)?;
+        let run = NewRun {
+            name: exp.name.clone(),
+            seed: exp.seed,
+            domain: exp.domain.name.clone(),
+            config_toml: stored,
+        };
+        let archive = Archive::create(db, &run, &files)?;
         Self::build(exp, archive, quiet)
     }
 
@@ -112,7 +119,7 @@ impl Search {
     /// stored `[executor]` for this process (where shards run does not change what they give).
     pub fn resume(db: &Path, quiet: bool, executor: Option<crate::config::ExecutorConfig>) -> Result<Self> {
         let archive = Archive::open_existing(db)?;
-        let (mut exp, _) = archive.experiment()?;
+        let mut exp = Experiment::parse_stored(&archive.config_text()?, archive.path())?;
         if let Some(executor) = executor {
             exp.executor = executor;
             exp.validate()?;
@@ -179,7 +186,7 @@ impl Search {
         Ok(Self {
             episodic,
             executor,
-            checker: Checker::embedded()?.with_guard_rules(exp.guards.rules()),
+            checker: crate::guard::checker(exp.guards.rules())?,
             templates: Templates::embedded()?,
             guards_prompt: guards_prompt(&exp.guards)?,
             agent_contract,
@@ -283,11 +290,11 @@ impl Search {
     /// already tested are skipped; the new evaluations are filed under the run's test step.
     pub fn test_on_demand(&mut self, top_k: usize, front: bool) -> Result<usize> {
         if !self.archive.is_finished()? {
-            bail!(
+            return Err(crate::types::BadInput::wrap(anyhow::anyhow!(
                 "{} is still in progress; fix: `metaforge resume {}` first (its last step tests the best candidates)",
                 self.archive.path().display(),
                 self.archive.path().display()
-            );
+            )));
         }
         let bar = if self.quiet {
             ProgressBar::hidden()
@@ -346,9 +353,9 @@ impl Search {
     fn propose_step(&mut self, step: u64, generation: u32, bar: &ProgressBar) -> Result<StepRecord> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.exp.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let search = &self.exp.search;
-        let strategy = search.parent_selection.as_str();
+        let strategy = search.parent_selection;
         let mut scored = self.archive.scored("val")?;
-        if strategy == "instance" {
+        if strategy == ParentSelection::Instance {
             self.archive.fill_instance_wins(&mut scored)?;
         }
         let scored = islands::selectable(scored, step, generation, search.islands, search.migration_interval);
@@ -680,13 +687,12 @@ impl Search {
         let (known, read_upto) = &mut *guard;
         let (new_ids, last) = self.archive.candidate_ids_after(*read_upto)?;
         *read_upto = last;
-        for other in new_ids {
-            let code = self.archive.candidate(&other)?.map(|c| c.code).unwrap_or_default();
-            // Named as the loop names a proposal: the one archived last step is still in
-            // the checker's memory, not parsed again.
-            let report = self.checker.check("candidate.py", &code, self.domain.kind);
-            known.insert(other, Signature::of(&report.normalized));
+        let mut codes = Vec::with_capacity(new_ids.len());
+        for id in &new_ids {
+            codes.push(self.archive.candidate(id)?.map(|c| c.code).unwrap_or_default());
         }
+        let sources: Vec<&str> = codes.iter().map(String::as_str).collect();
+        known.extend(new_ids.into_iter().zip(crate::check::signatures(&sources)));
         Ok(known
             .iter()
             .map(|(id, sig)| (mine.similarity(sig), id))
@@ -905,7 +911,7 @@ impl Search {
             scorer: self.domain.scorer,
             agent_contract: self.agent_contract.as_ref(),
             require_call_contracts: self.exp.guards.require_call_contracts,
-            episodic: self.episodic.as_ref(),
+            episodic: self.episodic.as_ref().map(|e| e as &dyn crate::evaluate::EpisodeRunner),
             executor: &self.executor,
         };
         let tick = || tasks_bar.inc(1);

@@ -20,7 +20,8 @@ pub fn take(exp: &mut Experiment) -> Result<Vec<RunFile>> {
         .into_iter()
         .map(|(key, path)| {
             let content = std::fs::read(&*path)
-                .with_context(|| format!("{key}: cannot read {}; fix: check the path", path.display()))?;
+                .with_context(|| format!("{key}: cannot read {}; fix: check the path", path.display()))
+                .map_err(crate::types::BadInput::wrap)?;
             let file_name = path
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ChatRequest, Reply, Role};
+use super::{migrate, open_connection};
+use crate::llm::{CachedCall, CallStore, ChatRequest};
+use crate::types::{Reply, Role};
 
 /// How long answered calls may wait in memory for the next write. Why not one autocommit
 /// INSERT per call: with a fast model that write was a visible part of every call (each
@@ -39,23 +41,16 @@ struct PendingCall {
     reply: Reply,
 }
 
-#[derive(Debug)]
-pub struct CachedCall {
-    pub text: String,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
 impl CallCache {
     /// Opens the cache table of an archive file (its own connection; WAL lets it write while
     /// the loop's connection reads).
     pub fn open(archive: &Path) -> Result<Self> {
-        Ok(Self::with_connection(crate::archive::open_connection(archive)?))
+        Ok(Self::with_connection(open_connection(archive)?))
     }
 
     pub fn in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
-        crate::archive::migrate(&conn)?;
+        migrate(&conn)?;
         Ok(Self::with_connection(conn))
     }
 
@@ -69,7 +64,22 @@ impl CallCache {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<CachedCall> {
+    pub fn len(&self) -> usize {
+        let mut state = self.state.lock().unwrap();
+        state.write_pending();
+        state
+            .conn
+            .query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CallStore for CallCache {
+    fn get(&self, key: &str) -> Option<CachedCall> {
         let state = self.state.lock().unwrap();
         if let Some(p) = state.pending.get(key) {
             return Some(CachedCall {
@@ -100,7 +110,7 @@ impl CallCache {
 
     /// Records an answered call. It is written now if nothing was written for
     /// `WRITE_BEHIND`, else with the next write: a later call, `flush`, or drop.
-    pub fn put(&self, key: &str, role: Role, model: &str, req: &ChatRequest, reply: &Reply) {
+    fn put(&self, key: &str, role: Role, model: &str, req: &ChatRequest, reply: &Reply) {
         let mut state = self.state.lock().unwrap();
         let request = serde_json::to_string(req).unwrap_or_default();
         state.pending.entry(key.to_string()).or_insert_with(|| PendingCall {
@@ -116,20 +126,8 @@ impl CallCache {
 
     /// Writes every waiting call (the search does at the end of each step, before the step
     /// is committed, so a committed step's calls are always stored).
-    pub fn flush(&self) {
+    fn flush(&self) {
         self.state.lock().unwrap().write_pending();
-    }
-    pub fn len(&self) -> usize {
-        let mut state = self.state.lock().unwrap();
-        state.write_pending();
-        state
-            .conn
-            .query_row("SELECT count(*) FROM llm_calls", [], |r| r.get::<_, i64>(0))
-            .unwrap_or(0) as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -177,5 +175,79 @@ impl State {
             tracing::warn!(%e, calls = self.pending.len(), "call cache write failed; these calls will be repeated on replay");
         }
         self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::llm::{Budget, Gateway, ScriptedBackend};
+    use crate::types::{CallParams, Message};
+
+    fn cfg() -> ModelConfig {
+        toml::from_str("backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"\nmax_tokens = 10").unwrap()
+    }
+
+    /// Rows of `llm_calls` as another process sees them: through its own connection.
+    fn stored_calls(db: &std::path::Path) -> i64 {
+        let conn = open_connection(db).unwrap();
+        conn.query_row("SELECT count(*) FROM llm_calls", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_burst_of_calls_is_written_behind_and_served_while_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("run.db");
+        open_connection(&db).unwrap();
+        let cache = Arc::new(CallCache::open(&db).unwrap());
+        let backend = Arc::new(ScriptedBackend::new("s", (0..5).map(|i| format!("r{i}")).collect()));
+        let gw = Gateway::new(
+            Role::Agent,
+            backend.clone(),
+            &cfg(),
+            Some(cache.clone()),
+            Arc::new(Budget::unlimited()),
+        );
+        let reqs: Vec<_> = (0..5)
+            .map(|i| gw.request(vec![Message::new("user", "q")], CallParams::default(), i))
+            .collect();
+        for r in &reqs {
+            gw.complete(r).unwrap();
+        }
+        // The first call of the burst is written at once, the rest wait for the next write.
+        assert_eq!(stored_calls(&db), 1);
+        for (i, r) in reqs.iter().enumerate() {
+            let again = gw.complete(r).unwrap();
+            assert!(again.cached, "call {i} not served from the cache while waiting");
+            assert_eq!(again.text, format!("r{i}"));
+        }
+        assert_eq!(backend.calls(), 5, "no call sent twice");
+        gw.flush_cache();
+        assert_eq!(stored_calls(&db), 5);
+        // A call after a quiet spell is written at once; one right after it waits, and is
+        // written when the cache is dropped.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let (a, b) = (
+            gw.request(vec![Message::new("user", "a")], CallParams::default(), 0),
+            gw.request(vec![Message::new("user", "b")], CallParams::default(), 0),
+        );
+        let backend2 = Arc::new(ScriptedBackend::new("s", vec!["x".into(), "y".into()]));
+        let gw2 = Gateway::new(
+            Role::Agent,
+            backend2,
+            &cfg(),
+            Some(cache.clone()),
+            Arc::new(Budget::unlimited()),
+        );
+        gw2.complete(&a).unwrap();
+        assert_eq!(stored_calls(&db), 6);
+        gw2.complete(&b).unwrap();
+        assert_eq!(stored_calls(&db), 6);
+        drop((gw, gw2, cache));
+        assert_eq!(stored_calls(&db), 7);
     }
 }

@@ -1,0 +1,94 @@
+//! What a model call is made of and what it costs: shared by the gateway that makes calls,
+//! the sandbox protocol that carries them and the archive that stores their totals.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Which side of the search a gateway serves; stored with every cached call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Meta,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Meta => "meta",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+/// Parameters a caller may set per call; unset ones take the role's configured defaults.
+#[derive(Debug, Clone, Default)]
+pub struct CallParams {
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub json: bool,
+    /// Stop sequences (at most `MAX_STOP`), as OpenAI-compatible endpoints take them.
+    pub stop: Vec<String>,
+}
+
+/// Most stop sequences a call may carry (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+/// The answer to a gateway call, with what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reply {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_ms: f64,
+    pub cached: bool,
+}
+
+/// Token and dollar totals; used per candidate evaluation and per run.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    pub calls: u64,
+    pub cached_calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_ms: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, r: &Reply) {
+        self.calls += 1;
+        self.cached_calls += u64::from(r.cached);
+        self.prompt_tokens += r.prompt_tokens;
+        self.completion_tokens += r.completion_tokens;
+        self.cost_usd += r.cost_usd;
+        self.latency_ms += r.latency_ms;
+    }
+
+    pub fn merge(&mut self, o: &Usage) {
+        self.calls += o.calls;
+        self.cached_calls += o.cached_calls;
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+        self.cost_usd += o.cost_usd;
+        self.latency_ms += o.latency_ms;
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}

@@ -1,0 +1,79 @@
+//! The closed sets an experiment chooses from, parsed once where a config or an archive row
+//! is read, so the rest of the code matches on variants instead of comparing strings.
+
+use serde::{Deserialize, Serialize};
+
+/// What the front trades off (`search.objectives`). Score is maximised, the rest minimised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Validation score.
+    Score,
+    /// Dollars when the model is priced, else tokens (a free local model still costs time).
+    Cost,
+    /// Prompt + completion tokens of the validation evaluation.
+    Tokens,
+    /// Wall-clock time of the validation evaluation.
+    Latency,
+    /// Length of the program source.
+    CodeSize,
+    /// Share of guarded values that were contract fallbacks (`[guards]`).
+    FallbackRate,
+    /// Soft contract violations per task (`[guards]`).
+    SoftViolations,
+}
+
+/// The default objectives: validation score up, cost down.
+pub const DEFAULT_OBJECTIVES: &[Objective] = &[Objective::Score, Objective::Cost];
+
+/// How the loop picks a parent (`search.parent_selection`); `archive::select_parent` says
+/// what each one weighs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParentSelection {
+    #[default]
+    Pareto,
+    Tournament,
+    Softmax,
+    Instance,
+    Uniform,
+}
+
+impl ParentSelection {
+    pub const ALL: [ParentSelection; 5] = [
+        ParentSelection::Pareto,
+        ParentSelection::Tournament,
+        ParentSelection::Softmax,
+        ParentSelection::Instance,
+        ParentSelection::Uniform,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParentSelection::Pareto => "pareto",
+            ParentSelection::Tournament => "tournament",
+            ParentSelection::Softmax => "softmax",
+            ParentSelection::Instance => "instance",
+            ParentSelection::Uniform => "uniform",
+        }
+    }
+}
+
+impl std::fmt::Display for ParentSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do when a layer is unavailable on this kernel (`evaluation.isolation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationMode {
+    /// Refuse to evaluate unless every layer is active.
+    Strict,
+    /// Use every layer this kernel has; warn once, naming what is missing.
+    #[default]
+    BestEffort,
+    /// rlimits, process group and cleared environment only (for debugging and benchmarks).
+    Off,
+}

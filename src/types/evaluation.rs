@@ -1,0 +1,160 @@
+//! An evaluation as the loop hands it to the archive: per-task results, totals, how it
+//! ended and what the guards saw. Behaviour lives with the layer that computes each part
+//! (`evaluate`, `guard`, `sandbox`); these are the records all of them share.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::call::Usage;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub split: String,
+    pub stage: String,
+    pub mean: f64,
+    pub ci_lo: f64,
+    pub ci_hi: f64,
+    pub usage: Usage,
+    pub wall_ms: f64,
+    pub outcome: Outcome,
+    /// Human-readable detail (first traceback, stderr tail): the proposer's debug feedback.
+    pub detail: String,
+    pub tasks: Vec<TaskResult>,
+    /// The guards' totals over the tasks (None when the run has no guards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub score: f64,
+    /// ok | error | timeout | memory_limit | cpu_limit | output_limit | policy_denied |
+    /// protocol_violation | crashed | load_error
+    pub outcome: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub usage: Usage,
+    /// What the contract guards saw (None when the run has no guards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<TaskGuard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// Every task raised an exception.
+    Error,
+    /// The candidate failed to load (syntax, import, missing `forward`).
+    LoadError,
+    /// The wall-clock deadline passed; the process group was killed.
+    Timeout,
+    /// Every task ran out of address space.
+    MemoryLimit,
+    /// The CPU-seconds limit killed the worker.
+    CpuLimit,
+    /// Captured output, a file or the scratch disk went over its limit.
+    OutputLimit,
+    /// The sandbox refused an operation; `what` names the first one.
+    PolicyDenied {
+        what: String,
+    },
+    /// Forged, malformed or oversized messages on the worker's pipes.
+    ProtocolViolation,
+    /// The worker died on a signal or exited before reporting every task.
+    Crashed {
+        signal: Option<i32>,
+    },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Error => f.write_str("error"),
+            Outcome::LoadError => f.write_str("load_error"),
+            Outcome::Timeout => f.write_str("timeout"),
+            Outcome::MemoryLimit => f.write_str("memory_limit"),
+            Outcome::CpuLimit => f.write_str("cpu_limit"),
+            Outcome::OutputLimit => f.write_str("output_limit"),
+            Outcome::PolicyDenied { .. } => f.write_str("policy_denied"),
+            Outcome::ProtocolViolation => f.write_str("protocol_violation"),
+            Outcome::Crashed { signal: Some(s) } => write!(f, "crashed:{s}"),
+            Outcome::Crashed { signal: None } => f.write_str("crashed"),
+        }
+    }
+}
+
+/// The guards of one evaluation, summed over its tasks; stored with the evaluation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuardSummary {
+    pub tasks: u32,
+    /// Tasks without any hard violation (ABC's hard compliance, counted per episode).
+    #[serde(default)]
+    pub hard_free: u32,
+    pub hard: u32,
+    pub soft: u32,
+    pub persistent: u32,
+    pub final_fallbacks: u32,
+    pub monitor_us: f64,
+    /// The guarded calls, all contracts together.
+    pub calls: ContractStats,
+    /// Tier of each call contract's fallback (verified, verified (z3), tested ...).
+    pub tiers: BTreeMap<String, String>,
+    /// Attempts, fallbacks, rejects per stage and guard CPU time per call contract.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contracts: BTreeMap<String, ContractStats>,
+}
+
+/// What the guards saw in one task; stored with the task's result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskGuard {
+    /// invalid_task | compliant | recovered | soft_violation | hard_breach ("" without an
+    /// agent contract)
+    pub verdict: String,
+    pub hard: u32,
+    pub soft: u32,
+    pub persistent: u32,
+    /// The final answer failed the output contract and its fallback was scored instead.
+    pub final_fallback: bool,
+    /// A hard invariant ended the episode (scored 0).
+    pub aborted: bool,
+    /// Host CPU time of the agent-contract monitor, microseconds.
+    pub monitor_us: f64,
+    /// The guarded calls, all contracts together.
+    pub calls: ContractStats,
+    /// The guarded calls per contract.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contracts: BTreeMap<String, ContractStats>,
+    /// The first rules that fired (diagnostics for the proposer).
+    pub hits: Vec<Hit>,
+}
+
+/// What call contracts did over some guarded calls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContractStats {
+    pub calls: u32,
+    pub first_try: u32,
+    pub attempts: u32,
+    pub fallbacks: u32,
+    pub unsatisfied: u32,
+    /// Calls refused by the precondition (no model call made).
+    pub pre_failed: u32,
+    pub repaired: u32,
+    pub rejects: BTreeMap<String, u32>,
+    /// Host CPU time spent checking, microseconds (model latency excluded).
+    pub guard_us: f64,
+}
+
+/// One rule that fired.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hit {
+    /// pre | budget:<name> | tool-allow | tool-args | order | repeat | hard:<id> | soft:<id> | output
+    pub rule: String,
+    /// Index of the event (0-based) that fired it.
+    pub event: usize,
+    pub detail: String,
+}
