@@ -63,8 +63,8 @@ fn step(i: u64, rng: &mut impl Rng) -> StepRecord {
         })
         .collect();
     let evaluation = Evaluation {
-        split: "val".into(),
-        stage: "full".into(),
+        split: metaforge::types::Split::Val,
+        stage: metaforge::types::Stage::Full,
         mean: score,
         ci_lo: (score - 0.2).max(0.0),
         ci_hi: (score + 0.2).min(1.0),
@@ -153,7 +153,7 @@ fn main() {
         let opened = start.elapsed().as_secs_f64();
         let next = archive.next_step().unwrap();
         let stepped = start.elapsed().as_secs_f64();
-        let scored = archive.scored("val").unwrap();
+        let scored = archive.scored(metaforge::types::Split::Val).unwrap();
         let resume = start.elapsed().as_secs_f64();
         assert_eq!(next, n);
         println!(

@@ -133,7 +133,9 @@ fn end_to_end(guarded: bool, agent: Option<&AgentContract>) -> f64 {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let e = evaluator.evaluate(&code, &tasks, "val", &|| {}).unwrap();
+        let e = evaluator
+            .evaluate(&code, &tasks, metaforge::types::Split::Val, &|| {})
+            .unwrap();
         assert_eq!(e.mean, 1.0, "{}", e.detail);
         runs.push(t.elapsed().as_secs_f64() * 1e3 / (TASKS * CALLS_PER_TASK) as f64);
     }

@@ -92,13 +92,17 @@ fn main() {
         executor: &metaforge::executor::Executor::Local,
     };
     let t = Instant::now();
-    let first = evaluator.evaluate(&code, &val, "val", &|| {}).unwrap();
+    let first = evaluator
+        .evaluate(&code, &val, metaforge::types::Split::Val, &|| {})
+        .unwrap();
     let with_baselines = t.elapsed().as_secs_f64();
     let mut cached = f64::MAX;
     let mut second = first.clone();
     for _ in 0..3 {
         let t = Instant::now();
-        second = evaluator.evaluate(&code, &val, "val", &|| {}).unwrap();
+        second = evaluator
+            .evaluate(&code, &val, metaforge::types::Split::Val, &|| {})
+            .unwrap();
         cached = cached.min(t.elapsed().as_secs_f64());
     }
     assert_eq!(

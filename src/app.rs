@@ -16,6 +16,7 @@ use crate::evaluate::Evaluator;
 use crate::llm::{BackendFactory, Budget, Gateway, Role};
 use crate::search::Search;
 use crate::types::BadInput;
+use crate::types::Split;
 
 /// Exit code for failures of the thing being run (not of the user's input).
 pub const EXIT_FAILURE: u8 = 1;
@@ -385,7 +386,7 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         episodic: episodic.as_ref().map(|e| e as &dyn crate::evaluate::EpisodeRunner),
         executor: &crate::executor::Executor::Local,
     }
-    .evaluate(&code, &tasks, "val", &tick)?;
+    .evaluate(&code, &tasks, Split::Val, &tick)?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);

@@ -94,7 +94,7 @@ fn merge_unites_by_content_hash_and_the_result_resumes() {
     // once, in step order (`Archive::scored` no longer asks SQLite to sort).
     let scored = metaforge::archive::Archive::open_existing(&merged)
         .unwrap()
-        .scored("val")
+        .scored(metaforge::types::Split::Val)
         .unwrap();
     let order: Vec<(u64, String)> = scored.iter().map(|s| (s.step, s.id.clone())).collect();
     let mut sorted = order.clone();

@@ -51,7 +51,7 @@ fn exported_agents_run_outside_metaforge_against_a_real_server() {
         &["export", db, "--out", front_dir.to_str().unwrap(), "--front"],
     ));
     let archive = metaforge::archive::Archive::open_existing(Path::new(db)).unwrap();
-    let scored = archive.scored("val").unwrap();
+    let scored = archive.scored(metaforge::types::Split::Val).unwrap();
     assert_eq!(
         agents_json(&front_dir).len(),
         metaforge::archive::pareto_front(&scored, metaforge::archive::DEFAULT_OBJECTIVES).len()

@@ -306,7 +306,9 @@ fn calls_from_a_tasks_threads_count_against_its_budget() {
         input: serde_json::json!({"question": "q"}),
         answer: serde_json::json!(7),
     }];
-    let e = evaluator.evaluate(code, &tasks, "val", &|| {}).unwrap();
+    let e = evaluator
+        .evaluate(code, &tasks, metaforge::types::Split::Val, &|| {})
+        .unwrap();
     let g = e.tasks[0].guard.as_ref().expect("guarded");
     assert_eq!(
         g.hard, 1,

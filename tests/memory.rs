@@ -30,7 +30,11 @@ fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {
     };
     designs
         .iter()
-        .map(|code| evaluator.evaluate(code, &val, "val", &|| {}).unwrap())
+        .map(|code| {
+            evaluator
+                .evaluate(code, &val, metaforge::types::Split::Val, &|| {})
+                .unwrap()
+        })
         .collect()
 }
 

@@ -285,7 +285,7 @@ fn a_memory_design_evaluated_through_ray_matches_the_local_evaluation() {
             episodic: Some(&episodic),
             executor,
         }
-        .evaluate(&code, &val, "val", &|| {})
+        .evaluate(&code, &val, metaforge::types::Split::Val, &|| {})
         .unwrap()
     };
     let local = evaluate(&Executor::Local);

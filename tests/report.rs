@@ -49,7 +49,7 @@ fn the_report_renders_the_front_and_the_lineage_in_a_browser() {
     assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
     let dom = String::from_utf8_lossy(&dom.stdout);
     let archive = metaforge::archive::Archive::open_existing(&db).unwrap();
-    let scored = archive.scored("val").unwrap();
+    let scored = archive.scored(metaforge::types::Split::Val).unwrap();
     let front = metaforge::archive::pareto_front(&scored, metaforge::archive::DEFAULT_OBJECTIVES);
     assert!(
         dom.contains("id=\"front\"") && dom.contains("id=\"pareto-chart\"><svg"),

@@ -169,7 +169,7 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
 /// Ids of the validation Pareto front, as selection sees it.
 fn front(db: &std::path::Path) -> Vec<String> {
     let archive = metaforge::archive::Archive::open_existing(db).unwrap();
-    let scored = archive.scored("val").unwrap();
+    let scored = archive.scored(metaforge::types::Split::Val).unwrap();
     let mut ids: Vec<String> = metaforge::archive::pareto_front(&scored, metaforge::archive::DEFAULT_OBJECTIVES)
         .into_iter()
         .map(|i| scored[i].id.clone())

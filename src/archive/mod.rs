@@ -31,7 +31,7 @@ pub use lineage::{Improvement, Lineage, LineageNode};
 pub use merge::{merge, MergeSummary};
 
 use crate::candidate::{Candidate, CandidateKind};
-use crate::types::{BadInput, Evaluation, GuardSummary};
+use crate::types::{BadInput, Evaluation, GuardSummary, Split, Stage};
 
 pub const SCHEMA_VERSION: i32 = 3;
 const MIGRATIONS: &[&str] = &[
@@ -170,7 +170,7 @@ pub struct SplitScore {
     pub tokens: u64,
     pub outcome: String,
     /// `full`, or where staged evaluation stopped it (`cascade`, `stopped`).
-    pub stage: String,
+    pub stage: Stage,
     /// What the contract guards saw (runs with `[guards]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardSummary>,
@@ -315,7 +315,7 @@ impl Archive {
             > 0)
     }
 
-    pub fn has_evaluation(&self, id: &str, split: &str) -> Result<bool> {
+    pub fn has_evaluation(&self, id: &str, split: Split) -> Result<bool> {
         Ok(self.conn.query_row(
             "SELECT count(*) FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
             params![id, split],
@@ -347,7 +347,7 @@ impl Archive {
     }
 
     /// Per-task scores of `id`'s evaluation on `split` (every stage), for paired comparisons.
-    pub fn task_scores(&self, id: &str, split: &str) -> Result<Vec<(String, f64)>> {
+    pub fn task_scores(&self, id: &str, split: Split) -> Result<Vec<(String, f64)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT t.task_id, t.score FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
              WHERE e.candidate_id = ?1 AND e.split = ?2",
@@ -426,7 +426,7 @@ impl Archive {
     /// at random, then sorted every wide row in a temp B-tree, most of a large archive's
     /// resume. Walking candidates in table order (the order steps wrote them) and sorting
     /// the structs is several times faster (`cargo bench --bench archive_scale`).
-    pub fn scored(&self, split: &str) -> Result<Vec<Scored>> {
+    pub fn scored(&self, split: Split) -> Result<Vec<Scored>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.name, c.generation, e.mean, e.ci_lo, e.ci_hi, e.cost_usd, e.prompt_tokens + e.completion_tokens,
                     (SELECT count(*) FROM lineage l WHERE l.parent = c.id), c.fingerprint, e.outcome, e.wall_ms, length(c.code), c.step,
@@ -602,8 +602,8 @@ impl Archive {
         rows.into_iter()
             .map(|(id, name, operator, generation)| {
                 Ok(LeaderRow {
-                    val: self.split_score(&id, "val")?,
-                    test: self.split_score(&id, "test")?,
+                    val: self.split_score(&id, Split::Val)?,
+                    test: self.split_score(&id, Split::Test)?,
                     id,
                     name,
                     operator,
@@ -613,7 +613,7 @@ impl Archive {
             .collect()
     }
 
-    fn split_score(&self, id: &str, split: &str) -> Result<Option<SplitScore>> {
+    fn split_score(&self, id: &str, split: Split) -> Result<Option<SplitScore>> {
         self.conn
             .query_row(
                 "SELECT n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens + completion_tokens, outcome, stage, guard FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
@@ -645,7 +645,7 @@ impl Archive {
 
     /// Mean rewards with and without memory over an evaluation's scored episodes (their
     /// task outputs carry both, see `episodic`); None for agent evaluations.
-    fn memory_rewards(&self, id: &str, split: &str) -> Result<Option<MemoryRewards>> {
+    fn memory_rewards(&self, id: &str, split: Split) -> Result<Option<MemoryRewards>> {
         let (with, without): (Option<f64>, Option<f64>) = self.conn.query_row(
             "SELECT avg(json_extract(t.output, '$.reward')), avg(json_extract(t.output, '$.baseline'))
              FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
@@ -781,6 +781,20 @@ impl Archive {
     }
 }
 
+/// Splits and stages are stored by name (`as_str`); a name this build does not know is a
+/// clear error naming it, not a silent default.
+impl rusqlite::ToSql for Split {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Stage {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Stage::parse(value.as_str()?).map_err(|e| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
 fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step: u64) -> Result<()> {
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO evaluations(candidate_id, split, stage, n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens, completion_tokens,
@@ -788,8 +802,8 @@ fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step:
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, datetime('now'))",
         params![
             id,
-            e.split,
-            e.stage,
+            e.split.as_str(),
+            e.stage.as_str(),
             e.tasks.len() as i64,
             e.mean,
             e.ci_lo,

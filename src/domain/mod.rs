@@ -18,7 +18,7 @@ pub use scorers::Scorer;
 
 use crate::candidate::CandidateKind;
 use crate::config::{DomainConfig, EpisodesConfig};
-use crate::types::BadInput;
+use crate::types::{BadInput, Fold};
 
 /// One task: what the agent sees (`input`, passed as the `task` dict) and the gold answer
 /// (never sent to the worker).
@@ -212,10 +212,10 @@ fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Task>> {
 /// The episode tasks of the `twc` domain: seeds of the configured fold, with the game
 /// parameters of the config.
 pub fn episode_tasks(cfg: &EpisodesConfig) -> Vec<Task> {
-    let first = match cfg.fold.as_str() {
-        "dev" => 10_000,
-        "test" => 20_000,
-        _ => 0,
+    let first = match cfg.fold {
+        Fold::Train => 0,
+        Fold::Dev => 10_000,
+        Fold::Test => 20_000,
     };
     let params = format!(
         "numLocations={},numItemsToPutAway={},includeDoors=0,limitInventorySize=0",
@@ -224,7 +224,7 @@ pub fn episode_tasks(cfg: &EpisodesConfig) -> Vec<Task> {
     (first..first + 1000)
         .map(|seed| Task {
             id: format!("twc-{}-{seed}", cfg.fold),
-            input: json!({"game": "twc", "fold": cfg.fold, "seed": seed, "params": params}),
+            input: json!({"game": "twc", "fold": cfg.fold.as_str(), "seed": seed, "params": params}),
             answer: serde_json::Value::Null,
         })
         .collect()

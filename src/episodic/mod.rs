@@ -30,6 +30,7 @@ use crate::executor::ShardLimits;
 use crate::llm::{Gateway, Usage};
 use crate::propose::Templates;
 use crate::sandbox::{classify, error_kind, tail, task_outcome, LlmCall, LlmHandler};
+use crate::types::Split;
 pub use agent::{choose_action, observation_for, BaseAgent, Play};
 pub use env::{EnvPool, Game};
 
@@ -55,7 +56,7 @@ impl EpisodeRunner for Episodic {
         ev: &Evaluator,
         code: &str,
         tasks: &[Task],
-        split: &str,
+        split: Split,
         on_task: TaskDone,
     ) -> Result<Evaluation> {
         Episodic::evaluate(self, ev, code, tasks, split, on_task)
@@ -121,7 +122,7 @@ impl Episodic {
         ev: &Evaluator,
         code: &str,
         tasks: &[Task],
-        split: &str,
+        split: Split,
         on_task: TaskDone,
     ) -> Result<Evaluation> {
         if tasks.len() < 2 {
@@ -260,7 +261,7 @@ impl Episodic {
         }
         let mut e = Evaluation::from_tasks(
             split,
-            "full",
+            crate::types::Stage::Full,
             results,
             sequence.usage,
             started.elapsed().as_secs_f64() * 1e3,

@@ -25,14 +25,14 @@ use crate::sandbox::{classify, task_outcome, unguarded_reply, CallError, LlmCall
 use crate::types::{GuardSummary, TaskGuard};
 
 /// How an evaluation ended (defined by the sandbox, which knows what a breach is).
-pub use crate::types::{Evaluation, Outcome, TaskResult};
+pub use crate::types::{Evaluation, Outcome, Split, Stage, TaskResult};
 
 impl Evaluation {
     /// An evaluation from its per-task results: mean and bootstrap 95% CI over their scores.
     #[allow(clippy::too_many_arguments)]
     pub fn from_tasks(
-        split: &str,
-        stage: &str,
+        split: Split,
+        stage: Stage,
         tasks: Vec<TaskResult>,
         usage: Usage,
         wall_ms: f64,
@@ -49,8 +49,8 @@ impl Evaluation {
             g
         });
         Self {
-            split: split.into(),
-            stage: stage.into(),
+            split,
+            stage,
             mean: mean(&scores),
             ci_lo,
             ci_hi,
@@ -119,7 +119,7 @@ pub trait EpisodeRunner: Sync {
         ev: &Evaluator,
         code: &str,
         tasks: &[Task],
-        split: &str,
+        split: Split,
         on_task: TaskDone,
     ) -> Result<Evaluation>;
 }
@@ -128,7 +128,7 @@ pub trait EpisodeRunner: Sync {
 pub type TaskDone<'a> = &'a (dyn Fn() + Sync);
 
 impl Evaluator<'_> {
-    pub fn evaluate(&self, code: &str, tasks: &[Task], split: &str, on_task: TaskDone) -> Result<Evaluation> {
+    pub fn evaluate(&self, code: &str, tasks: &[Task], split: Split, on_task: TaskDone) -> Result<Evaluation> {
         if let Some(episodic) = self.episodic {
             return episodic.evaluate(self, code, tasks, split, on_task);
         }
@@ -190,7 +190,7 @@ impl Evaluator<'_> {
         }
         let mut e = Evaluation::from_tasks(
             split,
-            "full",
+            Stage::Full,
             results,
             usage,
             wall.as_secs_f64() * 1e3,
@@ -205,7 +205,7 @@ impl Evaluator<'_> {
     }
 
     /// The evaluation of a candidate whose contracts could not be registered.
-    fn unregistered(tasks: &[Task], split: &str, why: String, bootstrap_samples: usize) -> Evaluation {
+    fn unregistered(tasks: &[Task], split: Split, why: String, bootstrap_samples: usize) -> Evaluation {
         let results = tasks
             .iter()
             .map(|t| TaskResult {
@@ -220,7 +220,7 @@ impl Evaluator<'_> {
             .collect();
         Evaluation::from_tasks(
             split,
-            "full",
+            Stage::Full,
             results,
             Usage::default(),
             0.0,
@@ -336,7 +336,7 @@ impl AgentCalls<'_, '_> {
             Ok(last_text.clone())
         });
         let tokens = usage.tokens();
-        let label = record.outcome;
+        let label = record.outcome.as_str();
         self.episodes
             .after_call(task_id, Some(id), label, tokens, &last_text, Some(record));
         match outcome {
@@ -400,7 +400,7 @@ impl LlmHandler for AgentCalls<'_, '_> {
 /// Stand-ins for the sandbox that the staged, raced and loop tests share.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{Evaluation, Outcome, TaskResult};
+    use super::{Evaluation, Outcome, Split, Stage, TaskResult};
     use crate::domain::Task;
     use crate::llm::Usage;
 
@@ -441,8 +441,8 @@ pub(crate) mod testing {
                 .map(|t| ok_result(&t.id, pattern[t.id[1..].parse::<usize>().unwrap()]))
                 .collect();
             Ok(Evaluation::from_tasks(
-                "val",
-                "full",
+                Split::Val,
+                Stage::Full,
                 results,
                 Usage::default(),
                 1.0,

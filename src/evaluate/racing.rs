@@ -14,7 +14,7 @@ use anyhow::Result;
 
 use super::paired::Paired;
 use super::staged::combine;
-use super::{Evaluation, Outcome};
+use super::{Evaluation, Outcome, Stage};
 use crate::domain::Task;
 
 /// What a raced evaluation gave: the evaluation and how it compared with the rival.
@@ -68,12 +68,12 @@ pub fn evaluate_raced(
         if broke || behind || done == n {
             let stop = if broke && done < n {
                 Some((
-                    "raced",
+                    Stage::Raced,
                     format!("stopped after {done} of {n} tasks: the candidate broke (see outcome)"),
                 ))
             } else if behind {
                 Some((
-                    "raced",
+                    Stage::Raced,
                     format!(
                         "raced out after {done} of {n} tasks: {:+.3} against its rival on the same tasks ({} better, {} worse)",
                         paired.diff, paired.wins, paired.losses

@@ -13,7 +13,7 @@
 
 use anyhow::Result;
 
-use super::{Evaluation, Outcome};
+use super::{Evaluation, Outcome, Stage};
 use crate::domain::Task;
 use crate::llm::Usage;
 
@@ -41,7 +41,7 @@ pub fn evaluate_staged(
     let required = stages.threshold * bar;
     let mut parts: Vec<Evaluation> = Vec::new();
     let mut done = 0;
-    let mut stop: Option<(&str, String)> = None;
+    let mut stop: Option<(Stage, String)> = None;
     while done < n {
         let end = (done + chunk).min(n);
         let part = run(&tasks[done..end])?;
@@ -54,7 +54,11 @@ pub fn evaluate_staged(
         let sum: f64 = parts.iter().flat_map(|p| &p.tasks).map(|t| t.score).sum();
         let observed = sum / done as f64;
         let best_possible = (sum + (n - done) as f64) / n as f64;
-        let stage = if parts.len() == 1 { "cascade" } else { "stopped" };
+        let stage = if parts.len() == 1 {
+            Stage::Cascade
+        } else {
+            Stage::Stopped
+        };
         if breach {
             stop = Some((
                 stage,
@@ -86,13 +90,13 @@ pub fn evaluate_staged(
 
 /// One evaluation from the stages that ran (at least one); `stop` is the stage it ended at
 /// early and why (None: it ran every stage, `full`).
-pub(super) fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, bootstrap_samples: usize) -> Evaluation {
+pub(super) fn combine(parts: Vec<Evaluation>, stop: Option<(Stage, String)>, bootstrap_samples: usize) -> Evaluation {
     let mut usage = Usage::default();
     let mut wall_ms = 0.0;
     let mut outcome = Outcome::Ok;
     let mut details = Vec::new();
     let mut results = Vec::new();
-    let split = parts[0].split.clone();
+    let split = parts[0].split;
     let tiers = parts.iter().find_map(|p| p.guard.as_ref().map(|g| g.tiers.clone()));
     for p in parts {
         usage.merge(&p.usage);
@@ -110,10 +114,10 @@ pub(super) fn combine(parts: Vec<Evaluation>, stop: Option<(&str, String)>, boot
             details.push(why.clone());
             *stage
         }
-        None => "full",
+        None => Stage::Full,
     };
     let mut e = Evaluation::from_tasks(
-        &split,
+        split,
         stage,
         results,
         usage,
@@ -144,7 +148,7 @@ mod tests {
         let pattern = [0.0; 20];
         let mut ran = 0;
         let e = evaluate_staged(&tasks(20), Some(0.5), &STAGES, runner(&pattern, &mut ran)).unwrap();
-        assert_eq!((e.stage.as_str(), ran, e.tasks.len()), ("cascade", 5, 5));
+        assert_eq!((e.stage, ran, e.tasks.len()), (Stage::Cascade, 5, 5));
         assert!(e.detail.contains("stopped after 5 of 20 tasks"), "{}", e.detail);
     }
 
@@ -156,7 +160,7 @@ mod tests {
         pattern[..3].fill(1.0);
         let mut ran = 0;
         let e = evaluate_staged(&tasks(20), Some(0.7), &STAGES, runner(&pattern, &mut ran)).unwrap();
-        assert_eq!((e.stage.as_str(), ran), ("stopped", 15));
+        assert_eq!((e.stage, ran), (Stage::Stopped, 15));
     }
 
     #[test]

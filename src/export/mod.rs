@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::archive::{pareto_front, Archive, SplitScore};
 use crate::propose::Templates;
+use crate::types::{Split, Stage};
 
 /// Which candidates to export.
 #[derive(Debug, Clone)]
@@ -49,13 +50,17 @@ pub struct ExportedAgent {
 
 fn score_text(s: &Option<SplitScore>) -> String {
     match s {
-        Some(s) if s.outcome == "ok" && s.stage == "full" => {
+        Some(s) if s.outcome == "ok" && s.stage == Stage::Full => {
             format!("{:.3} [{:.3}, {:.3}] on {} tasks", s.mean, s.ci_lo, s.ci_hi, s.n)
         }
         Some(s) => format!(
             "{:.3} ({}, {} tasks)",
             s.mean,
-            if s.outcome == "ok" { &s.stage } else { &s.outcome },
+            if s.outcome == "ok" {
+                s.stage.as_str()
+            } else {
+                &s.outcome
+            },
             s.n
         ),
         None => "not evaluated".into(),
@@ -100,7 +105,7 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
     let lineage = archive.lineage()?;
     let ids: Vec<String> = match pick {
         Pick::Front => {
-            let scored = archive.scored("val")?;
+            let scored = archive.scored(Split::Val)?;
             pareto_front(&scored, &exp.search.objectives)
                 .into_iter()
                 .map(|i| scored[i].id.clone())
@@ -108,7 +113,11 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
         }
         Pick::Top(n) => rows
             .iter()
-            .filter(|r| r.val.as_ref().is_some_and(|v| v.outcome == "ok" && v.stage == "full"))
+            .filter(|r| {
+                r.val
+                    .as_ref()
+                    .is_some_and(|v| v.outcome == "ok" && v.stage == Stage::Full)
+            })
             .take(*n)
             .map(|r| r.id.clone())
             .collect(),

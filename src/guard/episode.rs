@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::agent::{AgentContract, Decision, Event, Monitor};
 use super::contract::Contract;
 use super::manifest::Manifest;
-use super::sampler::CallRecord;
+use super::sampler::{CallEnd, CallRecord};
 use super::verify::{verify_fallback, Tier};
 use crate::types::{ContractStats, GuardSummary, TaskGuard};
 
@@ -20,10 +20,10 @@ impl ContractStats {
     fn record(&mut self, c: &CallRecord) {
         self.calls += 1;
         self.attempts += c.attempts;
-        self.fallbacks += u32::from(c.outcome == "fallback");
-        self.unsatisfied += u32::from(c.outcome == "unsatisfied");
-        self.pre_failed += u32::from(c.outcome == "pre");
-        self.first_try += u32::from(c.outcome == "accepted" && c.attempts == 1);
+        self.fallbacks += u32::from(c.outcome == CallEnd::Fallback);
+        self.unsatisfied += u32::from(c.outcome == CallEnd::Unsatisfied);
+        self.pre_failed += u32::from(c.outcome == CallEnd::Pre);
+        self.first_try += u32::from(c.outcome == CallEnd::Accepted && c.attempts == 1);
         self.repaired += u32::from(c.repaired);
         for s in &c.rejects {
             *self.rejects.entry(s.as_str().to_string()).or_default() += 1;

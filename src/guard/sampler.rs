@@ -24,14 +24,40 @@ pub enum GuardOutcome {
     Unsatisfied(String),
 }
 
+/// How a guarded call ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEnd {
+    /// A reply passed the contract.
+    #[default]
+    Accepted,
+    /// No reply passed within the attempts; the proved fallback was returned.
+    Fallback,
+    /// The precondition refused the call before any model call.
+    Pre,
+    /// No reply passed and the contract has no fallback.
+    Unsatisfied,
+}
+
+impl CallEnd {
+    /// The name agent contracts see in the call's event (`outcome`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallEnd::Accepted => "accepted",
+            CallEnd::Fallback => "fallback",
+            CallEnd::Pre => "pre",
+            CallEnd::Unsatisfied => "unsatisfied",
+        }
+    }
+}
+
 /// What one guarded call did, for the per-candidate guard metrics.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallRecord {
     pub contract: String,
     /// Model calls made (0 when the precondition failed).
     pub attempts: u32,
-    /// accepted | fallback | pre | unsatisfied
-    pub outcome: &'static str,
+    pub outcome: CallEnd,
     pub rejects: Vec<Stage>,
     pub repaired: bool,
     pub model_errors: u32,
@@ -59,7 +85,7 @@ pub fn guarded_call(
     let mut pre = Ok(());
     record.check_time += timed(&mut || pre = contract.precondition(input));
     if let Err(v) = pre {
-        record.outcome = "pre";
+        record.outcome = CallEnd::Pre;
         record.rejects.push(Stage::Pre);
         return (GuardOutcome::PreconditionViolated(v), record);
     }
@@ -77,7 +103,7 @@ pub fn guarded_call(
         record.check_time += timed(&mut || checked = Some(contract.check(input, &raw)));
         match checked.expect("set by the closure") {
             Ok(c) => {
-                record.outcome = "accepted";
+                record.outcome = CallEnd::Accepted;
                 record.repaired = c.repaired;
                 return (
                     GuardOutcome::Accepted {
@@ -106,11 +132,11 @@ pub fn guarded_call(
     });
     match result.expect("set by the closure") {
         Ok(value) => {
-            record.outcome = "fallback";
+            record.outcome = CallEnd::Fallback;
             (GuardOutcome::Fallback { value }, record)
         }
         Err(why) => {
-            record.outcome = "unsatisfied";
+            record.outcome = CallEnd::Unsatisfied;
             let last = feedback
                 .last()
                 .map(|v| v.to_string())
@@ -186,7 +212,7 @@ mod tests {
                 value: json!({"qty": 5})
             }
         );
-        assert_eq!((calls, rec.attempts, rec.outcome), (4, 4, "fallback"));
+        assert_eq!((calls, rec.attempts, rec.outcome), (4, 4, CallEnd::Fallback));
     }
 
     #[test]

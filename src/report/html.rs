@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::archive::{pareto_front, Archive, Objective, Scored};
 use crate::propose::Templates;
+use crate::types::{Split, Stage};
 
 #[derive(Serialize)]
 struct CandidateView {
@@ -32,7 +33,9 @@ struct CandidateView {
 
 fn cell(s: &Option<crate::archive::SplitScore>) -> String {
     match s {
-        Some(s) if s.outcome == "ok" && s.stage == "full" => format!("{:.2} [{:.2}, {:.2}]", s.mean, s.ci_lo, s.ci_hi),
+        Some(s) if s.outcome == "ok" && s.stage == Stage::Full => {
+            format!("{:.2} [{:.2}, {:.2}]", s.mean, s.ci_lo, s.ci_hi)
+        }
         Some(s) if s.outcome == "ok" => format!("{:.2} ({} n={})", s.mean, s.stage, s.n),
         Some(s) => format!("{:.2} ({})", s.mean, s.outcome),
         None => "-".into(),
@@ -234,7 +237,7 @@ fn lineage_svg(views: &[CandidateView]) -> Result<String> {
 pub fn render(archive: &Archive) -> Result<String> {
     let status = super::status(archive)?;
     let exp = crate::config::Experiment::parse_stored(&archive.config_text()?, archive.path())?;
-    let scored = archive.scored("val")?;
+    let scored = archive.scored(Split::Val)?;
     let front_idx = pareto_front(&scored, &exp.search.objectives);
     let front: std::collections::HashSet<&str> = front_idx.iter().map(|&i| scored[i].id.as_str()).collect();
     let lineage = archive.lineage()?;

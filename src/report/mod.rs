@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::archive::{Archive, LeaderRow, SplitScore};
 use crate::evaluate::paired::Paired;
 use crate::search::bandit::{tally, ArmStats, Cost};
+use crate::types::{Split, Stage};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -116,8 +117,8 @@ pub fn test_comparison(archive: &Archive, rows: &[LeaderRow]) -> Result<Option<T
     };
     let (st, dt) = (s.test.as_ref().unwrap(), d.test.as_ref().unwrap());
     let paired = Paired::compare(
-        &archive.task_scores(&d.id, "test")?,
-        &archive.task_scores(&s.id, "test")?,
+        &archive.task_scores(&d.id, Split::Test)?,
+        &archive.task_scores(&s.id, Split::Test)?,
         2000,
     );
     let discordant = (paired.wins + paired.losses) as f64 / paired.n.max(1) as f64;
@@ -205,7 +206,7 @@ fn format_p(p: f64) -> String {
 
 fn cell(s: &Option<SplitScore>) -> String {
     match s {
-        Some(s) if s.outcome == "ok" && s.stage != "full" => format!("{:.2} ({} n={})", s.mean, s.stage, s.n),
+        Some(s) if s.outcome == "ok" && s.stage != Stage::Full => format!("{:.2} ({} n={})", s.mean, s.stage, s.n),
         Some(s) if s.outcome == "ok" => format!("{:.2} [{:.2}, {:.2}]", s.mean, s.ci_lo, s.ci_hi),
         Some(s) => format!("{:.2} ({})", s.mean, s.outcome),
         None => "-".into(),

@@ -252,91 +252,18 @@ pub fn run_worker(
     limits: &WorkerLimits,
 ) -> Result<WorkerRun> {
     let started = Instant::now();
-    let python = super::python_interpreter()?;
-    let runtime = super::runtime_dir()?;
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(sweep_stale_workdirs);
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{WORKDIR_PREFIX}{}-", std::process::id()))
-        .tempdir()
-        .context("cannot create worker temp dir")?;
-    let candidate_path = dir.path().join("candidate.py");
-    std::fs::write(&candidate_path, code)?;
-    let stderr_path = dir.path().join("stderr.txt");
-    let stderr_file = File::create(&stderr_path)?;
-    let scratch = dir.path().join("scratch");
-    std::fs::create_dir(&scratch)?;
-    let read_roots = super::isolation::read_roots(super::python_prefixes()?, &runtime);
-    let setup = ChildSetup::prepare(&limits.isolation, dir.path(), &scratch, &read_roots, limits.disk_mb)?;
-
-    let (to_worker_r, to_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let (from_worker_r, from_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let mut argv: Vec<std::ffi::OsString> = ["--rpc-in", "3", "--rpc-out", "4", "--candidate"]
-        .iter()
-        .map(Into::into)
-        .collect();
-    argv.push(candidate_path.clone().into());
-    for (flag, value) in [
-        ("--tasks-in-flight", limits.tasks_in_flight),
-        ("--stdout-limit", limits.stdout_limit),
-        ("--output-limit", limits.output_limit),
-        ("--max-threads", limits.max_threads()),
-    ] {
-        argv.push(flag.into());
-        argv.push(value.to_string().into());
-    }
-    argv.extend([
-        "--workdir".into(),
-        dir.path().into(),
-        "--scratch".into(),
-        scratch.clone().into(),
-    ]);
-    for root in &read_roots {
-        argv.extend(["--read-root".into(), root.into()]);
-    }
-    if !limits.policy_hook {
-        argv.push("--no-policy-hook".into());
-    }
-    let env = [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
-        ("HOME", scratch.display().to_string()),
-        ("TMPDIR", scratch.display().to_string()),
-        ("PYTHONIOENCODING", "utf-8".to_string()),
-        ("PYTHONHASHSEED", "0".to_string()),
-        (super::MALLOC_ARENAS.0, super::MALLOC_ARENAS.1.to_string()),
-    ];
-    let file_size = limits.disk_mb.max(1) << 20;
-    let rlimits = [
-        (libc::RLIMIT_AS, limits.memory_mb << 20, limits.memory_mb << 20),
-        (libc::RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1),
-        (libc::RLIMIT_FSIZE, file_size, file_size),
-        (libc::RLIMIT_NOFILE, 64, 64),
-        (libc::RLIMIT_CORE, 0, 0),
-        (libc::RLIMIT_NPROC, limits.processes, limits.processes),
-    ];
-    let mut child = WorkerProcess::start(
-        limits.start,
-        &WorkerCommand {
-            python: &python,
-            script: &super::worker_script(&runtime),
-            argv: &argv,
-            env: &env,
-            cwd: &scratch,
-            rlimits: &rlimits,
-            rpc_in: to_worker_r.as_raw_fd(),
-            rpc_out: from_worker_w.as_raw_fd(),
-        },
-        setup,
-        stderr_file,
-    )?;
+    let Started {
+        dir,
+        stderr_path,
+        mut child,
+        writer,
+        reader,
+    } = start_worker(code, limits)?;
     let started_by_fork = matches!(child, WorkerProcess::Forked { .. });
     let t_spawned = started.elapsed();
     let mut t_ready = Duration::ZERO;
     let mut t_done = Duration::ZERO;
-    drop(to_worker_r);
-    drop(from_worker_w);
-    let writer = Mutex::new(File::from(to_worker_w));
-    let reader = File::from(from_worker_r);
+    let writer = Mutex::new(writer);
 
     let (tx, rx) = unbounded::<Event>();
     let max_line = limits.max_message_bytes;
@@ -552,21 +479,7 @@ pub fn run_worker(
 
     let tasks = results.into_inner().unwrap();
     let all_finished = tasks.values().all(|t| t.finished);
-    let exit = match exit {
-        Some(e) => e,
-        None if all_finished => WorkerExit::Completed,
-        None => {
-            let stderr_tail = read_tail(&stderr_path, 2000);
-            match status.signal() {
-                Some(sig) if sig == libc::SIGXCPU => WorkerExit::CpuLimit,
-                signal => WorkerExit::Crashed {
-                    signal,
-                    code: status.code(),
-                    stderr_tail,
-                },
-            }
-        }
-    };
+    let exit = exit.unwrap_or_else(|| verdict(all_finished, status, &stderr_path));
     let workdir = dir.path().to_path_buf();
     let t_waited = started.elapsed();
     drop(dir);
@@ -590,6 +503,139 @@ pub fn run_worker(
         workdir,
         forked: started_by_fork,
     })
+}
+
+/// A worker just started: its folder, where its stderr goes, the process, and the host's
+/// ends of its pipes.
+struct Started {
+    dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+    child: WorkerProcess,
+    writer: File,
+    reader: File,
+}
+
+/// Writes the candidate into a fresh worker folder and starts the worker on it under every
+/// layer `limits` asks for (forked by the fork server, or exec'd).
+fn start_worker(code: &str, limits: &WorkerLimits) -> Result<Started> {
+    let python = super::python_interpreter()?;
+    let runtime = super::runtime_dir()?;
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_stale_workdirs);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{WORKDIR_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .context("cannot create worker temp dir")?;
+    let candidate_path = dir.path().join("candidate.py");
+    std::fs::write(&candidate_path, code)?;
+    let stderr_path = dir.path().join("stderr.txt");
+    let stderr_file = File::create(&stderr_path)?;
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    let read_roots = super::isolation::read_roots(super::python_prefixes()?, &runtime);
+    let setup = ChildSetup::prepare(&limits.isolation, dir.path(), &scratch, &read_roots, limits.disk_mb)?;
+    let (to_worker_r, to_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (from_worker_r, from_worker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let argv = worker_argv(&candidate_path, dir.path(), &scratch, &read_roots, limits);
+    let child = WorkerProcess::start(
+        limits.start,
+        &WorkerCommand {
+            python: &python,
+            script: &super::worker_script(&runtime),
+            argv: &argv,
+            env: &worker_env(&scratch),
+            cwd: &scratch,
+            rlimits: &worker_rlimits(limits),
+            rpc_in: to_worker_r.as_raw_fd(),
+            rpc_out: from_worker_w.as_raw_fd(),
+        },
+        setup,
+        stderr_file,
+    )?;
+    // The worker's ends close here, so its exit is the pipes' EOF.
+    drop(to_worker_r);
+    drop(from_worker_w);
+    Ok(Started {
+        dir,
+        stderr_path,
+        child,
+        writer: File::from(to_worker_w),
+        reader: File::from(from_worker_r),
+    })
+}
+
+/// The worker's command line: its pipes, the candidate, its limits and its folders.
+fn worker_argv(
+    candidate: &std::path::Path,
+    workdir: &std::path::Path,
+    scratch: &std::path::Path,
+    read_roots: &[PathBuf],
+    limits: &WorkerLimits,
+) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = ["--rpc-in", "3", "--rpc-out", "4", "--candidate"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    argv.push(candidate.into());
+    for (flag, value) in [
+        ("--tasks-in-flight", limits.tasks_in_flight),
+        ("--stdout-limit", limits.stdout_limit),
+        ("--output-limit", limits.output_limit),
+        ("--max-threads", limits.max_threads()),
+    ] {
+        argv.push(flag.into());
+        argv.push(value.to_string().into());
+    }
+    argv.extend(["--workdir".into(), workdir.into(), "--scratch".into(), scratch.into()]);
+    for root in read_roots {
+        argv.extend(["--read-root".into(), root.into()]);
+    }
+    if !limits.policy_hook {
+        argv.push("--no-policy-hook".into());
+    }
+    argv
+}
+
+/// The worker's whole environment: nothing of the host's is passed on.
+fn worker_env(scratch: &std::path::Path) -> [(&'static str, String); 6] {
+    [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("HOME", scratch.display().to_string()),
+        ("TMPDIR", scratch.display().to_string()),
+        ("PYTHONIOENCODING", "utf-8".to_string()),
+        ("PYTHONHASHSEED", "0".to_string()),
+        (super::MALLOC_ARENAS.0, super::MALLOC_ARENAS.1.to_string()),
+    ]
+}
+
+/// The rlimits of a worker: (resource, soft, hard).
+fn worker_rlimits(limits: &WorkerLimits) -> [(libc::__rlimit_resource_t, u64, u64); 6] {
+    let file_size = limits.disk_mb.max(1) << 20;
+    [
+        (libc::RLIMIT_AS, limits.memory_mb << 20, limits.memory_mb << 20),
+        (libc::RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1),
+        (libc::RLIMIT_FSIZE, file_size, file_size),
+        (libc::RLIMIT_NOFILE, 64, 64),
+        (libc::RLIMIT_CORE, 0, 0),
+        (libc::RLIMIT_NPROC, limits.processes, limits.processes),
+    ]
+}
+
+/// How a worker ended when the protocol itself gave no verdict (no timeout, load error or
+/// violation): completed when every result came in, else from its exit status.
+fn verdict(all_finished: bool, status: std::process::ExitStatus, stderr_path: &std::path::Path) -> WorkerExit {
+    if all_finished {
+        return WorkerExit::Completed;
+    }
+    let stderr_tail = read_tail(&stderr_path.to_path_buf(), 2000);
+    match status.signal() {
+        Some(sig) if sig == libc::SIGXCPU => WorkerExit::CpuLimit,
+        signal => WorkerExit::Crashed {
+            signal,
+            code: status.code(),
+            stderr_tail,
+        },
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,14 +1,17 @@
 //! The loop: select -> propose -> check -> evaluate -> insert, one archive transaction per
 //! step, resumable from the archive alone.
 //!
-//! Step plan (fixed by the config, so any process can tell what step N is):
-//! steps `0..S` evaluate the S seeds; then `generations x proposals_per_generation` proposal
-//! steps; then one step that evaluates the best validation candidates on the held-out test
-//! split. The random stream of step N is seeded from (run seed, N), and every model call is
-//! cached in the archive, so re-running a step after a crash reproduces it.
+//! What step N does is fixed by the config (`plan`). The random stream of step N is seeded
+//! from (run seed, N), and every model call is cached in the archive, so re-running a step
+//! after a crash reproduces it. Which proposer a step tries is `proposers`; what a prompt
+//! shows of the archive is `context`; the held-out test is `held_out`.
 
 pub mod bandit;
+mod context;
+mod held_out;
 mod islands;
+mod plan;
+mod proposers;
 mod run_files;
 
 use std::path::Path;
@@ -33,6 +36,11 @@ use crate::llm::{BackendFactory, Budget, Gateway, Role};
 use crate::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
 use crate::propose::{instruction, operators, Proposal, Templates};
 use crate::sandbox::Isolation;
+use crate::types::{Split, Stage};
+
+use context::fit_context;
+use plan::StepKind;
+use proposers::{choose_kind, credit, Arm};
 
 pub struct Search {
     exp: Experiment,
@@ -76,14 +84,6 @@ fn guards_prompt(g: &crate::config::GuardsConfig) -> Result<Option<serde_json::V
         "allowed_imports": g.allowed_imports,
         "agent_contract": contract.map(|c| c.trim().to_string()),
     })))
-}
-
-/// What step N is.
-enum StepKind {
-    Seed(usize),
-    Propose { generation: u32 },
-    Test,
-    Done,
 }
 
 impl Search {
@@ -212,29 +212,6 @@ impl Search {
         &self.exp
     }
 
-    fn total_steps(&self) -> u64 {
-        self.seeds.len() as u64
-            + u64::from(self.exp.search.generations) * u64::from(self.exp.search.proposals_per_generation)
-            + 1
-    }
-
-    fn step_kind(&self, step: u64) -> StepKind {
-        let s = self.seeds.len() as u64;
-        let per = u64::from(self.exp.search.proposals_per_generation.max(1));
-        let proposals = u64::from(self.exp.search.generations) * u64::from(self.exp.search.proposals_per_generation);
-        if step < s {
-            StepKind::Seed(step as usize)
-        } else if step < s + proposals {
-            StepKind::Propose {
-                generation: ((step - s) / per) as u32 + 1,
-            }
-        } else if step == s + proposals {
-            StepKind::Test
-        } else {
-            StepKind::Done
-        }
-    }
-
     /// Runs every remaining step, then marks the run finished.
     pub fn run(&mut self) -> Result<()> {
         let total = self.total_steps();
@@ -285,31 +262,6 @@ impl Search {
         Ok(())
     }
 
-    /// Held-out test on demand, for a finished run: the `top_k` best validation candidates
-    /// (and the best seed), or with `front` every member of the Pareto front too. Candidates
-    /// already tested are skipped; the new evaluations are filed under the run's test step.
-    pub fn test_on_demand(&mut self, top_k: usize, front: bool) -> Result<usize> {
-        if !self.archive.is_finished()? {
-            return Err(crate::types::BadInput::wrap(anyhow::anyhow!(
-                "{} is still in progress; fix: `metaforge resume {}` first (its last step tests the best candidates)",
-                self.archive.path().display(),
-                self.archive.path().display()
-            )));
-        }
-        let bar = if self.quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(1)
-        };
-        let test_step = self.total_steps() - 1;
-        let record = self.test_step(test_step, top_k, front, &bar)?;
-        let tested = record.evaluations.len();
-        self.flush_call_cache();
-        self.archive.commit_step(&record)?;
-        bar.finish_and_clear();
-        Ok(tested)
-    }
-
     /// A step's model calls are stored before the step is committed: a resume that skips
     /// the step never needs them, one that redoes it finds them.
     fn flush_call_cache(&self) {
@@ -354,7 +306,7 @@ impl Search {
         let mut rng = ChaCha8Rng::seed_from_u64(self.exp.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let search = &self.exp.search;
         let strategy = search.parent_selection;
-        let mut scored = self.archive.scored("val")?;
+        let mut scored = self.archive.scored(Split::Val)?;
         if strategy == ParentSelection::Instance {
             self.archive.fill_instance_wins(&mut scored)?;
         }
@@ -427,129 +379,6 @@ impl Search {
             events,
             ..Default::default()
         })
-    }
-
-    /// The meta-model rewrites one instruction string of `parent`.
-    fn instruction_proposal(
-        &self,
-        step: u64,
-        generation: u32,
-        parent: &Candidate,
-        rng: &mut ChaCha8Rng,
-        bar: &ProgressBar,
-    ) -> Result<ProposalRecord> {
-        bar.set_message(format!(
-            "gen {generation}: instruction rewrite (meta model) of {}",
-            parent.name
-        ));
-        let sample = (step as u32).wrapping_mul(64);
-        match instruction::propose(
-            rng,
-            &self.meta,
-            &self.templates,
-            parent,
-            &self.domain.description,
-            sample,
-        )? {
-            Ok(p) => self.check_and_evaluate(step, generation, 0, p, bar),
-            Err(f) => {
-                let status = if f.llm_error {
-                    ProposalStatus::LlmError
-                } else {
-                    ProposalStatus::ParseError
-                };
-                self.say(
-                    bar,
-                    &format!("[step {step}] op:llm_instruction     {}: {}", status.as_str(), f.reason),
-                );
-                let mut r = failed(0, "op:llm_instruction", vec![parent.id.clone()], status, f.reason, None);
-                r.prompt = f.prompt;
-                r.reply = f.reply;
-                Ok(r)
-            }
-        }
-    }
-
-    /// An LLM-free operator on `parent` (and `other`): `first` if it applies, else the first
-    /// of the others, in random order, whose result passes check and is new.
-    #[allow(clippy::too_many_arguments)]
-    fn operator_proposal(
-        &self,
-        step: u64,
-        generation: u32,
-        parent: &Candidate,
-        other: Option<&Candidate>,
-        first: Option<&str>,
-        rng: &mut ChaCha8Rng,
-        bar: &ProgressBar,
-    ) -> Result<ProposalRecord> {
-        bar.set_message(format!("gen {generation}: operators on {}", parent.name));
-        let is_known = |normalized: &str| {
-            self.archive
-                .has_candidate(&candidate_id(self.domain.kind, normalized))
-                .unwrap_or(false)
-        };
-        match operators::propose(rng, parent, other, &self.templates, &self.checker, &is_known, first) {
-            Ok(p) => self.check_and_evaluate(step, generation, 0, p, bar),
-            Err(reason) => {
-                self.say(bar, &format!("[step {step}] operators: {}", truncate(&reason, 120)));
-                Ok(failed(
-                    0,
-                    "op:none",
-                    vec![parent.id.clone()],
-                    ProposalStatus::CheckFailed,
-                    reason,
-                    None,
-                ))
-            }
-        }
-    }
-
-    /// The arm a Thompson step tries (`search::bandit`), and every arm's draw: each
-    /// operator that applies to `parent`, and each LLM kind the config gives a weight.
-    fn thompson_arm(
-        &self,
-        parent: &Candidate,
-        has_other: bool,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<(Arm, serde_json::Value)> {
-        let mix = &self.exp.proposers;
-        let mut arms: Vec<(String, Arm)> = Vec::new();
-        if mix.operators > 0.0 {
-            arms.extend(
-                operators::applicable(parent.kind, has_other)
-                    .map(|o| (format!("op:{}", o.name), Arm::Operator(Some(o.name)))),
-            );
-        }
-        if mix.llm_instruction > 0.0 && parent.kind == CandidateKind::Agent {
-            arms.push(("op:llm_instruction".into(), Arm::Instruction));
-        }
-        for (w, kind) in [
-            (mix.rewrite, LlmKind::Rewrite),
-            (mix.diff, LlmKind::Diff),
-            (mix.crossover, LlmKind::Crossover),
-        ] {
-            if w > 0.0 && (kind != LlmKind::Crossover || has_other) {
-                arms.push((kind.as_str().to_string(), Arm::Llm(kind)));
-            }
-        }
-        if arms.is_empty() {
-            return Ok((Arm::Operator(None), json!({})));
-        }
-        let stats = self.credit_stats()?;
-        let names: Vec<String> = arms.iter().map(|(n, _)| n.clone()).collect();
-        let (pick, values) = bandit::choose(&names, &stats, rng);
-        let draws: serde_json::Map<String, serde_json::Value> = names
-            .iter()
-            .zip(&values)
-            .map(|(n, v)| (n.clone(), json!((v * 1e4).round() / 1e4)))
-            .collect();
-        Ok((arms.swap_remove(pick).1, serde_json::Value::Object(draws)))
-    }
-
-    /// Each arm's proposals, improvements and trial calls, from the archive's `credit` events.
-    fn credit_stats(&self) -> Result<std::collections::BTreeMap<String, bandit::ArmStats>> {
-        Ok(bandit::tally(&self.archive.events("credit")?, bandit::Cost::TrialCalls))
     }
 
     /// A proposal by the meta-model (`rewrite`, `crossover` or `diff`), with its reflexion
@@ -676,43 +505,6 @@ impl Search {
         Ok(())
     }
 
-    /// The most similar archived program when it reaches the novelty threshold.
-    fn near_duplicate(&self, normalized: &str) -> Result<Option<(f64, String)>> {
-        let threshold = self.exp.proposers.novelty_threshold;
-        if threshold > 1.0 {
-            return Ok(None);
-        }
-        let mine = Signature::of(normalized);
-        let mut guard = self.signatures.lock().unwrap();
-        let (known, read_upto) = &mut *guard;
-        let (new_ids, last) = self.archive.candidate_ids_after(*read_upto)?;
-        *read_upto = last;
-        let mut codes = Vec::with_capacity(new_ids.len());
-        for id in &new_ids {
-            codes.push(self.archive.candidate(id)?.map(|c| c.code).unwrap_or_default());
-        }
-        let sources: Vec<&str> = codes.iter().map(String::as_str).collect();
-        known.extend(new_ids.into_iter().zip(crate::check::signatures(&sources)));
-        Ok(known
-            .iter()
-            .map(|(id, sig)| (mine.similarity(sig), id))
-            .filter(|(sim, _)| *sim >= threshold)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(sim, id)| (sim, id.clone())))
-    }
-
-    fn context_of(&self, c: &Candidate, scored: &[crate::archive::Scored]) -> ContextCandidate {
-        let s = scored.iter().find(|s| s.id == c.id);
-        ContextCandidate {
-            name: c.name.clone(),
-            code: c.code.clone(),
-            score: s.map_or(0.0, |s| s.score),
-            ci_lo: s.map_or(0.0, |s| s.ci_lo),
-            ci_hi: s.map_or(0.0, |s| s.ci_hi),
-            tokens: s.map_or(0, |s| s.tokens),
-        }
-    }
-
     /// Check, deduplicate and evaluate one proposal; the record says how far it got.
     fn check_and_evaluate(
         &self,
@@ -789,7 +581,7 @@ impl Search {
         };
         let parent_score = self.archive.best_val_score(&p.parents)?;
         let rival_scores = match &rival {
-            Some(id) => Some(self.archive.task_scores(id, "val")?),
+            Some(id) => Some(self.archive.task_scores(id, Split::Val)?),
             None => None,
         };
         // Each step's looks start at another place of the pool: a first look on the same few
@@ -804,7 +596,7 @@ impl Search {
         let (eval, race) = self.evaluate(
             &p.code,
             &pool,
-            "val",
+            Split::Val,
             &p.name,
             Rivals {
                 score: parent_score,
@@ -857,7 +649,7 @@ impl Search {
                 } else {
                     format!("  ({})", eval.outcome)
                 },
-                if eval.stage == "full" {
+                if eval.stage == Stage::Full {
                     String::new()
                 } else {
                     format!("  ({} at {}/{} tasks)", eval.stage, eval.tasks.len(), self.val.len())
@@ -876,7 +668,7 @@ impl Search {
         &self,
         code: &str,
         tasks: &[Task],
-        split: &str,
+        split: Split,
         label: &str,
         rivals: Rivals<'_>,
         bar: &ProgressBar,
@@ -940,64 +732,6 @@ impl Search {
         };
         tasks_bar.finish_and_clear();
         out
-    }
-
-    fn test_step(&mut self, step: u64, top_k: usize, with_front: bool, bar: &ProgressBar) -> Result<StepRecord> {
-        let mut scored = self.archive.scored("val")?;
-        let front: Vec<String> = if with_front {
-            crate::archive::pareto_front(&scored, &self.exp.search.objectives)
-                .into_iter()
-                .map(|i| scored[i].id.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        scored.retain(|s| s.ok);
-        scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.tokens.cmp(&b.tokens)));
-        // The best seed and the best discovered agent are always tested too, so "did search
-        // beat the seeds?" has an answer, paired on the same held-out tasks.
-        let board = self.archive.leaderboard()?;
-        let best = |seed: bool| {
-            board.iter().find(|r| {
-                (r.operator == "seed") == seed && r.val.as_ref().is_some_and(|v| v.outcome == "ok" && v.stage == "full")
-            })
-        };
-        let mut chosen: Vec<String> = scored.iter().take(top_k).map(|s| s.id.clone()).collect();
-        for id in front
-            .into_iter()
-            .chain(best(false).map(|r| r.id.clone()))
-            .chain(best(true).map(|r| r.id.clone()))
-        {
-            if !chosen.contains(&id) {
-                chosen.push(id);
-            }
-        }
-        let mut evaluations = Vec::new();
-        for id in chosen {
-            if self.archive.has_evaluation(&id, "test")? {
-                continue;
-            }
-            let c = self.archive.candidate(&id)?.context("candidate vanished")?;
-            bar.set_message(format!("held-out test: {}", c.name));
-            let (e, _) = self.evaluate(&c.code, &self.test, "test", &c.name, Rivals::default(), bar)?;
-            self.say(
-                bar,
-                &format!(
-                    "[test] {:<60} test {:.2} [{:.2}, {:.2}]",
-                    truncate(&c.name, 60),
-                    e.mean,
-                    e.ci_lo,
-                    e.ci_hi
-                ),
-            );
-            evaluations.push((id, e));
-        }
-        Ok(StepRecord {
-            step,
-            generation: self.exp.search.generations,
-            evaluations,
-            ..Default::default()
-        })
     }
 }
 
@@ -1078,252 +812,4 @@ struct LlmJob<'a> {
     kind: LlmKind,
     /// The parent, and for `crossover` its mate.
     parents: &'a [&'a Candidate],
-}
-
-/// What a proposal step tries.
-#[derive(Debug, Clone, Copy)]
-enum Arm {
-    /// An LLM-free operator: this one first (the bandit's choice), or any in random order.
-    Operator(Option<&'static str>),
-    /// The meta-model rewrites one instruction string of the parent.
-    Instruction,
-    /// The meta-model writes a program.
-    Llm(LlmKind),
-}
-
-impl Arm {
-    fn name(&self) -> String {
-        match self {
-            Arm::Operator(Some(op)) => format!("op:{op}"),
-            Arm::Operator(None) => "operators".into(),
-            Arm::Instruction => "op:llm_instruction".into(),
-            Arm::Llm(kind) => kind.as_str().into(),
-        }
-    }
-}
-
-/// The step's `credit` event: the arm tried, the kind that proposed (an operator the arm fell
-/// back to, or the arm itself when nothing was proposed), whether any attempt beat its parent
-/// on the whole validation pool and by how much, and the model calls the step spent.
-fn credit(
-    arm: &Arm,
-    draws: Option<serde_json::Value>,
-    records: &[ProposalRecord],
-    meta_calls: u64,
-) -> serde_json::Value {
-    let kind = records
-        .iter()
-        .map(|r| bandit::arm_of(&r.kind).to_string())
-        .find(|k| k != "op:none")
-        .unwrap_or_else(|| arm.name());
-    let gains: Vec<f64> = records
-        .iter()
-        .filter(|r| {
-            r.evaluation
-                .as_ref()
-                .is_some_and(|e| e.stage == "full" && e.outcome == Outcome::Ok)
-        })
-        .filter_map(|r| r.race.as_ref()?["paired"]["diff"].as_f64())
-        .filter(|d| *d > 0.0)
-        .collect();
-    let eval_calls: u64 = records
-        .iter()
-        .filter_map(|r| r.evaluation.as_ref())
-        .map(|e| e.usage.calls)
-        .sum();
-    // What trying the arm cost: its evaluations up to their first look. A winner's run over
-    // the rest of the pool is spent on any winner, and would make success look expensive.
-    let trial_calls: u64 = records
-        .iter()
-        .filter_map(|r| {
-            let e = r.evaluation.as_ref()?;
-            let ran = e.tasks.len().max(1) as u64;
-            let first = r.race.as_ref().and_then(|x| x["looks"][0].as_u64()).unwrap_or(ran);
-            Some(e.usage.calls * first.min(ran) / ran)
-        })
-        .sum();
-    json!({
-        "arm": arm.name(),
-        "kind": kind,
-        "improved": !gains.is_empty(),
-        "gain": gains.iter().copied().fold(0.0, f64::max),
-        "calls": meta_calls + eval_calls,
-        "trial_calls": meta_calls + trial_calls,
-        "draws": draws,
-    })
-}
-
-/// Picks the proposal kind by the configured weights; `None` is `operators`.
-fn choose_kind(mix: &crate::config::ProposerMix, rng: &mut ChaCha8Rng) -> Option<LlmKind> {
-    let weights = [
-        (None, mix.operators),
-        (Some(LlmKind::Rewrite), mix.rewrite),
-        (Some(LlmKind::Diff), mix.diff),
-        (Some(LlmKind::Crossover), mix.crossover),
-    ];
-    let total: f64 = weights.iter().map(|(_, w)| w).sum();
-    let mut x = rng.random_range(0.0..total);
-    for (kind, w) in weights {
-        if x < w {
-            return kind;
-        }
-        x -= w;
-    }
-    None
-}
-
-/// Keeps the prompt's sampled context under `budget_tokens` (4 characters a token): drops
-/// inspirations beyond the `required` parents from the end, then failures. Returns what it
-/// measured, stored as a `context` event of the step.
-fn fit_context(
-    context: &mut Vec<ContextCandidate>,
-    required: usize,
-    failures: &mut Vec<(String, String)>,
-    budget_tokens: usize,
-) -> serde_json::Value {
-    let estimate = |c: &[ContextCandidate], f: &[(String, String)]| {
-        let chars: usize = c.iter().map(|c| c.code.len() + c.name.len() + 64).sum::<usize>()
-            + f.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
-        chars / 4
-    };
-    let before = estimate(context, failures);
-    let mut dropped = 0;
-    while estimate(context, failures) > budget_tokens {
-        if context.len() > required {
-            context.pop();
-            dropped += 1;
-        } else if !failures.is_empty() {
-            failures.pop();
-            dropped += 1;
-        } else {
-            break;
-        }
-    }
-    json!({
-        "estimated_tokens_before": before,
-        "estimated_tokens": estimate(context, failures),
-        "budget_tokens": budget_tokens,
-        "dropped": dropped,
-        "programs": context.len(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::evaluate::testing::ok_result;
-    use crate::llm::Usage;
-
-    /// An evaluated proposal of `kind` that ran `ran` tasks with 2 model calls each, ended at
-    /// `stage`, and was `diff` ahead of its rival, its first look at `first` tasks.
-    fn record(kind: &str, stage: &str, ran: usize, first: usize, diff: f64) -> ProposalRecord {
-        let tasks = (0..ran).map(|i| ok_result(&format!("t{i}"), 1.0)).collect();
-        let usage = Usage {
-            calls: 2 * ran as u64,
-            ..Usage::default()
-        };
-        let e = Evaluation::from_tasks("val", stage, tasks, usage, 1.0, Outcome::Ok, String::new(), 10);
-        let mut r = failed(0, kind, vec![], ProposalStatus::Evaluated, String::new(), None);
-        r.evaluation = Some(e);
-        r.race = Some(json!({"looks": [first], "paired": {"diff": diff}}));
-        r
-    }
-
-    #[test]
-    fn credit_counts_a_winner_once_and_charges_the_trial_not_the_win() {
-        let won = credit(
-            &Arm::Operator(Some("wrap_vote")),
-            None,
-            &[record("op:wrap_vote", "full", 80, 10, 0.2)],
-            3,
-        );
-        assert_eq!(won["improved"], true);
-        assert_eq!(won["gain"], 0.2);
-        assert_eq!(won["calls"], 3 + 160, "the report sees every call");
-        assert_eq!(won["trial_calls"], 3 + 20, "the bandit pays for the first look");
-        let raced = credit(
-            &Arm::Operator(Some("tune_constant")),
-            None,
-            &[record("op:tune_constant", "raced", 10, 10, -0.1)],
-            0,
-        );
-        assert_eq!(
-            (raced["improved"].as_bool(), raced["calls"].as_u64()),
-            (Some(false), Some(20))
-        );
-        // A full run that is not ahead (racing off) is no improvement either.
-        let tied = credit(
-            &Arm::Instruction,
-            None,
-            &[record("op:llm_instruction", "full", 80, 80, 0.0)],
-            1,
-        );
-        assert_eq!(tied["improved"], false);
-    }
-
-    #[test]
-    fn an_arm_that_fell_back_credits_the_operator_that_proposed() {
-        let fell_back = credit(
-            &Arm::Operator(Some("add_stop")),
-            None,
-            &[record("op:wrap_extract", "raced", 10, 10, 0.0)],
-            0,
-        );
-        assert_eq!(
-            (fell_back["arm"].as_str(), fell_back["kind"].as_str()),
-            (Some("op:add_stop"), Some("op:wrap_extract"))
-        );
-        let nothing = credit(
-            &Arm::Llm(LlmKind::Rewrite),
-            None,
-            &[failed(
-                0,
-                "rewrite",
-                vec![],
-                ProposalStatus::ParseError,
-                String::new(),
-                None,
-            )],
-            4,
-        );
-        assert_eq!(
-            (nothing["kind"].as_str(), nothing["calls"].as_u64()),
-            (Some("rewrite"), Some(4))
-        );
-        let debug = credit(
-            &Arm::Llm(LlmKind::Diff),
-            None,
-            &[record("diff:debug1", "full", 20, 20, 0.1)],
-            2,
-        );
-        assert_eq!(
-            (debug["kind"].as_str(), debug["improved"].as_bool()),
-            (Some("diff"), Some(true))
-        );
-    }
-
-    #[test]
-    fn the_context_keeps_the_parents_and_drops_inspirations_first() {
-        let program = |name: &str, size: usize| ContextCandidate {
-            name: name.into(),
-            code: "x".repeat(size),
-            score: 0.5,
-            ci_lo: 0.4,
-            ci_hi: 0.6,
-            tokens: 10,
-        };
-        let mut context = vec![program("parent", 4000), program("a", 4000), program("b", 4000)];
-        let mut failures = vec![("check_failed".to_string(), "y".repeat(400))];
-        let report = fit_context(&mut context, 1, &mut failures, 1200);
-        assert_eq!(context.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["parent"]);
-        assert_eq!(failures.len(), 1, "failures go only after every inspiration");
-        assert_eq!(report["dropped"], 2);
-        let mut tight = vec![program("parent", 40_000)];
-        fit_context(&mut tight, 1, &mut failures, 10);
-        assert_eq!(
-            (tight.len(), failures.len()),
-            (1, 0),
-            "a required parent is never dropped"
-        );
-    }
 }

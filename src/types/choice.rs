@@ -77,3 +77,32 @@ pub enum IsolationMode {
     /// rlimits, process group and cleared environment only (for debugging and benchmarks).
     Off,
 }
+
+/// Which games of the episodic domain are played (`domain.episodes.fold`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fold {
+    /// Objects recur across episodes.
+    #[default]
+    Train,
+    /// Unseen objects, for tuning.
+    Dev,
+    /// Unseen objects, held out.
+    Test,
+}
+
+impl Fold {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fold::Train => "train",
+            Fold::Dev => "dev",
+            Fold::Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for Fold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -11,8 +11,8 @@ use super::call::Usage;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
-    pub split: String,
-    pub stage: String,
+    pub split: Split,
+    pub stage: Stage,
     pub mean: f64,
     pub ci_lo: f64,
     pub ci_hi: f64,
@@ -157,4 +157,82 @@ pub struct Hit {
     /// Index of the event (0-based) that fired it.
     pub event: usize,
     pub detail: String,
+}
+
+/// Which tasks an evaluation ran on. Selection reads `Val` only; `Test` is held out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Val,
+    Test,
+}
+
+/// How far an evaluation got. Selection, the front and the held-out test read `Full` only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Every task of the split ran.
+    Full,
+    /// Stopped after the cascade's first share of tasks (`evaluation.cascade_fraction`).
+    Cascade,
+    /// Stopped later by the early-stop bound against its parent.
+    Stopped,
+    /// Behind its rival at a look of the race (`evaluation.race_first`).
+    Raced,
+}
+
+/// The names of a closed set as the archive stores them, and the way back.
+macro_rules! stored_names {
+    ($ty:ident, $what:literal, $($variant:ident => $name:literal),+ $(,)?) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            /// Reads a stored name; one this build does not know is a clear error (an
+            /// archive written by a newer metaforge, or edited by hand).
+            pub fn parse(name: &str) -> anyhow::Result<Self> {
+                match name {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(anyhow::anyhow!(
+                        "unknown {} {other:?} (known: {}); fix: open the archive with the metaforge that wrote it",
+                        $what,
+                        [$($name),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+stored_names!(Split, "split", Val => "val", Test => "test");
+stored_names!(Stage, "evaluation stage", Full => "full", Cascade => "cascade", Stopped => "stopped", Raced => "raced");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_round_trip_and_an_unknown_one_is_named() {
+        for s in Stage::ALL {
+            assert_eq!(Stage::parse(s.as_str()).unwrap(), *s);
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(Split::parse("test").unwrap(), Split::Test);
+        let e = Stage::parse("halfway").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown evaluation stage \"halfway\"") && e.contains("full, cascade") && e.contains("fix:"),
+            "{e}"
+        );
+    }
 }

@@ -10,6 +10,6 @@ mod evaluation;
 mod input;
 
 pub use call::{CallParams, Message, Reply, Role, Usage, MAX_STOP};
-pub use choice::{IsolationMode, Objective, ParentSelection, DEFAULT_OBJECTIVES};
-pub use evaluation::{ContractStats, Evaluation, GuardSummary, Hit, Outcome, TaskGuard, TaskResult};
+pub use choice::{Fold, IsolationMode, Objective, ParentSelection, DEFAULT_OBJECTIVES};
+pub use evaluation::{ContractStats, Evaluation, GuardSummary, Hit, Outcome, Split, Stage, TaskGuard, TaskResult};
 pub use input::{is_bad_input, BadInput};
