@@ -32,6 +32,8 @@ fn main() {
         test_size: 2,
         split_seed: Some(1),
         episodes: Some(episodes.clone()),
+        hidden_fields: metaforge::config::default_hidden_fields(),
+        description: None,
     })
     .unwrap();
     let (val, _) = domain.splits(1, 40, 2).unwrap();

@@ -356,6 +356,8 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         split_seed: None,
         test_size: 0,
         episodes: None,
+        hidden_fields: crate::config::default_hidden_fields(),
+        description: None,
     };
     let dom = Domain::load(&dcfg)?;
     let report = crate::guard::checker(Default::default())?.check(&file.display().to_string(), &code, dom.kind);

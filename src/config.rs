@@ -23,6 +23,8 @@ pub struct Experiment {
     #[serde(default = "default_seed")]
     pub seed: u64,
     pub domain: DomainConfig,
+    /// Unset: the embedded default model for both roles.
+    #[serde(default)]
     pub models: Models,
     #[serde(default)]
     pub search: SearchConfig,
@@ -145,6 +147,45 @@ pub struct GuardsConfig {
     pub allowed_imports: Option<Vec<String>>,
 }
 
+/// A `search.seeds` entry that names a file (`.py`) rather than a built-in seed.
+pub fn is_seed_file(entry: &Path) -> bool {
+    entry.extension().is_some_and(|e| e == "py")
+}
+
+/// `search.seeds` with every glob replaced by the files it matches (sorted), relative to
+/// `base`. A glob that matches nothing is an error: a run without the seeds meant for it
+/// would look like a run with them.
+fn expand_seed_globs(seeds: &[PathBuf], base: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in seeds {
+        let text = entry.to_string_lossy();
+        if !text.contains(['*', '?', '[']) {
+            out.push(entry.clone());
+            continue;
+        }
+        let pattern = base.join(entry);
+        let mut found: Vec<PathBuf> = glob::glob(&pattern.to_string_lossy())
+            .with_context(|| format!("search.seeds: {text:?} is not a valid glob; fix: e.g. \"agents/*.py\""))?
+            .filter_map(Result::ok)
+            .filter(|p| is_seed_file(p))
+            .collect();
+        if found.is_empty() {
+            bail!(
+                "search.seeds: {text:?} matches no .py file under {}; fix: check the pattern (relative to the experiment file)",
+                base.display()
+            );
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// The fields withheld from the agent unless `domain.hidden_fields` says otherwise.
+pub fn default_hidden_fields() -> Vec<String> {
+    vec!["answer".into(), "answers".into()]
+}
+
 fn default_seed() -> u64 {
     0
 }
@@ -158,9 +199,18 @@ pub struct DomainConfig {
     /// `answer`); relative paths are read from the experiment file's folder.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// Scorer for a user domain: `numeric` or `exact`.
+    /// Scorer for a user domain: `numeric`, `exact`, `f1`, `mc`, or a Python file defining
+    /// `score(task, output)` (relative to the experiment; stored inside the run).
     #[serde(default)]
-    pub scorer: Option<String>,
+    pub scorer: Option<PathBuf>,
+    /// Task fields withheld from the agent: the built-in scorers read `answer` (or
+    /// `answers`); scorer code receives the whole task.
+    #[serde(default = "default_hidden_fields")]
+    pub hidden_fields: Vec<String>,
+    /// What the tasks are, for the proposer's prompt (default: a line naming the file and
+    /// the scorer).
+    #[serde(default)]
+    pub description: Option<String>,
     #[serde(default = "default_val_size")]
     pub val_size: usize,
     /// Seed of the validation/test shuffle; defaults to the run's `seed`. Runs that should be
@@ -238,19 +288,25 @@ fn default_test_size() -> usize {
     64
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Models {
     /// The proposer's model (the meta-agent).
+    #[serde(default)]
     pub meta: ModelConfig,
     /// The model candidates call through `llm()`.
+    #[serde(default)]
     pub agent: ModelConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The embedded model a config gets when it names none (fetched on first use).
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Embedded llama.cpp running a GGUF file (the offline default).
+    #[default]
     Local,
     /// Any OpenAI-compatible `/v1/chat/completions` endpoint.
     Openai,
@@ -261,9 +317,11 @@ pub enum BackendKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    #[serde(default)]
     pub backend: BackendKind,
     /// `local`: `smollm2-135m` (fetched on first use) or a path to a `.gguf` file.
     /// `openai`: the model name sent to the endpoint. `scripted`: a label.
+    #[serde(default = "default_model")]
     pub model: String,
     /// `openai` only: base URL ending in `/v1`.
     #[serde(default)]
@@ -303,6 +361,18 @@ pub struct ModelConfig {
     pub context_per_sequence: u32,
 }
 
+/// Every key at its default: the embedded model. Built by reading an empty table, so the
+/// serde defaults above stay the one place defaults are written.
+impl Default for ModelConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every ModelConfig key has a default")
+    }
+}
+
+fn default_model() -> String {
+    DEFAULT_MODEL.into()
+}
+
 fn default_max_tokens() -> u32 {
     256
 }
@@ -322,9 +392,10 @@ fn default_ctx() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchConfig {
-    /// Seed agents to start from: file stems under `archive/agents/`, or `["all"]`.
+    /// Seed agents to start from: file stems under `archive/agents/`, `["all"]`, or `.py`
+    /// files and globs (`"agents/*.py"`) relative to the experiment, stored inside the run.
     #[serde(default = "default_seeds")]
-    pub seeds: Vec<String>,
+    pub seeds: Vec<PathBuf>,
     #[serde(default = "default_generations")]
     pub generations: u32,
     #[serde(default = "default_per_generation")]
@@ -362,7 +433,7 @@ fn default_objectives() -> Vec<Objective> {
     DEFAULT_OBJECTIVES.to_vec()
 }
 
-fn default_seeds() -> Vec<String> {
+fn default_seeds() -> Vec<PathBuf> {
     vec!["all".into()]
 }
 fn default_generations() -> u32 {
@@ -634,6 +705,7 @@ impl Experiment {
                 e.to_string().trim_end()
             )
         })?;
+        exp.search.seeds = expand_seed_globs(&exp.search.seeds, base)?;
         for (_, path) in exp.file_refs_mut() {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -644,17 +716,29 @@ impl Experiment {
         Ok(exp)
     }
 
-    /// The files the experiment names, by config key: they travel inside the archive.
-    pub fn file_refs_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
+    /// The files the experiment names, by config key: they travel inside the archive. Seed
+    /// files are `search.seeds.<i>`, by their place in the list.
+    pub fn file_refs_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+        let seeds = self
+            .search
+            .seeds
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, p)| is_seed_file(p))
+            .map(|(i, p)| (format!("search.seeds.{i}"), p));
         [
             ("domain.path", &mut self.domain.path),
+            ("domain.scorer", &mut self.domain.scorer),
             ("models.meta.script", &mut self.models.meta.script),
             ("models.agent.script", &mut self.models.agent.script),
             ("search.import_adas", &mut self.search.import_adas),
             ("guards.contract", &mut self.guards.contract),
         ]
         .into_iter()
-        .filter_map(|(key, p)| p.as_mut().map(|p| (key, p)))
+        .filter_map(|(key, p)| p.as_mut().map(|p| (key.to_string(), p)))
+        // `domain.scorer` is a file only when it names scorer code; else a scorer's name.
+        .filter(|(key, p)| key != "domain.scorer" || p.extension().is_some_and(|e| e == "py"))
+        .chain(seeds)
         .collect()
     }
 
@@ -827,6 +911,26 @@ model = "smollm2-135m"
         assert_eq!(e.search.generations, 3);
         assert_eq!(e.evaluation.tasks_in_flight, 4);
         assert_eq!(e.proposers.operators, 1.0);
+    }
+
+    #[test]
+    fn a_name_and_a_domain_are_a_whole_experiment_on_the_embedded_model() {
+        let e = Experiment::parse("name = \"t\"\n[domain]\nname = \"arith\"\n", "t.toml", Path::new(".")).unwrap();
+        for m in [&e.models.meta, &e.models.agent] {
+            assert_eq!((m.backend, m.model.as_str()), (BackendKind::Local, DEFAULT_MODEL));
+            assert_eq!(m.max_tokens, default_max_tokens());
+        }
+        assert_eq!(e.domain.hidden_fields, ["answer", "answers"]);
+        let half = Experiment::parse(
+            "name = \"t\"\n[domain]\nname = \"arith\"\n[models.agent]\nmax_tokens = 64\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            (half.models.agent.max_tokens, half.models.meta.model.as_str()),
+            (64, DEFAULT_MODEL)
+        );
     }
 
     #[test]

@@ -242,3 +242,78 @@ fn held_out_test_on_demand_only_adds_and_only_for_finished_runs() {
         "{err}"
     );
 }
+
+/// The user's own seed agents, named by a glob beside a built-in seed, start a run; the run
+/// carries them, and resumes on another machine where they are gone.
+#[test]
+fn seeds_given_as_files_start_a_run_that_resumes_without_them() {
+    let home = tempfile::tempdir().unwrap();
+    let agents = home.path().join("my_agents");
+    std::fs::create_dir(&agents).unwrap();
+    for (file, name, instruction) in [
+        ("terse.py", "Terse", "Reply with a single number."),
+        ("careful.py", "Careful", "Think step by step, then answer."),
+    ] {
+        std::fs::write(
+            agents.join(file),
+            format!("\"\"\"name: {name}\nidea: mine.\n\"\"\"\nfrom metaforge import llm\n\n\ndef forward(task):\n    return llm(\"{instruction} \" + task[\"question\"])\n"),
+        )
+        .unwrap();
+    }
+    let exp = write_experiment(home.path(), "exp.toml", 3, ARITH, 0.0, 1);
+    let text = std::fs::read_to_string(&exp).unwrap().replace(
+        "seeds = [\"direct_answer\", \"chain_of_thought\", \"self_consistency\"]",
+        "seeds = [\"my_agents/*.py\", \"direct_answer\"]",
+    );
+    std::fs::write(&exp, text).unwrap();
+    let db = home.path().join("run.db");
+    interrupted_run(&exp, &db, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM run_files WHERE key LIKE 'search.seeds.%'"),
+        2
+    );
+    let bundle = home.path().join("run.mfbundle");
+    ok(&metaforge(
+        home.path(),
+        &["export-bundle", "run.db", "-o", bundle.to_str().unwrap()],
+    ));
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(&bundle, elsewhere.path().join("run.mfbundle")).unwrap();
+    drop(home);
+    ok(&metaforge(
+        elsewhere.path(),
+        &["import-bundle", "run.mfbundle", "-o", "restored.db"],
+    ));
+    let resumed = ok(&metaforge(elsewhere.path(), &["resume", "--quiet", "restored.db"]));
+    assert!(resumed.contains("finished"), "{resumed}");
+    let restored = elsewhere.path().join("restored.db");
+    assert_archive_sound(&restored);
+    let seeds: Vec<String> = rusqlite::Connection::open(&restored)
+        .unwrap()
+        .prepare("SELECT c.name FROM candidates c JOIN proposals p ON p.candidate_id = c.id WHERE p.kind = 'seed' ORDER BY p.step")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        seeds,
+        ["Careful", "Terse", "Direct Answer"],
+        "the glob's files in order, then the built-in"
+    );
+
+    // A glob that matches nothing is refused before anything is created.
+    let dir = tempfile::tempdir().unwrap();
+    let exp = write_experiment(dir.path(), "exp.toml", 3, ARITH, 0.0, 1);
+    let text = std::fs::read_to_string(&exp).unwrap().replace(
+        "seeds = [\"direct_answer\", \"chain_of_thought\", \"self_consistency\"]",
+        "seeds = [\"none/*.py\"]",
+    );
+    std::fs::write(&exp, text).unwrap();
+    let err = refused(&metaforge(dir.path(), &["run", "exp.toml", "--db", "r.db"]));
+    assert!(
+        err.contains("\"none/*.py\" matches no .py file") && err.contains("fix:"),
+        "{err}"
+    );
+    assert!(!dir.path().join("r.db").exists());
+}

@@ -31,7 +31,7 @@ pub use lineage::{Improvement, Lineage, LineageNode};
 pub use merge::{merge, MergeSummary};
 
 use crate::candidate::{Candidate, CandidateKind};
-use crate::types::{BadInput, Evaluation, GuardSummary, Split, Stage};
+use crate::types::{BadInput, Evaluation, GuardSummary, Split, Stage, SCORER_FEEDBACK};
 
 pub const SCHEMA_VERSION: i32 = 3;
 const MIGRATIONS: &[&str] = &[
@@ -354,6 +354,21 @@ impl Archive {
         )?;
         let rows = stmt.query_map(params![id, split], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// What scorer code said of a candidate's validation tasks (`types::SCORER_FEEDBACK`),
+    /// the lowest-scoring tasks first: the proposer's prompt shows it beside the program.
+    pub fn scorer_feedback(&self, id: &str, limit: usize) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT substr(t.error, ?3) FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
+             WHERE e.candidate_id = ?1 AND e.split = 'val' AND t.error LIKE ?2 || '%'
+             ORDER BY t.score, t.task_id LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![id, SCORER_FEEDBACK, SCORER_FEEDBACK.len() as i64 + 1, limit as i64],
+            |r| r.get(0),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
     }
 
     /// Among `ids`, the one with the best full, successful validation evaluation (ties: the

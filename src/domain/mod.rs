@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
-pub use scorers::Scorer;
+pub use scorers::{Scorer, ScorerCode};
 
 use crate::candidate::CandidateKind;
 use crate::config::{DomainConfig, EpisodesConfig};
@@ -97,23 +97,32 @@ impl Domain {
 
     fn load_unmarked(cfg: &DomainConfig) -> Result<Self> {
         if let Some(path) = &cfg.path {
-            let scorer_name = cfg.scorer.as_deref().unwrap_or("exact");
-            let scorer = Scorer::parse(scorer_name).with_context(|| format!("domain.scorer = {scorer_name:?}"))?;
+            let scorer = user_scorer(cfg.scorer.as_deref())?;
+            let scorer_name = match &scorer {
+                Scorer::Code(code) => code.file.clone(),
+                _ => cfg.scorer.as_ref().map_or("exact".into(), |s| s.display().to_string()),
+            };
             let text = std::fs::read_to_string(path).with_context(|| {
                 format!(
                     "domain.path: cannot read {}; fix: point it at a JSONL file of tasks",
                     path.display()
                 )
             })?;
-            let tasks = parse_jsonl(&text, &path.display().to_string())?;
+            let gold = match scorer {
+                Scorer::Code(_) => Gold::AllHidden,
+                _ => Gold::Answer,
+            };
+            let tasks = parse_jsonl(&text, &path.display().to_string(), &cfg.hidden_fields, gold)?;
             return Ok(Self {
                 name: cfg.name.clone(),
                 kind: CandidateKind::Agent,
                 episodes: None,
-                description: format!(
-                    "Tasks from {}; scored with the `{scorer_name}` scorer.",
-                    file_name(path)
-                ),
+                description: cfg.description.clone().unwrap_or_else(|| {
+                    format!(
+                        "Tasks from {}; scored with the `{scorer_name}` scorer.",
+                        file_name(path)
+                    )
+                }),
                 scorer,
                 tasks,
             });
@@ -146,8 +155,8 @@ impl Domain {
             kind: CandidateKind::Agent,
             episodes: None,
             description: b.description.into(),
-            scorer: b.scorer,
-            tasks: parse_jsonl(text, &format!("data/{}", b.file))?,
+            scorer: b.scorer.clone(),
+            tasks: parse_jsonl(text, &format!("data/{}", b.file), &cfg.hidden_fields, Gold::Answer)?,
         })
     }
 
@@ -168,6 +177,22 @@ impl Domain {
     }
 }
 
+/// Whether `source` defines a top-level function `name` (a decorated one too).
+fn defines_function(source: &str, name: &str) -> bool {
+    let tree = crate::check::parse_python(source);
+    let mut cursor = tree.root_node().walk();
+    let found = tree.root_node().children(&mut cursor).any(|node| {
+        let def = match node.kind() {
+            "decorated_definition" => node.child_by_field_name("definition"),
+            _ => Some(node),
+        };
+        def.filter(|d| d.kind() == "function_definition")
+            .and_then(|d| d.child_by_field_name("name"))
+            .is_some_and(|n| &source[n.byte_range()] == name)
+    });
+    found
+}
+
 fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|f| f.to_string_lossy().to_string())
@@ -176,7 +201,41 @@ fn file_name(p: &Path) -> String {
 
 /// Each line: an object with `answer` (or `answers`) and the fields the agent sees; `id` is
 /// optional (the line number is used). Errors name the file and line.
-fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Task>> {
+/// What a task's `answer` holds.
+#[derive(Clone, Copy)]
+enum Gold {
+    /// The `answer` (or `answers`) field, for the built-in scorers.
+    Answer,
+    /// Every hidden field as one object, for scorer code (which sees the whole task).
+    AllHidden,
+}
+
+/// The scorer `domain.scorer` names: a built-in name, or a `.py` file of scorer code.
+fn user_scorer(spec: Option<&Path>) -> Result<Scorer> {
+    let Some(spec) = spec else { return Ok(Scorer::Exact) };
+    if spec.extension().is_some_and(|e| e == "py") {
+        let source = std::fs::read_to_string(spec).with_context(|| {
+            format!(
+                "domain.scorer: cannot read {}; fix: point it at a Python file defining score(task, output)",
+                spec.display()
+            )
+        })?;
+        if !defines_function(&source, "score") {
+            bail!(
+                "domain.scorer: {} defines no top-level `score(task, output)`; fix: add `def score(task, output):` returning a number in [0, 1], a bool, or {{\"score\": ..., \"feedback\": ...}}",
+                spec.display()
+            );
+        }
+        return Ok(Scorer::Code(std::sync::Arc::new(ScorerCode {
+            file: file_name(spec),
+            source,
+        })));
+    }
+    let name = spec.display().to_string();
+    Scorer::parse(&name).with_context(|| format!("domain.scorer = {name:?}"))
+}
+
+fn parse_jsonl(text: &str, origin: &str, hidden_fields: &[String], gold: Gold) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -187,15 +246,24 @@ fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Task>> {
         let Some(obj) = v.as_object_mut() else {
             bail!("{origin}:{}: expected a JSON object", i + 1);
         };
-        let answer = obj
-            .remove("answer")
-            .or_else(|| obj.remove("answers"))
-            .with_context(|| {
-                format!(
-                    "{origin}:{}: no `answer` field; fix: add the gold answer as `answer`",
-                    i + 1
-                )
-            })?;
+        // Hidden fields never reach the agent's worker.
+        let hidden: serde_json::Map<String, Value> = hidden_fields
+            .iter()
+            .filter_map(|f| obj.remove(f).map(|v| (f.clone(), v)))
+            .collect();
+        let answer = match gold {
+            Gold::AllHidden => Value::Object(hidden),
+            Gold::Answer => hidden
+                .get("answer")
+                .or_else(|| hidden.get("answers"))
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "{origin}:{}: no `answer` field; fix: add the gold answer as `answer` (and keep it in domain.hidden_fields)",
+                        i + 1
+                    )
+                })?,
+        };
         let id = match obj.get("id") {
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
@@ -243,6 +311,8 @@ mod tests {
             test_size: 20,
             split_seed: None,
             episodes: None,
+            hidden_fields: crate::config::default_hidden_fields(),
+            description: None,
         }
     }
 
@@ -279,7 +349,13 @@ mod tests {
     fn bad_line_names_the_line() {
         let err = format!(
             "{:#}",
-            parse_jsonl("{\"answer\": 1}\nnot json\n", "t.jsonl").unwrap_err()
+            parse_jsonl(
+                "{\"answer\": 1}\nnot json\n",
+                "t.jsonl",
+                &crate::config::default_hidden_fields(),
+                Gold::Answer
+            )
+            .unwrap_err()
         );
         assert!(err.contains("t.jsonl:2"), "{err}");
     }

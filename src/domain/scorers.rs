@@ -5,7 +5,7 @@ use regex::Regex;
 use serde_json::Value;
 use std::sync::OnceLock;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scorer {
     /// The number after the last `Answer:` (else the last number in the text) equals the
     /// gold number. GSM8K-style exact numeric match.
@@ -19,6 +19,17 @@ pub enum Scorer {
     /// Multiple choice: the choice letter (A to H) the output gives (after `Answer:`, else
     /// the first one standing alone) equals the gold letter.
     Mc,
+    /// The user's Python `score(task, output)` (`domain.scorer = "score.py"`). It runs in a
+    /// sandboxed worker of its own (`evaluate::scorer_code`), never in this process, so
+    /// `score` below does not apply to it.
+    Code(std::sync::Arc<ScorerCode>),
+}
+
+/// A scorer file: its name for messages and its source.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScorerCode {
+    pub file: String,
+    pub source: String,
 }
 
 impl Scorer {
@@ -57,6 +68,7 @@ impl Scorer {
                 f64::from(u8::from(hit))
             }
             Scorer::F1 => super::f1::drop_f1(output, gold),
+            Scorer::Code(_) => unreachable!("scorer code runs in its own sandbox (evaluate::scorer_code)"),
             Scorer::Mc => {
                 let want = gold.as_str().map(str::trim).unwrap_or_default().to_ascii_uppercase();
                 f64::from(u8::from(

@@ -4,6 +4,7 @@
 
 pub mod paired;
 pub mod racing;
+pub mod scorer_code;
 pub mod staged;
 mod stats;
 
@@ -172,10 +173,10 @@ impl Evaluator<'_> {
                     (tr.output, None)
                 };
                 let aborted = guard.as_ref().is_some_and(|g| g.aborted);
-                let score = if kind == "ok" && !aborted {
-                    self.scorer.score(output.as_deref().unwrap_or(""), &task.answer)
-                } else {
-                    0.0
+                let score = match &self.scorer {
+                    _ if kind != "ok" || aborted => 0.0,
+                    Scorer::Code(_) => 0.0, // scored below, in the scorer's own sandbox
+                    builtin => builtin.score(output.as_deref().unwrap_or(""), &task.answer),
                 };
                 results.push(TaskResult {
                     task_id: task.id.clone(),
@@ -186,6 +187,12 @@ impl Evaluator<'_> {
                     usage: tr.usage,
                     guard,
                 });
+            }
+        }
+        let mut details = details;
+        if let Scorer::Code(code) = &self.scorer {
+            if let Some(failed) = self.score_with_code(code, tasks, &mut results)? {
+                details.push(failed);
             }
         }
         let mut e = Evaluation::from_tasks(
@@ -202,6 +209,51 @@ impl Evaluator<'_> {
             g.tiers = episodes.tiers();
         }
         Ok(e)
+    }
+
+    /// Scores the tasks that ran to an answer with scorer code (`scorer_code`): each gets the
+    /// scorer's score and its feedback, or score 0, outcome `scorer_error` and the typed
+    /// error. Returns a line for the evaluation's detail when the scorer failed somewhere.
+    fn score_with_code(
+        &self,
+        code: &crate::domain::ScorerCode,
+        tasks: &[Task],
+        results: &mut [TaskResult],
+    ) -> Result<Option<String>> {
+        let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        let answered: Vec<(&Task, String)> = results
+            .iter()
+            .filter(|r| r.outcome == "ok" && !r.guard.as_ref().is_some_and(|g| g.aborted))
+            .map(|r| (by_id[r.task_id.as_str()], r.output.clone().unwrap_or_default()))
+            .collect();
+        let outputs: Vec<(&Task, &str)> = answered.iter().map(|(t, o)| (*t, o.as_str())).collect();
+        let scores = scorer_code::score_outputs(code, &outputs, self.cfg, self.executor)?;
+        let mut failures = Vec::new();
+        for r in results.iter_mut() {
+            match scores.get(&r.task_id) {
+                Some(Ok(s)) => {
+                    r.score = s.score;
+                    if !s.feedback.is_empty() {
+                        r.error = Some(format!("{}{}", crate::types::SCORER_FEEDBACK, s.feedback));
+                    }
+                }
+                Some(Err(e)) => {
+                    r.outcome = "scorer_error".into();
+                    r.error = Some(e.message.clone());
+                    failures.push(e);
+                }
+                None => {}
+            }
+        }
+        Ok(failures.first().map(|e| {
+            format!(
+                "the scorer failed on {} of {} tasks (first, {}): {}",
+                failures.len(),
+                answered.len(),
+                e.kind,
+                e.message
+            )
+        }))
     }
 
     /// The evaluation of a candidate whose contracts could not be registered.

@@ -11,7 +11,7 @@ use crate::host::cache_root as cache_dir;
 use crate::types::BadInput;
 
 /// Alias of the default local model (docs/experiment.md, "Choosing the default model").
-pub const DEFAULT_LOCAL_MODEL: &str = "smollm2-135m";
+pub const DEFAULT_LOCAL_MODEL: &str = crate::config::DEFAULT_MODEL;
 
 struct KnownModel {
     alias: &'static str,

@@ -23,6 +23,9 @@ pub struct ContextCandidate {
     pub ci_lo: f64,
     pub ci_hi: f64,
     pub tokens: u64,
+    /// What scorer code said of its weakest validation tasks (user domains with
+    /// `domain.scorer = "score.py"`; empty otherwise).
+    pub feedback: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

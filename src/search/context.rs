@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Scorer feedback lines shown per context program.
+const FEEDBACK_LINES: usize = 3;
+
 impl Search {
     pub(super) fn context_of(&self, c: &Candidate, scored: &[crate::archive::Scored]) -> ContextCandidate {
         let s = scored.iter().find(|s| s.id == c.id);
@@ -14,6 +17,7 @@ impl Search {
             ci_lo: s.map_or(0.0, |s| s.ci_lo),
             ci_hi: s.map_or(0.0, |s| s.ci_hi),
             tokens: s.map_or(0, |s| s.tokens),
+            feedback: self.archive.scorer_feedback(&c.id, FEEDBACK_LINES).unwrap_or_default(),
         }
     }
 
@@ -92,6 +96,7 @@ mod tests {
             ci_lo: 0.4,
             ci_hi: 0.6,
             tokens: 10,
+            feedback: Vec::new(),
         };
         let mut context = vec![program("parent", 4000), program("a", 4000), program("b", 4000)];
         let mut failures = vec![("check_failed".to_string(), "y".repeat(400))];

@@ -96,11 +96,15 @@ impl Search {
     /// `import-adas` does), archived in `db`.
     pub fn create_from(mut exp: Experiment, db: &Path, quiet: bool) -> Result<Self> {
         if exp.search.seeds.is_empty() && exp.search.import_adas.is_none() {
-            bail!("search.seeds is empty and nothing is imported; fix: seeds = [\"all\"], or import an ADAS archive (`metaforge import-adas`)");
+            return Err(crate::types::BadInput::wrap(anyhow::anyhow!("search.seeds is empty and nothing is imported; fix: seeds = [\"all\"], or import an ADAS archive (`metaforge import-adas`)")));
         }
-        // Refuse before anything is created when `isolation = "strict"` cannot be met.
+        // Refuse before anything is created when the run could not start: `isolation =
+        // "strict"` that this kernel cannot meet, an unusable contract, dataset, scorer or
+        // seed. An archive left behind would refuse the corrected rerun.
         Isolation::for_mode(exp.evaluation.isolation)?;
         exp.guards.agent_contract()?;
+        let kind = Domain::load(&exp.domain)?.kind;
+        resolve_seeds(&exp.search.seeds, kind)?;
         // The files the config names go inside the archive; the stored config keeps their
         // names only, so resume never reads the original files (and the .db moves freely).
         let files = run_files::take(&mut exp)?;
@@ -700,7 +704,7 @@ impl Search {
         let evaluator = Evaluator {
             gateway: &self.agent,
             cfg: &self.exp.evaluation,
-            scorer: self.domain.scorer,
+            scorer: self.domain.scorer.clone(),
             agent_contract: self.agent_contract.as_ref(),
             require_call_contracts: self.exp.guards.require_call_contracts,
             episodic: self.episodic.as_ref().map(|e| e as &dyn crate::evaluate::EpisodeRunner),
@@ -765,9 +769,10 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// The seed programs named by `search.seeds`: file stems under `archive/agents/`, or
-/// `archive/memory/` when the domain's candidates are memory designs.
-pub fn resolve_seeds(names: &[String], kind: CandidateKind) -> Result<Vec<(String, String)>> {
+/// The seed programs named by `search.seeds`: file stems under `archive/agents/` (or
+/// `archive/memory/`), `"all"` of those, or the user's own `.py` files (by then stored in
+/// the run and written to its folder). A seed is checked and evaluated like a proposal.
+pub fn resolve_seeds(entries: &[std::path::PathBuf], kind: CandidateKind) -> Result<Vec<(String, String)>> {
     let folder = match kind {
         CandidateKind::Agent => "agents",
         CandidateKind::Memory => "memory",
@@ -781,17 +786,31 @@ pub fn resolve_seeds(names: &[String], kind: CandidateKind) -> Result<Vec<(Strin
             )
         })
         .collect();
-    if names.iter().any(|n| n == "all") {
-        return Ok(all);
-    }
     let mut out = Vec::new();
-    for n in names {
-        match all.iter().find(|(stem, _)| stem == n) {
+    for entry in entries {
+        if crate::config::is_seed_file(entry) {
+            let code = std::fs::read_to_string(entry)
+                .with_context(|| format!("search.seeds: cannot read {}; fix: check the path", entry.display()))
+                .map_err(crate::types::BadInput::wrap)?;
+            let stem = entry
+                .file_stem()
+                .map_or("seed".into(), |s| s.to_string_lossy().into_owned());
+            out.push((stem, code));
+            continue;
+        }
+        let name = entry.to_string_lossy();
+        if name == "all" {
+            out.extend(all.iter().cloned());
+            continue;
+        }
+        match all.iter().find(|(stem, _)| *stem == name) {
             Some(s) => out.push(s.clone()),
-            None => bail!(
-                "search.seeds names {n:?}, which is not a seed under archive/{folder}/; fix: use \"all\" or some of: {}",
-                all.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
-            ),
+            None => {
+                return Err(crate::types::BadInput::wrap(anyhow::anyhow!(
+                    "search.seeds names {name:?}, which is neither a seed under archive/{folder}/ nor a .py file; fix: use \"all\", a path like \"my_agent.py\", or some of: {}",
+                    all.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
+                )))
+            }
         }
     }
     Ok(out)

@@ -28,7 +28,7 @@ pub fn take(exp: &mut Experiment) -> Result<Vec<RunFile>> {
                 .with_context(|| format!("{key} = {} names no file", path.display()))?;
             *path = file_name.clone().into();
             Ok(RunFile {
-                key: key.to_string(),
+                key,
                 file_name,
                 content,
             })
@@ -47,7 +47,7 @@ pub fn materialize(archive: &Archive, exp: &mut Experiment) -> Result<TempDir> {
     for (key, path) in exp.file_refs_mut() {
         match files.iter().find(|f| f.key == key) {
             Some(f) => {
-                let target = dir.path().join(key).join(&f.file_name);
+                let target = dir.path().join(&key).join(&f.file_name);
                 std::fs::create_dir_all(target.parent().unwrap_or(Path::new(".")))?;
                 std::fs::write(&target, &f.content).with_context(|| format!("cannot write {}", target.display()))?;
                 *path = target;

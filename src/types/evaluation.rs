@@ -159,6 +159,10 @@ pub struct Hit {
     pub detail: String,
 }
 
+/// How a task's stored `error` starts when it holds the scorer's feedback, not an error: the
+/// archive finds it there for the proposer's prompt.
+pub const SCORER_FEEDBACK: &str = "scorer feedback: ";
+
 /// Which tasks an evaluation ran on. Selection reads `Val` only; `Test` is held out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

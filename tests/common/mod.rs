@@ -265,6 +265,8 @@ pub fn sequence(n: usize) -> Vec<metaforge::domain::Task> {
         test_size: 2,
         split_seed: Some(1),
         episodes: Some(scripted_episodes()),
+        hidden_fields: metaforge::config::default_hidden_fields(),
+        description: None,
     })
     .unwrap();
     domain.splits(1, n, 2).unwrap().0

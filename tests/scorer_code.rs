@@ -1,0 +1,234 @@
+//! Scorer code (`domain.scorer = "score.py"`): the user's `score(task, output)` runs in its own
+//! sandboxed worker (real Python subprocesses, real sandboxes). The agent model is SCRIPTED
+//! (tests/fixtures/scripted_agent.json), so scores are known in advance.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use metaforge::config::EvaluationConfig;
+use metaforge::domain::{Scorer, ScorerCode, Task};
+use metaforge::evaluate::Evaluator;
+use metaforge::types::{Evaluation, Split};
+
+/// Partial credit with feedback: full marks for the gold number, a quarter for any other.
+const PARTIAL: &str = r#"import re
+
+def score(task, output):
+    got = re.findall(r"-?\d+", output)
+    if got and int(got[-1]) == task["answer"]:
+        return {"score": 1.0, "feedback": "right"}
+    return {"score": 0.25, "feedback": "expected %d %s, got %r" % (task["answer"], task["unit"], output[:40])}
+"#;
+
+/// Tasks whose gold is `answer` (7 or 8; the scripted agent always says 7) and whose `unit`
+/// is hidden from the agent too.
+fn tasks_file(dir: &Path) {
+    let tasks: String = (0..24)
+        .map(|i| {
+            format!(
+                "{{\"id\": \"s{i}\", \"question\": \"What is {i} minus {i} plus 7?\", \"answer\": {}, \"unit\": \"apples\"}}\n",
+                7 + i % 2
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("sevens.jsonl"), tasks).unwrap();
+}
+
+fn evaluate_with(source: &str, code: &str, task_timeout_s: u64) -> Evaluation {
+    let gateway = scripted_gateway("7");
+    let cfg = EvaluationConfig {
+        task_timeout_s,
+        ..EvaluationConfig::default()
+    };
+    let evaluator = Evaluator {
+        gateway: &gateway,
+        cfg: &cfg,
+        scorer: Scorer::Code(Arc::new(ScorerCode {
+            file: "score.py".into(),
+            source: source.into(),
+        })),
+        agent_contract: None,
+        require_call_contracts: false,
+        episodic: None,
+        executor: &metaforge::executor::Executor::Local,
+    };
+    let tasks: Vec<Task> = (0..2)
+        .map(|i| Task {
+            id: format!("t{i}"),
+            input: serde_json::json!({"question": "q"}),
+            answer: serde_json::json!({"answer": 7}),
+        })
+        .collect();
+    evaluator.evaluate(code, &tasks, Split::Val, &|| {}).unwrap()
+}
+
+const ANSWERS_SEVEN: &str = "def forward(task):\n    return 'seven is 7'\n";
+
+#[test]
+fn a_failing_scorer_gives_a_typed_error_per_task_and_the_evaluation_goes_on() {
+    let cases = [
+        ("def score(task, output):\n    raise KeyError('gold')\n", "error", "KeyError"),
+        ("def score(task, output):\n    while True:\n        pass\n", "timeout", "timeout"),
+        (
+            "import socket\n\ndef score(task, output):\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n    return 1.0\n",
+            "policy_denied",
+            "policy_denied",
+        ),
+        ("def score(task, output):\n    return 'yes'\n", "error", "return a number in [0, 1]"),
+    ];
+    for (scorer, kind, says) in cases {
+        let e = evaluate_with(scorer, ANSWERS_SEVEN, 2);
+        assert_eq!(e.tasks.len(), 2);
+        for t in &e.tasks {
+            assert_eq!((t.outcome.as_str(), t.score), ("scorer_error", 0.0), "{scorer}: {t:?}");
+            let error = t.error.as_deref().unwrap_or("");
+            assert!(
+                error.contains("score.py on task t") && error.contains(says) && error.contains("fix:"),
+                "{scorer}: {error}"
+            );
+        }
+        assert!(
+            e.detail
+                .contains(&format!("the scorer failed on 2 of 2 tasks (first, {kind})")),
+            "{scorer}: {}",
+            e.detail
+        );
+    }
+    // A scorer that works: the same candidate now scores.
+    let e = evaluate_with(
+        "def score(task, output):\n    return str(task['answer']) in output\n",
+        ANSWERS_SEVEN,
+        2,
+    );
+    assert_eq!(e.mean, 1.0, "{:?}", e.tasks);
+}
+
+#[test]
+fn a_candidate_cannot_read_the_gold_answers_or_touch_the_scorer() {
+    let dir = tempfile::tempdir().unwrap();
+    tasks_file(dir.path());
+    let gold = dir.path().join("sevens.jsonl");
+    let sneaky = format!(
+        "def forward(task):\n    return open({:?}).read()[:200]\n",
+        gold.display().to_string()
+    );
+    let e = evaluate_with(PARTIAL.replace("task[\"unit\"]", "'apples'").as_str(), &sneaky, 5);
+    for t in &e.tasks {
+        assert_eq!((t.outcome.as_str(), t.score), ("policy_denied", 0.0), "{t:?}");
+    }
+    // The task it is given holds no gold field.
+    let peek = "def forward(task):\n    return 'answer' in task and str(task['answer']) or 'none'\n";
+    let e = evaluate_with("def score(task, output):\n    return output == 'none'\n", peek, 5);
+    assert_eq!(e.mean, 1.0, "{:?}", e.tasks);
+}
+
+#[test]
+fn a_run_with_scorer_code_stores_partial_credit_and_shows_the_feedback_to_the_proposer() {
+    let dir = tempfile::tempdir().unwrap();
+    tasks_file(dir.path());
+    std::fs::write(dir.path().join("score.py"), PARTIAL).unwrap();
+    let domain = "name = \"sevens\"\npath = \"sevens.jsonl\"\nscorer = \"score.py\"\nval_size = 6\ntest_size = 6\n";
+    let exp = write_experiment(dir.path(), "exp.toml", 3, domain, 1.0, 1);
+    let db = dir.path().join("run.db");
+    run_to_end(&exp, &db);
+    let partial = count(&db, "SELECT count(*) FROM task_results WHERE score = 0.25");
+    let full = count(&db, "SELECT count(*) FROM task_results WHERE score = 1.0");
+    assert!(partial > 0 && full > 0, "partial {partial}, full {full}");
+    assert!(
+        count(
+            &db,
+            "SELECT count(*) FROM task_results WHERE error LIKE 'scorer feedback: expected 8 apples%'"
+        ) > 0,
+        "the scorer saw the hidden `unit` field and its feedback is stored"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM run_files WHERE key = 'domain.scorer'"),
+        1
+    );
+    assert!(
+        count(
+            &db,
+            "SELECT count(*) FROM proposals WHERE prompt LIKE '%Scorer feedback: expected 8 apples%'"
+        ) > 0,
+        "a rewrite prompt shows the scorer's feedback beside its program"
+    );
+    assert_archive_sound(&db);
+}
+
+#[test]
+fn a_scorer_file_without_score_is_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    tasks_file(dir.path());
+    std::fs::write(
+        dir.path().join("score.py"),
+        "def grade(task, output):\n    return 1.0\n",
+    )
+    .unwrap();
+    let domain = "name = \"sevens\"\npath = \"sevens.jsonl\"\nscorer = \"score.py\"\nval_size = 6\ntest_size = 6\n";
+    let exp = write_experiment(dir.path(), "exp.toml", 3, domain, 0.0, 1);
+    let err = refused(&metaforge(dir.path(), &["run", exp.to_str().unwrap(), "--db", "r.db"]));
+    assert!(
+        err.contains("score.py defines no top-level `score(task, output)`") && err.contains("fix:"),
+        "{err}"
+    );
+    assert!(!dir.path().join("r.db").exists(), "nothing is created");
+}
+
+/// README's "Your own task" files, written as a reader would copy them: the experiment
+/// loads, the scorer is scorer code, and both seeds resolve.
+#[test]
+fn the_readme_example_of_an_own_task_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme.find("## Your own task").expect("README has the section")..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::copy(root.join("data/units.jsonl"), dir.path().join("data/units.jsonl")).unwrap();
+    let mut files = 0;
+    for block in section.split("```").skip(1).step_by(2) {
+        let body = block.split_once('\n').unwrap().1;
+        let name = body
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(':')
+            .next()
+            .unwrap();
+        std::fs::write(dir.path().join(name), body).unwrap();
+        files += 1;
+    }
+    assert_eq!(files, 3);
+    let exp = metaforge::config::Experiment::load(&dir.path().join("my-task.toml")).unwrap();
+    let domain = metaforge::domain::Domain::load(&exp.domain).unwrap();
+    assert!(matches!(domain.scorer, Scorer::Code(_)));
+    assert!(domain.tasks[0].input.get("answer").is_none(), "the answer is hidden");
+    let seeds = metaforge::search::resolve_seeds(&exp.search.seeds, domain.kind).unwrap();
+    assert_eq!(
+        seeds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["direct_answer", "my_agent"]
+    );
+    // The scorer and the agent run: the scripted model answers "24" to every call.
+    let e = {
+        let tasks: Vec<Task> = domain.tasks.iter().take(2).cloned().collect();
+        let gateway = scripted_gateway("24");
+        let cfg = EvaluationConfig::default();
+        let evaluator = Evaluator {
+            gateway: &gateway,
+            cfg: &cfg,
+            scorer: domain.scorer.clone(),
+            agent_contract: None,
+            require_call_contracts: false,
+            episodic: None,
+            executor: &metaforge::executor::Executor::Local,
+        };
+        evaluator.evaluate(&seeds[1].1, &tasks, Split::Val, &|| {}).unwrap()
+    };
+    assert_eq!(e.tasks[0].score, 1.0, "units-000's answer is 24: {:?}", e.tasks[0]);
+    assert_eq!(e.tasks[1].score, 0.0, "{:?}", e.tasks[1]);
+    assert_eq!(e.tasks[1].error.as_deref(), Some("scorer feedback: expected 22"));
+}
