@@ -244,6 +244,129 @@ enum Event {
     Eof,
 }
 
+/// What the threads talking with one worker share: the pipe to it, its tasks and their
+/// nonces, the results so far and the refusals.
+struct Conversation<'a> {
+    writer: Mutex<File>,
+    handler: &'a dyn LlmHandler,
+    task_ids: HashMap<&'a str, ()>,
+    /// A result counts only with the nonce its task was sent with: a candidate writing onto
+    /// the pipe cannot claim a task's result without digging the nonce out of the worker.
+    nonces: HashMap<&'a str, u64>,
+    results: Mutex<HashMap<String, TaskRun>>,
+    denials: Mutex<Vec<Denial>>,
+}
+
+impl<'a> Conversation<'a> {
+    fn new(writer: File, tasks: &'a [(String, serde_json::Value)], handler: &'a dyn LlmHandler) -> Self {
+        Self {
+            writer: Mutex::new(writer),
+            handler,
+            task_ids: tasks.iter().map(|(id, _)| (id.as_str(), ())).collect(),
+            nonces: tasks
+                .iter()
+                .map(|(id, _)| (id.as_str(), rand::random::<u64>() >> 12))
+                .collect(),
+            results: Mutex::new(tasks.iter().map(|(id, _)| (id.clone(), TaskRun::default())).collect()),
+            denials: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// One write per message: formatting straight into the pipe wrote each piece with its
+    /// own syscall, waking the worker for every fragment (seen in a profile).
+    fn send(&self, v: serde_json::Value) -> bool {
+        let mut line = v.to_string().into_bytes();
+        line.push(b'\n');
+        self.writer.lock().unwrap().write_all(&line).is_ok()
+    }
+
+    fn deny(&self, task_id: Option<String>, what: String) {
+        let mut d = self.denials.lock().unwrap();
+        if d.len() < MAX_DENIALS {
+            d.push(Denial { task_id, what });
+        }
+    }
+
+    /// `task_id` when it names one of this worker's tasks (a worker may claim anything).
+    fn known(&self, task_id: Option<String>) -> Option<String> {
+        task_id.filter(|t| self.task_ids.contains_key(t.as_str()))
+    }
+
+    fn charge(&self, task_id: &Option<String>, usage: &Usage) {
+        if let Some(t) = task_id {
+            if let Some(r) = self.results.lock().unwrap().get_mut(t) {
+                r.usage.merge(usage);
+            }
+        }
+    }
+
+    /// A model call, answered on a pool thread.
+    fn answer_llm(&self, id: u64, task_id: Option<String>, call: LlmCall) {
+        let task_id = self.known(task_id);
+        let reply = match call.validate() {
+            Err(e) => {
+                self.deny(task_id.clone(), format!("llm request: {e}"));
+                Err(CallError::model(format!("request refused by the host: {e}")))
+            }
+            Ok(()) => self.handler.handle_call(task_id.as_deref(), &call),
+        };
+        let msg = match reply {
+            Ok((values, usage)) => {
+                self.charge(&task_id, &usage);
+                json!({"type": "llm_result", "id": id, "texts": values})
+            }
+            Err(e) => json!({"type": "llm_result", "id": id, "error": e.message, "contract": e.contract}),
+        };
+        self.send(msg);
+    }
+
+    /// An episode play, answered on a pool thread.
+    fn answer_episode(&self, id: u64, task_id: Option<String>, episode: String, memory: Option<String>) {
+        let task_id = self.known(task_id);
+        let msg = match self.handler.play_episode(&episode, memory.as_deref()) {
+            Ok((result, usage)) => {
+                self.charge(&task_id, &usage);
+                json!({"type": "episode_result", "id": id, "result": result})
+            }
+            Err(e) => json!({"type": "episode_result", "id": id, "error": e}),
+        };
+        self.send(msg);
+    }
+
+    /// Sends every task with its nonce; false when the worker stopped listening.
+    fn send_tasks(&self, tasks: &[(String, serde_json::Value)]) -> bool {
+        tasks.iter().all(|(id, task)| {
+            self.send(json!({"type": "task", "task_id": id, "nonce": self.nonces[id.as_str()], "task": task}))
+        })
+    }
+
+    /// Records a task's result; false when it is forged (unknown task, repeated result or
+    /// wrong nonce).
+    fn record(&self, task_id: &str, nonce: Option<u64>, result: ReportedResult) -> bool {
+        let mut map = self.results.lock().unwrap();
+        let genuine = nonce.is_some() && nonce == self.nonces.get(task_id).copied();
+        match map.get_mut(task_id) {
+            Some(r) if !r.finished && genuine => {
+                r.output = result.output.map(|o| truncate(o, 20_000));
+                r.error = result.error;
+                r.traceback = result.traceback.map(|t| tail(&t, 4000));
+                r.stdout = result.stdout;
+                r.finished = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a worker reported for one task.
+struct ReportedResult {
+    output: Option<String>,
+    error: Option<String>,
+    traceback: Option<String>,
+    stdout: Option<String>,
+}
+
 /// Runs `code` over `tasks` (id, task JSON) in a fresh worker and waits for it to finish.
 pub fn run_worker(
     code: &str,
@@ -263,82 +386,16 @@ pub fn run_worker(
     let t_spawned = started.elapsed();
     let mut t_ready = Duration::ZERO;
     let mut t_done = Duration::ZERO;
-    let writer = Mutex::new(writer);
+    let conv = Conversation::new(writer, tasks, handler);
 
     let (tx, rx) = unbounded::<Event>();
     let max_line = limits.max_message_bytes;
     let stop_reading = AtomicBool::new(false);
     // Written once the worker is done with, so the reader's poll returns at once.
     let (wake_reader_r, wake_reader_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-
-    let task_ids: HashMap<&str, ()> = tasks.iter().map(|(id, _)| (id.as_str(), ())).collect();
-    // A result counts only with the nonce its task was sent with: a candidate writing onto
-    // the pipe cannot claim a task's result without digging the nonce out of the worker.
-    let nonces: HashMap<&str, u64> = tasks
-        .iter()
-        .map(|(id, _)| (id.as_str(), rand::random::<u64>() >> 12))
-        .collect();
-    let results: Mutex<HashMap<String, TaskRun>> =
-        Mutex::new(tasks.iter().map(|(id, _)| (id.clone(), TaskRun::default())).collect());
     let mut violations = 0u32;
-    let denials: Mutex<Vec<Denial>> = Mutex::new(Vec::new());
-    let deny = |task_id: Option<String>, what: String| {
-        let mut d = denials.lock().unwrap();
-        if d.len() < MAX_DENIALS {
-            d.push(Denial { task_id, what });
-        }
-    };
     let mut exit: Option<WorkerExit> = None;
     let deadline = started + limits.deadline;
-
-    // One write per message: formatting straight into the pipe wrote each piece with its own
-    // syscall, waking the worker for every fragment (seen in a profile).
-    let send = |v: serde_json::Value| -> bool {
-        let mut line = v.to_string().into_bytes();
-        line.push(b'\n');
-        writer.lock().unwrap().write_all(&line).is_ok()
-    };
-    // A model call or an episode play, answered on a pool thread.
-    let answer_llm = |id: u64, task_id: Option<String>, call: LlmCall| {
-        let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
-        let reply = match call.validate() {
-            Err(e) => {
-                deny(task_id.clone(), format!("llm request: {e}"));
-                Err(CallError::model(format!("request refused by the host: {e}")))
-            }
-            Ok(()) => handler.handle_call(task_id.as_deref(), &call),
-        };
-        let msg = match reply {
-            Ok((values, usage)) => {
-                if let Some(t) = &task_id {
-                    if let Some(r) = results.lock().unwrap().get_mut(t) {
-                        r.usage.merge(&usage);
-                    }
-                }
-                json!({"type": "llm_result", "id": id, "texts": values})
-            }
-            Err(e) => {
-                json!({"type": "llm_result", "id": id, "error": e.message, "contract": e.contract})
-            }
-        };
-        send(msg);
-    };
-    let answer_episode = |id: u64, task_id: Option<String>, episode: String, memory: Option<String>| {
-        let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
-        let msg = match handler.play_episode(&episode, memory.as_deref()) {
-            Ok((result, usage)) => {
-                if let Some(t) = &task_id {
-                    if let Some(r) = results.lock().unwrap().get_mut(t) {
-                        r.usage.merge(&usage);
-                    }
-                }
-                json!({"type": "episode_result", "id": id, "result": result})
-            }
-            Err(e) => json!({"type": "episode_result", "id": id, "error": e}),
-        };
-        send(msg);
-    };
-    let mut all_in = false;
     let mut t_killed = Duration::ZERO;
     std::thread::scope(|scope| {
         let calls = CallPool::new(scope);
@@ -346,12 +403,11 @@ pub fn run_worker(
         // cost one more thread wake-up, a visible part of a call with an instant model.
         {
             let calls = calls.clone();
-            let (answer_llm, answer_episode, stop) = (&answer_llm, &answer_episode, &stop_reading);
-            let wake = &wake_reader_r;
+            let (conv, stop, wake) = (&conv, &stop_reading, &wake_reader_r);
             scope.spawn(move || {
                 read_messages(reader, max_line, wake, stop, &mut |event| match event {
                     Event::Message(WorkerMessage::Llm { id, task_id, call }) => {
-                        calls.run(move || answer_llm(id, task_id, call));
+                        calls.run(move || conv.answer_llm(id, task_id, call));
                         true
                     }
                     Event::Message(WorkerMessage::Episode {
@@ -360,7 +416,7 @@ pub fn run_worker(
                         episode,
                         memory,
                     }) => {
-                        calls.run(move || answer_episode(id, task_id, episode, memory));
+                        calls.run(move || conv.answer_episode(id, task_id, episode, memory));
                         true
                     }
                     other => tx.send(other).is_ok(),
@@ -387,11 +443,8 @@ pub fn run_worker(
             match event {
                 Event::Message(WorkerMessage::Ready) => {
                     t_ready = started.elapsed();
-                    for (id, task) in tasks {
-                        if !send(json!({"type": "task", "task_id": id, "nonce": nonces[id.as_str()], "task": task})) {
-                            break;
-                        }
-                    }
+                    // A worker that stops listening is judged by how it ends, below.
+                    conv.send_tasks(tasks);
                     if tasks.is_empty() {
                         break;
                     }
@@ -415,27 +468,24 @@ pub fn run_worker(
                     stdout,
                     nonce,
                 }) => {
-                    let mut map = results.lock().unwrap();
-                    let genuine = nonce.is_some() && nonce == nonces.get(task_id.as_str()).copied();
-                    match map.get_mut(&task_id) {
-                        Some(r) if !r.finished && genuine => {
-                            r.output = output.map(|o| truncate(o, 20_000));
-                            r.error = error;
-                            r.traceback = traceback.map(|t| tail(&t, 4000));
-                            r.stdout = stdout;
-                            r.finished = true;
-                            pending -= 1;
-                            handler.task_finished();
-                        }
-                        _ => violations += 1, // unknown task, repeated result or wrong nonce: forged
+                    let result = ReportedResult {
+                        output,
+                        error,
+                        traceback,
+                        stdout,
+                    };
+                    if conv.record(&task_id, nonce, result) {
+                        pending -= 1;
+                        handler.task_finished();
+                    } else {
+                        violations += 1;
                     }
                     if pending == 0 {
                         break;
                     }
                 }
                 Event::Message(WorkerMessage::Denied { task_id, what }) => {
-                    let task_id = task_id.filter(|t| task_ids.contains_key(t.as_str()));
-                    deny(task_id, what.chars().take(300).collect());
+                    conv.deny(conv.known(task_id), what.chars().take(300).collect());
                 }
                 Event::Message(WorkerMessage::Bye) | Event::Eof => break,
                 Event::Malformed => violations += 1,
@@ -448,36 +498,19 @@ pub fn run_worker(
             }
         }
         t_done = started.elapsed();
-        // Every result in: the whole group dies now, grandchildren included, and is not
-        // waited for. No polite shutdown first: the worker has nothing left to say, and
-        // asking cost ~2 ms a worker (its exit noticed by polling) for nothing; its exit
-        // status says nothing either. Results missing and no verdict yet (the worker hung up
-        // or said bye): it may be ending by itself, and how it ends is the verdict, so it is
-        // asked and given a moment before the kill.
-        all_in = exit.is_none() && pending == 0;
-        if exit.is_none() && !all_in {
-            send(json!({"type": "shutdown"}));
-            let grace = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < grace {
-                if child.try_wait().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        child.kill(all_in);
+        end_worker(&mut child, &conv, exit.is_none() && pending == 0, exit.is_none());
         t_killed = started.elapsed();
         // The reader stops now rather than at the pipe's EOF, which comes only once the
         // kernel has torn the worker down (its memory goes before its descriptors).
         stop_reading.store(true, Ordering::Relaxed);
         let _ = nix::unistd::write(&wake_reader_w, b"x");
         // Unblock handler threads waiting to write to a dead worker.
-        drop(writer.lock());
+        drop(conv.writer.lock());
         drop(calls); // its threads end once the calls queued before are answered
     });
     let status = child.wait()?;
 
-    let tasks = results.into_inner().unwrap();
+    let tasks = conv.results.into_inner().unwrap();
     let all_finished = tasks.values().all(|t| t.finished);
     let exit = exit.unwrap_or_else(|| verdict(all_finished, status, &stderr_path));
     let workdir = dir.path().to_path_buf();
@@ -498,11 +531,31 @@ pub fn run_worker(
         tasks,
         exit,
         protocol_violations: violations,
-        denials: denials.into_inner().unwrap(),
+        denials: conv.denials.into_inner().unwrap(),
         wall: started.elapsed(),
         workdir,
         forked: started_by_fork,
     })
+}
+
+/// Ends a worker. Every result in (`all_in`): the whole group dies now, grandchildren
+/// included, and is not waited for. No polite shutdown first: the worker has nothing left to
+/// say, and asking cost a couple of milliseconds a worker (its exit noticed by polling) for
+/// nothing; its exit status says nothing either. Results missing and no verdict yet
+/// (`undecided`: the worker hung up or said bye): it may be ending by itself, and how it ends
+/// is the verdict, so it is asked and given a moment before the kill.
+fn end_worker(child: &mut WorkerProcess, conv: &Conversation, all_in: bool, undecided: bool) {
+    if undecided && !all_in {
+        conv.send(json!({"type": "shutdown"}));
+        let grace = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < grace {
+            if child.try_wait().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    child.kill(all_in);
 }
 
 /// A worker just started: its folder, where its stderr goes, the process, and the host's
