@@ -10,7 +10,7 @@ use crate::archive::Archive;
 use crate::archive::CallCache;
 use crate::candidate::CandidateKind;
 use crate::check::Severity;
-use crate::config::{EvaluationConfig, Experiment, ModelConfig};
+use crate::config::{Experiment, ModelConfig};
 use crate::domain::Domain;
 use crate::evaluate::Evaluator;
 use crate::llm::{BackendFactory, Budget, Gateway, Role};
@@ -343,24 +343,39 @@ pub fn check(files: &[PathBuf], memory: bool, json: bool) -> Result<bool> {
     Ok(ok)
 }
 
-/// `eval FILE.py --domain D`: one evaluation outside a search (cached in `--db` if given).
-pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>, json: bool) -> Result<()> {
+/// What `eval` evaluates on: a built-in domain with the embedded model, or everything an
+/// experiment file says (its domain and splits, agent model, limits and guards).
+pub enum EvalTarget<'a> {
+    Builtin { domain: &'a str, model: &'a str },
+    Experiment(&'a Path),
+}
+
+/// `eval FILE.py`: one evaluation outside a search, by the evaluator the search uses (model
+/// calls cached in `--db` if given). `n` caps the tasks; `split` picks the experiment's
+/// validation or held-out tasks.
+pub fn eval(
+    file: &Path,
+    target: EvalTarget,
+    split: Split,
+    n: Option<usize>,
+    db: Option<&Path>,
+    json: bool,
+) -> Result<()> {
     let code = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read {}", file.display()))
         .map_err(BadInput::wrap)?;
-    let dcfg = crate::config::DomainConfig {
-        name: domain.into(),
-        path: None,
-        scorer: None,
-        val_size: n,
-        split_seed: None,
-        test_size: 0,
-        episodes: None,
-        hidden_fields: crate::config::default_hidden_fields(),
-        description: None,
+    let exp = match target {
+        EvalTarget::Experiment(path) => Experiment::load(path)?,
+        EvalTarget::Builtin { domain, model } => {
+            let text = format!(
+                "name = \"eval\"\n[domain]\nname = {domain:?}\nval_size = {}\ntest_size = 0\n[models.agent]\nmodel = {model:?}\n",
+                n.unwrap_or(20)
+            );
+            Experiment::parse(&text, "eval", Path::new("."))?
+        }
     };
-    let dom = Domain::load(&dcfg)?;
-    let report = crate::guard::checker(Default::default())?.check(&file.display().to_string(), &code, dom.kind);
+    let dom = Domain::load(&exp.domain)?;
+    let report = crate::guard::checker(exp.guards.rules())?.check(&file.display().to_string(), &code, dom.kind);
     if !report.passes() {
         bail!("{} does not pass check:\n{}", file.display(), report.render());
     }
@@ -368,35 +383,48 @@ pub fn eval(file: &Path, domain: &str, n: usize, model: &str, db: Option<&Path>,
         Some(cfg) => Some(crate::episodic::Episodic::new(cfg)?),
         None => None,
     };
-    let (tasks, _) = dom.splits(0, n, 0)?;
-    let mcfg: ModelConfig = toml::from_str(&format!("backend = \"local\"\nmodel = {model:?}\nmax_tokens = 256"))?;
-    let backend = BackendFactory::new().build(&mcfg, "agent")?;
+    let (val, test) = dom.splits(
+        exp.domain.split_seed.unwrap_or(exp.seed),
+        exp.domain.val_size,
+        exp.domain.test_size,
+    )?;
+    let mut tasks = if split == Split::Test { test } else { val };
+    tasks.truncate(n.unwrap_or(usize::MAX));
+    if tasks.is_empty() {
+        return Err(BadInput::wrap(anyhow::anyhow!(
+            "the {split} split has no tasks; fix: raise domain.{split}_size in the experiment, or use --split val"
+        )));
+    }
+    let mcfg = &exp.models.agent;
+    let backend = BackendFactory::new().build(mcfg, "agent")?;
     let cache = match db {
         Some(p) => Arc::new(CallCache::open(p)?),
         None => Arc::new(CallCache::in_memory()?),
     };
-    let gw = Gateway::new(Role::Agent, backend, &mcfg, Some(cache), Arc::new(Budget::unlimited()));
-    let ecfg = EvaluationConfig::default();
+    let gw = Gateway::new(Role::Agent, backend, mcfg, Some(cache), Arc::new(Budget::unlimited()));
+    let contract = exp.guards.agent_contract()?;
+    let executor = crate::executor::Executor::start(&exp.executor)?;
     let bar = indicatif::ProgressBar::new(tasks.len() as u64);
     let tick = || bar.inc(1);
     let e = Evaluator {
         gateway: &gw,
-        cfg: &ecfg,
-        scorer: dom.scorer,
-        agent_contract: None,
-        require_call_contracts: false,
+        cfg: &exp.evaluation,
+        scorer: dom.scorer.clone(),
+        agent_contract: contract.as_ref(),
+        require_call_contracts: exp.guards.require_call_contracts,
         episodic: episodic.as_ref().map(|e| e as &dyn crate::evaluate::EpisodeRunner),
-        executor: &crate::executor::Executor::Local,
+        executor: &executor,
     }
-    .evaluate(&code, &tasks, Split::Val, &tick)?;
+    .evaluate(&code, &tasks, split, &tick)?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         println!(
-            "{}: {} on {} tasks: mean {:.3} [95% CI {:.3}, {:.3}], outcome {}, {} model calls, {} tokens, {:.1} s",
+            "{}: {} {} on {} tasks: mean {:.3} [95% CI {:.3}, {:.3}], outcome {}, {} model calls, {} tokens, {:.1} s",
             file.display(),
-            domain,
+            dom.name,
+            split,
             e.tasks.len(),
             e.mean,
             e.ci_lo,

@@ -57,17 +57,25 @@ enum Command {
         #[arg(long)]
         memory: bool,
     },
-    /// Evaluate one agent file (or memory design, on `twc`) on a domain with the embedded model.
+    /// Evaluate one agent file (or memory design, on `twc`): on a built-in domain with the
+    /// embedded model, or on an experiment's domain, model, limits and guards.
     Eval {
         file: PathBuf,
-        /// Built-in domain: arith, gsm8k, or twc (memory designs; n episodes, half fill, half scored).
+        /// Built-in domain: arith, units, mgsm, drop, gsm8k, or twc (memory designs; n
+        /// episodes, half fill, half scored).
+        #[arg(long, required_unless_present = "experiment", conflicts_with = "experiment")]
+        domain: Option<String>,
+        /// An experiment file: its domain, splits, agent model (any backend), limits and guards.
         #[arg(long)]
-        domain: String,
-        /// Number of tasks.
-        #[arg(long, default_value_t = 20)]
-        n: usize,
-        /// Local model alias or GGUF path.
-        #[arg(long, default_value = "smollm2-135m")]
+        experiment: Option<PathBuf>,
+        /// `val` or `test` (the experiment's held-out tasks).
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Number of tasks (default: 20 on a built-in domain, the whole split of an experiment).
+        #[arg(long)]
+        n: Option<usize>,
+        /// Local model alias or GGUF path (with --domain).
+        #[arg(long, default_value = "smollm2-135m", conflicts_with = "experiment")]
         model: String,
         /// Archive file to cache model calls in.
         #[arg(long)]
@@ -239,10 +247,24 @@ fn main() -> ExitCode {
         Command::Eval {
             file,
             domain,
+            experiment,
+            split,
             n,
             model,
             db,
-        } => metaforge::app::eval(file, domain, *n, model, db.as_deref(), cli.json).map(|_| true),
+        } => {
+            let target = match (experiment, domain) {
+                (Some(exp), _) => metaforge::app::EvalTarget::Experiment(exp),
+                (None, domain) => metaforge::app::EvalTarget::Builtin {
+                    domain: domain.as_deref().unwrap_or_default(),
+                    model,
+                },
+            };
+            metaforge::types::Split::parse(split)
+                .map_err(metaforge::types::BadInput::wrap)
+                .and_then(|split| metaforge::app::eval(file, target, split, *n, db.as_deref(), cli.json))
+                .map(|_| true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

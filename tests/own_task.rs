@@ -1,6 +1,7 @@
-//! Scorer code (`domain.scorer = "score.py"`): the user's `score(task, output)` runs in its own
-//! sandboxed worker (real Python subprocesses, real sandboxes). The agent model is SCRIPTED
-//! (tests/fixtures/scripted_agent.json), so scores are known in advance.
+//! Bringing your own task: scorer code (`domain.scorer = "score.py"`, the user's
+//! `score(task, output)` in its own sandboxed worker), hidden fields, README's example, and
+//! `metaforge eval --experiment`. Real Python subprocesses and sandboxes; the agent model is
+//! SCRIPTED (tests/fixtures/scripted_agent.json), so scores are known in advance.
 
 mod common;
 
@@ -231,4 +232,45 @@ fn the_readme_example_of_an_own_task_loads() {
     assert_eq!(e.tasks[0].score, 1.0, "units-000's answer is 24: {:?}", e.tasks[0]);
     assert_eq!(e.tasks[1].score, 0.0, "{:?}", e.tasks[1]);
     assert_eq!(e.tasks[1].error.as_deref(), Some("scorer feedback: expected 22"));
+}
+
+/// `eval --experiment`: the experiment's domain, splits and (here scripted) agent model.
+#[test]
+fn eval_runs_a_file_on_an_experiments_split_and_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = sevens_domain(dir.path(), 6, 8);
+    let exp = write_experiment(dir.path(), "exp.toml", 3, &domain, 0.0, 1);
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("archive/agents/direct_answer.py");
+    let out = ok(&metaforge(
+        dir.path(),
+        &[
+            "--json",
+            "eval",
+            seed.to_str().unwrap(),
+            "--experiment",
+            exp.to_str().unwrap(),
+            "--split",
+            "test",
+            "--n",
+            "5",
+        ],
+    ));
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (e["split"].as_str(), e["tasks"].as_array().unwrap().len()),
+        (Some("test"), 5)
+    );
+    assert_eq!(e["mean"], 1.0, "the scripted agent answers 7 to every sevens task");
+    let err = refused(&metaforge(
+        dir.path(),
+        &[
+            "eval",
+            seed.to_str().unwrap(),
+            "--experiment",
+            exp.to_str().unwrap(),
+            "--split",
+            "train",
+        ],
+    ));
+    assert!(err.contains("unknown split \"train\"") && err.contains("fix:"), "{err}");
 }
