@@ -50,7 +50,7 @@ fn step(i: u64, rng: &mut impl Rng) -> StepRecord {
         .map(|t| TaskResult {
             task_id: format!("arith-{t}"),
             score: if rng.random_bool(score) { 1.0 } else { 0.0 },
-            outcome: "ok".into(),
+            outcome: metaforge::types::TaskOutcome::Ok,
             output: Some("42".into()),
             error: None,
             usage: Usage {

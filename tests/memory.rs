@@ -101,7 +101,10 @@ fn a_design_that_raises_or_exceeds_its_limits_is_recorded_as_such() {
     let e = evaluate_designs(&[raising, hog]);
     let (raised, hogged) = (&e[0], &e[1]);
     assert_eq!(raised.outcome, Outcome::Error, "{}", raised.detail);
-    assert!(raised.tasks.iter().all(|t| t.outcome == "error"));
+    assert!(raised
+        .tasks
+        .iter()
+        .all(|t| t.outcome == metaforge::types::TaskOutcome::Error));
     assert!(
         raised.tasks[0]
             .error

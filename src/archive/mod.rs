@@ -848,7 +848,7 @@ fn insert_evaluation(tx: &rusqlite::Transaction, id: &str, e: &Evaluation, step:
             eval_id,
             t.task_id,
             t.score,
-            t.outcome,
+            t.outcome.as_str(),
             t.output,
             t.error,
             t.usage.calls as i64,

@@ -30,7 +30,7 @@ use crate::executor::ShardLimits;
 use crate::llm::{Gateway, Usage};
 use crate::propose::Templates;
 use crate::sandbox::{classify, error_kind, tail, task_outcome, LlmCall, LlmHandler};
-use crate::types::Split;
+use crate::types::{Split, TaskOutcome};
 pub use agent::{choose_action, observation_for, BaseAgent, Play};
 pub use env::{EnvPool, Game};
 
@@ -203,12 +203,12 @@ impl Episodic {
             } else {
                 match error_of(record) {
                     Some((e, tb)) => (error_kind(&e), Some(format!("retrieve raised {e}\n{tb}"))),
-                    None if mine.is_none() => ("error", Some("the episode was not played".into())),
-                    None => ("ok", None),
+                    None if mine.is_none() => (TaskOutcome::Error, Some("the episode was not played".into())),
+                    None => (TaskOutcome::Ok, None),
                 }
             };
             // As in ALMA, an episode whose retrieval failed counts as reward 0.
-            let reward = if kind == "ok" {
+            let reward = if kind == TaskOutcome::Ok {
                 mine.map_or(0.0, |(p, _)| p.reward)
             } else {
                 0.0
@@ -220,7 +220,7 @@ impl Episodic {
             results.push(TaskResult {
                 task_id: t.id.clone(),
                 score: reward - base,
-                outcome: kind.to_string(),
+                outcome: kind,
                 output: Some(
                     json!({
                         "reward": reward,
@@ -245,8 +245,8 @@ impl Episodic {
                 tail(tb, 1500)
             ));
         }
-        let retrieve_errors = results.iter().filter(|r| r.outcome != "ok").count();
-        if let Some(r) = results.iter().find(|r| r.outcome != "ok") {
+        let retrieve_errors = results.iter().filter(|r| r.outcome != TaskOutcome::Ok).count();
+        if let Some(r) = results.iter().find(|r| r.outcome != TaskOutcome::Ok) {
             details.push(format!(
                 "{retrieve_errors} of {} scored episodes failed; first ({}): {}",
                 results.len(),

@@ -26,7 +26,7 @@ use crate::sandbox::{classify, task_outcome, unguarded_reply, CallError, LlmCall
 use crate::types::{GuardSummary, TaskGuard};
 
 /// How an evaluation ended (defined by the sandbox, which knows what a breach is).
-pub use crate::types::{Evaluation, Outcome, Split, Stage, TaskResult};
+pub use crate::types::{Evaluation, Outcome, Split, Stage, TaskOutcome, TaskResult};
 
 impl Evaluation {
     /// An evaluation from its per-task results: mean and bootstrap 95% CI over their scores.
@@ -166,22 +166,26 @@ impl Evaluator<'_> {
                 usage.merge(&tr.usage);
                 let kind = task_outcome(&tr, &run.exit);
                 let (output, guard) = if episodes.active() {
-                    let answered = if kind == "ok" { tr.output.as_deref() } else { None };
+                    let answered = if kind == TaskOutcome::Ok {
+                        tr.output.as_deref()
+                    } else {
+                        None
+                    };
                     let (answer, g) = episodes.finish(&task.id, answered);
-                    (if kind == "ok" { answer } else { tr.output }, Some(g))
+                    (if kind == TaskOutcome::Ok { answer } else { tr.output }, Some(g))
                 } else {
                     (tr.output, None)
                 };
                 let aborted = guard.as_ref().is_some_and(|g| g.aborted);
                 let score = match &self.scorer {
-                    _ if kind != "ok" || aborted => 0.0,
+                    _ if kind != TaskOutcome::Ok || aborted => 0.0,
                     Scorer::Code(_) => 0.0, // scored below, in the scorer's own sandbox
                     builtin => builtin.score(output.as_deref().unwrap_or(""), &task.answer),
                 };
                 results.push(TaskResult {
                     task_id: task.id.clone(),
                     score,
-                    outcome: kind.to_string(),
+                    outcome: kind,
                     output,
                     error: tr.error.or(tr.traceback),
                     usage: tr.usage,
@@ -223,7 +227,7 @@ impl Evaluator<'_> {
         let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
         let answered: Vec<(&Task, String)> = results
             .iter()
-            .filter(|r| r.outcome == "ok" && !r.guard.as_ref().is_some_and(|g| g.aborted))
+            .filter(|r| r.outcome == TaskOutcome::Ok && !r.guard.as_ref().is_some_and(|g| g.aborted))
             .map(|r| (by_id[r.task_id.as_str()], r.output.clone().unwrap_or_default()))
             .collect();
         let outputs: Vec<(&Task, &str)> = answered.iter().map(|(t, o)| (*t, o.as_str())).collect();
@@ -238,7 +242,7 @@ impl Evaluator<'_> {
                     }
                 }
                 Some(Err(e)) => {
-                    r.outcome = "scorer_error".into();
+                    r.outcome = TaskOutcome::ScorerError;
                     r.error = Some(e.message.clone());
                     failures.push(e);
                 }
@@ -263,7 +267,7 @@ impl Evaluator<'_> {
             .map(|t| TaskResult {
                 task_id: t.id.clone(),
                 score: 0.0,
-                outcome: "load_error".into(),
+                outcome: TaskOutcome::LoadError,
                 output: None,
                 error: Some(why.clone()),
                 usage: Usage::default(),
@@ -452,7 +456,7 @@ impl LlmHandler for AgentCalls<'_, '_> {
 /// Stand-ins for the sandbox that the staged, raced and loop tests share.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{Evaluation, Outcome, Split, Stage, TaskResult};
+    use super::{Evaluation, Outcome, Split, Stage, TaskOutcome, TaskResult};
     use crate::domain::Task;
     use crate::llm::Usage;
 
@@ -472,7 +476,7 @@ pub(crate) mod testing {
         TaskResult {
             task_id: id.to_string(),
             score,
-            outcome: "ok".into(),
+            outcome: TaskOutcome::Ok,
             output: None,
             error: None,
             usage: Usage::default(),

@@ -17,7 +17,7 @@ use crate::config::EvaluationConfig;
 use crate::domain::{ScorerCode, Task};
 use crate::executor::{Executor, ShardLimits};
 use crate::sandbox::{task_outcome, LlmCall, LlmHandler};
-use crate::types::Usage;
+use crate::types::{TaskOutcome, Usage};
 
 /// What the scorer said of one task.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +31,7 @@ pub struct CodeScore {
 /// ...) and a message naming the file, the task and the fix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScorerError {
-    pub kind: &'static str,
+    pub kind: TaskOutcome,
     pub message: String,
 }
 
@@ -79,9 +79,9 @@ pub fn score_outputs(
         .map(|(id, _)| {
             let tr = run.tasks.get(id).cloned().unwrap_or_default();
             let kind = task_outcome(&tr, &run.exit);
-            let result = if kind == "ok" {
+            let result = if kind == TaskOutcome::Ok {
                 parse_reply(tr.output.as_deref().unwrap_or("")).map_err(|why| ScorerError {
-                    kind: "error",
+                    kind: TaskOutcome::Error,
                     message: format!("{file} on task {id}: {why}"),
                 })
             } else {

@@ -4,45 +4,45 @@
 //! Why one place: the hostile-code corpus, the evaluator and the proposer's feedback must
 //! agree on what a breach is called.
 
-use crate::types::Outcome;
+use crate::types::{Outcome, TaskOutcome};
 
 use super::worker::{TaskRun, WorkerExit, WorkerRun};
 
-/// Outcome of one task, as stored in `task_results.outcome`.
-pub fn task_outcome(task: &TaskRun, exit: &WorkerExit) -> &'static str {
+/// How one task ended, from its report and how its worker ended.
+pub fn task_outcome(task: &TaskRun, exit: &WorkerExit) -> TaskOutcome {
     if task.finished {
         return match task.error.as_deref() {
-            None => "ok",
+            None => TaskOutcome::Ok,
             Some(e) => error_kind(e),
         };
     }
     match exit {
-        WorkerExit::Timeout => "timeout",
-        WorkerExit::CpuLimit => "cpu_limit",
-        WorkerExit::LoadError(_) => "load_error",
-        WorkerExit::ProtocolViolation(_) => "protocol_violation",
+        WorkerExit::Timeout => TaskOutcome::Timeout,
+        WorkerExit::CpuLimit => TaskOutcome::CpuLimit,
+        WorkerExit::LoadError(_) => TaskOutcome::LoadError,
+        WorkerExit::ProtocolViolation(_) => TaskOutcome::ProtocolViolation,
         WorkerExit::Crashed {
             signal: Some(nix::libc::SIGXFSZ),
             ..
-        } => "output_limit",
-        _ => "crashed",
+        } => TaskOutcome::OutputLimit,
+        _ => TaskOutcome::Crashed,
     }
 }
 
 /// Names the breach behind a task's exception text (`Type: message`).
-pub fn error_kind(error: &str) -> &'static str {
+pub fn error_kind(error: &str) -> TaskOutcome {
     if error.starts_with("MemoryError") {
-        "memory_limit"
+        TaskOutcome::MemoryLimit
     } else if error.starts_with("PolicyDenied") || error.starts_with("PermissionError") {
-        "policy_denied"
+        TaskOutcome::PolicyDenied
     } else if error.starts_with("OutputLimitExceeded")
         || error.contains("[Errno 27]") // EFBIG: the file-size rlimit
         || error.contains("[Errno 28]")
     // ENOSPC: the scratch tmpfs is full
     {
-        "output_limit"
+        TaskOutcome::OutputLimit
     } else {
-        "error"
+        TaskOutcome::Error
     }
 }
 
@@ -111,7 +111,7 @@ pub fn classify(runs: &[&WorkerRun], cpu_s: u64) -> (Outcome, Vec<String>) {
         for id in ids {
             let task = &run.tasks[id];
             let kind = task_outcome(task, &run.exit);
-            if kind != "ok" && task.finished && details.len() < 3 {
+            if kind != TaskOutcome::Ok && task.finished && details.len() < 3 {
                 details.push(format!(
                     "task {id}: {}\n{}",
                     task.error.as_deref().unwrap_or(""),
@@ -122,15 +122,15 @@ pub fn classify(runs: &[&WorkerRun], cpu_s: u64) -> (Outcome, Vec<String>) {
         }
     }
     if outcome == Outcome::Ok && !kinds.is_empty() {
-        if let Some((_, e)) = kinds.iter().find(|(k, _)| *k == "policy_denied") {
+        if let Some((_, e)) = kinds.iter().find(|(k, _)| *k == TaskOutcome::PolicyDenied) {
             outcome = Outcome::PolicyDenied {
                 what: e.clone().unwrap_or_default(),
             };
-        } else if kinds.iter().any(|(k, _)| *k == "output_limit") {
+        } else if kinds.iter().any(|(k, _)| *k == TaskOutcome::OutputLimit) {
             outcome = Outcome::OutputLimit;
-        } else if kinds.iter().all(|(k, _)| *k == "memory_limit") {
+        } else if kinds.iter().all(|(k, _)| *k == TaskOutcome::MemoryLimit) {
             outcome = Outcome::MemoryLimit;
-        } else if kinds.iter().all(|(k, _)| *k != "ok") {
+        } else if kinds.iter().all(|(k, _)| *k != TaskOutcome::Ok) {
             outcome = Outcome::Error;
         }
     }

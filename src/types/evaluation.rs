@@ -31,9 +31,7 @@ pub struct Evaluation {
 pub struct TaskResult {
     pub task_id: String,
     pub score: f64,
-    /// ok | error | timeout | memory_limit | cpu_limit | output_limit | policy_denied |
-    /// protocol_violation | crashed | load_error
-    pub outcome: String,
+    pub outcome: TaskOutcome,
     pub output: Option<String>,
     pub error: Option<String>,
     pub usage: Usage,
@@ -163,6 +161,25 @@ pub struct Hit {
 /// archive finds it there for the proposer's prompt.
 pub const SCORER_FEEDBACK: &str = "scorer feedback: ";
 
+/// How one task ended, as stored in `task_results.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Ok,
+    /// The agent raised.
+    Error,
+    Timeout,
+    MemoryLimit,
+    CpuLimit,
+    OutputLimit,
+    PolicyDenied,
+    ProtocolViolation,
+    Crashed,
+    LoadError,
+    /// The agent answered; the user's scorer code failed on the answer.
+    ScorerError,
+}
+
 /// Which tasks an evaluation ran on. Selection reads `Val` only; `Test` is held out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -220,6 +237,21 @@ macro_rules! stored_names {
 }
 
 stored_names!(Split, "split", Val => "val", Test => "test");
+stored_names!(
+    TaskOutcome,
+    "task outcome",
+    Ok => "ok",
+    Error => "error",
+    Timeout => "timeout",
+    MemoryLimit => "memory_limit",
+    CpuLimit => "cpu_limit",
+    OutputLimit => "output_limit",
+    PolicyDenied => "policy_denied",
+    ProtocolViolation => "protocol_violation",
+    Crashed => "crashed",
+    LoadError => "load_error",
+    ScorerError => "scorer_error",
+);
 stored_names!(Stage, "evaluation stage", Full => "full", Cascade => "cascade", Stopped => "stopped", Raced => "raced");
 
 #[cfg(test)]

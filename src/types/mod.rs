@@ -12,6 +12,7 @@ mod input;
 pub use call::{CallParams, Message, Reply, Role, Usage, MAX_STOP};
 pub use choice::{Fold, IsolationMode, Objective, ParentSelection, DEFAULT_OBJECTIVES};
 pub use evaluation::{
-    ContractStats, Evaluation, GuardSummary, Hit, Outcome, Split, Stage, TaskGuard, TaskResult, SCORER_FEEDBACK,
+    ContractStats, Evaluation, GuardSummary, Hit, Outcome, Split, Stage, TaskGuard, TaskOutcome, TaskResult,
+    SCORER_FEEDBACK,
 };
 pub use input::{is_bad_input, BadInput};
