@@ -34,8 +34,10 @@ pub struct AdasAgent {
 
 #[derive(Deserialize)]
 struct RawEntry {
+    /// Text in most archives; some entries hold a map of sections (ADAS's drop archive),
+    /// kept as its JSON text.
     #[serde(default)]
-    thought: String,
+    thought: serde_json::Value,
     name: Option<String>,
     code: Option<String>,
     #[serde(default)]
@@ -92,7 +94,11 @@ pub fn read_archive(path: &Path) -> Result<Vec<AdasAgent>> {
             Ok(AdasAgent {
                 test_fitness: e.test_fitness.as_deref().and_then(parse_fitness),
                 name,
-                thought: e.thought,
+                thought: match e.thought {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
+                },
                 code,
                 generation,
                 fitness,

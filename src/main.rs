@@ -61,7 +61,7 @@ enum Command {
     /// embedded model, or on an experiment's domain, model, limits and guards.
     Eval {
         file: PathBuf,
-        /// Built-in domain: arith, units, mgsm, drop, gsm8k, or twc (memory designs; n
+        /// Built-in domain: arith, units, mgsm, drop, arc, gsm8k, or twc (memory designs; n
         /// episodes, half fill, half scored).
         #[arg(long, required_unless_present = "experiment", conflicts_with = "experiment")]
         domain: Option<String>,

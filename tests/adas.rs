@@ -105,3 +105,112 @@ fn a_malformed_adas_archive_is_refused_with_the_entry_named() {
     let err = refused(&metaforge(dir.path(), &["import-adas", bad.to_str().unwrap()]));
     assert!(err.contains("is not an ADAS archive"), "{err}");
 }
+
+/// Each of the five archives ADAS published (tests/fixtures/adas/, copied unchanged) imports,
+/// every agent of it, for the domains metaforge has built in and the default one otherwise.
+#[test]
+fn every_archive_adas_published_imports_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, domain) in [
+        ("arc", Some("arc")),
+        ("drop", Some("drop")),
+        ("mgsm", Some("mgsm")),
+        ("gpqa", None),
+        ("mmlu", None),
+    ] {
+        let file = fixtures().join(format!("adas/{name}_gpt3.5_results.json"));
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let db = dir.path().join(format!("{name}.db"));
+        let mut args = vec![
+            "--json",
+            "import-adas",
+            file.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ];
+        if let Some(d) = domain {
+            args.extend(["--domain", d]);
+        }
+        let out: serde_json::Value = serde_json::from_str(&ok(&metaforge(dir.path(), &args))).unwrap();
+        assert_eq!(out["agents"].as_array().unwrap().len(), entries.len(), "{name}");
+    }
+}
+
+/// ADAS's ARC agents ask their `self` to run generated `transform` code on the examples and
+/// the test input; those helpers exist, and the agents run in the sandbox without a runtime
+/// error. The SCRIPTED model answers every call with a JSON object carrying a transform.
+#[test]
+fn adas_arc_agents_run_unchanged_with_their_code_helpers() {
+    use metaforge::config::EvaluationConfig;
+    use metaforge::domain::{Domain, Scorer};
+    use metaforge::evaluate::Evaluator;
+
+    let file = fixtures().join("adas/arc_gpt3.5_results.json");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("arc.toml");
+    std::fs::write(
+        &exp,
+        "name = \"arc\"\n[domain]\nname = \"arc\"\nval_size = 3\ntest_size = 3\n",
+    )
+    .unwrap();
+    let exp = metaforge::config::Experiment::load(&exp).unwrap();
+    let domain = Domain::load(&exp.domain).unwrap();
+    assert_eq!(domain.scorer, Scorer::Grid);
+    let tasks: Vec<_> = domain.tasks.iter().take(3).cloned().collect();
+    let reply = serde_json::json!({
+        "thinking": "Copy the grid.",
+        "reasoning": "Copy the grid.",
+        "code": "def transform(grid):\n    return [list(row) for row in grid]",
+        "answer": "[[0]]",
+        "feedback": "fine",
+        "correct": "True",
+    })
+    .to_string();
+    let gateway = scripted_gateway(&reply);
+    let cfg = EvaluationConfig::default();
+    let evaluator = Evaluator {
+        gateway: &gateway,
+        cfg: &cfg,
+        scorer: domain.scorer.clone(),
+        agent_contract: None,
+        require_call_contracts: false,
+        episodic: None,
+        executor: &metaforge::executor::Executor::Local,
+    };
+    let numpy = std::process::Command::new("python3")
+        .args(["-c", "import numpy"])
+        .status()
+        .unwrap()
+        .success();
+    let mut with_helpers = 0;
+    for entry in &entries {
+        let code = entry["code"].as_str().unwrap();
+        let e = evaluator
+            .evaluate(code, &tasks, metaforge::types::Split::Val, &|| {})
+            .unwrap();
+        for t in &e.tasks {
+            // Two of ADAS's ARC agents import numpy themselves; where it is not installed
+            // that is their error, and it must say so.
+            if !numpy && code.contains("import numpy") {
+                assert!(
+                    t.error.as_deref().unwrap_or("").contains("No module named 'numpy'"),
+                    "{t:?}"
+                );
+                continue;
+            }
+            assert_eq!(
+                t.outcome.as_str(),
+                "ok",
+                "{}: {}",
+                entry["name"],
+                t.error.as_deref().unwrap_or("")
+            );
+        }
+        with_helpers += usize::from(code.contains("get_test_output_from_code"));
+    }
+    assert!(
+        with_helpers > 10,
+        "most ADAS ARC agents call the helpers ({with_helpers})"
+    );
+}

@@ -105,8 +105,75 @@ class LLMAgentBase:
         return self.query(input_infos, instruction, iteration_idx=iteration_idx)
 
 
+def _grid_text(grid):
+    return "[" + ",".join("[" + ",".join(map(str, row)) + "]" for row in grid) + "]"
+
+
+def _transform_of(code):
+    """The `transform` a generated program defines, or the error text ADAS's helpers give."""
+    local_vars = {}
+    try:
+        exec(code, {}, local_vars)
+    except Exception as e:
+        return None, f"Error during code execution: {e}"
+    if "transform" not in local_vars:
+        return None, "Function 'transform' not found in the code."
+    return local_vars["transform"], None
+
+
 class AgentSystem:
-    """The `self` an ADAS forward receives."""
+    """The `self` an ADAS forward receives. On ARC tasks (a task with `train` pairs and a
+    `test_input`) it has ADAS's two code helpers, which run a generated `transform(grid)`
+    on the examples and on the test input, here inside the candidate's sandbox."""
+
+    def __init__(self, task=None):
+        task = task if isinstance(task, dict) else {}
+        self.examples = task.get("train", [])
+        self.test_iuput = task.get("test_input")  # ADAS's spelling, which its agents may read
+
+    def run_examples_and_get_feedback(self, code):
+        author = None
+        if isinstance(code, Info):
+            author, code = code.author, code.content
+        evaluator = f"{author}'s code evaluator" if author else "code evaluator"
+        correct, wrong = [], []
+        transform, error = _transform_of(code)
+        if error:
+            return Info("feedback", evaluator, error, -1), correct, wrong
+        feedback = ""
+        for idx, example in enumerate(self.examples):
+            try:
+                got = transform(example["input"])
+            except Exception as e:
+                return Info("feedback", evaluator, f"Error during function execution: {e}", -1), correct, wrong
+            if got == example["output"]:
+                feedback += f"Your transform function generates a CORRECT answer in Example {idx}!\n\n"
+                correct.append(example)
+            else:
+                try:
+                    got = _grid_text(got)
+                except Exception:
+                    pass
+                feedback += (
+                    f"Your transform function generates a WRONG answer in Example {idx}!\n"
+                    f"Expect: See above Example {idx} output.\nYou got: {got}\n"
+                    f"Observe the Example {idx} carefully!\n\n"
+                )
+                wrong.append(example)
+        return Info("feedback", evaluator, feedback, -1), correct, wrong
+
+    def get_test_output_from_code(self, code):
+        author = None
+        if isinstance(code, Info):
+            author, code = code.author, code.content
+        evaluator = f"{author}'s code evaluator" if author else "code evaluator"
+        transform, error = _transform_of(code)
+        if error:
+            return Info("answer", evaluator, error, -1)
+        try:
+            return Info("answer", evaluator, _grid_text(transform(self.test_iuput)), -1)
+        except Exception as e:
+            return Info("answer", evaluator, f"Error during function execution: {e}", -1)
 
 
 def run_adas_forward(forward, task):
@@ -114,7 +181,7 @@ def run_adas_forward(forward, task):
     _reset_ids()
     question = task.get("question") if isinstance(task, dict) else None
     content = question if question is not None else _json.dumps(task)
-    result = forward(AgentSystem(), Info("task", "User", content, -1))
+    result = forward(AgentSystem(task), Info("task", "User", content, -1))
     if isinstance(result, Info):
         return str(result.content)
     return result if isinstance(result, str) else str(result)

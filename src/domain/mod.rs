@@ -77,6 +77,12 @@ const BUILTINS: &[Builtin] = &[
         description: "Reading comprehension with discrete reasoning (DROP): a passage, then a question whose answer is a short span of the passage, a number or a date. The task dict has a `question` string holding both (`Passage: ...` then `Question: ...`); the agent returns the answer text, scored by DROP's F1 over the gold spans (partial credit; a number in the gold must appear in the answer).",
     },
     Builtin {
+        name: "arc",
+        file: "arc.jsonl",
+        scorer: Scorer::Grid,
+        description: "ARC-AGI-1 puzzles with small grids (ADAS's ARC selection): each task shows example input/output grids of digits 0-9 and a test input; the output grid for the test input must be exactly right. The task dict has a `question` string (the examples and the test input as text), `train` (the example pairs as lists of rows) and `test_input`; the agent returns text whose last `[[...]]` list of rows is taken as its grid.",
+    },
+    Builtin {
         name: "gsm8k",
         file: "gsm8k_test.jsonl",
         scorer: Scorer::Numeric,

@@ -19,6 +19,9 @@ pub enum Scorer {
     /// Multiple choice: the choice letter (A to H) the output gives (after `Answer:`, else
     /// the first one standing alone) equals the gold letter.
     Mc,
+    /// ARC grids: the last list of rows in the output (`[[0,1],[1,0]]`) equals the gold grid
+    /// exactly.
+    Grid,
     /// The user's Python `score(task, output)` (`domain.scorer = "score.py"`). It runs in a
     /// sandboxed worker of its own (`evaluate::scorer_code`), never in this process, so
     /// `score` below does not apply to it.
@@ -39,7 +42,8 @@ impl Scorer {
             "exact" => Ok(Scorer::Exact),
             "f1" => Ok(Scorer::F1),
             "mc" => Ok(Scorer::Mc),
-            other => bail!("unknown scorer {other:?}; fix: use \"numeric\", \"exact\", \"f1\" or \"mc\""),
+            "grid" => Ok(Scorer::Grid),
+            other => bail!("unknown scorer {other:?}; fix: use \"numeric\", \"exact\", \"f1\", \"mc\", \"grid\" or a scorer file \"score.py\""),
         }
     }
 
@@ -68,6 +72,7 @@ impl Scorer {
                 f64::from(u8::from(hit))
             }
             Scorer::F1 => super::f1::drop_f1(output, gold),
+            Scorer::Grid => f64::from(u8::from(last_grid(output).is_some_and(|g| &g == gold))),
             Scorer::Code(_) => unreachable!("scorer code runs in its own sandbox (evaluate::scorer_code)"),
             Scorer::Mc => {
                 let want = gold.as_str().map(str::trim).unwrap_or_default().to_ascii_uppercase();
@@ -77,6 +82,22 @@ impl Scorer {
             }
         }
     }
+}
+
+/// The last grid written in `text` as a JSON list of rows of integers, as a JSON value.
+pub fn last_grid(text: &str) -> Option<Value> {
+    let mut end = text.len();
+    while let Some(close) = text[..end].rfind("]]") {
+        let mut start = close;
+        while let Some(open) = text[..start].rfind("[[") {
+            if let Ok(v) = serde_json::from_str::<Vec<Vec<i64>>>(&text[open..close + 2]) {
+                return Some(serde_json::json!(v));
+            }
+            start = open;
+        }
+        end = close;
+    }
+    None
 }
 
 /// The choice letter of a free-text output: the first standing alone after the last
@@ -116,6 +137,20 @@ pub fn extract_number(text: &str) -> Option<f64> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn grid_takes_the_last_list_of_rows_and_wants_it_exact() {
+        let s = Scorer::Grid;
+        let gold = json!([[0, 1], [1, 0]]);
+        assert_eq!(s.score("I think [[1,1],[1,1]]; no: [[0,1],[1,0]]", &gold), 1.0);
+        assert_eq!(
+            s.score("[[0, 1], [1, 0]] then [[0,1]]", &gold),
+            0.0,
+            "the last grid counts"
+        );
+        assert_eq!(s.score("[[0,1],[1,0]] [not a grid]]", &gold), 1.0);
+        assert_eq!(s.score("no grid", &gold), 0.0);
+    }
 
     #[test]
     fn numeric_takes_the_answer_line_first() {
