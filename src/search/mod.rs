@@ -676,7 +676,7 @@ impl Search {
         label: &str,
         rivals: Rivals<'_>,
         bar: &ProgressBar,
-    ) -> Result<(Evaluation, Option<(crate::evaluate::paired::Paired, Vec<usize>)>)> {
+    ) -> Result<(Evaluation, Option<Race>)> {
         let tasks_bar = if bar.is_hidden() {
             ProgressBar::hidden()
         } else {
@@ -815,6 +815,9 @@ pub fn resolve_seeds(entries: &[std::path::PathBuf], kind: CandidateKind) -> Res
     }
     Ok(out)
 }
+
+/// How a raced evaluation compared with its rival, and the tasks run at each look.
+type Race = (crate::evaluate::paired::Paired, Vec<usize>);
 
 /// What an evaluation is measured against: the best parent's score (the cascade) and the
 /// rival's per-task scores (racing and credit). Empty for seeds' first and held-out runs.
