@@ -147,6 +147,15 @@ pub struct GuardsConfig {
     pub allowed_imports: Option<Vec<String>>,
 }
 
+/// A conventional environment variable name (`OPENAI_API_KEY`): what `api_key_env` holds.
+fn is_env_var_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && !v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// A `search.seeds` entry that names a file (`.py`) rather than a built-in seed.
 pub fn is_seed_file(entry: &Path) -> bool {
     entry.extension().is_some_and(|e| e == "py")
@@ -770,6 +779,13 @@ impl Experiment {
             );
         }
         for (role, m) in [("models.meta", &self.models.meta), ("models.agent", &self.models.agent)] {
+            // The value is never printed: a key pasted here by mistake must not reach a
+            // terminal or a log.
+            if m.api_key_env.as_deref().is_some_and(|v| !is_env_var_name(v)) {
+                bail!(
+                    "{role}.api_key_env is not the name of an environment variable (upper-case letters, digits and _); fix: if it holds the key itself, delete it from the file, export the key as e.g. OPENAI_API_KEY and set api_key_env = \"OPENAI_API_KEY\""
+                );
+            }
             match m.backend {
                 BackendKind::Openai => {
                     if m.base_url.is_none() {
@@ -911,6 +927,24 @@ model = "smollm2-135m"
         assert_eq!(e.search.generations, 3);
         assert_eq!(e.evaluation.tasks_in_flight, 4);
         assert_eq!(e.proposers.operators, 1.0);
+    }
+
+    #[test]
+    fn a_key_pasted_as_api_key_env_is_refused_without_being_echoed() {
+        for secret in ["sk-proj-Abc123secretXYZ", "abcdefsecret123456", "OPENAI API KEY"] {
+            let text = format!(
+                "name = \"t\"\n[domain]\nname = \"arith\"\n[models.agent]\nbackend = \"openai\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key_env = \"{secret}\"\n"
+            );
+            let e = format!("{:#}", Experiment::parse(&text, "t.toml", Path::new(".")).unwrap_err());
+            assert!(
+                e.contains("models.agent.api_key_env is not the name") && e.contains("fix:"),
+                "{e}"
+            );
+            let shown = e.replace("t.toml: invalid experiment: ", "");
+            assert!(!shown.contains(secret), "the value is echoed: {e}");
+        }
+        let ok = "name = \"t\"\n[domain]\nname = \"arith\"\n[models.agent]\nbackend = \"openai\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key_env = \"MY_KEY_2\"\n";
+        assert!(Experiment::parse(ok, "t.toml", Path::new(".")).is_ok());
     }
 
     #[test]

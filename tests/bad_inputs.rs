@@ -158,3 +158,30 @@ fn exit_codes_separate_bad_input_from_a_failed_run() {
         );
     }
 }
+
+/// A bad line of the user's dataset is named in the user's file, not in a copy, and a run
+/// that cannot start leaves no archive behind (the corrected rerun would be refused).
+#[test]
+fn a_bad_dataset_line_names_the_users_file_and_leaves_no_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tasks.jsonl"),
+        "{\"question\": \"1+1?\", \"answer\": 2}\nnot json\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("exp.toml"),
+        GOOD.replace(
+            "name = \"arith\"",
+            "name = \"mine\"\npath = \"tasks.jsonl\"\nscorer = \"numeric\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("error: tasks.jsonl:2: not a JSON object"), "{err}");
+    assert!(!err.contains("metaforge-run-files"), "{err}");
+    assert!(!dir.path().join("r.db").exists(), "nothing is left behind");
+    let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);
+    assert_eq!(code, 2, "the same refusal, not 'already holds a run': {err}");
+}
