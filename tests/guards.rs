@@ -226,6 +226,23 @@ fn guards_record_violations_and_fallbacks_per_candidate() {
         html.contains("id=\"guard-table\"") && html.contains("<td>Guarded Answer</td>"),
         "the report's guard table"
     );
+
+    // A guard record this build cannot read is an error, not a row that vanishes.
+    Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE evaluations SET guard = '{\"tasks\": \"many\"}' WHERE guard IS NOT NULL",
+            [],
+        )
+        .unwrap();
+    let out = metaforge(dir.path(), &["status", db.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("evaluations.guard holds a record this metaforge cannot read")
+            && err.contains("fix:"),
+        "{err}"
+    );
 }
 
 #[test]

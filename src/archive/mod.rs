@@ -449,9 +449,7 @@ impl Archive {
              FROM candidates c CROSS JOIN evaluations e ON e.candidate_id = c.id AND e.split = ?1 AND e.stage = 'full'",
         )?;
         let rows = stmt.query_map([split], |r| {
-            let guard: Option<GuardSummary> = r
-                .get::<_, Option<String>>(14)?
-                .and_then(|text| serde_json::from_str(&text).ok());
+            let guard = guard_record(r.get(14)?, 14)?;
             let hard = guard.as_ref().map_or(0, |g| g.hard);
             Ok(Scored {
                 id: r.get(0)?,
@@ -643,9 +641,7 @@ impl Archive {
                         tokens: r.get::<_, i64>(5)? as u64,
                         outcome: r.get(6)?,
                         stage: r.get(7)?,
-                        guard: r
-                            .get::<_, Option<String>>(8)?
-                            .and_then(|text| serde_json::from_str(&text).ok()),
+                        guard: guard_record(r.get(8)?, 8)?,
                         memory: None,
                     })
                 },
@@ -794,6 +790,21 @@ impl Archive {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// An evaluation's stored guard record. One this build cannot read is an error naming what
+/// is wrong, not a record that silently vanishes from `status`.
+fn guard_record(text: Option<String>, column: usize) -> rusqlite::Result<Option<GuardSummary>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                column,
+                rusqlite::types::Type::Text,
+                format!("evaluations.guard holds a record this metaforge cannot read ({e}); fix: open the archive with the metaforge that wrote it").into(),
+            )
+        })
+    })
+    .transpose()
 }
 
 /// Splits and stages are stored by name (`as_str`); a name this build does not know is a
