@@ -46,8 +46,13 @@ fn an_adas_archive_seeds_a_run_that_continues_the_search() {
     assert_eq!(fitness["agents"][2]["generation"], 1);
     assert!((fitness["agents"][2]["test_fitness"]["median"].as_f64().unwrap() - 0.156).abs() < 1e-9);
 
-    ok(&metaforge(dir.path(), &["resume", "--quiet", db.to_str().unwrap()]));
+    let status = ok(&metaforge(dir.path(), &["resume", "--quiet", db.to_str().unwrap()]));
     assert_archive_sound(&db);
+    // Each imported seed shows the ADAS generation that made it.
+    assert!(status.contains("ADAS generation 1"), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&metaforge(dir.path(), &["--json", "status", db.to_str().unwrap()]))).unwrap();
+    assert_eq!(json["adas_generations"].as_object().map(|m| m.len()), Some(3), "{json}");
     // The three ADAS programs ran unchanged, through Info/LLMAgentBase, and solved every task.
     let seeds = count(&db, "SELECT count(*) FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = 'val' WHERE c.operator = 'seed' AND c.code LIKE '%def forward(self, taskInfo)%' AND e.outcome = 'ok' AND e.mean = 1.0");
     assert_eq!(seeds, 3, "every imported agent scored 1.0");

@@ -38,6 +38,10 @@ pub struct Status {
     pub choices: Vec<(u64, String)>,
     /// Proposals (and seeds) dropped by racing before the whole validation pool.
     pub raced: u64,
+    /// Seeds imported from an ADAS archive, by name: the ADAS generation that made each
+    /// (`initial` for ADAS's own seeds).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub adas_generations: std::collections::BTreeMap<String, String>,
     /// The Ray executor's totals when the run's shards ran on a cluster (`executor` event).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executor: Option<serde_json::Value>,
@@ -63,6 +67,26 @@ pub struct CreditRow {
     pub stats: ArmStats,
 }
 
+/// What the `adas_import` event says of each imported agent's ADAS generation, by the name
+/// its seed carries (newlines folded, as `adas::AdasAgent::seed_code` folds them).
+fn adas_generations(archive: &Archive) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (_, event) in archive.events("adas_import")? {
+        for agent in event["agents"].as_array().into_iter().flatten() {
+            let name = agent["name"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("\"\"\"", "'''")
+                .replace('\n', " ");
+            let generation = agent["generation"]
+                .as_u64()
+                .map_or("initial".to_string(), |g| format!("generation {g}"));
+            out.insert(name, generation);
+        }
+    }
+    Ok(out)
+}
+
 pub fn status(archive: &Archive) -> Result<Status> {
     let exp = crate::config::Experiment::parse_stored(&archive.config_text()?, archive.path())?;
     let leaderboard = archive.leaderboard()?;
@@ -80,6 +104,7 @@ pub fn status(archive: &Archive) -> Result<Status> {
         |r| r.get::<_, i64>(0),
     )? as u64;
     Ok(Status {
+        adas_generations: adas_generations(archive)?,
         name: exp.name,
         domain: exp.domain.name,
         finished: archive.is_finished()?,
@@ -426,7 +451,13 @@ pub fn render_status(s: &Status) -> String {
         } else {
             r.name.clone()
         };
-        let op: String = r.operator.chars().take(22).collect();
+        let op: String = match s.adas_generations.get(&r.name) {
+            Some(g) if r.operator == "seed" => format!("ADAS {g}"),
+            _ => r.operator.clone(),
+        }
+        .chars()
+        .take(22)
+        .collect();
         out.push_str(&format!(
             "{:>3}  {:<46} {:>3}  {:<22} {:<20} {:<20} {:>9} {:>9.4}\n",
             i + 1,
