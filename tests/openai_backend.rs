@@ -161,3 +161,59 @@ fn an_oversized_body_is_refused_by_name() {
         "still here"
     );
 }
+
+/// A URL that cannot be a URL fails at once as fatal (a retry fails the same way), and a
+/// reply without `usage` is charged an estimate, so a token budget binds on such endpoints.
+/// The endpoint here is a one-reply HTTP server on 127.0.0.1 that leaves `usage` out.
+#[test]
+fn a_malformed_url_is_not_retried_and_a_reply_without_usage_is_charged() {
+    let bad = OpenAiBackend::new("http://exa mple/v1", "m", None, Duration::from_secs(5), 1);
+    match bad.complete(&user_request("hi")) {
+        Err(LlmError::Fatal(msg)) => assert!(msg.contains("fix: check models.*.base_url"), "{msg}"),
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the headers and the JSON body (its length is in Content-Length).
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        let body = r#"{"choices": [{"message": {"role": "assistant", "content": "forty-two!"}}]}"#;
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    });
+    let backend = OpenAiBackend::new(&format!("http://{addr}/v1"), "m", None, Duration::from_secs(10), 1);
+    let c = backend.complete(&user_request("twelve chars")).unwrap();
+    server.join().unwrap();
+    assert_eq!(c.text, "forty-two!");
+    assert_eq!(
+        (c.prompt_tokens, c.completion_tokens),
+        (3, 3),
+        "a token per 4 characters, rounded up"
+    );
+}

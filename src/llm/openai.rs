@@ -84,7 +84,13 @@ impl Backend for OpenAiBackend {
         }
         let mut response = match request.send_json(&body) {
             Ok(r) => r,
-            Err(e) => return Err(LlmError::Transient(format!("{}: {e}", self.url))),
+            Err(e) if is_transient(&e) => return Err(LlmError::Transient(format!("{}: {e}", self.url))),
+            Err(e) => {
+                return Err(LlmError::Fatal(format!(
+                    "{}: {e}; fix: check models.*.base_url (a retry would fail the same way)",
+                    self.url
+                )))
+            }
         };
         let status = response.status().as_u16();
         let text = response
@@ -111,12 +117,34 @@ impl Backend for OpenAiBackend {
                 snippet(&text)
             ))
         })?;
+        // An endpoint that reports no usage is charged an estimate (a token per 4 characters),
+        // so a token budget still binds against it.
+        let estimate = |chars: usize| (chars as u64).div_ceil(4);
+        let prompt_chars: usize = req.messages.iter().map(|m| m.content.len()).sum();
         Ok(Completion {
+            prompt_tokens: v["usage"]["prompt_tokens"]
+                .as_u64()
+                .unwrap_or_else(|| estimate(prompt_chars)),
+            completion_tokens: v["usage"]["completion_tokens"]
+                .as_u64()
+                .unwrap_or_else(|| estimate(content.len())),
             text: content.to_string(),
-            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-            completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
         })
     }
+}
+
+/// Whether a failed send is worth retrying: the network or the server's moment, not a URL
+/// or a configuration that fails the same way every time.
+fn is_transient(e: &ureq::Error) -> bool {
+    !matches!(
+        e,
+        ureq::Error::BadUri(_)
+            | ureq::Error::Http(_)
+            | ureq::Error::InvalidProxyUrl
+            | ureq::Error::RequireHttpsOnly(_)
+            | ureq::Error::TlsRequired
+            | ureq::Error::Json(_)
+    )
 }
 
 fn snippet(s: &str) -> String {
