@@ -173,40 +173,11 @@ fn a_malformed_url_is_not_retried_and_a_reply_without_usage_is_charged() {
         other => panic!("expected a fatal error, got {other:?}"),
     }
 
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Read the headers and the JSON body (its length is in Content-Length).
-        loop {
-            let n = conn.read(&mut buf).unwrap();
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length: usize = text
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if request.len() >= end + 4 + length {
-                    break;
-                }
-            }
-        }
-        let body = r#"{"choices": [{"message": {"role": "assistant", "content": "forty-two!"}}]}"#;
-        write!(
-            conn,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-    });
+    let (addr, server) = canned_server(vec![(
+        "200 OK",
+        "",
+        r#"{"choices": [{"message": {"role": "assistant", "content": "forty-two!"}}]}"#,
+    )]);
     let backend = OpenAiBackend::new(&format!("http://{addr}/v1"), "m", None, Duration::from_secs(10), 1);
     let c = backend.complete(&user_request("twelve chars")).unwrap();
     server.join().unwrap();
@@ -215,5 +186,84 @@ fn a_malformed_url_is_not_retried_and_a_reply_without_usage_is_charged() {
         (c.prompt_tokens, c.completion_tokens),
         (3, 3),
         "a token per 4 characters, rounded up"
+    );
+}
+
+/// An HTTP server on 127.0.0.1 that answers one request per connection with the next of
+/// `replies` (status line, extra headers, body), then stops.
+fn canned_server(
+    replies: Vec<(&'static str, &'static str, &'static str)>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        for (status, headers, body) in replies {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The headers, then the JSON body (its length is in Content-Length).
+            loop {
+                let n = conn.read(&mut buf).unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+    });
+    (addr, server)
+}
+
+/// A 429 with `Retry-After` is waited out as the endpoint asked, then retried.
+#[test]
+fn a_throttled_call_waits_as_long_as_the_endpoint_asks() {
+    let slow = (
+        "429 Too Many Requests",
+        "Retry-After: 1\r\n",
+        r#"{"error": {"message": "slow down"}}"#,
+    );
+    // The backend alone, then the gateway's first attempt, are throttled; its retry is answered.
+    let (addr, server) = canned_server(vec![
+        slow,
+        slow,
+        (
+            "200 OK",
+            "",
+            r#"{"choices": [{"message": {"content": "ok"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}"#,
+        ),
+    ]);
+    let cfg = model_cfg(&format!("http://{addr}/v1"));
+    let backend = Arc::new(OpenAiBackend::from_config(&cfg, "agent").unwrap());
+    assert!(matches!(
+        backend.complete(&user_request("x")),
+        Err(LlmError::Throttled { retry_after, .. }) if retry_after == Duration::from_secs(1)
+    ));
+    let gw = Gateway::new(Role::Agent, backend, &cfg, None, Arc::new(Budget::unlimited()));
+    let started = std::time::Instant::now();
+    let reply = gw.complete(&user_request("x")).unwrap();
+    server.join().unwrap();
+    assert_eq!(reply.text, "ok");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
     );
 }

@@ -78,6 +78,12 @@ pub enum LlmError {
     /// Worth retrying: 429, 5xx, timeouts, connection resets.
     #[error("transient model error: {0}")]
     Transient(String),
+    /// The endpoint said how long to wait (429 or 503 with `Retry-After`).
+    #[error("throttled: {message}")]
+    Throttled {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// Not worth retrying: 4xx, malformed response, model failure.
     #[error("model error: {0}")]
     Fatal(String),
@@ -191,6 +197,9 @@ impl Drop for LimiterGuard<'_> {
         self.0.cv.notify_one();
     }
 }
+
+/// The longest `Retry-After` honoured; a longer one waits this long, then tries again.
+const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `text` cut before the earliest stop sequence in it. Every backend's reply passes here, so
 /// `stop` means the same whether the backend honours it (llama.cpp stops decoding, an
@@ -336,18 +345,26 @@ impl Gateway {
         Ok(reply)
     }
 
+    /// Retries transient failures: after the endpoint's `Retry-After` when it gave one
+    /// (capped), else after an exponential backoff with jitter, so calls that failed together
+    /// do not all come back at the same moment.
     fn with_retries(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
         let mut attempt = 0;
         loop {
-            match self.backend.complete(req) {
+            let (msg, wait) = match self.backend.complete(req) {
                 Err(LlmError::Transient(msg)) if attempt < self.retries => {
-                    let wait = std::time::Duration::from_millis(250 * (1 << attempt.min(6)));
-                    tracing::warn!(role = self.role.as_str(), %msg, ?wait, "retrying model call");
-                    std::thread::sleep(wait);
-                    attempt += 1;
+                    let base = 250.0 * f64::from(1u32 << attempt.min(6));
+                    let jitter = 0.5 + rand::random::<f64>() / 2.0;
+                    (msg, std::time::Duration::from_millis((base * jitter) as u64))
+                }
+                Err(LlmError::Throttled { message, retry_after }) if attempt < self.retries => {
+                    (message, retry_after.min(MAX_RETRY_AFTER))
                 }
                 other => return other,
-            }
+            };
+            tracing::warn!(role = self.role.as_str(), %msg, ?wait, "retrying model call");
+            std::thread::sleep(wait);
+            attempt += 1;
         }
     }
 

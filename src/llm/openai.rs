@@ -93,6 +93,12 @@ impl Backend for OpenAiBackend {
             }
         };
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let text = response
             .body_mut()
             .with_config()
@@ -100,7 +106,11 @@ impl Backend for OpenAiBackend {
             .read_to_string()
             .map_err(|e| LlmError::Transient(format!("reading response: {e}")))?;
         if status == 429 || status >= 500 {
-            return Err(LlmError::Transient(format!("HTTP {status}: {}", snippet(&text))));
+            let message = format!("HTTP {status}: {}", snippet(&text));
+            return Err(match retry_after {
+                Some(retry_after) => LlmError::Throttled { message, retry_after },
+                None => LlmError::Transient(message),
+            });
         }
         if status >= 400 {
             return Err(LlmError::Fatal(format!(

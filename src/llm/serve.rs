@@ -197,6 +197,7 @@ fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Va
             }),
         ),
         Err(LlmError::Transient(e)) => (503, json!({"error": {"message": e}})),
+        Err(LlmError::Throttled { message, .. }) => (429, json!({"error": {"message": message}})),
         Err(e) => (500, json!({"error": {"message": e.to_string()}})),
     }
 }
