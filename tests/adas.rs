@@ -149,7 +149,6 @@ fn every_archive_adas_published_imports_whole() {
 fn adas_agents_run_unchanged_on_the_built_in_domains() {
     use metaforge::config::EvaluationConfig;
     use metaforge::domain::{Domain, Scorer};
-    use metaforge::evaluate::Evaluator;
 
     let reply = serde_json::json!({
         "thinking": "Copy the grid.",
@@ -181,15 +180,7 @@ fn adas_agents_run_unchanged_on_the_built_in_domains() {
         let domain = Domain::load(&exp.domain).unwrap();
         assert_eq!(domain.scorer, scorer);
         let tasks: Vec<_> = domain.tasks.iter().take(2).cloned().collect();
-        let evaluator = Evaluator {
-            gateway: &gateway,
-            cfg: &cfg,
-            scorer: domain.scorer.clone(),
-            agent_contract: None,
-            require_call_contracts: false,
-            episodic: None,
-            executor: &metaforge::executor::Executor::Local,
-        };
+        let evaluator = plain_evaluator(&gateway, &cfg, domain.scorer.clone());
         let mut with_helpers = 0;
         for entry in &entries {
             let code = entry["code"].as_str().unwrap();

@@ -45,17 +45,22 @@ fn config_with_wrong_type() {
     insta::assert_snapshot!(err);
 }
 
-#[test]
-fn missing_dataset() {
-    let dir = tempfile::tempdir().unwrap();
+/// `dir/exp.toml`: GOOD on a user domain read from `dir/tasks.jsonl`.
+fn write_user_domain_experiment(dir: &Path) {
     std::fs::write(
-        dir.path().join("exp.toml"),
+        dir.join("exp.toml"),
         GOOD.replace(
             "name = \"arith\"",
             "name = \"mine\"\npath = \"tasks.jsonl\"\nscorer = \"numeric\"",
         ),
     )
     .unwrap();
+}
+
+#[test]
+fn missing_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    write_user_domain_experiment(dir.path());
     let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);
     assert_eq!(code, 2);
     assert!(
@@ -169,14 +174,7 @@ fn a_bad_dataset_line_names_the_users_file_and_leaves_no_archive() {
         "{\"question\": \"1+1?\", \"answer\": 2}\nnot json\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("exp.toml"),
-        GOOD.replace(
-            "name = \"arith\"",
-            "name = \"mine\"\npath = \"tasks.jsonl\"\nscorer = \"numeric\"",
-        ),
-    )
-    .unwrap();
+    write_user_domain_experiment(dir.path());
     let (code, _, err) = run_in(dir.path(), &["run", "exp.toml", "--db", "r.db"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("error: tasks.jsonl:2: not a JSON object"), "{err}");

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use common::*;
 use metaforge::config::EvaluationConfig;
 use metaforge::domain::{Scorer, ScorerCode, Task};
-use metaforge::evaluate::Evaluator;
 use metaforge::types::{Evaluation, Split};
 
 /// Partial credit with feedback: full marks for the gold number, a quarter for any other.
@@ -44,18 +43,14 @@ fn evaluate_with(source: &str, code: &str, task_timeout_s: u64) -> Evaluation {
         task_timeout_s,
         ..EvaluationConfig::default()
     };
-    let evaluator = Evaluator {
-        gateway: &gateway,
-        cfg: &cfg,
-        scorer: Scorer::Code(Arc::new(ScorerCode {
+    let evaluator = plain_evaluator(
+        &gateway,
+        &cfg,
+        Scorer::Code(Arc::new(ScorerCode {
             file: "score.py".into(),
             source: source.into(),
         })),
-        agent_contract: None,
-        require_call_contracts: false,
-        episodic: None,
-        executor: &metaforge::executor::Executor::Local,
-    };
+    );
     let tasks: Vec<Task> = (0..2)
         .map(|i| Task {
             id: format!("t{i}"),
@@ -218,15 +213,7 @@ fn the_readme_example_of_an_own_task_loads() {
         let tasks: Vec<Task> = domain.tasks.iter().take(2).cloned().collect();
         let gateway = scripted_gateway("24");
         let cfg = EvaluationConfig::default();
-        let evaluator = Evaluator {
-            gateway: &gateway,
-            cfg: &cfg,
-            scorer: domain.scorer.clone(),
-            agent_contract: None,
-            require_call_contracts: false,
-            episodic: None,
-            executor: &metaforge::executor::Executor::Local,
-        };
+        let evaluator = plain_evaluator(&gateway, &cfg, domain.scorer.clone());
         evaluator.evaluate(&seeds[1].1, &tasks, Split::Val, &|| {}).unwrap()
     };
     assert_eq!(e.tasks[0].score, 1.0, "units-000's answer is 24: {:?}", e.tasks[0]);

@@ -51,73 +51,8 @@ pub fn game_of(task: &Task) -> Result<Game> {
 }
 
 impl EpisodeRunner for Episodic {
-    fn evaluate(
-        &self,
-        ev: &Evaluator,
-        code: &str,
-        tasks: &[Task],
-        split: Split,
-        on_task: TaskDone,
-    ) -> Result<Evaluation> {
-        Episodic::evaluate(self, ev, code, tasks, split, on_task)
-    }
-}
-
-impl Episodic {
-    pub fn new(cfg: &EpisodesConfig) -> Result<Self> {
-        Ok(Self {
-            cfg: cfg.clone(),
-            pool: EnvPool::new()?,
-            templates: Templates::embedded()?,
-            baseline: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn base_agent<'a>(&'a self, gateway: &'a Gateway) -> BaseAgent<'a> {
-        match self.cfg.base_agent {
-            BaseAgentKind::Model => BaseAgent::Model {
-                gateway,
-                templates: &self.templates,
-            },
-            BaseAgentKind::Scripted => BaseAgent::Scripted,
-        }
-    }
-
-    fn play(&self, gateway: &Gateway, task: &Task, memory: &str) -> Result<Play> {
-        let game = game_of(task)?;
-        let agent = self.base_agent(gateway);
-        self.pool
-            .with(|env| agent.play(env, &game, memory, self.cfg.max_steps))
-            .with_context(|| format!("playing episode {}", task.id))
-    }
-
-    /// The no-memory play of each task, played once per run, `width` at a time.
-    fn baselines(&self, gateway: &Gateway, tasks: &[Task], width: usize) -> Result<HashMap<String, Arc<Play>>> {
-        let missing: Vec<&Task> = {
-            let known = self.baseline.lock().unwrap();
-            tasks.iter().filter(|t| !known.contains_key(&t.id)).collect()
-        };
-        for wave in missing.chunks(width.max(1)) {
-            let plays: Vec<Result<Play>> = std::thread::scope(|scope| {
-                let hs: Vec<_> = wave
-                    .iter()
-                    .map(|t| scope.spawn(move || self.play(gateway, t, "")))
-                    .collect();
-                hs.into_iter()
-                    .map(|h| h.join().expect("play thread panicked"))
-                    .collect()
-            });
-            let mut known = self.baseline.lock().unwrap();
-            for (t, p) in wave.iter().zip(plays) {
-                known.insert(t.id.clone(), Arc::new(p?));
-            }
-        }
-        let known = self.baseline.lock().unwrap();
-        Ok(tasks.iter().map(|t| (t.id.clone(), known[&t.id].clone())).collect())
-    }
-
     /// Evaluates the memory design `code` on the episode sequence `tasks` (see the module doc).
-    pub fn evaluate(
+    fn evaluate(
         &self,
         ev: &Evaluator,
         code: &str,
@@ -271,6 +206,60 @@ impl Episodic {
         );
         e.usage = sequence.usage;
         Ok(e)
+    }
+}
+
+impl Episodic {
+    pub fn new(cfg: &EpisodesConfig) -> Result<Self> {
+        Ok(Self {
+            cfg: cfg.clone(),
+            pool: EnvPool::new()?,
+            templates: Templates::embedded()?,
+            baseline: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn base_agent<'a>(&'a self, gateway: &'a Gateway) -> BaseAgent<'a> {
+        match self.cfg.base_agent {
+            BaseAgentKind::Model => BaseAgent::Model {
+                gateway,
+                templates: &self.templates,
+            },
+            BaseAgentKind::Scripted => BaseAgent::Scripted,
+        }
+    }
+
+    fn play(&self, gateway: &Gateway, task: &Task, memory: &str) -> Result<Play> {
+        let game = game_of(task)?;
+        let agent = self.base_agent(gateway);
+        self.pool
+            .with(|env| agent.play(env, &game, memory, self.cfg.max_steps))
+            .with_context(|| format!("playing episode {}", task.id))
+    }
+
+    /// The no-memory play of each task, played once per run, `width` at a time.
+    fn baselines(&self, gateway: &Gateway, tasks: &[Task], width: usize) -> Result<HashMap<String, Arc<Play>>> {
+        let missing: Vec<&Task> = {
+            let known = self.baseline.lock().unwrap();
+            tasks.iter().filter(|t| !known.contains_key(&t.id)).collect()
+        };
+        for wave in missing.chunks(width.max(1)) {
+            let plays: Vec<Result<Play>> = std::thread::scope(|scope| {
+                let hs: Vec<_> = wave
+                    .iter()
+                    .map(|t| scope.spawn(move || self.play(gateway, t, "")))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("play thread panicked"))
+                    .collect()
+            });
+            let mut known = self.baseline.lock().unwrap();
+            for (t, p) in wave.iter().zip(plays) {
+                known.insert(t.id.clone(), Arc::new(p?));
+            }
+        }
+        let known = self.baseline.lock().unwrap();
+        Ok(tasks.iter().map(|t| (t.id.clone(), known[&t.id].clone())).collect())
     }
 }
 

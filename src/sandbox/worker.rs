@@ -249,9 +249,9 @@ enum Event {
 struct Conversation<'a> {
     writer: Mutex<File>,
     handler: &'a dyn LlmHandler,
-    task_ids: HashMap<&'a str, ()>,
-    /// A result counts only with the nonce its task was sent with: a candidate writing onto
-    /// the pipe cannot claim a task's result without digging the nonce out of the worker.
+    /// The worker's tasks, each with its nonce. A result counts only with the nonce its task
+    /// was sent with: a candidate writing onto the pipe cannot claim a task's result without
+    /// digging the nonce out of the worker.
     nonces: HashMap<&'a str, u64>,
     results: Mutex<HashMap<String, TaskRun>>,
     denials: Mutex<Vec<Denial>>,
@@ -262,7 +262,6 @@ impl<'a> Conversation<'a> {
         Self {
             writer: Mutex::new(writer),
             handler,
-            task_ids: tasks.iter().map(|(id, _)| (id.as_str(), ())).collect(),
             nonces: tasks
                 .iter()
                 .map(|(id, _)| (id.as_str(), rand::random::<u64>() >> 12))
@@ -289,7 +288,7 @@ impl<'a> Conversation<'a> {
 
     /// `task_id` when it names one of this worker's tasks (a worker may claim anything).
     fn known(&self, task_id: Option<String>) -> Option<String> {
-        task_id.filter(|t| self.task_ids.contains_key(t.as_str()))
+        task_id.filter(|t| self.nonces.contains_key(t.as_str()))
     }
 
     fn charge(&self, task_id: &Option<String>, usage: &Usage) {

@@ -79,6 +79,24 @@ pub fn scripted_gateway(reply: &str) -> metaforge::llm::Gateway {
     )
 }
 
+/// The search's evaluator on this machine, without guards or episodes, over `gateway`: for
+/// library-level tests of evaluation.
+pub fn plain_evaluator<'a>(
+    gateway: &'a metaforge::llm::Gateway,
+    cfg: &'a metaforge::config::EvaluationConfig,
+    scorer: metaforge::domain::Scorer,
+) -> metaforge::evaluate::Evaluator<'a> {
+    metaforge::evaluate::Evaluator {
+        gateway,
+        cfg,
+        scorer,
+        agent_contract: None,
+        require_call_contracts: false,
+        episodic: None,
+        executor: &metaforge::executor::Executor::Local,
+    }
+}
+
 pub fn count(db: &Path, sql: &str) -> i64 {
     Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
 }
