@@ -163,6 +163,7 @@ fn adas_agents_run_unchanged_on_the_built_in_domains() {
     let cfg = EvaluationConfig::default();
     let numpy = std::process::Command::new("python3")
         .args(["-c", "import numpy"])
+        .stderr(std::process::Stdio::null())
         .status()
         .unwrap()
         .success();
@@ -213,5 +214,97 @@ fn adas_agents_run_unchanged_on_the_built_in_domains() {
                 "most ADAS ARC agents call the helpers ({with_helpers})"
             );
         }
+    }
+}
+
+/// Every agent of ADAS's ARC, MGSM and DROP archives, imported with `import-adas --domain`,
+/// runs unchanged through a whole `resume` whose agent model is an OpenAI-compatible endpoint
+/// on 127.0.0.1 (`metaforge::llm::Endpoint`, the server of `metaforge serve`, fronting a
+/// SCRIPTED model that answers every call with one JSON object carrying every field these
+/// agents ask for). The funnel shows no runtime error.
+#[test]
+fn imported_adas_agents_run_through_a_local_endpoint_without_runtime_errors() {
+    use metaforge::llm::{Endpoint, ScriptedBackend};
+    let reply = serde_json::json!({
+        "thinking": "Copy the grid.",
+        "reasoning": "Copy the grid.",
+        "code": "def transform(grid):\n    return [list(row) for row in grid]",
+        "answer": "7",
+        "feedback": "fine",
+        "correct": "True",
+    })
+    .to_string();
+    let endpoint = Endpoint::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", endpoint.local_addr());
+    std::thread::spawn(move || endpoint.run(std::sync::Arc::new(ScriptedBackend::new("adas", vec![reply])), 512));
+    let numpy = std::process::Command::new("python3")
+        .args(["-c", "import numpy"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("adas.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"name = "adas"
+[domain]
+name = "arith"
+val_size = 2
+test_size = 1
+[models.meta]
+backend = "openai"
+model = "adas"
+base_url = "{url}"
+[models.agent]
+backend = "openai"
+model = "adas"
+base_url = "{url}"
+max_concurrency = 16
+[search]
+seeds = []
+generations = 0
+test_top_k = 1
+[evaluation]
+tasks_in_flight = 2
+"#
+        ),
+    )
+    .unwrap();
+    for name in ["arc", "mgsm", "drop"] {
+        let file = fixtures().join(format!("adas/{name}_gpt3.5_results.json"));
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let db = dir.path().join(format!("{name}.db"));
+        ok(&metaforge(
+            dir.path(),
+            &[
+                "import-adas",
+                file.to_str().unwrap(),
+                "--domain",
+                name,
+                "--experiment",
+                exp.to_str().unwrap(),
+                "--db",
+                db.to_str().unwrap(),
+            ],
+        ));
+        let status = ok(&metaforge(dir.path(), &["resume", "--quiet", db.to_str().unwrap()]));
+        assert_archive_sound(&db);
+        let seeds = count(&db, "SELECT count(*) FROM proposals WHERE kind = 'seed'");
+        assert_eq!(seeds as usize, entries.len(), "{name}: every agent was evaluated\n{status}");
+        // Two of ADAS's ARC agents import numpy themselves; where it is not installed that
+        // is their own runtime error, and the funnel counts exactly those.
+        let need_numpy = entries
+            .iter()
+            .filter(|e| e["code"].as_str().unwrap().contains("import numpy"))
+            .count();
+        let expected = if numpy { 0 } else { need_numpy };
+        assert!(
+            status.contains(&format!("(runtime errors {expected})")),
+            "{name}: expected {expected} runtime errors\n{status}"
+        );
+        let model_calls = count(&db, "SELECT coalesce(sum(llm_calls), 0) FROM evaluations");
+        assert!(model_calls >= seeds * 2, "{name}: the agents called the endpoint ({model_calls})");
     }
 }
