@@ -12,7 +12,7 @@ evaluation (`python3 -X importtime`), so arguments are read by hand, the pool is
 threads on a C queue, and traceback and re are imported only when needed.
 
 Usage: python3 -I -S -B worker.py --rpc-in FD --rpc-out FD --candidate FILE
-       --tasks-in-flight N --stdout-limit CHARS --output-limit CHARS [--max-threads N]
+       --tasks-in-flight N --stdout-limit CHARS --output-limit CHARS [--max-threads N] [--threads-per-task N]
        --workdir DIR --scratch DIR [--read-root DIR ...] [--no-policy-hook]
 """
 import json
@@ -157,7 +157,8 @@ def _run_task(forward, capture, task_id, task, nonce):
 
 
 _FLAGS = {"--rpc-in": int, "--rpc-out": int, "--candidate": str, "--tasks-in-flight": int,
-          "--stdout-limit": int, "--output-limit": int, "--max-threads": int, "--workdir": str,
+          "--stdout-limit": int, "--output-limit": int, "--max-threads": int,
+          "--threads-per-task": int, "--workdir": str,
           "--scratch": str}
 
 
@@ -166,6 +167,7 @@ class _Args:
     stdout_limit = 4000
     output_limit = 1 << 20
     max_threads = 0
+    threads_per_task = 0
     no_policy_hook = False
 
     def __init__(self):
@@ -225,7 +227,7 @@ def main(argv=None):
     if not args.no_policy_hook:
         _policy.install(args.read_root, args.workdir, args.scratch)
 
-    _rpc.inherit_task_in_threads(args.max_threads)
+    _rpc.inherit_task_in_threads(args.max_threads, args.threads_per_task)
     try:
         forward = _load_candidate(args.candidate)
     except BaseException as exc:

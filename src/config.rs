@@ -599,6 +599,11 @@ pub struct EvaluationConfig {
     /// Wall-clock seconds one task may take; the worker deadline is derived from it.
     #[serde(default = "default_task_timeout")]
     pub task_timeout_s: u64,
+    /// Wall-clock seconds a program may take to load (its module-level code, run once before
+    /// any task). A short deadline of its own, so a loop at module level costs seconds, not
+    /// the whole task deadline.
+    #[serde(default = "default_load_timeout")]
+    pub load_timeout_s: u64,
     /// Address-space limit of a worker, MiB.
     #[serde(default = "default_memory")]
     pub memory_mb: u64,
@@ -643,6 +648,9 @@ fn one_usize() -> usize {
 fn default_task_timeout() -> u64 {
     120
 }
+fn default_load_timeout() -> u64 {
+    10
+}
 fn default_memory() -> u64 {
     1024
 }
@@ -662,6 +670,7 @@ impl Default for EvaluationConfig {
             tasks_in_flight: default_in_flight(),
             shards: 1,
             task_timeout_s: default_task_timeout(),
+            load_timeout_s: default_load_timeout(),
             memory_mb: default_memory(),
             cpu_s: default_cpu(),
             bootstrap_samples: default_bootstrap(),

@@ -95,34 +95,114 @@ fn memory_hog_gets_memory_error() {
     assert!(t.error.as_deref().unwrap_or("").starts_with("MemoryError"), "{t:?}");
 }
 
-/// A 512 MB worker runs a candidate's own fan-out of 24 threads (glibc's per-thread malloc
-/// arenas made it refuse the 14th), and a flood is stopped by the thread cap with an error
-/// naming the limit to raise, every task reported, where running into the address-space
-/// limit left the interpreter too starved to report and the worker timed out.
+/// Every task of a 512 MB worker may fan out its full share of threads at the same moment
+/// (a barrier holds them all alive together, so the test does not depend on timing), and
+/// one thread more is refused in that task alone, by name, every time. With a single
+/// worker-wide cap, two tasks that fanned out 24 threads each passed alone and failed when
+/// they overlapped. A flood is stopped by the caps with every task reported, where running
+/// into the address-space limit left the interpreter too starved to report.
 #[test]
 fn threads_fan_out_and_a_flood_is_refused_by_name() {
-    let fan_out = "import threading\nfrom metaforge import llm\ndef forward(task):\n    out = []\n    ts = [threading.Thread(target=lambda: out.append(llm('x'))) for _ in range(24)]\n    for t in ts: t.start()\n    for t in ts: t.join()\n    return str(len(out))\n";
-    let run = run_worker(fan_out, &tasks(2), &ScriptedModel, &limits(30)).unwrap();
-    assert_eq!(run.exit, WorkerExit::Completed);
-    for t in run.tasks.values() {
-        assert_eq!(t.output.as_deref(), Some("24"), "{t:?}");
-        assert_eq!(t.usage.calls, 24, "calls from a task's threads are the task's");
+    let limits = limits(30);
+    let share = limits.threads_per_task();
+    let tasks_in_flight = limits.tasks_in_flight;
+    assert!(share >= 4, "a 512 MB worker gives each task a useful share ({share})");
+    let fan_out = format!(
+        "import threading\nfrom metaforge import llm\n\
+         _all = threading.Barrier({together}, timeout=20)\n\
+         def forward(task):\n    out = []\n\
+         \x20   def work():\n        out.append(llm('x'))\n        _all.wait()\n\
+         \x20   ts = [threading.Thread(target=work) for _ in range({share})]\n\
+         \x20   for t in ts: t.start()\n    for t in ts: t.join()\n\
+         \x20   return str(len(out))\n",
+        together = tasks_in_flight * share,
+    );
+    // One thread more than the share, tried while the share is alive.
+    let over = format!(
+        "import threading\ndef forward(task):\n    go = threading.Event()\n\
+         \x20   ts = [threading.Thread(target=go.wait) for _ in range({share})]\n\
+         \x20   for t in ts: t.start()\n\
+         \x20   try:\n        threading.Thread(target=lambda: None).start()\n        extra = 'started'\n\
+         \x20   except RuntimeError as e:\n        extra = str(e)\n\
+         \x20   go.set()\n    for t in ts: t.join()\n    return extra\n"
+    );
+    for _ in 0..3 {
+        let run = run_worker(&fan_out, &tasks(tasks_in_flight), &ScriptedModel, &limits).unwrap();
+        assert_eq!(run.exit, WorkerExit::Completed);
+        for t in run.tasks.values() {
+            assert_eq!(t.output.as_deref(), Some(share.to_string().as_str()), "{t:?}");
+            assert_eq!(t.usage.calls, share as u64, "calls from a task's threads are the task's");
+        }
+        let run = run_worker(&over, &tasks(tasks_in_flight), &ScriptedModel, &limits).unwrap();
+        assert_eq!(run.exit, WorkerExit::Completed);
+        for t in run.tasks.values() {
+            let said = t.output.as_deref().unwrap_or("");
+            assert!(
+                said.contains(&format!("this task already runs {share} threads")) && said.contains("memory_mb"),
+                "{t:?}"
+            );
+        }
     }
 
     let flood = "import threading\n_stop = threading.Event()\ndef forward(task):\n    while True:\n        threading.Thread(target=_stop.wait).start()\n";
-    let run = run_worker(flood, &tasks(2), &ScriptedModel, &limits(10)).unwrap();
+    let run = run_worker(flood, &tasks(2), &ScriptedModel, &limits).unwrap();
     assert_eq!(run.exit, WorkerExit::Completed, "{:?}", run.tasks);
     assert_eq!(run.tasks.len(), 2);
-    let cap = limits(10).max_threads();
     for t in run.tasks.values() {
         let error = t.error.as_deref().unwrap_or("");
         assert!(
-            error.starts_with("RuntimeError")
-                && error.contains(&format!("{cap} threads"))
-                && error.contains("memory_mb"),
+            error.starts_with("RuntimeError") && error.contains(&format!("{share} threads")) && error.contains("memory_mb"),
             "{t:?}"
         );
     }
+}
+
+/// A program that loops at module level, before `forward` exists, is stopped at the load
+/// deadline with a load error that says why, long before the worker's own deadline.
+#[test]
+fn a_loop_at_module_level_is_a_load_error_at_the_load_deadline() {
+    let limits = WorkerLimits {
+        load_deadline: Duration::from_secs(1),
+        ..limits(60)
+    };
+    let start = Instant::now();
+    let run = run_worker("while True:\n    pass\n", &tasks(2), &ScriptedModel, &limits).unwrap();
+    match &run.exit {
+        WorkerExit::LoadError(e) => assert!(e.contains("did not finish loading within 1 s") && e.contains("forward"), "{e}"),
+        other => panic!("expected a load error, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(30), "stopped at the load deadline: {:?}", start.elapsed());
+    // A program that loads in time is not cut short: the load deadline ends at `ready`.
+    let slow_task = "import time\ndef forward(task):\n    time.sleep(2)\n    return 'late'\n";
+    let run = run_worker(slow_task, &tasks(1), &ScriptedModel, &limits).unwrap();
+    assert_eq!(run.exit, WorkerExit::Completed);
+    assert_eq!(run.tasks["t0"].output.as_deref(), Some("late"));
+}
+
+/// Recursion that passes the interpreter's limit is a typed outcome at once, in the task
+/// that recursed, also in a thread of its own and through a chain of handlers; a C-level
+/// overflow (nested iterators) ends the worker as a crash, reported at once too.
+#[test]
+fn runaway_recursion_is_typed_at_once() {
+    use metaforge::sandbox::task_outcome;
+    use metaforge::types::TaskOutcome;
+    let cases = [
+        "def forward(task):\n    def f(n):\n        return f(n + 1)\n    return f(0)\n",
+        "def f(n):\n    try:\n        return f(n + 1)\n    except RecursionError:\n        raise RecursionError(n)\ndef forward(task):\n    return f(0)\n",
+        "import threading\ndef forward(task):\n    err = []\n    def f(n):\n        return f(n + 1)\n    def run():\n        try:\n            f(0)\n        except RecursionError as e:\n            err.append(e)\n    t = threading.Thread(target=run)\n    t.start()\n    t.join()\n    raise err[0]\n",
+    ];
+    let start = Instant::now();
+    for code in cases {
+        let run = run_worker(code, &tasks(2), &ScriptedModel, &limits(60)).unwrap();
+        assert_eq!(run.exit, WorkerExit::Completed, "{code}");
+        for t in run.tasks.values() {
+            assert_eq!(task_outcome(t, &run.exit), TaskOutcome::RecursionLimit, "{code}: {t:?}");
+        }
+    }
+    let nested = "def forward(task):\n    it = iter([1])\n    for _ in range(10 ** 6):\n        it = map(abs, it)\n    return str(next(it))\n";
+    let run = run_worker(nested, &tasks(1), &ScriptedModel, &limits(60)).unwrap();
+    assert!(matches!(run.exit, WorkerExit::Crashed { .. }), "{:?}", run.exit);
+    assert!(start.elapsed() < Duration::from_secs(40), "no case waited for its deadline: {:?}", start.elapsed());
 }
 
 #[test]

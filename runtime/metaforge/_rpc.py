@@ -52,31 +52,62 @@ def send(message):
         _out.flush()
 
 
-def inherit_task_in_threads(max_threads=0):
+def inherit_task_in_threads(max_threads=0, per_task=0):
     """Threads a task starts make their llm() calls as that task, so per-task budgets and
     accounting cover them (the host refuses unattributed calls under an agent contract).
 
-    `max_threads` (0: none) caps the threads alive at once. Why here and not only the
-    address-space limit: a flood that runs into RLIMIT_AS leaves the interpreter no memory
-    to report its tasks, and a thread that fails to boot for want of memory hangs its
-    starter in `Thread.start` for good; either way a timeout, not the error it is."""
+    `per_task` (0: none) caps the threads one task runs at once, `max_threads` (0: none)
+    those of the whole worker. Why caps here and not only the address-space limit: a flood
+    that runs into RLIMIT_AS leaves the interpreter no memory to report its tasks, and a
+    thread that fails to boot for want of memory hangs its starter in `Thread.start` for
+    good; either way a timeout, not the error it is. Why a per-task share: with the
+    worker-wide cap alone, whether a task's fan-out fit depended on what the other tasks
+    ran at that moment. The shares add up to less than `max_threads`, which then binds
+    only threads a task left running after it returned."""
     start = threading.Thread.start
+    alive = {}  # task id -> threads of that task running now
+    lock = threading.Lock()
 
     def start_as_task(self):
+        task_id = getattr(current, "task_id", None)
+        if task_id is not None and per_task:
+            with lock:
+                if alive.get(task_id, 0) >= per_task:
+                    raise RuntimeError(
+                        f"can't start new thread: this task already runs {per_task} threads, "
+                        "its share of what the worker's memory limit allows (raise [evaluation] "
+                        "memory_mb, or lower tasks_in_flight, for more)")
+                alive[task_id] = alive.get(task_id, 0) + 1
         if max_threads and threading.active_count() >= max_threads:
+            _release(task_id)
             raise RuntimeError(
                 f"can't start new thread: this worker already runs {max_threads} threads, "
                 "the most its memory limit allows (raise [evaluation] memory_mb for more)")
-        task_id = getattr(current, "task_id", None)
         if task_id is not None:
             run = self.run
 
             def run_as_task():
                 current.task_id = task_id
-                run()
+                try:
+                    run()
+                finally:
+                    _release(task_id)
 
             self.run = run_as_task
-        start(self)
+        try:
+            start(self)
+        except BaseException:
+            _release(task_id)
+            raise
+
+    def _release(task_id):
+        if task_id is not None and per_task:
+            with lock:
+                left = alive.get(task_id, 0) - 1
+                if left > 0:
+                    alive[task_id] = left
+                else:
+                    alive.pop(task_id, None)
 
     threading.Thread.start = start_as_task
 

@@ -58,7 +58,7 @@ CREATE TABLE evaluations (
     cached_calls      INTEGER NOT NULL,
     latency_ms        REAL    NOT NULL,
     wall_ms           REAL    NOT NULL,
-    outcome           TEXT    NOT NULL,       -- ok | error | load_error | timeout | memory_limit | cpu_limit | crashed:<sig> | ...
+    outcome           TEXT    NOT NULL,       -- ok | error | load_error | timeout | memory_limit | recursion_limit | cpu_limit | crashed:<sig> | ...
     outcome_detail    TEXT    NOT NULL,
     step              INTEGER NOT NULL,
     created_at        TEXT    NOT NULL,

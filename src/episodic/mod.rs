@@ -91,6 +91,7 @@ impl EpisodeRunner for Episodic {
         };
         let limits = ShardLimits {
             deadline: Duration::from_secs(30 + ev.cfg.task_timeout_s * tasks.len() as u64),
+            load_deadline: Duration::from_secs(ev.cfg.load_timeout_s),
             memory_mb: ev.cfg.memory_mb,
             cpu_s: ev.cfg.cpu_s,
             tasks_in_flight: 1,

@@ -33,6 +33,9 @@ pub use remote::{die_with_parent, serve_shard};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardLimits {
     pub deadline: Duration,
+    /// How long the program may take to load (its module-level code) before its first task.
+    #[serde(default = "default_load_deadline")]
+    pub load_deadline: Duration,
     pub memory_mb: u64,
     pub cpu_s: u64,
     pub tasks_in_flight: usize,
@@ -46,6 +49,7 @@ impl ShardLimits {
         let waves = tasks.div_ceil(cfg.tasks_in_flight.max(1)) as u64;
         Self {
             deadline: Duration::from_secs(10 + cfg.task_timeout_s * waves.max(1)),
+            load_deadline: Duration::from_secs(cfg.load_timeout_s),
             memory_mb: cfg.memory_mb,
             cpu_s: cfg.cpu_s,
             tasks_in_flight: cfg.tasks_in_flight,
@@ -58,6 +62,7 @@ impl ShardLimits {
     pub fn worker_limits(&self) -> Result<WorkerLimits> {
         Ok(WorkerLimits {
             deadline: self.deadline,
+            load_deadline: self.load_deadline,
             memory_mb: self.memory_mb,
             cpu_s: self.cpu_s,
             tasks_in_flight: self.tasks_in_flight,
@@ -66,6 +71,10 @@ impl ShardLimits {
             ..WorkerLimits::default()
         })
     }
+}
+
+fn default_load_deadline() -> Duration {
+    WorkerLimits::default().load_deadline
 }
 
 /// Runs shards. Built once per run from `[executor]`.

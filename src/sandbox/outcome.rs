@@ -33,6 +33,8 @@ pub fn task_outcome(task: &TaskRun, exit: &WorkerExit) -> TaskOutcome {
 pub fn error_kind(error: &str) -> TaskOutcome {
     if error.starts_with("MemoryError") {
         TaskOutcome::MemoryLimit
+    } else if error.starts_with("RecursionError") {
+        TaskOutcome::RecursionLimit
     } else if error.starts_with("PolicyDenied") || error.starts_with("PermissionError") {
         TaskOutcome::PolicyDenied
     } else if error.starts_with("OutputLimitExceeded")

@@ -29,6 +29,9 @@ use crate::types::Usage;
 pub struct WorkerLimits {
     /// Whole-worker wall-clock deadline (start-up included).
     pub deadline: Duration,
+    /// Deadline for the program to load (module-level code) and say it is ready; passing it
+    /// is a load error naming the cause.
+    pub load_deadline: Duration,
     pub memory_mb: u64,
     pub cpu_s: u64,
     pub tasks_in_flight: usize,
@@ -63,6 +66,17 @@ impl WorkerLimits {
         let by_memory = (self.memory_mb / 2 / THREAD_STACK_MB).min(self.processes) as usize;
         by_memory.max(self.tasks_in_flight + 8)
     }
+
+    /// Most threads one task may run at once besides its own: an equal share of
+    /// `max_threads` for each task in flight. Why a share and not the worker-wide cap alone:
+    /// with one cap for all, whether an agent's fan-out fits depended on what the other
+    /// tasks happened to run at that moment; a share gives every task the same answer
+    /// whatever the timing.
+    pub fn threads_per_task(&self) -> usize {
+        let tasks = self.tasks_in_flight.max(1);
+        // The pool's own threads and the main one come off the top first.
+        (self.max_threads().saturating_sub(2 * tasks + 2) / tasks).max(1)
+    }
 }
 
 /// How a worker's interpreter comes to be.
@@ -81,6 +95,7 @@ impl Default for WorkerLimits {
     fn default() -> Self {
         Self {
             deadline: Duration::from_secs(120),
+            load_deadline: Duration::from_secs(10),
             memory_mb: 1024,
             cpu_s: 300,
             tasks_in_flight: 4,
@@ -395,6 +410,8 @@ pub fn run_worker(
     let mut violations = 0u32;
     let mut exit: Option<WorkerExit> = None;
     let deadline = started + limits.deadline;
+    let load_deadline = started + limits.load_deadline.min(limits.deadline);
+    let mut ready = false;
     let mut t_killed = Duration::ZERO;
     std::thread::scope(|scope| {
         let calls = CallPool::new(scope);
@@ -425,11 +442,20 @@ pub fn run_worker(
         let mut pending = tasks.len();
         loop {
             let now = Instant::now();
+            if !ready && now >= load_deadline && load_deadline < deadline {
+                exit = Some(WorkerExit::LoadError(format!(
+                    "the program did not finish loading within {} s: its module-level code runs \
+                     once before any task (a loop there never ends); move work into forward(task)",
+                    limits.load_deadline.as_secs_f64()
+                )));
+                break;
+            }
             if now >= deadline {
                 exit = Some(WorkerExit::Timeout);
                 break;
             }
-            let event = match rx.recv_timeout((deadline - now).min(EXIT_POLL)) {
+            let until = if ready { deadline } else { load_deadline.min(deadline) };
+            let event = match rx.recv_timeout(until.saturating_duration_since(now).min(EXIT_POLL)) {
                 Ok(e) => e,
                 // The worker may be gone while something it left behind still holds the pipe
                 // open (no EOF then): its last words are already queued or never coming.
@@ -441,6 +467,7 @@ pub fn run_worker(
             };
             match event {
                 Event::Message(WorkerMessage::Ready) => {
+                    ready = true;
                     t_ready = started.elapsed();
                     // A worker that stops listening is judged by how it ends, below.
                     conv.send_tasks(tasks);
@@ -634,6 +661,7 @@ fn worker_argv(
         ("--stdout-limit", limits.stdout_limit),
         ("--output-limit", limits.output_limit),
         ("--max-threads", limits.max_threads()),
+        ("--threads-per-task", limits.threads_per_task()),
     ] {
         argv.push(flag.into());
         argv.push(value.to_string().into());

@@ -170,6 +170,8 @@ pub enum TaskOutcome {
     Error,
     Timeout,
     MemoryLimit,
+    /// The agent's recursion passed the interpreter's depth limit (`RecursionError`).
+    RecursionLimit,
     CpuLimit,
     OutputLimit,
     PolicyDenied,
@@ -244,6 +246,7 @@ stored_names!(
     Error => "error",
     Timeout => "timeout",
     MemoryLimit => "memory_limit",
+    RecursionLimit => "recursion_limit",
     CpuLimit => "cpu_limit",
     OutputLimit => "output_limit",
     PolicyDenied => "policy_denied",
