@@ -25,10 +25,71 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// The exit code for a command that ended in `error`.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if crate::types::is_bad_input(error) {
+    if let Some(i) = error.downcast_ref::<Interrupted>() {
+        i.exit_code
+    } else if crate::types::is_bad_input(error) {
         EXIT_USAGE
     } else {
         EXIT_FAILURE
+    }
+}
+
+/// A run stopped by a signal at a safe point: not a failure of the run, and not finished.
+/// Its exit code is the shell's for that signal (128 + its number).
+#[derive(Debug)]
+pub struct Interrupted {
+    message: String,
+    exit_code: u8,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// SIGINT, SIGTERM and SIGHUP ask the search to stop once the step in progress is committed
+/// (`host::request_stop`); a second one stops at once, after writing the model calls
+/// already answered, so nothing paid for is paid again on `resume`.
+fn stop_on_signals() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the stop-signal handlers")?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let name = crate::search::signal_name(signal);
+            if crate::host::request_stop(signal) == 1 {
+                eprintln!(
+                    "\nmetaforge: {name}: stopping once the step in progress is stored (send it again to stop at once; `metaforge resume` continues either way)"
+                );
+            } else {
+                crate::archive::flush_open_call_caches();
+                eprintln!("metaforge: {name} again: stopped at once; the model calls already answered are stored");
+                std::process::exit(128 + signal);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs the search to its end or to a requested stop, then prints where it stands.
+fn run_search(search: &mut Search, json: bool) -> Result<()> {
+    stop_on_signals()?;
+    let end = search.run()?;
+    print_status(search.archive(), json)?;
+    match end {
+        crate::search::RunEnd::Finished => Ok(()),
+        crate::search::RunEnd::Interrupted { signal, next_step } => Err(Interrupted {
+            message: format!(
+                "stopped by {signal} after step {} was stored; continue with: metaforge resume {}",
+                next_step.saturating_sub(1),
+                search.archive().path().display()
+            ),
+            exit_code: 128 + crate::host::stop_requested().unwrap_or(2) as u8,
+        }
+        .into()),
     }
 }
 
@@ -65,8 +126,7 @@ pub fn run(exp: &Path, db: Option<&Path>, cache_from: Option<&Path>, quiet: bool
             );
         }
     }
-    search.run()?;
-    print_status(search.archive(), json)
+    run_search(&mut search, json)
 }
 
 /// `resume`: continues a run; `local` or `ray` move its remaining shards (this process only).
@@ -81,8 +141,7 @@ pub fn resume(db: &Path, local: bool, ray: Option<&str>, quiet: bool, json: bool
         (false, None) => None,
     };
     let mut search = Search::resume(db, quiet, executor)?;
-    search.run()?;
-    print_status(search.archive(), json)
+    run_search(&mut search, json)
 }
 
 pub fn status(db: &Path, json: bool) -> Result<()> {

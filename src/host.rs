@@ -51,3 +51,22 @@ pub fn python_interpreter() -> Result<PathBuf> {
     }
     Ok(PY.get_or_init(|| resolved).clone())
 }
+
+/// A request from outside (SIGINT, SIGTERM) to stop at the next safe point. Process-wide,
+/// as signals are: the handler that records it (`app`) and the loop that honours it
+/// (`search`) share nothing else.
+static STOP_REQUESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Records a stop request by `signal`; returns how many have come so far.
+pub fn request_stop(signal: i32) -> u32 {
+    use std::sync::atomic::Ordering;
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+    STOP_REQUESTS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// The signal that asked to stop, if one did.
+pub fn stop_requested() -> Option<i32> {
+    use std::sync::atomic::Ordering;
+    (STOP_REQUESTS.load(Ordering::SeqCst) > 0).then(|| STOP_SIGNAL.load(Ordering::SeqCst))
+}

@@ -432,3 +432,88 @@ fn racing_and_proposer_credit_are_stored_and_shown() {
     );
     assert_archive_sound(&db);
 }
+
+/// SIGINT ends a run once the step in progress is stored: exit 130, `status` says it was
+/// interrupted, and `resume` continues. Two SIGTERMs stop it at once (exit 143). Either way
+/// the run resumed to its end equals one never stopped.
+#[test]
+fn a_signal_stops_at_a_safe_point_and_a_second_one_at_once() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), 0.3, 3);
+    // Model calls that take a while, so a signal lands mid-step.
+    let text = std::fs::read_to_string(&exp)
+        .unwrap()
+        .replace("model = \"agent\"\n", "model = \"agent\"\nlatency_ms = 40\n");
+    std::fs::write(&exp, text).unwrap();
+    let reference = dir.path().join("reference.db");
+    run_to_end(&exp, &reference);
+
+    let steps = |db: &std::path::Path| count_or_zero(db, "SELECT count(*) FROM events WHERE kind = 'step_done'");
+    let db = dir.path().join("stopped.db");
+    let child = Command::new(bin())
+        .args(["run", "--quiet"])
+        .arg(&exp)
+        .arg("--db")
+        .arg(&db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while steps(&db) < 2 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("stopped by SIGINT") && stderr.contains("metaforge resume"),
+        "{stderr}"
+    );
+    assert_archive_sound(&db);
+    let stopped_at = steps(&db);
+    assert!(stopped_at < steps(&reference), "it stopped before the end");
+    let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
+    assert!(status.contains("interrupted by SIGINT"), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&metaforge(dir.path(), &["--json", "status", db.to_str().unwrap()]))).unwrap();
+    assert_eq!(json["interrupted_by"], "SIGINT");
+    assert_eq!(json["finished"], false);
+
+    // Resumed, then stopped at once by two SIGTERMs in the middle of a step.
+    let child = Command::new(bin())
+        .args(["resume", "--quiet"])
+        .arg(&db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while steps(&db) < stopped_at + 1 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    kill(pid, Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopped at once"), "{stderr}");
+    assert_archive_sound(&db);
+    let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
+    assert!(status.contains("in progress"), "no safe point was reached, so no interrupted event: {status}");
+
+    let out = Command::new(bin()).args(["resume", "--quiet"]).arg(&db).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_archive_sound(&db);
+    assert_eq!(candidate_ids(&db), candidate_ids(&reference), "same candidates as the run never stopped");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM evaluations"),
+        count(&reference, "SELECT count(*) FROM evaluations")
+    );
+    let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
+    assert!(status.contains("finished"), "{status}");
+}

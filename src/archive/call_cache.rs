@@ -27,6 +27,18 @@ pub struct CallCache {
     state: Mutex<State>,
 }
 
+/// Every cache opened with `open_shared`, so a stop that cannot wait for the loop's next
+/// safe point still writes the calls already paid for (`flush_open_call_caches`).
+static OPEN: Mutex<Vec<std::sync::Weak<CallCache>>> = Mutex::new(Vec::new());
+
+/// Writes what every open cache holds in memory. For a process about to exit at once.
+pub fn flush_open_call_caches() {
+    let open: Vec<_> = OPEN.lock().map(|o| o.iter().filter_map(std::sync::Weak::upgrade).collect()).unwrap_or_default();
+    for cache in open {
+        CallStore::flush(&*cache);
+    }
+}
+
 struct State {
     conn: Connection,
     /// Answered calls not yet written, by key: `get` serves them like stored ones.
@@ -46,6 +58,16 @@ impl CallCache {
     /// the loop's connection reads).
     pub fn open(archive: &Path) -> Result<Self> {
         Ok(Self::with_connection(open_connection(archive)?))
+    }
+
+    /// `open`, shared, and known to `flush_open_call_caches`.
+    pub fn open_shared(archive: &Path) -> Result<std::sync::Arc<Self>> {
+        let cache = std::sync::Arc::new(Self::open(archive)?);
+        if let Ok(mut open) = OPEN.lock() {
+            open.retain(|w| w.strong_count() > 0);
+            open.push(std::sync::Arc::downgrade(&cache));
+        }
+        Ok(cache)
     }
 
     pub fn in_memory() -> Result<Self> {

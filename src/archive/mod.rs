@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 pub use bundle::BundleSummary;
-pub use call_cache::CallCache;
+pub use call_cache::{flush_open_call_caches, CallCache};
 pub use front::{
     crowding_distance, pareto_front, pareto_front_pairwise, select_parent, Objective, ParentSelection, Scored,
     DEFAULT_OBJECTIVES,

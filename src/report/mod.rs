@@ -18,6 +18,10 @@ pub struct Status {
     pub domain: String,
     pub finished: bool,
     pub next_step: u64,
+    /// The signal that stopped the run's last process at a safe point, when one did and
+    /// no process has run it since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<String>,
     pub leaderboard: Vec<LeaderRow>,
     /// (proposal family, status, count)
     pub funnel: Vec<(String, String, u64)>,
@@ -109,6 +113,7 @@ pub fn status(archive: &Archive) -> Result<Status> {
         domain: exp.domain.name,
         finished: archive.is_finished()?,
         next_step: archive.next_step()?,
+        interrupted_by: interrupted_by(archive)?,
         verdict: verdict(&leaderboard, test_comparison.as_ref()),
         test_comparison,
         credit: credit
@@ -427,6 +432,23 @@ fn credit_section(s: &Status) -> String {
     out
 }
 
+/// The signal in the run's last `interrupted` event, when no process started the run since.
+fn interrupted_by(archive: &Archive) -> Result<Option<String>> {
+    let last = archive.connection().query_row(
+        "SELECT kind, detail FROM events WHERE kind IN ('run_started', 'interrupted') ORDER BY id DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+    );
+    match last {
+        Ok((kind, detail)) if kind == "interrupted" => {
+            let detail: serde_json::Value = serde_json::from_str(&detail)?;
+            Ok(Some(detail["signal"].as_str().unwrap_or("a signal").to_string()))
+        }
+        Ok(_) | Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The leaderboard and summary as plain text.
 pub fn render_status(s: &Status) -> String {
     let mut out = format!(
@@ -435,6 +457,8 @@ pub fn render_status(s: &Status) -> String {
         s.domain,
         if s.finished {
             "finished".to_string()
+        } else if let Some(signal) = &s.interrupted_by {
+            format!("interrupted by {signal} (next step {}; continue with metaforge resume)", s.next_step)
         } else {
             format!("in progress (next step {})", s.next_step)
         }

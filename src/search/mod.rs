@@ -42,6 +42,26 @@ use context::fit_context;
 use plan::StepKind;
 use proposers::{choose_kind, credit, Arm};
 
+/// How `Search::run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every step ran; the run is marked finished.
+    Finished,
+    /// A signal asked to stop; every step up to `next_step` is committed and `resume`
+    /// continues from there.
+    Interrupted { signal: &'static str, next_step: u64 },
+}
+
+/// The conventional name of a stop signal, as stored in the `interrupted` event.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        nix::libc::SIGINT => "SIGINT",
+        nix::libc::SIGTERM => "SIGTERM",
+        nix::libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
 pub struct Search {
     exp: Experiment,
     archive: Archive,
@@ -170,7 +190,7 @@ impl Search {
         let budget = Arc::new(Budget::new(&exp.budget));
         let (tokens, cost, _) = archive.usage()?;
         budget.preload(tokens, cost);
-        let cache = Arc::new(CallCache::open(archive.path())?);
+        let cache = CallCache::open_shared(archive.path())?;
         let factory = BackendFactory::new();
         let meta_backend = factory.build(&exp.models.meta, "meta")?;
         let agent_backend = factory.build(&exp.models.agent, "agent")?;
@@ -216,8 +236,9 @@ impl Search {
         &self.exp
     }
 
-    /// Runs every remaining step, then marks the run finished.
-    pub fn run(&mut self) -> Result<()> {
+    /// Runs every remaining step, then marks the run finished; or, when a stop was asked
+    /// for (`host::request_stop`), ends after the step in progress is committed.
+    pub fn run(&mut self) -> Result<RunEnd> {
         let total = self.total_steps();
         let start = self.archive.next_step()?;
         let bar = if self.quiet {
@@ -255,6 +276,15 @@ impl Search {
             self.archive.commit_step(&record)?;
             bar.set_position(step + 1);
             step += 1;
+            if let Some(signal) = crate::host::stop_requested() {
+                if !matches!(self.step_kind(step), StepKind::Done) {
+                    let signal = signal_name(signal);
+                    self.archive
+                        .event(Some(step), "interrupted", json!({"signal": signal, "next_step": step}))?;
+                    bar.finish_and_clear();
+                    return Ok(RunEnd::Interrupted { signal, next_step: step });
+                }
+            }
         }
         if let crate::executor::Executor::Ray(_) = &self.executor {
             // How often Ray reran a shard: the shards' results are in the archive once either way.
@@ -263,7 +293,7 @@ impl Search {
         }
         self.archive.mark_finished()?;
         bar.finish_and_clear();
-        Ok(())
+        Ok(RunEnd::Finished)
     }
 
     /// A step's model calls are stored before the step is committed: a resume that skips
