@@ -357,6 +357,11 @@ pub struct ModelConfig {
     pub timeout_s: u64,
     #[serde(default = "default_retries")]
     pub max_retries: u32,
+    /// Wall-clock seconds one call may take over all its attempts and waits: no retry
+    /// starts past it (an attempt in flight still ends by `timeout_s`). Why: retries stacked
+    /// behind a throttling or hanging endpoint must not wedge a run for hours.
+    #[serde(default = "default_call_deadline")]
+    pub call_deadline_s: u64,
     /// US dollars per million prompt tokens (0 = free / unknown).
     #[serde(default)]
     pub price_prompt_per_mtok: f64,
@@ -393,6 +398,9 @@ fn default_timeout() -> u64 {
 }
 fn default_retries() -> u32 {
     4
+}
+fn default_call_deadline() -> u64 {
+    600
 }
 fn default_ctx() -> u32 {
     2048

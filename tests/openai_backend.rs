@@ -267,3 +267,72 @@ fn a_throttled_call_waits_as_long_as_the_endpoint_asks() {
         started.elapsed()
     );
 }
+
+/// A gateway on the `openai` backend rides out every fault of a faulty endpoint (5xx, 429
+/// with Retry-After, a body that is not JSON, a hang, a body cut midway, no usage): each
+/// call ends with the model's own answer, and every kind of fault was met on the way.
+#[test]
+fn every_call_rides_out_the_faults_of_a_faulty_endpoint() {
+    use common::faulty_endpoint::{Fault, FaultyEndpoint};
+    let endpoint = FaultyEndpoint::start(
+        7,
+        0.5,
+        &Fault::ALL,
+        vec![("echo", Arc::new(EchoAfter5ms) as Arc<dyn Backend>)],
+    );
+    let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
+        "backend = \"openai\"\nmodel = \"echo\"\nbase_url = {:?}\ntimeout_s = 1\nmax_retries = 20\nmax_concurrency = 8",
+        endpoint.url
+    ))
+    .unwrap();
+    let backend = metaforge::llm::BackendFactory::new().build(&cfg, "agent").unwrap();
+    let gateway = Arc::new(Gateway::new(Role::Agent, backend, &cfg, None, Arc::new(Budget::unlimited())));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let gateway = gateway.clone();
+            std::thread::spawn(move || {
+                for i in 0..6 {
+                    let text = format!("worker {w} call {i}");
+                    let req = gateway.request(vec![Message::new("user", &text)], CallParams::default(), 0);
+                    let reply = gateway.complete(&req).unwrap_or_else(|e| panic!("{text}: {e}"));
+                    assert_eq!(reply.text, text);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let tally = endpoint.tally();
+    for fault in Fault::ALL {
+        assert!(tally.faults.get(&fault).copied().unwrap_or(0) > 0, "{fault:?} never happened: {tally:?}");
+    }
+}
+
+/// No retry starts once a call has taken `call_deadline_s`, however many retries are left:
+/// an endpoint that answers 503 forever costs seconds, and the error says why it stopped.
+#[test]
+fn retries_stop_at_the_call_deadline() {
+    use common::faulty_endpoint::{Fault, FaultyEndpoint};
+    let endpoint = FaultyEndpoint::start(
+        1,
+        1.0,
+        &[Fault::ServerError],
+        vec![("echo", Arc::new(EchoAfter5ms) as Arc<dyn Backend>)],
+    );
+    let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
+        "backend = \"openai\"\nmodel = \"echo\"\nbase_url = {:?}\nmax_retries = 1000\ncall_deadline_s = 2",
+        endpoint.url
+    ))
+    .unwrap();
+    let backend = metaforge::llm::BackendFactory::new().build(&cfg, "agent").unwrap();
+    let gateway = Gateway::new(Role::Agent, backend, &cfg, None, Arc::new(Budget::unlimited()));
+    let req = gateway.request(vec![Message::new("user", "hello")], CallParams::default(), 0);
+    let err = gateway.complete(&req).unwrap_err().to_string();
+    assert!(
+        err.contains("HTTP 503") && err.contains("call_deadline_s is 2 s") && err.contains("gave up after"),
+        "{err}"
+    );
+    let attempts = endpoint.tally().faults[&Fault::ServerError];
+    assert!((2..1000).contains(&attempts), "{attempts} attempts");
+}

@@ -222,6 +222,7 @@ pub struct Gateway {
     price_prompt: f64,
     price_completion: f64,
     retries: u32,
+    call_deadline: std::time::Duration,
     totals: Mutex<Usage>,
 }
 
@@ -244,6 +245,7 @@ impl Gateway {
             price_prompt: cfg.price_prompt_per_mtok,
             price_completion: cfg.price_completion_per_mtok,
             retries: cfg.max_retries,
+            call_deadline: std::time::Duration::from_secs(cfg.call_deadline_s),
             totals: Mutex::new(Usage::default()),
         }
     }
@@ -347,8 +349,10 @@ impl Gateway {
 
     /// Retries transient failures: after the endpoint's `Retry-After` when it gave one
     /// (capped), else after an exponential backoff with jitter, so calls that failed together
-    /// do not all come back at the same moment.
+    /// do not all come back at the same moment. No retry starts once the call has taken
+    /// `call_deadline_s`: its last error is returned, saying so.
     fn with_retries(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             let (msg, wait) = match self.backend.complete(req) {
@@ -362,6 +366,15 @@ impl Gateway {
                 }
                 other => return other,
             };
+            if started.elapsed() + wait >= self.call_deadline {
+                return Err(LlmError::Transient(format!(
+                    "{msg} (gave up after {} attempts in {:.0} s: models.{}.call_deadline_s is {} s)",
+                    attempt + 1,
+                    started.elapsed().as_secs_f64(),
+                    self.role.as_str(),
+                    self.call_deadline.as_secs()
+                )));
+            }
             tracing::warn!(role = self.role.as_str(), %msg, ?wait, "retrying model call");
             std::thread::sleep(wait);
             attempt += 1;

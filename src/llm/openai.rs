@@ -119,8 +119,11 @@ impl Backend for OpenAiBackend {
                 snippet(&text)
             )));
         }
+        // A reply that is not JSON at all is a garbled transfer (a proxy, a cut connection)
+        // more often than a wrong endpoint, and worth another attempt; valid JSON of the
+        // wrong shape is not.
         let v: Value = serde_json::from_str(&text)
-            .map_err(|e| LlmError::Fatal(format!("response is not JSON ({e}): {}", snippet(&text))))?;
+            .map_err(|e| LlmError::Transient(format!("response is not JSON ({e}): {}", snippet(&text))))?;
         let content = v["choices"][0]["message"]["content"].as_str().ok_or_else(|| {
             LlmError::Fatal(format!(
                 "response has no choices[0].message.content: {}",

@@ -2,6 +2,8 @@
 //! (canned replies from tests/fixtures/scripted_*.json): loop logic, resume, archives.
 #![allow(dead_code)]
 
+pub mod faulty_endpoint;
+
 use std::path::{Path, PathBuf};
 
 use std::io::{BufRead, BufReader};
