@@ -305,3 +305,38 @@ fn a_memory_design_evaluated_through_ray_matches_the_local_evaluation() {
         (remote.mean, remote.ci_lo, remote.ci_hi)
     );
 }
+
+/// The shipped binary needs the CPU instructions it was built for (`target-cpu=native`).
+/// This machine has every one (it runs its own build); a node lacking one gets a shard error
+/// that names it and the fix, before the binary could die of SIGILL there. Runs the bridge's
+/// own check with plain Python (no cluster needed).
+#[test]
+fn a_node_without_the_binarys_cpu_instructions_is_told_which_and_the_fix() {
+    let flags = metaforge::executor::cpu_flags_built_for();
+    let script = r#"
+import json, sys
+sys.path.insert(0, "runtime/ray")
+import bridge
+required = json.loads(sys.argv[1])
+assert bridge.missing_cpu_flags(required) == [], bridge.missing_cpu_flags(required)
+try:
+    bridge.run_shard("{}", "/nonexistent", "digest", [], required + ["made_up_flag"])
+except RuntimeError as e:
+    sys.stderr.write(str(e))
+    sys.exit(3)
+"#;
+    let out = std::process::Command::new("python3")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-c", script, &serde_json::to_string(&flags).unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("lacks CPU instructions") && stderr.contains("made_up_flag") && stderr.contains("scripts/build-node-binary.sh") && stderr.contains("node_binary"),
+        "{stderr}"
+    );
+    if cfg!(target_arch = "x86_64") {
+        assert!(!flags.is_empty(), "a native x86-64 build uses instructions past the baseline");
+    }
+}

@@ -79,7 +79,27 @@ def shard_env():
     return NODE["env"]
 
 
-def run_shard(spec, path, digest, blob_refs):
+def missing_cpu_flags(required, cpuinfo="/proc/cpuinfo"):
+    """The instructions in `required` (as /proc/cpuinfo names them) this node's CPU lacks."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in required if flag not in have]
+    except OSError:
+        pass
+    return []  # no cpuinfo to read (not Linux): nothing to say in advance
+
+
+def run_shard(spec, path, digest, blob_refs, cpu_flags=()):
+    missing = missing_cpu_flags(cpu_flags) if digest is not None else []
+    if missing:
+        raise RuntimeError(
+            f"node {os.uname().nodename} lacks CPU instructions the driver's binary was built for "
+            f"({', '.join(missing)}: the build uses target-cpu=native); fix: build a binary for the "
+            "nodes with scripts/build-node-binary.sh, install it on them and set "
+            "executor.node_binary to its path")
     binary = node_binary(path, digest, blob_refs)
     proc = subprocess.run([binary, "shard"], input=spec.encode(), capture_output=True, env=shard_env())
     if proc.returncode != 0:
@@ -152,7 +172,8 @@ def main():
         for line in sys.stdin:
             try:
                 msg = json.loads(line)["submit"]
-                ref = task.remote(msg["spec"], binary["path"], digest, blob_refs)
+                ref = task.remote(msg["spec"], binary["path"], digest, blob_refs,
+                                  binary.get("cpu_flags", []))
             except Exception as e:  # noqa: BLE001
                 emit({"id": msg.get("id") if isinstance(msg, dict) else None, "error": f"cannot submit: {e}"})
                 continue

@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::config::{EvaluationConfig, ExecutorConfig, ExecutorKind};
 use crate::sandbox::{run_worker, Isolation, IsolationMode, LlmHandler, WorkerLimits, WorkerRun};
 
-pub use ray::{LocalRayHead, RayExecutor, LOOPBACK_ONLY, RAY_ENV};
+pub use ray::{cpu_flags_built_for, LocalRayHead, RayExecutor, LOOPBACK_ONLY, RAY_ENV};
 pub use remote::{die_with_parent, serve_shard};
 
 /// The limits of one shard's worker, as data: a node resolves the isolation layers its own
@@ -201,6 +201,32 @@ mod tests {
         assert_eq!(run.exit, WorkerExit::Completed);
         assert_eq!(run.tasks["a"].output.as_deref(), Some("a:X"));
         assert_eq!(run.tasks["b"].output.as_deref(), Some("b:Y"));
+    }
+
+    /// Connections that never say hello cost the driver no thread each: admission reads the
+    /// hello before anything is spent on a connection (a thread per connection, blocked in
+    /// its read, was started before the token was checked).
+    #[test]
+    fn silent_connections_get_no_thread_of_their_own() {
+        fn threads() -> usize {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|n| n.trim().parse().unwrap()))
+                .unwrap()
+        }
+        let registry: Registry = Default::default();
+        let addr = listen("127.0.0.1:0", "secret".into(), registry.clone()).unwrap();
+        let before = threads();
+        let silent: Vec<_> = (0..100).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let during = threads();
+        assert!(during < before + 40, "{before} threads before, {during} with 100 silent connections");
+        drop(silent);
+        // The listener still answers, in turn.
+        let req = serde_json::to_vec(&request("s1", "guess", addr.to_string())).unwrap();
+        let err = format!("{:#}", serve_shard(&req[..], Vec::new()).unwrap_err());
+        assert!(err.contains("wrong run token") || err.contains("no such shard"), "{err}");
     }
 
     #[test]

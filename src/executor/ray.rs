@@ -52,13 +52,38 @@ struct Bridge {
     stdin: Option<ChildStdin>,
 }
 
+/// The CPU instructions this binary was compiled to use beyond the architecture's baseline,
+/// as `/proc/cpuinfo` names them. The bridge checks a node has them before it runs the
+/// shipped binary there. Why: the project builds with `target-cpu=native`
+/// (`.cargo/config.toml`), and a node whose CPU lacks one would die of SIGILL, named nowhere.
+pub fn cpu_flags_built_for() -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    macro_rules! flag {
+        ($($feature:literal => $cpuinfo:literal),*) => {
+            $(if cfg!(target_feature = $feature) { flags.push($cpuinfo); })*
+        };
+    }
+    flag!(
+        "sse3" => "pni", "ssse3" => "ssse3", "sse4.1" => "sse4_1", "sse4.2" => "sse4_2",
+        "popcnt" => "popcnt", "avx" => "avx", "avx2" => "avx2", "fma" => "fma", "f16c" => "f16c",
+        "bmi1" => "bmi1", "bmi2" => "bmi2", "lzcnt" => "abm", "movbe" => "movbe",
+        "avx512f" => "avx512f", "avx512bw" => "avx512bw", "avx512vl" => "avx512vl",
+        "avx512dq" => "avx512dq", "avx512cd" => "avx512cd"
+    );
+    flags
+}
+
 impl RayExecutor {
     pub fn start(cfg: &ExecutorConfig) -> Result<Self> {
         let python = RAY_ENV.python()?;
         let script = crate::sandbox::runtime_dir()?.join("ray").join("bridge.py");
         let binary = match &cfg.node_binary {
             Some(path) => json!({"path": path, "ship": false}),
-            None => json!({"path": std::env::current_exe()?.display().to_string(), "ship": true}),
+            None => json!({
+                "path": std::env::current_exe()?.display().to_string(),
+                "ship": true,
+                "cpu_flags": cpu_flags_built_for(),
+            }),
         };
         let settings = json!({
             "address": cfg.address,
