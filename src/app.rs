@@ -248,6 +248,24 @@ pub fn report(db: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `metaforge export-traces`: the run's proposals and evaluations as JSON lines.
+pub fn export_traces(db: &Path, out: &Path, json: bool) -> Result<()> {
+    let archive = Archive::open_existing(db)?;
+    let (proposals, evaluations) = crate::export::export_traces(&archive, out)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"out": out, "proposals": proposals, "evaluations": evaluations})
+        );
+    } else {
+        println!(
+            "{proposals} proposals and {evaluations} evaluations written to {} (one JSON object a line; see docs/archives.md for pandas and MLflow)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// `metaforge export`: picked agents as standalone Python files plus README and agents.json.
 pub fn export(db: &Path, pick: &crate::export::Pick, out: &Path, json: bool) -> Result<()> {
     let archive = Archive::open_existing(db)?;

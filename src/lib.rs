@@ -12,6 +12,8 @@ pub mod episodic;
 pub mod evaluate;
 pub mod executor;
 pub mod export;
+#[cfg(metaforge_fuzz)]
+pub mod fuzz_coverage;
 pub mod guard;
 pub mod host;
 pub mod llm;

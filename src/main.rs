@@ -149,6 +149,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A run's history as JSON lines, one per proposal and per evaluation (prompt, reply,
+    /// diff, scores, cost), for pandas, MLflow or fine-tuning.
+    ExportTraces {
+        db: PathBuf,
+        /// The JSONL file to write (never overwritten).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Write a run as one consistent, portable file (safe while the run is live).
     ExportBundle {
         db: PathBuf,
@@ -232,6 +240,7 @@ fn main() -> ExitCode {
         .map(|_| true),
         Command::Report { db, out } => metaforge::app::report(db, out).map(|_| true),
         Command::Lineage { db, of, dot } => metaforge::app::lineage(db, of.as_deref(), *dot, cli.json).map(|_| true),
+        Command::ExportTraces { db, out } => metaforge::app::export_traces(db, out, cli.json).map(|_| true),
         Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),
         Command::ImportBundle { bundle, out } => metaforge::app::bundle(bundle, out, true, cli.json).map(|_| true),

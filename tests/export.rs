@@ -99,3 +99,51 @@ fn exported_agents_run_outside_metaforge_against_a_real_server() {
         "forward returns a string"
     );
 }
+
+/// `export-traces` writes one JSON line per proposal and per evaluation, with the prompt,
+/// the reply, the diff from the parent, scores and cost; an existing file is never
+/// overwritten (exit 2, the fix named).
+#[test]
+fn traces_hold_every_proposal_and_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rewrites only: each stores the meta-model's prompt and reply.
+    let exp = experiment(dir.path(), 1.0, 2);
+    let db = dir.path().join("run.db");
+    run_to_end(&exp, &db);
+    let out = dir.path().join("traces.jsonl");
+    let printed = ok(&metaforge(
+        dir.path(),
+        &["export-traces", db.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    ));
+    assert!(printed.contains("proposals and"), "{printed}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |t: &str| lines.iter().filter(|l| l["type"] == t).collect::<Vec<_>>();
+    assert_eq!(of("proposal").len() as i64, count(&db, "SELECT count(*) FROM proposals"));
+    assert_eq!(of("evaluation").len() as i64, count(&db, "SELECT count(*) FROM evaluations"));
+    let children: Vec<_> = of("proposal")
+        .into_iter()
+        .filter(|p| p["kind"] != "seed" && p["status"] == "evaluated")
+        .collect();
+    assert!(!children.is_empty());
+    for p in &children {
+        assert!(p["diff"].as_str().unwrap().starts_with("--- parent.py"), "{p}");
+        assert!(p["val_score"].is_number() && p["parent_val_score"].is_number(), "{p}");
+    }
+    assert!(
+        of("proposal").iter().any(|p| p["prompt"].is_string() && p["reply"].is_string()),
+        "the meta-model's prompt and reply are there"
+    );
+    for e in of("evaluation") {
+        assert!(e["cost_usd"].is_number() && e["score"].is_number() && e["candidate_name"].is_string(), "{e}");
+    }
+    let again = metaforge(
+        dir.path(),
+        &["export-traces", db.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists; fix:"));
+}

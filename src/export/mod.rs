@@ -6,6 +6,8 @@
 //! for ADAS-style agents) is copied verbatim; only the transport under `llm()` changes, from
 //! the worker's pipe to the `openai` client (`templates/export/agent.py.j2`).
 
+mod traces;
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +16,8 @@ use serde::Serialize;
 use crate::archive::{pareto_front, Archive, SplitScore};
 use crate::propose::Templates;
 use crate::types::{Split, Stage};
+
+pub use traces::export_traces;
 
 /// Which candidates to export.
 #[derive(Debug, Clone)]

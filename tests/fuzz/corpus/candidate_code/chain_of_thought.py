@@ -1,0 +1,13 @@
+"""name: Chain-of-Thought
+idea: Ask the model to reason step by step before it commits to an answer, so the answer is
+conditioned on its own intermediate steps (Wei et al., 2022).
+"""
+from metaforge import llm
+
+INSTRUCTION = "Solve the problem step by step. Finish with a line 'Answer: <number>'."
+TEMPERATURE = 0.0
+
+
+def forward(task):
+    prompt = f"{INSTRUCTION}\n\nProblem: {task['question']}"
+    return llm(prompt, temperature=TEMPERATURE)

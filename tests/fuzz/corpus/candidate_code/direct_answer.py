@@ -1,0 +1,13 @@
+"""name: Direct Answer
+idea: The baseline: ask for the answer only, with no reasoning. Small models often do better
+when they are not asked to write long chains they cannot keep consistent.
+"""
+from metaforge import llm
+
+INSTRUCTION = "Answer the question with a single number and nothing else."
+TEMPERATURE = 0.0
+
+
+def forward(task):
+    prompt = f"{INSTRUCTION}\n\nQuestion: {task['question']}\nAnswer:"
+    return llm(prompt, temperature=TEMPERATURE)
