@@ -440,6 +440,16 @@ pub struct SearchConfig {
     /// import-adas` writes this); stored inside the run like every file the config names.
     #[serde(default)]
     pub import_adas: Option<PathBuf>,
+    /// Steps run at once (K): each step's model calls, checks and evaluations overlap those
+    /// of the K − 1 steps before it. Step N decides from the archive's steps up to N − K
+    /// alone (the lag rule), so a run is the same however its calls are timed, and 1 is the
+    /// one-step-at-a-time loop. See `search::pipeline`.
+    #[serde(default = "one_usize_search")]
+    pub steps_in_flight: usize,
+}
+
+fn one_usize_search() -> usize {
+    1
 }
 
 fn default_migration() -> u32 {
@@ -474,6 +484,7 @@ impl Default for SearchConfig {
             islands: 1,
             migration_interval: default_migration(),
             import_adas: None,
+            steps_in_flight: 1,
         }
     }
 }
@@ -907,6 +918,9 @@ impl Experiment {
         }
         if p.operators + p.rewrite + p.diff + p.crossover <= 0.0 {
             bail!("proposers: all probabilities are zero; fix: set proposers.operators = 1.0");
+        }
+        if self.search.steps_in_flight == 0 {
+            bail!("search.steps_in_flight = 0; fix: 1 for one step at a time, or more to overlap steps");
         }
         if self.search.islands == 0 {
             bail!("search.islands = 0; fix: 1 for one population, or more for islands");

@@ -292,7 +292,11 @@ tasks_in_flight = 2
         let status = ok(&metaforge(dir.path(), &["resume", "--quiet", db.to_str().unwrap()]));
         assert_archive_sound(&db);
         let seeds = count(&db, "SELECT count(*) FROM proposals WHERE kind = 'seed'");
-        assert_eq!(seeds as usize, entries.len(), "{name}: every agent was evaluated\n{status}");
+        assert_eq!(
+            seeds as usize,
+            entries.len(),
+            "{name}: every agent was evaluated\n{status}"
+        );
         // Two of ADAS's ARC agents import numpy themselves; where it is not installed that
         // is their own runtime error, and the funnel counts exactly those.
         let need_numpy = entries
@@ -305,6 +309,9 @@ tasks_in_flight = 2
             "{name}: expected {expected} runtime errors\n{status}"
         );
         let model_calls = count(&db, "SELECT coalesce(sum(llm_calls), 0) FROM evaluations");
-        assert!(model_calls >= seeds * 2, "{name}: the agents called the endpoint ({model_calls})");
+        assert!(
+            model_calls >= seeds * 2,
+            "{name}: the agents called the endpoint ({model_calls})"
+        );
     }
 }

@@ -122,8 +122,14 @@ fn traces_hold_every_proposal_and_evaluation() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let of = |t: &str| lines.iter().filter(|l| l["type"] == t).collect::<Vec<_>>();
-    assert_eq!(of("proposal").len() as i64, count(&db, "SELECT count(*) FROM proposals"));
-    assert_eq!(of("evaluation").len() as i64, count(&db, "SELECT count(*) FROM evaluations"));
+    assert_eq!(
+        of("proposal").len() as i64,
+        count(&db, "SELECT count(*) FROM proposals")
+    );
+    assert_eq!(
+        of("evaluation").len() as i64,
+        count(&db, "SELECT count(*) FROM evaluations")
+    );
     let children: Vec<_> = of("proposal")
         .into_iter()
         .filter(|p| p["kind"] != "seed" && p["status"] == "evaluated")
@@ -134,11 +140,16 @@ fn traces_hold_every_proposal_and_evaluation() {
         assert!(p["val_score"].is_number() && p["parent_val_score"].is_number(), "{p}");
     }
     assert!(
-        of("proposal").iter().any(|p| p["prompt"].is_string() && p["reply"].is_string()),
+        of("proposal")
+            .iter()
+            .any(|p| p["prompt"].is_string() && p["reply"].is_string()),
         "the meta-model's prompt and reply are there"
     );
     for e in of("evaluation") {
-        assert!(e["cost_usd"].is_number() && e["score"].is_number() && e["candidate_name"].is_string(), "{e}");
+        assert!(
+            e["cost_usd"].is_number() && e["score"].is_number() && e["candidate_name"].is_string(),
+            "{e}"
+        );
     }
     let again = metaforge(
         dir.path(),

@@ -17,7 +17,6 @@
 //!
 //! Time per target: `METAFORGE_FUZZ_SECONDS` (default: a short run for the test command).
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +42,9 @@ fn regions() -> Vec<(usize, usize)> {
     Vec::new()
 }
 
-/// Coverage seen so far: (counter index, hit-count bucket).
+/// Coverage seen so far: for each counter, a bit per hit-count bucket reached.
 struct Coverage {
-    seen: HashSet<(usize, u8)>,
+    seen: Vec<u8>,
 }
 
 impl Coverage {
@@ -67,19 +66,30 @@ impl Coverage {
         for (start, len) in regions() {
             // SAFETY: as in `reset`.
             let counters = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
-            for (i, &c) in counters.iter().enumerate() {
-                if c != 0 {
-                    let bucket = match c {
-                        1 => 0,
-                        2 => 1,
-                        3 => 2,
-                        4..=7 => 3,
-                        8..=15 => 4,
-                        16..=31 => 5,
-                        32..=127 => 6,
-                        _ => 7,
-                    };
-                    grew |= self.seen.insert((offset + i, bucket));
+            // Most counters are zero: skip them eight at a time.
+            for (w, word) in counters.chunks(8).enumerate() {
+                if word.iter().all(|&c| c == 0) {
+                    continue;
+                }
+                for (j, &c) in word.iter().enumerate() {
+                    if c != 0 {
+                        let bucket: u8 = match c {
+                            1 => 1,
+                            2 => 2,
+                            3 => 4,
+                            4..=7 => 8,
+                            8..=15 => 16,
+                            16..=31 => 32,
+                            32..=127 => 64,
+                            _ => 128,
+                        };
+                        let i = offset + w * 8 + j;
+                        if i >= self.seen.len() {
+                            self.seen.resize(i + 1, 0);
+                        }
+                        grew |= self.seen[i] & bucket == 0;
+                        self.seen[i] |= bucket;
+                    }
                 }
             }
             offset += len;
@@ -207,9 +217,7 @@ fn mutate(rng: &mut rand_chacha::ChaCha8Rng, input: &[u8], others: &[Vec<u8>], d
             }
             7 if len > 0 => {
                 let i = rng.random_range(0..len);
-                out[i] = *b"\"'{}[]()\\:,=\n\t0-9.#"
-                    .get(rng.random_range(0..20))
-                    .unwrap_or(&b'0');
+                out[i] = *b"\"'{}[]()\\:,=\n\t0-9.#".get(rng.random_range(0..20)).unwrap_or(&b'0');
             }
             8 if len > 0 => out.truncate(rng.random_range(0..len)),
             _ => {}
@@ -224,7 +232,7 @@ fn mutate(rng: &mut rand_chacha::ChaCha8Rng, input: &[u8], others: &[Vec<u8>], d
 fn fuzz(target: &str, dict: &[&str], run: impl Fn(&[u8])) {
     let _one = exclusive();
     let watchdog = watchdog();
-    let mut coverage = Coverage { seen: HashSet::new() };
+    let mut coverage = Coverage { seen: Vec::new() };
     let guided = Coverage::instrumented();
     let mut pool = corpus(target);
     let seed = std::env::var("METAFORGE_FUZZ_SEED")
@@ -273,7 +281,11 @@ fn fuzz(target: &str, dict: &[&str], run: impl Fn(&[u8])) {
         "fuzz {target}: {execs} executions in {secs:.1} s ({:.0}/s), corpus {} (+{added}), {}",
         execs as f64 / secs,
         pool.len(),
-        if guided { "coverage-guided" } else { "mutation only (built without coverage counters)" }
+        if guided {
+            "coverage-guided"
+        } else {
+            "mutation only (built without coverage counters)"
+        }
     );
     if let Some((path, what)) = crash {
         panic!("fuzz {target}: a crash ({what}); input saved to {}", path.display());
@@ -292,10 +304,52 @@ fn scratch() -> &'static Path {
 // ---- the targets ----
 
 const PYTHON: &[&str] = &[
-    "def ", "forward(task)", "return ", "import ", "from metaforge import llm", "class ", "lambda ", "(", ")",
-    "[", "]", "{", "}", ":", "\n    ", "'''", "\"", "async ", "await ", "yield ", "@", "*", "**", "=", "==",
-    "if ", "else:", "for ", " in ", "while ", "with ", "try:", "except ", "global ", "nonlocal ", "eval(",
-    "__import__", "getattr(", "CONTRACTS = ", "os.", "sys.", "open(", "\\", "#", "\x00", "é",
+    "def ",
+    "forward(task)",
+    "return ",
+    "import ",
+    "from metaforge import llm",
+    "class ",
+    "lambda ",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    "\n    ",
+    "'''",
+    "\"",
+    "async ",
+    "await ",
+    "yield ",
+    "@",
+    "*",
+    "**",
+    "=",
+    "==",
+    "if ",
+    "else:",
+    "for ",
+    " in ",
+    "while ",
+    "with ",
+    "try:",
+    "except ",
+    "global ",
+    "nonlocal ",
+    "eval(",
+    "__import__",
+    "getattr(",
+    "CONTRACTS = ",
+    "os.",
+    "sys.",
+    "open(",
+    "\\",
+    "#",
+    "\x00",
+    "é",
 ];
 
 #[test]
@@ -320,8 +374,21 @@ fn fuzz_candidate_code() {
 fn fuzz_model_replies() {
     use metaforge::propose::{diff, reply};
     let dict = [
-        "<<<<<<< SEARCH\n", "=======\n", ">>>>>>> REPLACE\n", "```python\n", "```json\n", "```\n", "{\"thought\": ",
-        "\"name\": ", "\"code\": ", "\\n", "\\\"", "def forward(task):", "}", "{", "\"",
+        "<<<<<<< SEARCH\n",
+        "=======\n",
+        ">>>>>>> REPLACE\n",
+        "```python\n",
+        "```json\n",
+        "```\n",
+        "{\"thought\": ",
+        "\"name\": ",
+        "\"code\": ",
+        "\\n",
+        "\\\"",
+        "def forward(task):",
+        "}",
+        "{",
+        "\"",
     ];
     let base = "def forward(task):\n    return llm('Answer: ' + task['question'])\n";
     fuzz("model_replies", &dict, |input| {
@@ -337,9 +404,23 @@ fn fuzz_model_replies() {
 fn fuzz_worker_messages() {
     use metaforge::sandbox::WorkerMessage;
     let dict = [
-        "{\"type\": \"result\"", "\"task_id\": ", "\"nonce\": ", "\"output\": ", "\"error\": null", "\"type\": \"llm\"",
-        "\"messages\": [", "\"n\": ", "\"ready\"", "\"load_error\"", "\"denied\"", "\"episode\"", "1e999", "-1",
-        "18446744073709551616", "null", "}",
+        "{\"type\": \"result\"",
+        "\"task_id\": ",
+        "\"nonce\": ",
+        "\"output\": ",
+        "\"error\": null",
+        "\"type\": \"llm\"",
+        "\"messages\": [",
+        "\"n\": ",
+        "\"ready\"",
+        "\"load_error\"",
+        "\"denied\"",
+        "\"episode\"",
+        "1e999",
+        "-1",
+        "18446744073709551616",
+        "null",
+        "}",
     ];
     fuzz("worker_messages", &dict, |input| {
         for line in text(input).lines() {
@@ -352,10 +433,30 @@ fn fuzz_worker_messages() {
 fn fuzz_experiment_toml() {
     use metaforge::config::Experiment;
     let dict = [
-        "[domain]\n", "[models.meta]\n", "[models.agent]\n", "[search]\n", "[evaluation]\n", "[budget]\n",
-        "[proposers]\n", "[guards]\n", "[executor]\n", "name = ", "seeds = [", "generations = ", "= -1\n",
-        "= 1e308\n", "= \"\"\n", "= 18446744073709551615\n", "backend = \"openai\"\n", "api_key_env = ",
-        "base_url = ", "scorer = ", "path = ", "\"", "[", "]",
+        "[domain]\n",
+        "[models.meta]\n",
+        "[models.agent]\n",
+        "[search]\n",
+        "[evaluation]\n",
+        "[budget]\n",
+        "[proposers]\n",
+        "[guards]\n",
+        "[executor]\n",
+        "name = ",
+        "seeds = [",
+        "generations = ",
+        "= -1\n",
+        "= 1e308\n",
+        "= \"\"\n",
+        "= 18446744073709551615\n",
+        "backend = \"openai\"\n",
+        "api_key_env = ",
+        "base_url = ",
+        "scorer = ",
+        "path = ",
+        "\"",
+        "[",
+        "]",
     ];
     fuzz("experiment_toml", &dict, |input| {
         let _ = Experiment::parse(&text(input), "fuzz.toml", scratch());
@@ -366,9 +467,24 @@ fn fuzz_experiment_toml() {
 fn fuzz_contract_toml() {
     use metaforge::guard::AgentContract;
     let dict = [
-        "[pre]\n", "[budget]\n", "[[invariants]]\n", "[output]\n", "expr = ", "\"state.counters.llm_calls <= 5\"",
-        "schema = ", "fallback = ", "\"task.question != ''\"", "max_calls = ", "type = \"object\"", "\"",
-        "{", "}", "=", "size(", ".exists(", "matches(",
+        "[pre]\n",
+        "[budget]\n",
+        "[[invariants]]\n",
+        "[output]\n",
+        "expr = ",
+        "\"state.counters.llm_calls <= 5\"",
+        "schema = ",
+        "fallback = ",
+        "\"task.question != ''\"",
+        "max_calls = ",
+        "type = \"object\"",
+        "\"",
+        "{",
+        "}",
+        "=",
+        "size(",
+        ".exists(",
+        "matches(",
     ];
     fuzz("contract_toml", &dict, |input| {
         let _ = AgentContract::from_toml("fuzz.toml", &text(input));
@@ -380,8 +496,20 @@ fn fuzz_user_jsonl() {
     use metaforge::config::DomainConfig;
     use metaforge::domain::Domain;
     let dict = [
-        "{\"id\": ", "\"question\": ", "\"answer\": ", "\"answers\": [", "\"choices\": [", "null", "1e999",
-        "[[1, 2], [3, 4]]", "\"train\": [", "\"test\": [", "}\n", "\n", "\"", "\\u0000",
+        "{\"id\": ",
+        "\"question\": ",
+        "\"answer\": ",
+        "\"answers\": [",
+        "\"choices\": [",
+        "null",
+        "1e999",
+        "[[1, 2], [3, 4]]",
+        "\"train\": [",
+        "\"test\": [",
+        "}\n",
+        "\n",
+        "\"",
+        "\\u0000",
     ];
     let path = scratch().join("tasks.jsonl");
     fuzz("user_jsonl", &dict, |input| {
@@ -402,9 +530,20 @@ fn fuzz_user_jsonl() {
 #[test]
 fn fuzz_adas_archives() {
     let dict = [
-        "{\"thought\": ", "\"name\": ", "\"code\": ", "\"generation\": ", "\"fitness\": ",
-        "\"95% Bootstrap Confidence Interval: (12.5%, 20.3%), Median: 16.4%\"", "\"initial\"", "null", "[", "]",
-        "{", "}", ",", "def forward(self, taskInfo):\\n    return taskInfo\\n",
+        "{\"thought\": ",
+        "\"name\": ",
+        "\"code\": ",
+        "\"generation\": ",
+        "\"fitness\": ",
+        "\"95% Bootstrap Confidence Interval: (12.5%, 20.3%), Median: 16.4%\"",
+        "\"initial\"",
+        "null",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "def forward(self, taskInfo):\\n    return taskInfo\\n",
     ];
     let path = scratch().join("adas.json");
     fuzz("adas_archives", &dict, |input| {

@@ -286,7 +286,13 @@ fn every_call_rides_out_the_faults_of_a_faulty_endpoint() {
     ))
     .unwrap();
     let backend = metaforge::llm::BackendFactory::new().build(&cfg, "agent").unwrap();
-    let gateway = Arc::new(Gateway::new(Role::Agent, backend, &cfg, None, Arc::new(Budget::unlimited())));
+    let gateway = Arc::new(Gateway::new(
+        Role::Agent,
+        backend,
+        &cfg,
+        None,
+        Arc::new(Budget::unlimited()),
+    ));
     let workers: Vec<_> = (0..8)
         .map(|w| {
             let gateway = gateway.clone();
@@ -305,7 +311,10 @@ fn every_call_rides_out_the_faults_of_a_faulty_endpoint() {
     }
     let tally = endpoint.tally();
     for fault in Fault::ALL {
-        assert!(tally.faults.get(&fault).copied().unwrap_or(0) > 0, "{fault:?} never happened: {tally:?}");
+        assert!(
+            tally.faults.get(&fault).copied().unwrap_or(0) > 0,
+            "{fault:?} never happened: {tally:?}"
+        );
     }
 }
 

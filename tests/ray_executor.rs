@@ -333,10 +333,16 @@ except RuntimeError as e:
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        stderr.contains("lacks CPU instructions") && stderr.contains("made_up_flag") && stderr.contains("scripts/build-node-binary.sh") && stderr.contains("node_binary"),
+        stderr.contains("lacks CPU instructions")
+            && stderr.contains("made_up_flag")
+            && stderr.contains("scripts/build-node-binary.sh")
+            && stderr.contains("node_binary"),
         "{stderr}"
     );
     if cfg!(target_arch = "x86_64") {
-        assert!(!flags.is_empty(), "a native x86-64 build uses instructions past the baseline");
+        assert!(
+            !flags.is_empty(),
+            "a native x86-64 build uses instructions past the baseline"
+        );
     }
 }

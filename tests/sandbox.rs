@@ -131,7 +131,10 @@ fn threads_fan_out_and_a_flood_is_refused_by_name() {
         assert_eq!(run.exit, WorkerExit::Completed);
         for t in run.tasks.values() {
             assert_eq!(t.output.as_deref(), Some(share.to_string().as_str()), "{t:?}");
-            assert_eq!(t.usage.calls, share as u64, "calls from a task's threads are the task's");
+            assert_eq!(
+                t.usage.calls, share as u64,
+                "calls from a task's threads are the task's"
+            );
         }
         let run = run_worker(&over, &tasks(tasks_in_flight), &ScriptedModel, &limits).unwrap();
         assert_eq!(run.exit, WorkerExit::Completed);
@@ -151,7 +154,9 @@ fn threads_fan_out_and_a_flood_is_refused_by_name() {
     for t in run.tasks.values() {
         let error = t.error.as_deref().unwrap_or("");
         assert!(
-            error.starts_with("RuntimeError") && error.contains(&format!("{share} threads")) && error.contains("memory_mb"),
+            error.starts_with("RuntimeError")
+                && error.contains(&format!("{share} threads"))
+                && error.contains("memory_mb"),
             "{t:?}"
         );
     }
@@ -168,10 +173,17 @@ fn a_loop_at_module_level_is_a_load_error_at_the_load_deadline() {
     let start = Instant::now();
     let run = run_worker("while True:\n    pass\n", &tasks(2), &ScriptedModel, &limits).unwrap();
     match &run.exit {
-        WorkerExit::LoadError(e) => assert!(e.contains("did not finish loading within 1 s") && e.contains("forward"), "{e}"),
+        WorkerExit::LoadError(e) => assert!(
+            e.contains("did not finish loading within 1 s") && e.contains("forward"),
+            "{e}"
+        ),
         other => panic!("expected a load error, got {other:?}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(30), "stopped at the load deadline: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "stopped at the load deadline: {:?}",
+        start.elapsed()
+    );
     // A program that loads in time is not cut short: the load deadline ends at `ready`.
     let slow_task = "import time\ndef forward(task):\n    time.sleep(2)\n    return 'late'\n";
     let run = run_worker(slow_task, &tasks(1), &ScriptedModel, &limits).unwrap();
@@ -202,7 +214,11 @@ fn runaway_recursion_is_typed_at_once() {
     let nested = "def forward(task):\n    it = iter([1])\n    for _ in range(10 ** 6):\n        it = map(abs, it)\n    return str(next(it))\n";
     let run = run_worker(nested, &tasks(1), &ScriptedModel, &limits(60)).unwrap();
     assert!(matches!(run.exit, WorkerExit::Crashed { .. }), "{:?}", run.exit);
-    assert!(start.elapsed() < Duration::from_secs(40), "no case waited for its deadline: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "no case waited for its deadline: {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]

@@ -93,6 +93,17 @@ fn rewrite_failures_are_stored_not_dropped() {
 
 #[test]
 fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
+    kill_9_harness(1);
+}
+
+/// The same with eight steps in flight: a kill loses only the steps in flight, which the
+/// resume redoes from the cache, and the lag rule makes the result the uninterrupted run's.
+#[test]
+fn kill_9_with_eight_steps_in_flight_loses_and_duplicates_nothing() {
+    kill_9_harness(8);
+}
+
+fn kill_9_harness(steps_in_flight: usize) {
     // METAFORGE_KILLS kills must land mid-run (6 here, 50 in scripts/kill9.sh); the search is
     // long enough that they can.
     let kills: usize = std::env::var("METAFORGE_KILLS")
@@ -101,6 +112,11 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
         .unwrap_or(6);
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path(), 0.3, 3 + kills as u32 / 2);
+    let text = std::fs::read_to_string(&exp).unwrap().replace(
+        "[search]\n",
+        &format!("[search]\nsteps_in_flight = {steps_in_flight}\n"),
+    );
+    std::fs::write(&exp, text).unwrap();
     // Reference: one uninterrupted run.
     let reference = dir.path().join("reference.db");
     run_to_end(&exp, &reference);
@@ -142,7 +158,7 @@ fn kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing() {
     assert_archive_sound(&db);
     let steps = count(&db, "SELECT count(DISTINCT step) FROM events WHERE kind = 'step_done'");
     println!(
-        "kill-9 harness: {killed} kills, {steps} steps, {} candidates, {} evaluations, {} task results, front of {} checked",
+        "kill-9 harness (steps_in_flight = {steps_in_flight}): {killed} kills, {steps} steps, {} candidates, {} evaluations, {} task results, front of {} checked",
         candidate_ids(&db).len(),
         count(&db, "SELECT count(*) FROM evaluations"),
         count(&db, "SELECT count(*) FROM task_results"),
@@ -504,16 +520,112 @@ fn a_signal_stops_at_a_safe_point_and_a_second_one_at_once() {
     assert!(stderr.contains("stopped at once"), "{stderr}");
     assert_archive_sound(&db);
     let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
-    assert!(status.contains("in progress"), "no safe point was reached, so no interrupted event: {status}");
+    assert!(
+        status.contains("in progress"),
+        "no safe point was reached, so no interrupted event: {status}"
+    );
 
-    let out = Command::new(bin()).args(["resume", "--quiet"]).arg(&db).output().unwrap();
+    let out = Command::new(bin())
+        .args(["resume", "--quiet"])
+        .arg(&db)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_archive_sound(&db);
-    assert_eq!(candidate_ids(&db), candidate_ids(&reference), "same candidates as the run never stopped");
+    assert_eq!(
+        candidate_ids(&db),
+        candidate_ids(&reference),
+        "same candidates as the run never stopped"
+    );
     assert_eq!(
         count(&db, "SELECT count(*) FROM evaluations"),
         count(&reference, "SELECT count(*) FROM evaluations")
     );
     let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
     assert!(status.contains("finished"), "{status}");
+}
+
+/// With eight steps in flight, step N decides from the archive's steps up to N − 8 alone
+/// (the lag rule), so two runs whose model calls take different times store the same
+/// archive: the same proposals, statuses, candidates and scores.
+#[test]
+fn steps_in_flight_give_the_same_archive_whatever_the_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = |latency_ms: u32| {
+        let exp = experiment(dir.path(), 0.5, 4);
+        let text = std::fs::read_to_string(&exp)
+            .unwrap()
+            .replace("[search]\n", "[search]\nsteps_in_flight = 8\n")
+            .replace(
+                "model = \"meta\"\n",
+                &format!("model = \"meta\"\nlatency_ms = {latency_ms}\n"),
+            )
+            .replace(
+                "model = \"agent\"\n",
+                &format!(
+                    "model = \"agent\"\nlatency_ms = {}\nmax_concurrency = 16\n",
+                    latency_ms / 3
+                ),
+            );
+        let exp = dir.path().join(format!("k8-{latency_ms}.toml"));
+        std::fs::write(&exp, text).unwrap();
+        let db = dir.path().join(format!("k8-{latency_ms}.db"));
+        run_to_end(&exp, &db);
+        assert_archive_sound(&db);
+        let c = Connection::open(&db).unwrap();
+        let rows = |sql: &str| -> Vec<String> {
+            let mut s = c.prepare(sql).unwrap();
+            s.query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        (
+            rows("SELECT id FROM candidates ORDER BY id"),
+            rows("SELECT step || ':' || attempt || ':' || kind || ':' || status || ':' || coalesce(candidate_id, '') FROM proposals ORDER BY step, attempt"),
+            rows("SELECT candidate_id || ':' || split || ':' || stage || ':' || n || ':' || round(mean, 6) FROM evaluations ORDER BY candidate_id, split"),
+        )
+    };
+    let fast = digest(0);
+    let slow = digest(60);
+    assert!(fast.1.len() >= 12, "the run proposed: {:?}", fast.1);
+    assert_eq!(fast, slow);
+}
+
+/// `steps_in_flight = 1` (the default) is the loop as it was before steps could overlap:
+/// the scripted search of `experiment(dir, 0.3, 3)` stores exactly the proposals,
+/// candidates and scores recorded from that loop (tests/fixtures/one_step_reference.json).
+#[test]
+fn one_step_at_a_time_reproduces_the_loop_before_steps_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), 0.3, 3);
+    let db = dir.path().join("run.db");
+    run_to_end(&exp, &db);
+    let c = Connection::open(&db).unwrap();
+    let rows = |sql: &str| -> Vec<String> {
+        let mut s = c.prepare(sql).unwrap();
+        s.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("one_step_reference.json")).unwrap()).unwrap();
+    let list = |key: &str| -> Vec<String> {
+        reference[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(rows("SELECT id FROM candidates ORDER BY id"), list("candidates"));
+    assert_eq!(
+        rows("SELECT step || ':' || attempt || ':' || kind || ':' || status || ':' || coalesce(candidate_id, '') FROM proposals ORDER BY step, attempt"),
+        list("proposals")
+    );
+    assert_eq!(
+        rows("SELECT candidate_id || ':' || split || ':' || stage || ':' || n || ':' || printf('%.6f', mean) FROM evaluations ORDER BY candidate_id, split, stage"),
+        list("evaluations")
+    );
 }

@@ -38,7 +38,10 @@ fn endpoint(seed: u64, rate: f64) -> FaultyEndpoint {
         &faults,
         vec![
             ("meta", FaultyEndpoint::scripted(&fixtures().join("scripted_meta.json"))),
-            ("agent", FaultyEndpoint::scripted(&fixtures().join("scripted_agent.json"))),
+            (
+                "agent",
+                FaultyEndpoint::scripted(&fixtures().join("scripted_agent.json")),
+            ),
         ],
     )
 }
@@ -142,7 +145,11 @@ fn a_search_against_a_faulty_endpoint_killed_every_few_steps_ends_as_a_healthy_o
         0,
         "every fault was ridden out"
     );
-    assert_eq!(candidate_ids(&db), candidate_ids(&reference), "the healthy run's candidates");
+    assert_eq!(
+        candidate_ids(&db),
+        candidate_ids(&reference),
+        "the healthy run's candidates"
+    );
     for sql in [
         "SELECT count(*) FROM evaluations",
         "SELECT count(*) FROM task_results",
@@ -152,6 +159,9 @@ fn a_search_against_a_faulty_endpoint_killed_every_few_steps_ends_as_a_healthy_o
         assert_eq!(count(&db, sql), count(&reference, sql), "{sql}");
     }
     // What the budget counts: both roles' calls, as a resume preloads them.
-    let (tokens, _, _) = metaforge::archive::Archive::open_existing(&db).unwrap().usage().unwrap();
+    let (tokens, _, _) = metaforge::archive::Archive::open_existing(&db)
+        .unwrap()
+        .usage()
+        .unwrap();
     assert!(tokens > 0 && tokens <= BUDGET_TOKENS, "the budget held: {tokens}");
 }

@@ -33,7 +33,10 @@ static OPEN: Mutex<Vec<std::sync::Weak<CallCache>>> = Mutex::new(Vec::new());
 
 /// Writes what every open cache holds in memory. For a process about to exit at once.
 pub fn flush_open_call_caches() {
-    let open: Vec<_> = OPEN.lock().map(|o| o.iter().filter_map(std::sync::Weak::upgrade).collect()).unwrap_or_default();
+    let open: Vec<_> = OPEN
+        .lock()
+        .map(|o| o.iter().filter_map(std::sync::Weak::upgrade).collect())
+        .unwrap_or_default();
     for cache in open {
         CallStore::flush(&*cache);
     }

@@ -249,6 +249,34 @@ impl Archive {
         })
     }
 
+    /// A read-only view of the archive at `path` as it stood when step `upto` was the last
+    /// committed: every row of a later step is hidden (TEMP views of the same names shadow
+    /// the tables on this connection). Why: a pipelined search decides step N from the steps
+    /// up to N − K alone, whatever else has committed since, so a run is the same however its
+    /// calls were timed and wherever it was resumed. A negative `upto` hides every step.
+    pub fn view_upto(path: &Path, upto: i64) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open archive {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(&format!(
+            "CREATE TEMP VIEW candidates AS SELECT rowid AS rowid, * FROM main.candidates WHERE step <= {upto};
+             CREATE TEMP VIEW evaluations AS SELECT * FROM main.evaluations WHERE step <= {upto};
+             CREATE TEMP VIEW proposals AS SELECT * FROM main.proposals WHERE step <= {upto};
+             CREATE TEMP VIEW events AS SELECT * FROM main.events WHERE step IS NULL OR step <= {upto};
+             CREATE TEMP VIEW task_results AS SELECT t.* FROM main.task_results t
+                 JOIN main.evaluations e ON e.id = t.evaluation_id WHERE e.step <= {upto};
+             CREATE TEMP VIEW lineage AS SELECT l.* FROM main.lineage l
+                 JOIN main.candidates c ON c.id = l.child WHERE c.step <= {upto};"
+        ))?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Opens an archive that must already hold a run (for resume/status); a path that holds
     /// none is `BadInput`.
     pub fn open_existing(path: &Path) -> Result<Self> {
@@ -694,19 +722,21 @@ impl Archive {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Ids of the programs archived after row `after` (0: all), with the last row: the
-    /// loop's near-duplicate check reads only what is new since its last look.
-    pub fn candidate_ids_after(&self, after: i64) -> Result<(Vec<String>, i64)> {
+    /// Ids (with their steps) of the programs archived after row `after` (0: all), with the
+    /// last row: the loop's near-duplicate check reads only what is new since its last look.
+    pub fn candidate_ids_after(&self, after: i64) -> Result<(Vec<(String, u64)>, i64)> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT rowid, id FROM candidates WHERE rowid > ?1 ORDER BY rowid")?;
-        let rows = stmt.query_map([after], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            .prepare_cached("SELECT rowid, id, step FROM candidates WHERE rowid > ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map([after], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })?;
         let mut last = after;
         let mut ids = Vec::new();
         for row in rows {
-            let (rowid, id) = row?;
+            let (rowid, id, step) = row?;
             last = rowid;
-            ids.push(id);
+            ids.push((id, step as u64));
         }
         Ok((ids, last))
     }

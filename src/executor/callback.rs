@@ -101,7 +101,10 @@ fn admit(stream: TcpStream, token: &str, registry: &Registry) {
     let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
     let Ok(read_half) = stream.try_clone() else { return };
     let mut line = String::new();
-    if BufReader::new(read_half.take(HELLO_MAX_BYTES)).read_line(&mut line).is_err() {
+    if BufReader::new(read_half.take(HELLO_MAX_BYTES))
+        .read_line(&mut line)
+        .is_err()
+    {
         return;
     }
     let writer = Mutex::new(stream);

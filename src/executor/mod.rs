@@ -221,12 +221,18 @@ mod tests {
         let silent: Vec<_> = (0..100).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let during = threads();
-        assert!(during < before + 40, "{before} threads before, {during} with 100 silent connections");
+        assert!(
+            during < before + 40,
+            "{before} threads before, {during} with 100 silent connections"
+        );
         drop(silent);
         // The listener still answers, in turn.
         let req = serde_json::to_vec(&request("s1", "guess", addr.to_string())).unwrap();
         let err = format!("{:#}", serve_shard(&req[..], Vec::new()).unwrap_err());
-        assert!(err.contains("wrong run token") || err.contains("no such shard"), "{err}");
+        assert!(
+            err.contains("wrong run token") || err.contains("no such shard"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub fn export_traces(archive: &Archive, out: &Path) -> Result<(usize, usize)> {
         let parents: Vec<String> = serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default();
         let child: Option<String> = r.get(7)?;
         let parent = parents.first();
-        let diff = match (parent.and_then(|p| code.get(p)), child.as_ref().and_then(|c| code.get(c))) {
+        let diff = match (
+            parent.and_then(|p| code.get(p)),
+            child.as_ref().and_then(|c| code.get(c)),
+        ) {
             (Some((_, before)), Some((_, after))) => Some(
                 similar::TextDiff::from_lines(before, after)
                     .unified_diff()

@@ -215,7 +215,7 @@ pub struct Gateway {
     role: Role,
     backend: Arc<dyn Backend>,
     cache: Option<Arc<dyn CallStore>>,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     budget: Arc<Budget>,
     default_temperature: f32,
     default_max_tokens: u32,
@@ -238,7 +238,7 @@ impl Gateway {
             role,
             backend,
             cache,
-            limiter: Limiter::new(cfg.max_concurrency),
+            limiter: Arc::new(Limiter::new(cfg.max_concurrency)),
             budget,
             default_temperature: cfg.temperature,
             default_max_tokens: cfg.max_tokens,
@@ -252,6 +252,25 @@ impl Gateway {
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The same gateway (backend, cache, concurrency bound, budget) with totals of its own:
+    /// what one of several steps running at once spent, counted apart from the others.
+    pub fn scoped(&self) -> Gateway {
+        Gateway {
+            role: self.role,
+            backend: self.backend.clone(),
+            cache: self.cache.clone(),
+            limiter: self.limiter.clone(),
+            budget: self.budget.clone(),
+            default_temperature: self.default_temperature,
+            default_max_tokens: self.default_max_tokens,
+            price_prompt: self.price_prompt,
+            price_completion: self.price_completion,
+            retries: self.retries,
+            call_deadline: self.call_deadline,
+            totals: Mutex::new(Usage::default()),
+        }
     }
 
     /// Writes the calls the cache keeps waiting (`CallStore::put`).

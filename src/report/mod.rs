@@ -458,7 +458,10 @@ pub fn render_status(s: &Status) -> String {
         if s.finished {
             "finished".to_string()
         } else if let Some(signal) = &s.interrupted_by {
-            format!("interrupted by {signal} (next step {}; continue with metaforge resume)", s.next_step)
+            format!(
+                "interrupted by {signal} (next step {}; continue with metaforge resume)",
+                s.next_step
+            )
         } else {
             format!("in progress (next step {})", s.next_step)
         }

@@ -7,7 +7,7 @@ use super::*;
 /// Scorer feedback lines shown per context program.
 const FEEDBACK_LINES: usize = 3;
 
-impl Search {
+impl Step<'_> {
     pub(super) fn context_of(&self, c: &Candidate, scored: &[crate::archive::Scored]) -> ContextCandidate {
         let s = scored.iter().find(|s| s.id == c.id);
         ContextCandidate {
@@ -30,19 +30,30 @@ impl Search {
         let mine = Signature::of(normalized);
         let mut guard = self.signatures.lock().unwrap();
         let (known, read_upto) = &mut *guard;
+        // Rows are committed in step order, so what this step's view shows past `read_upto`
+        // is new to the cache, and the cache holds at least every program the view shows;
+        // programs of steps the view hides (read by a later step) are left out below.
         let (new_ids, last) = self.archive.candidate_ids_after(*read_upto)?;
-        *read_upto = last;
+        *read_upto = (*read_upto).max(last);
         let mut codes = Vec::with_capacity(new_ids.len());
-        for id in &new_ids {
+        for (id, _) in &new_ids {
             codes.push(self.archive.candidate(id)?.map(|c| c.code).unwrap_or_default());
         }
         let sources: Vec<&str> = codes.iter().map(String::as_str).collect();
-        known.extend(new_ids.into_iter().zip(crate::check::signatures(&sources)));
+        known.extend(
+            new_ids
+                .into_iter()
+                .zip(crate::check::signatures(&sources))
+                .map(|((id, step), sig)| (id, (step, sig))),
+        );
+        let visible = |step: u64| self.visible_upto.is_none_or(|upto| (step as i64) <= upto);
         Ok(known
             .iter()
-            .map(|(id, sig)| (mine.similarity(sig), id))
+            .filter(|(_, (step, _))| visible(*step))
+            .map(|(id, (_, sig))| (mine.similarity(sig), id))
             .filter(|(sim, _)| *sim >= threshold)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
+            // Ties go to the smallest id, whatever the map's order.
+            .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
             .map(|(sim, id)| (sim, id.clone())))
     }
 }

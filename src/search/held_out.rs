@@ -21,21 +21,17 @@ impl Search {
             ProgressBar::new(1)
         };
         let test_step = self.total_steps() - 1;
-        let record = self.test_step(test_step, top_k, front, &bar)?;
+        let record = Step::new(&self.core, &self.archive, None).test_step(test_step, top_k, front, &bar)?;
         let tested = record.evaluations.len();
-        self.flush_call_cache();
+        self.core.flush_call_cache();
         self.archive.commit_step(&record)?;
         bar.finish_and_clear();
         Ok(tested)
     }
+}
 
-    pub(super) fn test_step(
-        &mut self,
-        step: u64,
-        top_k: usize,
-        with_front: bool,
-        bar: &ProgressBar,
-    ) -> Result<StepRecord> {
+impl Step<'_> {
+    pub(super) fn test_step(&self, step: u64, top_k: usize, with_front: bool, bar: &ProgressBar) -> Result<StepRecord> {
         let mut scored = self.archive.scored(Split::Val)?;
         let front: Vec<String> = if with_front {
             crate::archive::pareto_front(&scored, &self.exp.search.objectives)

@@ -10,6 +10,7 @@ pub mod bandit;
 mod context;
 mod held_out;
 mod islands;
+mod pipeline;
 mod plan;
 mod proposers;
 mod run_files;
@@ -39,6 +40,7 @@ use crate::sandbox::Isolation;
 use crate::types::{Split, Stage};
 
 use context::fit_context;
+use pipeline::Step;
 use plan::StepKind;
 use proposers::{choose_kind, credit, Arm};
 
@@ -62,9 +64,17 @@ pub fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// A run in progress: its archive, and everything else a step works with.
 pub struct Search {
-    exp: Experiment,
     archive: Archive,
+    core: Core,
+}
+
+/// Everything of a search but its archive: what steps in flight share (each reads the
+/// archive through its own view, `pipeline::Step`), so it must be `Sync`, and the archive's
+/// connection is not.
+pub struct Core {
+    exp: Experiment,
     checker: Checker,
     templates: Templates,
     domain: Domain,
@@ -84,9 +94,22 @@ pub struct Search {
     quiet: bool,
     /// Token signatures of archived programs, by id, filled lazily (near-duplicate check),
     /// and the last archive row read into it.
-    signatures: std::sync::Mutex<(std::collections::HashMap<String, Signature>, i64)>,
+    signatures: std::sync::Mutex<(std::collections::HashMap<String, (u64, Signature)>, i64)>,
     /// The run's stored files, written out for the domain loader and scripted backends.
     _run_files: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Search {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for Search {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
 }
 
 /// The guards as `templates/guards/api.j2` describes them to the meta-model; None when the
@@ -208,23 +231,25 @@ impl Search {
         };
         let executor = crate::executor::Executor::start(&exp.executor)?;
         Ok(Self {
-            episodic,
-            executor,
-            checker: crate::guard::checker(exp.guards.rules())?,
-            templates: Templates::embedded()?,
-            guards_prompt: guards_prompt(&exp.guards)?,
-            agent_contract,
-            exp,
             archive,
-            domain,
-            val,
-            test,
-            meta,
-            agent,
-            seeds,
-            quiet,
-            signatures: Default::default(),
-            _run_files: run_files,
+            core: Core {
+                episodic,
+                executor,
+                checker: crate::guard::checker(exp.guards.rules())?,
+                templates: Templates::embedded()?,
+                guards_prompt: guards_prompt(&exp.guards)?,
+                agent_contract,
+                exp,
+                domain,
+                val,
+                test,
+                meta,
+                agent,
+                seeds,
+                quiet,
+                signatures: Default::default(),
+                _run_files: run_files,
+            },
         })
     }
 
@@ -261,31 +286,25 @@ impl Search {
             "run_started",
             json!({"from_step": start, "pid": std::process::id(), "executor": self.executor.kind()}),
         )?;
-        let mut step = start;
-        loop {
-            let record = match self.step_kind(step) {
-                StepKind::Done => break,
-                StepKind::Seed(i) => self.seed_step(step, i, &bar)?,
-                StepKind::Propose { generation } => self.propose_step(step, generation, &bar)?,
-                StepKind::Test => self.test_step(step, self.exp.search.test_top_k, false, &bar)?,
-            };
-            let mut record = record;
-            let races: Vec<_> = record.proposals.iter().filter_map(|p| p.race.clone()).collect();
-            record.events.extend(races.into_iter().map(|r| ("race".to_string(), r)));
-            self.flush_call_cache();
-            self.archive.commit_step(&record)?;
-            bar.set_position(step + 1);
-            step += 1;
-            if let Some(signal) = crate::host::stop_requested() {
-                if !matches!(self.step_kind(step), StepKind::Done) {
-                    let signal = signal_name(signal);
-                    self.archive
-                        .event(Some(step), "interrupted", json!({"signal": signal, "next_step": step}))?;
-                    bar.finish_and_clear();
-                    return Ok(RunEnd::Interrupted { signal, next_step: step });
+        let k = self.exp.search.steps_in_flight.max(1) as u64;
+        if k > 1 {
+            if let Some(end) = self.run_pipelined(start, k, &bar)? {
+                return Ok(end);
+            }
+        } else {
+            let mut step = start;
+            while !matches!(self.step_kind(step), StepKind::Done) {
+                let record = Step::new(&self.core, &self.archive, None).run(step, &bar)?;
+                self.core.store(&mut self.archive, record, &bar)?;
+                step += 1;
+                if crate::host::stop_requested().is_some() {
+                    if let Some(end) = self.core.interrupted(&self.archive, step, &bar)? {
+                        return Ok(end);
+                    }
                 }
             }
         }
+        let step = self.archive.next_step()?;
         if let crate::executor::Executor::Ray(_) = &self.executor {
             // How often Ray reran a shard: the shards' results are in the archive once either way.
             self.archive
@@ -294,6 +313,31 @@ impl Search {
         self.archive.mark_finished()?;
         bar.finish_and_clear();
         Ok(RunEnd::Finished)
+    }
+}
+
+impl Core {
+    /// Stores a finished step: its model calls, then the step in one transaction.
+    fn store(&self, archive: &mut Archive, record: StepRecord, bar: &ProgressBar) -> Result<()> {
+        self.flush_call_cache();
+        archive.commit_step(&record)?;
+        bar.set_position(record.step + 1);
+        Ok(())
+    }
+
+    /// Ends the run at `next_step` for a requested stop, unless no step is left anyway.
+    fn interrupted(&self, archive: &Archive, next_step: u64, bar: &ProgressBar) -> Result<Option<RunEnd>> {
+        if matches!(self.step_kind(next_step), StepKind::Done) {
+            return Ok(None);
+        }
+        let signal = signal_name(crate::host::stop_requested().unwrap_or_default());
+        archive.event(
+            Some(next_step),
+            "interrupted",
+            json!({"signal": signal, "next_step": next_step}),
+        )?;
+        bar.finish_and_clear();
+        Ok(Some(RunEnd::Interrupted { signal, next_step }))
     }
 
     /// A step's model calls are stored before the step is committed: a resume that skips
@@ -313,8 +357,10 @@ impl Search {
             bar.println(line);
         }
     }
+}
 
-    fn seed_step(&mut self, step: u64, index: usize, bar: &ProgressBar) -> Result<StepRecord> {
+impl Step<'_> {
+    fn seed_step(&self, step: u64, index: usize, bar: &ProgressBar) -> Result<StepRecord> {
         let (file, code) = self.seeds[index].clone();
         let (name, idea) = docstring_header(&code);
         let proposal = Proposal {
@@ -336,7 +382,7 @@ impl Search {
         })
     }
 
-    fn propose_step(&mut self, step: u64, generation: u32, bar: &ProgressBar) -> Result<StepRecord> {
+    fn propose_step(&self, step: u64, generation: u32, bar: &ProgressBar) -> Result<StepRecord> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.exp.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let search = &self.exp.search;
         let strategy = search.parent_selection;
@@ -693,7 +739,9 @@ impl Search {
         rec.evaluation = Some(eval);
         Ok(rec)
     }
+}
 
+impl Core {
     /// Evaluates `code` on `tasks`: raced against `rivals.tasks` when racing is on (and
     /// compared with it at the end either way), else in stages against `rivals.score` when
     /// the cascade is on. Returns the comparison with the rival and the tasks run at each

@@ -3,7 +3,7 @@
 //! `generations × proposals_per_generation` proposal steps; then one step that evaluates the
 //! best validation candidates on the held-out test split.
 
-use super::Search;
+use super::Core;
 
 /// What step N is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Plan {
     }
 }
 
-impl Search {
+impl Core {
     pub(super) fn plan(&self) -> Plan {
         Plan {
             seeds: self.seeds.len() as u64,

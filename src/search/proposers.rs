@@ -26,7 +26,7 @@ impl Arm {
     }
 }
 
-impl Search {
+impl Step<'_> {
     /// The arm a Thompson step tries (`search::bandit`), and every arm's draw: each
     /// operator that applies to `parent`, and each LLM kind the config gives a weight.
     pub(super) fn thompson_arm(

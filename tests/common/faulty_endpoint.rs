@@ -113,9 +113,13 @@ fn serve_connection(mut conn: TcpStream, shared: &Shared) {
     // a fault ends it.
     let mut buffered = Vec::new();
     loop {
-        let Some(body) = read_request(&mut conn, &mut buffered) else { return };
+        let Some(body) = read_request(&mut conn, &mut buffered) else {
+            return;
+        };
         match shared.draw(&body) {
-            Some(Fault::ServerError) => respond(&mut conn, "503 Service Unavailable", "", br#"{"error": "overloaded"}"#),
+            Some(Fault::ServerError) => {
+                respond(&mut conn, "503 Service Unavailable", "", br#"{"error": "overloaded"}"#)
+            }
             Some(Fault::Throttled) => respond(
                 &mut conn,
                 "429 Too Many Requests",
@@ -191,14 +195,21 @@ fn answer(shared: &Shared, body: &[u8], usage: bool) -> Vec<u8> {
     let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let model = req["model"].as_str().unwrap_or("");
     let Some(backend) = shared.models.get(model) else {
-        return serde_json::json!({"error": format!("no model {model:?} here")}).to_string().into_bytes();
+        return serde_json::json!({"error": format!("no model {model:?} here")})
+            .to_string()
+            .into_bytes();
     };
     let chat = ChatRequest {
         messages: req["messages"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|m| Message::new(m["role"].as_str().unwrap_or("user"), m["content"].as_str().unwrap_or("")))
+            .map(|m| {
+                Message::new(
+                    m["role"].as_str().unwrap_or("user"),
+                    m["content"].as_str().unwrap_or(""),
+                )
+            })
             .collect(),
         temperature: req["temperature"].as_f64().unwrap_or(0.0) as f32,
         max_tokens: req["max_tokens"].as_u64().unwrap_or(256) as u32,
