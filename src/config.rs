@@ -373,6 +373,10 @@ pub struct ModelConfig {
     /// `local` only: context tokens per concurrent sequence.
     #[serde(default = "default_ctx")]
     pub context_per_sequence: u32,
+    /// `local` only: requests that start alike share their prompt prefix's key-value cache
+    /// (decoded once, kept for the next batch).
+    #[serde(default = "yes")]
+    pub prefix_reuse: bool,
 }
 
 /// Every key at its default: the embedded model. Built by reading an empty table, so the
@@ -401,6 +405,9 @@ fn default_retries() -> u32 {
 }
 fn default_call_deadline() -> u64 {
     600
+}
+fn yes() -> bool {
+    true
 }
 fn default_ctx() -> u32 {
     2048

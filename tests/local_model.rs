@@ -50,3 +50,35 @@ fn eval_with_the_embedded_model_then_replay_from_the_cache() {
     assert_eq!(outputs, again);
     assert_eq!(first["mean"], second["mean"]);
 }
+
+/// Prefix reuse changes what is decoded, not what is answered: prompts that share an
+/// instruction, four in flight over several batches, get the same greedy answers with the
+/// shared prefix's cache reused as with every prompt decoded whole.
+#[test]
+fn prefix_reuse_gives_the_same_answers() {
+    use metaforge::llm::{BackendFactory, Budget, CallParams, Gateway, Message, Role};
+    use std::sync::Arc;
+    let answers = |reuse: bool| -> Vec<String> {
+        let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
+            "backend = \"local\"\nmodel = \"smollm2-135m\"\ntemperature = 0.0\nmax_tokens = 12\nmax_concurrency = 4\nprefix_reuse = {reuse}"
+        ))
+        .unwrap();
+        let backend = BackendFactory::new().build(&cfg, "agent").unwrap();
+        let gateway = Arc::new(Gateway::new(Role::Agent, backend, &cfg, None, Arc::new(Budget::unlimited())));
+        let workers: Vec<_> = (0..10)
+            .map(|i| {
+                let gateway = gateway.clone();
+                std::thread::spawn(move || {
+                    let prompt = format!(
+                        "Answer the question with a single number and nothing else.\n\nQuestion: What is {i} plus {}?\nAnswer:",
+                        2 * i + 1
+                    );
+                    let req = gateway.request(vec![Message::new("user", prompt)], CallParams::default(), 0);
+                    gateway.complete(&req).unwrap().text
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    };
+    assert_eq!(answers(true), answers(false));
+}

@@ -5,6 +5,13 @@
 //! (measured 51 -> 14 tok/s). Requests queue on a channel; the model thread takes all that
 //! are waiting (up to `max_concurrency`) and decodes them as parallel sequences of one
 //! batch, which is where a small model on a CPU gains throughput.
+//!
+//! **Prefix reuse.** Requests that start alike (the same instruction across a candidate's
+//! tasks, the same conversation across debate rounds) share the prompt's key-value cache: the
+//! longest prefix common to a batch is decoded once and its cells are shared by every
+//! sequence (llama.cpp's `seq_cp` on the unified cache), and what the previous batch left of
+//! it is kept, so the next batch decodes only what differs. Prefill is most of a short
+//! answer's cost on a CPU.
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -61,13 +68,16 @@ impl LocalBackend {
         };
         let max_seqs = cfg.max_concurrency.clamp(1, 16) as u32;
         let per_seq = cfg.context_per_sequence.max(256);
+        let prefix_reuse = cfg.prefix_reuse;
         let (tx, rx) = unbounded::<Job>();
         let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
         let engine_us = Arc::new(AtomicU64::new(0));
         let engine = engine_us.clone();
         thread::Builder::new()
             .name("llama-model".into())
-            .spawn(move || model_thread(model, rx, ready_tx, threads, max_seqs, per_seq, engine))?;
+            .spawn(move || {
+                model_thread(model, rx, ready_tx, ModelThread { threads, max_seqs, per_seq, prefix_reuse, engine_us: engine })
+            })?;
         ready_rx
             .recv()
             .map_err(|_| anyhow!("model thread died while starting"))?
@@ -99,15 +109,23 @@ impl Backend for LocalBackend {
     }
 }
 
-fn model_thread(
-    model: LlamaModel,
-    jobs: Receiver<Job>,
-    ready: Sender<Result<(), String>>,
+/// The model thread's settings.
+struct ModelThread {
     threads: i32,
     max_seqs: u32,
     per_seq: u32,
+    prefix_reuse: bool,
     engine_us: Arc<AtomicU64>,
-) {
+}
+
+fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(), String>>, settings: ModelThread) {
+    let ModelThread {
+        threads,
+        max_seqs,
+        per_seq,
+        prefix_reuse,
+        engine_us,
+    } = settings;
     let backend = match llama_backend() {
         Ok(b) => b,
         Err(e) => {
@@ -132,6 +150,8 @@ fn model_thread(
     };
     let template = model.chat_template(None).ok();
     let _ = ready.send(Ok(()));
+    // The tokens whose cells sequence 0 keeps from the previous batch (positions 0..len).
+    let mut kept: Vec<LlamaToken> = Vec::new();
     while let Ok(first) = jobs.recv() {
         let mut batch_jobs = vec![first];
         while batch_jobs.len() < max_seqs as usize {
@@ -156,7 +176,7 @@ fn model_thread(
         if runnable.is_empty() {
             continue;
         }
-        let results = generate(&model, &mut ctx, &runnable, per_seq);
+        let results = generate(&model, &mut ctx, &runnable, prefix_reuse.then_some(&mut kept));
         // llama.cpp's own measurement of its decode time: the bench compares it with ours.
         let t = ctx.timings();
         engine_us.fetch_add(((t.t_p_eval_ms() + t.t_eval_ms()) * 1e3) as u64, Ordering::Relaxed);
@@ -241,20 +261,36 @@ fn generate(
     model: &LlamaModel,
     ctx: &mut LlamaContext,
     jobs: &[Prepared],
-    _per_seq: u32,
+    kept: Option<&mut Vec<LlamaToken>>,
 ) -> Vec<Result<Completion, LlmError>> {
-    ctx.clear_kv_cache();
     let vocab = model.vocab();
     let n_batch = 512usize;
     let mut seqs: Vec<Sequence> = Vec::with_capacity(jobs.len());
     let mut errors: Vec<Option<LlmError>> = (0..jobs.len()).map(|_| None).collect();
     let mut batch = LlamaBatch::new(n_batch, jobs.len() as i32);
-    // Prefill each sequence (in chunks of n_batch) and sample its first token.
+    // The prefix every prompt of the batch shares, decoded once (sequence 0) and shared; each
+    // prompt keeps at least its last token to decode, whose logits give its first token.
+    let shared = match kept {
+        Some(kept) => match share_prefix(ctx, &mut batch, jobs, kept) {
+            Ok(n) => n,
+            Err(e) => {
+                kept.clear();
+                ctx.clear_kv_cache();
+                tracing::warn!(%e, "prefix reuse failed; decoding whole prompts");
+                0
+            }
+        },
+        None => {
+            ctx.clear_kv_cache();
+            0
+        }
+    };
+    // Prefill each sequence's own part (in chunks of n_batch) and sample its first token.
     for (s, (req, _, tokens)) in jobs.iter().enumerate() {
         let mut sampler = sampler_for(req);
-        let mut pos = 0i32;
+        let mut pos = shared as i32;
         let mut first = LlamaToken(0);
-        for chunk in tokens.chunks(n_batch) {
+        for chunk in tokens[shared..].chunks(n_batch) {
             batch.clear();
             for (i, t) in chunk.iter().enumerate() {
                 let is_last = pos as usize + i + 1 == tokens.len();
@@ -330,6 +366,48 @@ fn generate(
             }),
         })
         .collect()
+}
+
+/// Readies the cache for a batch whose prompts share a prefix: keeps what sequence 0 holds
+/// of it from the last batch, decodes the rest of it into sequence 0, and shares those cells
+/// with every other sequence. Returns the prefix's length; `kept` becomes that prefix.
+fn share_prefix(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    jobs: &[Prepared],
+    kept: &mut Vec<LlamaToken>,
+) -> Result<usize, String> {
+    let first = &jobs[0].2;
+    let shared = jobs
+        .iter()
+        .map(|(_, _, t)| common_prefix(first, t).min(t.len().saturating_sub(1)))
+        .min()
+        .unwrap_or(0);
+    let reuse = common_prefix(&kept[..], &first[..shared]);
+    // Every sequence but 0 starts empty (whatever the last batch's size); 0 keeps the
+    // reused prefix only.
+    ctx.llama_kv_cache_seq_keep(0);
+    ctx.clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
+        .map_err(|e| e.to_string())?;
+    for (c, chunk) in first[reuse..shared].chunks(512).enumerate() {
+        batch.clear();
+        let at = reuse + c * 512;
+        for (i, t) in chunk.iter().enumerate() {
+            batch.add(*t, (at + i) as i32, &[0], false).map_err(|e| e.to_string())?;
+        }
+        ctx.decode(batch).map_err(|e| e.to_string())?;
+    }
+    for s in 1..jobs.len() as i32 {
+        ctx.copy_kv_cache_seq(0, s, Some(0), Some(shared as u32))
+            .map_err(|e| e.to_string())?;
+    }
+    kept.clear();
+    kept.extend_from_slice(&first[..shared]);
+    Ok(shared)
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Appends the freshly sampled token unless it ends the sequence.
