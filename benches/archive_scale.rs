@@ -11,16 +11,15 @@
 use std::time::Instant;
 
 use metaforge::archive::{
-    pareto_front, pareto_front_pairwise, select_parent, Archive, NewRun, ParentSelection, ProposalRecord,
-    ProposalStatus, StepRecord, DEFAULT_OBJECTIVES,
+    pareto_front, pareto_front_pairwise, select_parent, Archive, NewRun, ParentSelection, DEFAULT_OBJECTIVES,
 };
-use metaforge::candidate::{Candidate, CandidateKind};
 use metaforge::config::Experiment;
-use metaforge::evaluate::{Evaluation, Outcome, TaskResult};
-use metaforge::llm::Usage;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
-const CONFIG: &str = "name = \"scale\"\n[domain]\nname = \"arith\"\n[models.meta]\nbackend = \"local\"\nmodel = \"smollm2-135m\"\n[models.agent]\nbackend = \"local\"\nmodel = \"smollm2-135m\"\n";
+#[path = "synthetic/mod.rs"]
+mod synthetic;
+
+use synthetic::{step, CONFIG};
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -30,88 +29,6 @@ fn status_kib(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn step(i: u64, rng: &mut impl Rng) -> StepRecord {
-    let code = format!(
-        "from metaforge import llm\n\ndef forward(task):\n    \"\"\"Variant {i}.\"\"\"\n    answer = llm('Solve step by step: ' + task['question'], temperature=0.{})\n    return answer.strip()\n",
-        i % 10
-    );
-    // Stronger programs tend to spend more tokens (ensembles, debate): score and cost trade
-    // off, as in real archives, which is what makes fronts non-trivial.
-    let score: f64 = rng.random_range(0.0..1.0);
-    let tokens = (500.0 + 15_000.0 * score + rng.random_range(-2_000.0..2_000.0f64)).max(100.0) as u64;
-    let parents = if i == 0 {
-        vec![]
-    } else {
-        vec![format!("{:064x}", rng.random_range(0..i))]
-    };
-    let tasks = (0..20)
-        .map(|t| TaskResult {
-            task_id: format!("arith-{t}"),
-            score: if rng.random_bool(score) { 1.0 } else { 0.0 },
-            outcome: metaforge::types::TaskOutcome::Ok,
-            output: Some("42".into()),
-            error: None,
-            usage: Usage {
-                calls: 1,
-                prompt_tokens: tokens / 40,
-                completion_tokens: tokens / 40,
-                ..Usage::default()
-            },
-            guard: None,
-        })
-        .collect();
-    let evaluation = Evaluation {
-        split: metaforge::types::Split::Val,
-        stage: metaforge::types::Stage::Full,
-        mean: score,
-        ci_lo: (score - 0.2).max(0.0),
-        ci_hi: (score + 0.2).min(1.0),
-        usage: Usage {
-            calls: 20,
-            prompt_tokens: tokens / 2,
-            completion_tokens: tokens / 2,
-            ..Usage::default()
-        },
-        wall_ms: 900.0,
-        outcome: Outcome::Ok,
-        detail: String::new(),
-        tasks,
-        guard: None,
-    };
-    let candidate = Candidate {
-        id: format!("{i:064x}"),
-        kind: CandidateKind::Agent,
-        name: format!("Variant {i}"),
-        thought: "synthetic".into(),
-        code,
-        operator: if i == 0 {
-            "seed".into()
-        } else {
-            "op:swap_instruction".into()
-        },
-        generation: (i / 100) as u32,
-        parents: parents.clone(),
-        fingerprint: format!("{:016x}", i % 977),
-    };
-    StepRecord {
-        step: i,
-        generation: (i / 100) as u32,
-        proposals: vec![ProposalRecord {
-            attempt: 0,
-            kind: candidate.operator.clone(),
-            parents,
-            status: ProposalStatus::Evaluated,
-            reason: String::new(),
-            candidate: Some(candidate),
-            evaluation: Some(evaluation),
-            prompt: None,
-            reply: None,
-            race: None,
-        }],
-        ..StepRecord::default()
-    }
 }
 
 fn main() {

@@ -76,7 +76,12 @@ fn main() {
     let questions: Vec<String> = data
         .lines()
         .take(TASKS)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["question"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     println!("local_throughput: Direct Answer on {TASKS} arith tasks, 4 in flight, SmolLM2-135M Q4_1");
     let mut plain_rate = 0.0;

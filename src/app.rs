@@ -248,6 +248,19 @@ pub fn report(db: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `metaforge ui`: the live dashboard, until the process is stopped.
+pub fn ui(dbs: &[PathBuf], addr: &str, token_env: &str) -> Result<()> {
+    let token = std::env::var(token_env).ok();
+    let server = crate::ui::Server::bind(dbs, addr, token, token_env)?;
+    eprintln!(
+        "dashboard on http://{}/ ({} archive{}, read-only; Ctrl-C stops it)",
+        server.local_addr(),
+        dbs.len(),
+        if dbs.len() == 1 { "" } else { "s" }
+    );
+    server.run()
+}
+
 /// `metaforge export-traces`: the run's proposals and evaluations as JSON lines.
 pub fn export_traces(db: &Path, out: &Path, json: bool) -> Result<()> {
     let archive = Archive::open_existing(db)?;

@@ -23,3 +23,4 @@ pub mod report;
 pub mod sandbox;
 pub mod search;
 pub mod types;
+pub mod ui;

@@ -149,6 +149,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A live dashboard of one or more archives in the browser (read-only; runs go on).
+    Ui {
+        /// Archives to show side by side.
+        #[arg(required = true)]
+        dbs: Vec<PathBuf>,
+        /// Address to bind; one off loopback needs a token.
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        addr: String,
+        /// Environment variable holding the token the page asks for.
+        #[arg(long, default_value = "METAFORGE_UI_TOKEN")]
+        token_env: String,
+    },
     /// A run's history as JSON lines, one per proposal and per evaluation (prompt, reply,
     /// diff, scores, cost), for pandas, MLflow or fine-tuning.
     ExportTraces {
@@ -240,6 +252,7 @@ fn main() -> ExitCode {
         .map(|_| true),
         Command::Report { db, out } => metaforge::app::report(db, out).map(|_| true),
         Command::Lineage { db, of, dot } => metaforge::app::lineage(db, of.as_deref(), *dot, cli.json).map(|_| true),
+        Command::Ui { dbs, addr, token_env } => metaforge::app::ui(dbs, addr, token_env).map(|_| true),
         Command::ExportTraces { db, out } => metaforge::app::export_traces(db, out, cli.json).map(|_| true),
         Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),

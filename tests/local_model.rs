@@ -64,7 +64,13 @@ fn prefix_reuse_gives_the_same_answers() {
         ))
         .unwrap();
         let backend = BackendFactory::new().build(&cfg, "agent").unwrap();
-        let gateway = Arc::new(Gateway::new(Role::Agent, backend, &cfg, None, Arc::new(Budget::unlimited())));
+        let gateway = Arc::new(Gateway::new(
+            Role::Agent,
+            backend,
+            &cfg,
+            None,
+            Arc::new(Budget::unlimited()),
+        ));
         let workers: Vec<_> = (0..10)
             .map(|i| {
                 let gateway = gateway.clone();

@@ -249,6 +249,34 @@ impl Archive {
         })
     }
 
+    /// The archive at `path` opened read-only (no migration, no write): for readers beside a
+    /// run that is writing it (WAL lets both go on), such as the dashboard.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(BadInput::wrap(anyhow::anyhow!(
+                "archive {} does not exist; fix: check the path",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open archive {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let a = Self {
+            conn,
+            path: path.to_path_buf(),
+        };
+        if a.run_count().unwrap_or(0) == 0 {
+            return Err(BadInput::wrap(anyhow::anyhow!(
+                "{} holds no run; fix: point at an archive a `metaforge run` wrote",
+                path.display()
+            )));
+        }
+        Ok(a)
+    }
+
     /// A read-only view of the archive at `path` as it stood when step `upto` was the last
     /// committed: every row of a later step is hidden (TEMP views of the same names shadow
     /// the tables on this connection). Why: a pipelined search decides step N from the steps
@@ -382,6 +410,27 @@ impl Archive {
         )?;
         let rows = stmt.query_map(params![id, split], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// A candidate's per-task results on `split`, the failures first: (task, score, outcome,
+    /// error or scorer feedback).
+    pub fn task_results(&self, id: &str, split: Split) -> Result<Vec<(String, f64, String, Option<String>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT t.task_id, t.score, t.outcome, t.error FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
+             WHERE e.candidate_id = ?1 AND e.split = ?2 ORDER BY t.score, t.task_id",
+        )?;
+        let rows = stmt.query_map(params![id, split], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// (candidates, committed steps): what changes as a run goes on; the dashboard compares
+    /// it to know when to redraw.
+    pub fn progress(&self) -> Result<(u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM events WHERE kind = 'step_done')",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
     }
 
     /// What scorer code said of a candidate's validation tasks (`types::SCORER_FEEDBACK`),
@@ -655,9 +704,12 @@ impl Archive {
     }
 
     fn split_score(&self, id: &str, split: Split) -> Result<Option<SplitScore>> {
+        // Cached statements: the leaderboard asks this twice per candidate.
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT n, mean, ci_lo, ci_hi, cost_usd, prompt_tokens + completion_tokens, outcome, stage, guard FROM evaluations WHERE candidate_id = ?1 AND split = ?2",
+            )?
+            .query_row(
                 params![id, split],
                 |r| {
                     Ok(SplitScore {
@@ -685,14 +737,15 @@ impl Archive {
     /// Mean rewards with and without memory over an evaluation's scored episodes (their
     /// task outputs carry both, see `episodic`); None for agent evaluations.
     fn memory_rewards(&self, id: &str, split: Split) -> Result<Option<MemoryRewards>> {
-        let (with, without): (Option<f64>, Option<f64>) = self.conn.query_row(
-            "SELECT avg(json_extract(t.output, '$.reward')), avg(json_extract(t.output, '$.baseline'))
-             FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
-             WHERE e.candidate_id = ?1 AND e.split = ?2 AND json_valid(t.output)
-               AND json_type(t.output) = 'object' AND json_extract(t.output, '$.baseline') IS NOT NULL",
-            params![id, split],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (with, without): (Option<f64>, Option<f64>) = self
+            .conn
+            .prepare_cached(
+                "SELECT avg(json_extract(t.output, '$.reward')), avg(json_extract(t.output, '$.baseline'))
+                 FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
+                 WHERE e.candidate_id = ?1 AND e.split = ?2 AND json_valid(t.output)
+                   AND json_type(t.output) = 'object' AND json_extract(t.output, '$.baseline') IS NOT NULL",
+            )?
+            .query_row(params![id, split], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(with.zip(without).map(|(with_memory, without_memory)| MemoryRewards {
             with_memory,
             without_memory,
@@ -709,12 +762,15 @@ impl Archive {
     }
 
     /// Evaluated children that beat their best parent on validation, per proposal family.
+    /// Why CROSS JOIN: it fixes the subquery's order (a child's parents by `lineage_by_child`,
+    /// then each parent's evaluation), which SQLite's planner otherwise turned into a scan of
+    /// every validation evaluation per candidate: quadratic, a minute at 10k candidates.
     pub fn improvements(&self) -> Result<Vec<(String, u64)>> {
         let family = FAMILY.replace("kind", "c.operator");
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {family} AS family, count(*) FROM candidates c JOIN evaluations e ON e.candidate_id = c.id AND e.split = 'val'
              WHERE c.operator != 'seed' AND e.outcome = 'ok' AND e.stage = 'full' AND e.mean > (
-                SELECT max(pe.mean) FROM lineage l JOIN evaluations pe ON pe.candidate_id = l.parent AND pe.split = 'val'
+                SELECT max(pe.mean) FROM lineage l CROSS JOIN evaluations pe ON pe.candidate_id = l.parent AND pe.split = 'val'
                 WHERE l.child = c.id)
              GROUP BY family ORDER BY family"
         ))?;

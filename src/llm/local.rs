@@ -73,11 +73,20 @@ impl LocalBackend {
         let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
         let engine_us = Arc::new(AtomicU64::new(0));
         let engine = engine_us.clone();
-        thread::Builder::new()
-            .name("llama-model".into())
-            .spawn(move || {
-                model_thread(model, rx, ready_tx, ModelThread { threads, max_seqs, per_seq, prefix_reuse, engine_us: engine })
-            })?;
+        thread::Builder::new().name("llama-model".into()).spawn(move || {
+            model_thread(
+                model,
+                rx,
+                ready_tx,
+                ModelThread {
+                    threads,
+                    max_seqs,
+                    per_seq,
+                    prefix_reuse,
+                    engine_us: engine,
+                },
+            )
+        })?;
         ready_rx
             .recv()
             .map_err(|_| anyhow!("model thread died while starting"))?

@@ -29,6 +29,28 @@ struct CandidateView {
     parents: Vec<String>,
     code: String,
     diff: Option<String>,
+    /// Per-task validation results, failures first (the dashboard's pages only).
+    tasks: Vec<TaskView>,
+}
+
+#[derive(Serialize)]
+struct TaskView {
+    id: String,
+    score: String,
+    outcome: String,
+    error: String,
+}
+
+/// How much of the page to write.
+#[derive(Debug, Clone, Default)]
+pub struct PageOptions {
+    /// The page's body only, to be placed inside another page (the live dashboard).
+    pub fragment: bool,
+    /// Show only the best this many candidates in the table, the lineage and the code
+    /// (every candidate still counts in the front and the charts).
+    pub candidates: Option<usize>,
+    /// Per-task results shown under each candidate (0: none).
+    pub task_rows: usize,
 }
 
 fn cell(s: &Option<crate::archive::SplitScore>) -> String {
@@ -235,14 +257,21 @@ fn lineage_svg(views: &[CandidateView]) -> Result<String> {
 
 /// The whole report page.
 pub fn render(archive: &Archive) -> Result<String> {
-    let status = super::status(archive)?;
+    render_with(archive, &PageOptions::default())
+}
+
+/// The page, or the part of it `opts` asks for.
+pub fn render_with(archive: &Archive, opts: &PageOptions) -> Result<String> {
+    let mut status = super::status(archive)?;
+    let total_candidates = status.leaderboard.len();
     let exp = crate::config::Experiment::parse_stored(&archive.config_text()?, archive.path())?;
     let scored = archive.scored(Split::Val)?;
     let front_idx = pareto_front(&scored, &exp.search.objectives);
     let front: std::collections::HashSet<&str> = front_idx.iter().map(|&i| scored[i].id.as_str()).collect();
     let lineage = archive.lineage()?;
     let mut views = Vec::new();
-    for row in &status.leaderboard {
+    let shown = opts.candidates.unwrap_or(usize::MAX);
+    for row in status.leaderboard.iter().take(shown) {
         let code = archive.candidate(&row.id)?.map(|c| c.code).unwrap_or_default();
         let parents = lineage.parents(&row.id);
         let diff = match parents.first() {
@@ -267,7 +296,35 @@ pub fn render(archive: &Archive) -> Result<String> {
             parents,
             code,
             diff,
+            tasks: if opts.task_rows > 0 {
+                archive
+                    .task_results(&row.id, Split::Val)?
+                    .into_iter()
+                    .take(opts.task_rows)
+                    .map(|(id, score, outcome, error)| TaskView {
+                        id,
+                        score: format!("{score:.2}"),
+                        outcome,
+                        error: error.map(|e| e.chars().take(300).collect()).unwrap_or_default(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         });
+    }
+    // With a cap, the status text and the guard table list the best candidates only (the
+    // rest of the text counts every one).
+    if let Some(cap) = opts.candidates {
+        status.leaderboard.truncate(cap);
+    }
+    let mut status_text = super::render_status(&status);
+    if total_candidates > status.leaderboard.len() {
+        status_text.push_str(&format!(
+            "\n({} more candidates below these {})\n",
+            total_candidates - status.leaderboard.len(),
+            status.leaderboard.len()
+        ));
     }
     let guards = super::guard_rows(&status.leaderboard);
     let priced = scored.iter().any(|s| s.cost > 0.0);
@@ -276,12 +333,24 @@ pub fn render(archive: &Archive) -> Result<String> {
     } else {
         "cost (tokens, validation)"
     };
+    let (tokens, cost, cached) = archive.usage()?;
+    let budget = match (exp.budget.max_tokens, exp.budget.max_cost_usd) {
+        (None, None) => format!("{tokens} tokens, ${cost:.4} spent (no budget set); {cached} model calls cached"),
+        (t, c) => format!(
+            "{tokens} of {} tokens, ${cost:.4} of {} spent; {cached} model calls cached",
+            t.map_or("unlimited".into(), |t| t.to_string()),
+            c.map_or("unlimited".into(), |c| format!("${c:.2}"))
+        ),
+    };
     let templates = Templates::embedded()?;
     templates.render(
         "report/report.html.j2",
         serde_json::json!({
+            "fragment": opts.fragment,
+            "budget": budget,
+            "total_candidates": total_candidates,
             "status": &status,
-            "status_text": super::render_status(&status),
+            "status_text": status_text,
             "objectives": format!("{:?}", exp.search.objectives),
             "agent_model": exp.models.agent.model,
             "meta_model": exp.models.meta.model,

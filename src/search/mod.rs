@@ -272,7 +272,8 @@ impl Search {
             ProgressBar::new(total)
         };
         bar.set_style(
-            ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise}] {wide_msg}").unwrap(),
+            ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise}, about {eta} left] {wide_msg}")
+                .unwrap(),
         );
         bar.set_position(start);
         if start > 0 && start < total {
