@@ -37,7 +37,8 @@ fn main() {
     if let Ok(keep) = std::env::var("METAFORGE_BENCH_KEEP") {
         std::fs::copy(&path, keep).unwrap();
     }
-    let server = metaforge::ui::Server::bind(&[path.clone()], "127.0.0.1:0", None, "METAFORGE_UI_TOKEN").unwrap();
+    let server =
+        metaforge::ui::Server::bind(std::slice::from_ref(&path), "127.0.0.1:0", None, "METAFORGE_UI_TOKEN").unwrap();
     let base = format!("http://{}", server.local_addr());
     std::thread::spawn(move || server.run());
     let fetch = |url: &str| -> (f64, usize) {

@@ -149,6 +149,16 @@ pub struct RunFile {
     pub content: Vec<u8>,
 }
 
+/// One task's stored result, as reports show it.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub task_id: String,
+    pub score: f64,
+    pub outcome: String,
+    /// The error, or the scorer's feedback (`types::SCORER_FEEDBACK`).
+    pub error: Option<String>,
+}
+
 /// One leaderboard line.
 #[derive(Debug, Clone, Serialize)]
 pub struct LeaderRow {
@@ -412,14 +422,20 @@ impl Archive {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// A candidate's per-task results on `split`, the failures first: (task, score, outcome,
-    /// error or scorer feedback).
-    pub fn task_results(&self, id: &str, split: Split) -> Result<Vec<(String, f64, String, Option<String>)>> {
+    /// A candidate's per-task results on `split`, the failures first.
+    pub fn task_results(&self, id: &str, split: Split) -> Result<Vec<TaskRow>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT t.task_id, t.score, t.outcome, t.error FROM task_results t JOIN evaluations e ON e.id = t.evaluation_id
              WHERE e.candidate_id = ?1 AND e.split = ?2 ORDER BY t.score, t.task_id",
         )?;
-        let rows = stmt.query_map(params![id, split], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows = stmt.query_map(params![id, split], |r| {
+            Ok(TaskRow {
+                task_id: r.get(0)?,
+                score: r.get(1)?,
+                outcome: r.get(2)?,
+                error: r.get(3)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

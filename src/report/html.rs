@@ -301,11 +301,11 @@ pub fn render_with(archive: &Archive, opts: &PageOptions) -> Result<String> {
                     .task_results(&row.id, Split::Val)?
                     .into_iter()
                     .take(opts.task_rows)
-                    .map(|(id, score, outcome, error)| TaskView {
-                        id,
-                        score: format!("{score:.2}"),
-                        outcome,
-                        error: error.map(|e| e.chars().take(300).collect()).unwrap_or_default(),
+                    .map(|t| TaskView {
+                        id: t.task_id,
+                        score: format!("{:.2}", t.score),
+                        outcome: t.outcome,
+                        error: t.error.map(|e| e.chars().take(300).collect()).unwrap_or_default(),
                     })
                     .collect()
             } else {

@@ -64,6 +64,10 @@ pub fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// Token signatures of archived programs by id, with the step that made each, and the last
+/// archive row read into them.
+type SignatureCache = (std::collections::HashMap<String, (u64, Signature)>, i64);
+
 /// A run in progress: its archive, and everything else a step works with.
 pub struct Search {
     archive: Archive,
@@ -94,7 +98,7 @@ pub struct Core {
     quiet: bool,
     /// Token signatures of archived programs, by id, filled lazily (near-duplicate check),
     /// and the last archive row read into it.
-    signatures: std::sync::Mutex<(std::collections::HashMap<String, (u64, Signature)>, i64)>,
+    signatures: std::sync::Mutex<SignatureCache>,
     /// The run's stored files, written out for the domain loader and scripted backends.
     _run_files: tempfile::TempDir,
 }
