@@ -104,14 +104,18 @@ fn kill_9_with_eight_steps_in_flight_loses_and_duplicates_nothing() {
 }
 
 fn kill_9_harness(steps_in_flight: usize) {
-    // METAFORGE_KILLS kills must land mid-run (6 here, 50 in scripts/kill9.sh); the search is
-    // long enough that they can.
+    // METAFORGE_KILLS kills must land mid-run (6 here, 50 in scripts/kill9.sh). Each life of
+    // the process first commits a step (so the run always moves on), then is killed at a
+    // random moment of the next few: the search, longer than a few steps per kill, cannot end
+    // first however fast the machine is.
     let kills: usize = std::env::var("METAFORGE_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
     let dir = tempfile::tempdir().unwrap();
-    let exp = experiment(dir.path(), 0.3, 3 + kills as u32 / 2);
+    // Steps in flight commit in bursts, so a life may see several commits: a longer search.
+    let generations = 3 + kills as u32 * (1 + steps_in_flight as u32 / 2);
+    let exp = experiment(dir.path(), 0.3, generations);
     let text = std::fs::read_to_string(&exp).unwrap().replace(
         "[search]\n",
         &format!("[search]\nsteps_in_flight = {steps_in_flight}\n"),
@@ -131,11 +135,17 @@ fn kill_9_harness(steps_in_flight: usize) {
         } else {
             cmd.args(["resume", "--quiet"]).arg(&db);
         }
+        let before = count_or_zero(&db, "SELECT count(*) FROM events WHERE kind = 'step_done'");
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        while child.try_wait().unwrap().is_none()
+            && count_or_zero(&db, "SELECT count(*) FROM events WHERE kind = 'step_done'") == before
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         rng_state ^= rng_state << 13;
         rng_state ^= rng_state >> 7;
         rng_state ^= rng_state << 17;
-        std::thread::sleep(Duration::from_millis(20 + rng_state % 400));
+        std::thread::sleep(Duration::from_millis(rng_state % 25));
         let finished = child.try_wait().unwrap().is_some();
         if !finished {
             child.kill().unwrap(); // SIGKILL
