@@ -161,15 +161,114 @@ fn settle_duplicates(archive: &Archive, mut record: StepRecord) -> Result<StepRe
             p.status = ProposalStatus::Duplicate;
             p.reason = format!(
                 "same program as candidate {}, stored by an earlier step while this one was in flight",
-                &c.id[..12]
+                &c.id[..12.min(c.id.len())]
             );
             p.evaluation = None;
             p.race = None;
             dropped.push(serde_json::Value::String(c.id.clone()));
         }
     }
-    record
-        .events
-        .retain(|(kind, detail)| kind != "race" || !dropped.contains(&detail["candidate"]));
+    if !dropped.is_empty() {
+        record
+            .events
+            .retain(|(kind, detail)| kind != "race" || !dropped.contains(&detail["candidate"]));
+        // The step's credit counts only what it kept.
+        let gains = super::proposers::gains(&record.proposals);
+        for (kind, detail) in &mut record.events {
+            if kind == "credit" {
+                detail["improved"] = json!(!gains.is_empty());
+                detail["gain"] = json!(gains.iter().copied().fold(0.0, f64::max));
+            }
+        }
+    }
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::NewRun;
+
+    fn evaluated(id: &str, gain: f64) -> ProposalRecord {
+        ProposalRecord {
+            attempt: 0,
+            kind: "op:add_stop".into(),
+            parents: vec![],
+            status: ProposalStatus::Evaluated,
+            reason: "val 1.000".into(),
+            candidate: Some(Candidate {
+                id: id.into(),
+                kind: CandidateKind::Agent,
+                name: id.into(),
+                thought: String::new(),
+                code: "def forward(task):\n    return '7'\n".into(),
+                operator: "op:add_stop".into(),
+                generation: 1,
+                parents: vec![],
+                fingerprint: "f".into(),
+            }),
+            evaluation: Some(Evaluation {
+                split: Split::Val,
+                stage: Stage::Full,
+                mean: 1.0,
+                ci_lo: 1.0,
+                ci_hi: 1.0,
+                usage: Default::default(),
+                wall_ms: 1.0,
+                outcome: Outcome::Ok,
+                detail: String::new(),
+                tasks: vec![],
+                guard: None,
+            }),
+            prompt: None,
+            reply: None,
+            race: Some(json!({"candidate": id, "paired": {"diff": gain}})),
+        }
+    }
+
+    /// A program an earlier step in flight stored first becomes this step's duplicate: its
+    /// evaluation, its race and its share of the step's credit go; a new program stays.
+    #[test]
+    fn a_program_stored_by_an_earlier_step_in_flight_is_settled_as_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = NewRun {
+            name: "t".into(),
+            seed: 1,
+            domain: "arith".into(),
+            config_toml: "name = \"t\"\n[domain]\nname = \"arith\"\n".into(),
+        };
+        let mut archive = Archive::create(&dir.path().join("a.db"), &run, &[]).unwrap();
+        let first = StepRecord {
+            step: 0,
+            proposals: vec![evaluated("aaa", 0.5)],
+            ..Default::default()
+        };
+        archive.commit_step(&first).unwrap();
+        let mut later = StepRecord {
+            step: 1,
+            proposals: vec![evaluated("aaa", 0.5)],
+            events: vec![
+                ("race".into(), json!({"candidate": "aaa", "paired": {"diff": 0.5}})),
+                (
+                    "credit".into(),
+                    json!({"arm": "op:add_stop", "improved": true, "gain": 0.5}),
+                ),
+            ],
+            ..Default::default()
+        };
+        let settled = settle_duplicates(&archive, later.clone()).unwrap();
+        let p = &settled.proposals[0];
+        assert_eq!(p.status, ProposalStatus::Duplicate);
+        assert!(p.evaluation.is_none() && p.race.is_none(), "{p:?}");
+        assert!(p.reason.contains("while this one was in flight"), "{}", p.reason);
+        assert_eq!(settled.events.len(), 1, "the race is gone: {:?}", settled.events);
+        assert_eq!(settled.events[0].1["improved"], false);
+        assert_eq!(settled.events[0].1["gain"], 0.0);
+
+        later.proposals[0] = evaluated("bbb", 0.25);
+        let kept = settle_duplicates(&archive, later).unwrap();
+        assert_eq!(kept.proposals[0].status, ProposalStatus::Evaluated);
+        assert_eq!(kept.events.len(), 2);
+        assert_eq!(kept.events[1].1["improved"], true);
+    }
 }

@@ -151,6 +151,21 @@ impl Step<'_> {
     }
 }
 
+/// How much each attempt that ran the whole validation pool beat its parent by, task by task
+/// (positive gains only).
+pub(super) fn gains(records: &[ProposalRecord]) -> Vec<f64> {
+    records
+        .iter()
+        .filter(|r| {
+            r.evaluation
+                .as_ref()
+                .is_some_and(|e| e.stage == Stage::Full && e.outcome == Outcome::Ok)
+        })
+        .filter_map(|r| r.race.as_ref()?["paired"]["diff"].as_f64())
+        .filter(|d| *d > 0.0)
+        .collect()
+}
+
 /// The step's `credit` event: the arm tried, the kind that proposed (an operator the arm fell
 /// back to, or the arm itself when nothing was proposed), whether any attempt beat its parent
 /// on the whole validation pool and by how much, and the model calls the step spent.
@@ -165,16 +180,7 @@ pub(super) fn credit(
         .map(|r| bandit::arm_of(&r.kind).to_string())
         .find(|k| k != "op:none")
         .unwrap_or_else(|| arm.name());
-    let gains: Vec<f64> = records
-        .iter()
-        .filter(|r| {
-            r.evaluation
-                .as_ref()
-                .is_some_and(|e| e.stage == Stage::Full && e.outcome == Outcome::Ok)
-        })
-        .filter_map(|r| r.race.as_ref()?["paired"]["diff"].as_f64())
-        .filter(|d| *d > 0.0)
-        .collect();
+    let gains = gains(records);
     let eval_calls: u64 = records
         .iter()
         .filter_map(|r| r.evaluation.as_ref())
