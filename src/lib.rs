@@ -16,6 +16,7 @@ pub mod export;
 pub mod fuzz_coverage;
 pub mod guard;
 pub mod host;
+pub mod http;
 pub mod llm;
 pub mod propose;
 pub mod pyenv;

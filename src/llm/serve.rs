@@ -2,13 +2,8 @@
 //! backend (normally the embedded model). Why: it lets the `openai` backend, exported agents
 //! and other tools be run and tested against a real server offline, on 127.0.0.1.
 //!
-//! Why hyper on a small tokio runtime and not tiny_http: tiny_http
-//! runs each connection as a task of a thread pool that can lose a wake-up when two
-//! connections arrive together; a keep-alive connection then holds its thread for good and
-//! the new one is never read. Once the `openai` client kept a connection per call in flight,
-//! a request could sit unread until its timeout (`benches/endpoint_saturation.rs` shows it).
-//! hyper serves every connection as its own task; model calls, which block, run on tokio's
-//! blocking pool.
+//! It runs on `http::serve_forever` (hyper: every connection its own task; why not a
+//! thread-pool server is said there); model calls, which block, run on tokio's blocking pool.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -82,40 +77,8 @@ impl Endpoint {
 
     /// Serves on the calling thread until the process ends.
     pub fn run(self, backend: Arc<dyn Backend>, max_tokens_cap: u32) -> Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("metaforge-serve")
-            .enable_io()
-            .enable_time()
-            .build()
-            .context("cannot start the server's runtime")?;
-        runtime.block_on(async move {
-            self.listener.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(self.listener)?;
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors and the like: the next accept may succeed.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let backend = backend.clone();
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |request| answer(backend.clone(), max_tokens_cap, request));
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
+        crate::http::serve_forever(self.listener, "metaforge-serve", move |request| {
+            answer(backend.clone(), max_tokens_cap, request)
         })
     }
 }

@@ -80,30 +80,9 @@ impl Server {
 
     /// Serves on the calling thread until the process ends.
     pub fn run(self) -> Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("metaforge-ui")
-            .enable_io()
-            .enable_time()
-            .build()
-            .context("cannot start the dashboard's runtime")?;
-        runtime.block_on(async move {
-            self.listener.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(self.listener)?;
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let dashboard = self.dashboard.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| answer(dashboard.clone(), request));
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
+        let dashboard = self.dashboard;
+        crate::http::serve_forever(self.listener, "metaforge-ui", move |request| {
+            answer(dashboard.clone(), request)
         })
     }
 }
