@@ -3,7 +3,8 @@
 //! worker protocol messages, experiment and contract TOML, user JSONL, ADAS archives, and
 //! archives and bundles opened from disk.
 //!
-//! Each target starts from its corpus in `tests/fuzz/corpus/<target>/` and mutates it (bit
+//! Each target starts from its corpus in `tests/fuzz/corpus/<target>/`, and from the files
+//! the project already ships for it (`SHIPPED`), and mutates them (bit
 //! flips, byte and token insertions from the target's dictionary, deletions, duplications,
 //! splices of two inputs). A panic is a crash, and so is an input still running after
 //! `HANG_AFTER`. Either saves the input under `target/fuzz/<crashes|hangs>/` and fails.
@@ -163,14 +164,35 @@ fn save(kind: &str, target: &str, input: &[u8]) -> PathBuf {
     path
 }
 
+/// Files the project already holds that a target starts from too, read where they live
+/// (seed agents, memory designs, the hostile corpus, shipped experiments and contracts).
+const SHIPPED: &[(&str, &str)] = &[
+    ("candidate_code", "archive/agents"),
+    ("candidate_code", "archive/memory"),
+    ("candidate_code", "tests/hostile"),
+    ("experiment_toml", "experiments"),
+    ("contract_toml", "tests/guard_scenarios/contracts"),
+    ("adas_archives", "tests/fixtures/adas_archive.json"),
+];
+
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let mut inputs = Vec::new();
-    for dir in [
+    let shipped = SHIPPED
+        .iter()
+        .filter(|(t, _)| *t == target)
+        .map(|(_, p)| root().join(p));
+    for place in [
         root().join("tests/fuzz/corpus").join(target),
         root().join("target/fuzz/corpus").join(target),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    ]
+    .into_iter()
+    .chain(shipped)
+    {
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&place) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect(),
+            Err(_) if place.is_file() => vec![place],
+            Err(_) => continue,
+        };
         paths.sort();
         inputs.extend(paths.iter().filter_map(|p| std::fs::read(p).ok()));
     }
