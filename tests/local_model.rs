@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_metaforge")
 }
@@ -56,21 +58,12 @@ fn eval_with_the_embedded_model_then_replay_from_the_cache() {
 /// shared prefix's cache reused as with every prompt decoded whole.
 #[test]
 fn prefix_reuse_gives_the_same_answers() {
-    use metaforge::llm::{BackendFactory, Budget, CallParams, Gateway, Message, Role};
+    use metaforge::llm::{CallParams, Message};
     use std::sync::Arc;
     let answers = |reuse: bool| -> Vec<String> {
-        let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
+        let gateway = Arc::new(common::gateway_from(&format!(
             "backend = \"local\"\nmodel = \"smollm2-135m\"\ntemperature = 0.0\nmax_tokens = 12\nmax_concurrency = 4\nprefix_reuse = {reuse}"
-        ))
-        .unwrap();
-        let backend = BackendFactory::new().build(&cfg, "agent").unwrap();
-        let gateway = Arc::new(Gateway::new(
-            Role::Agent,
-            backend,
-            &cfg,
-            None,
-            Arc::new(Budget::unlimited()),
-        ));
+        )));
         let workers: Vec<_> = (0..10)
             .map(|i| {
                 let gateway = gateway.clone();

@@ -280,19 +280,10 @@ fn every_call_rides_out_the_faults_of_a_faulty_endpoint() {
         &Fault::ALL,
         vec![("echo", Arc::new(EchoAfter5ms) as Arc<dyn Backend>)],
     );
-    let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
+    let gateway = Arc::new(common::gateway_from(&format!(
         "backend = \"openai\"\nmodel = \"echo\"\nbase_url = {:?}\ntimeout_s = 1\nmax_retries = 20\nmax_concurrency = 8",
         endpoint.url
-    ))
-    .unwrap();
-    let backend = metaforge::llm::BackendFactory::new().build(&cfg, "agent").unwrap();
-    let gateway = Arc::new(Gateway::new(
-        Role::Agent,
-        backend,
-        &cfg,
-        None,
-        Arc::new(Budget::unlimited()),
-    ));
+    )));
     let workers: Vec<_> = (0..8)
         .map(|w| {
             let gateway = gateway.clone();
@@ -329,13 +320,10 @@ fn retries_stop_at_the_call_deadline() {
         &[Fault::ServerError],
         vec![("echo", Arc::new(EchoAfter5ms) as Arc<dyn Backend>)],
     );
-    let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
+    let gateway = common::gateway_from(&format!(
         "backend = \"openai\"\nmodel = \"echo\"\nbase_url = {:?}\nmax_retries = 1000\ncall_deadline_s = 2",
         endpoint.url
-    ))
-    .unwrap();
-    let backend = metaforge::llm::BackendFactory::new().build(&cfg, "agent").unwrap();
-    let gateway = Gateway::new(Role::Agent, backend, &cfg, None, Arc::new(Budget::unlimited()));
+    ));
     let req = gateway.request(vec![Message::new("user", "hello")], CallParams::default(), 0);
     let err = gateway.complete(&req).unwrap_err().to_string();
     assert!(

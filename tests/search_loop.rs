@@ -129,17 +129,13 @@ fn kill_9_harness(steps_in_flight: usize) {
     let mut rng_state = 0x2545_f491_4f6c_dd1du64;
     let mut killed = 0;
     while killed < kills {
-        let mut cmd = Command::new(bin());
-        if count_or_zero(&db, "SELECT count(*) FROM runs") == 0 {
-            cmd.args(["run", "--quiet"]).arg(&exp).arg("--db").arg(&db);
-        } else {
-            cmd.args(["resume", "--quiet"]).arg(&db);
-        }
-        let before = count_or_zero(&db, "SELECT count(*) FROM events WHERE kind = 'step_done'");
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        while child.try_wait().unwrap().is_none()
-            && count_or_zero(&db, "SELECT count(*) FROM events WHERE kind = 'step_done'") == before
-        {
+        let before = steps_done(&db);
+        let mut child = run_or_resume(&exp, &db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() && steps_done(&db) == before {
             std::thread::sleep(Duration::from_millis(2));
         }
         rng_state ^= rng_state << 13;
@@ -209,15 +205,7 @@ fn resume_works_from_another_directory() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path(), 0.0, 1);
     let db = dir.path().join("run.db");
-    let mut child = Command::new(bin())
-        .args(["run", "--quiet"])
-        .arg(&exp)
-        .arg("--db")
-        .arg(&db)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&exp, &db, Stdio::null());
     std::thread::sleep(Duration::from_millis(400));
     let _ = child.kill();
     child.wait().unwrap();
@@ -476,18 +464,9 @@ fn a_signal_stops_at_a_safe_point_and_a_second_one_at_once() {
     let reference = dir.path().join("reference.db");
     run_to_end(&exp, &reference);
 
-    let steps = |db: &std::path::Path| count_or_zero(db, "SELECT count(*) FROM events WHERE kind = 'step_done'");
     let db = dir.path().join("stopped.db");
-    let child = Command::new(bin())
-        .args(["run", "--quiet"])
-        .arg(&exp)
-        .arg("--db")
-        .arg(&db)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    while steps(&db) < 2 {
+    let child = spawn_run(&exp, &db, Stdio::piped());
+    while steps_done(&db) < 2 {
         std::thread::sleep(Duration::from_millis(10));
     }
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
@@ -499,8 +478,8 @@ fn a_signal_stops_at_a_safe_point_and_a_second_one_at_once() {
         "{stderr}"
     );
     assert_archive_sound(&db);
-    let stopped_at = steps(&db);
-    assert!(stopped_at < steps(&reference), "it stopped before the end");
+    let stopped_at = steps_done(&db);
+    assert!(stopped_at < steps_done(&reference), "it stopped before the end");
     let status = ok(&metaforge(dir.path(), &["status", db.to_str().unwrap()]));
     assert!(status.contains("interrupted by SIGINT"), "{status}");
     let json: serde_json::Value =
@@ -509,14 +488,12 @@ fn a_signal_stops_at_a_safe_point_and_a_second_one_at_once() {
     assert_eq!(json["finished"], false);
 
     // Resumed, then stopped at once by two SIGTERMs in the middle of a step.
-    let child = Command::new(bin())
-        .args(["resume", "--quiet"])
-        .arg(&db)
+    let child = run_or_resume(&exp, &db)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    while steps(&db) < stopped_at + 1 {
+    while steps_done(&db) < stopped_at + 1 {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(30));
@@ -582,19 +559,7 @@ fn steps_in_flight_give_the_same_archive_whatever_the_latency() {
         let db = dir.path().join(format!("k8-{latency_ms}.db"));
         run_to_end(&exp, &db);
         assert_archive_sound(&db);
-        let c = Connection::open(&db).unwrap();
-        let rows = |sql: &str| -> Vec<String> {
-            let mut s = c.prepare(sql).unwrap();
-            s.query_map([], |r| r.get::<_, String>(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
-        (
-            rows("SELECT id FROM candidates ORDER BY id"),
-            rows("SELECT step || ':' || attempt || ':' || kind || ':' || status || ':' || coalesce(candidate_id, '') FROM proposals ORDER BY step, attempt"),
-            rows("SELECT candidate_id || ':' || split || ':' || stage || ':' || n || ':' || round(mean, 6) FROM evaluations ORDER BY candidate_id, split"),
-        )
+        archive_digest(&db)
     };
     let fast = digest(0);
     let slow = digest(60);
@@ -611,14 +576,7 @@ fn one_step_at_a_time_reproduces_the_loop_before_steps_in_flight() {
     let exp = experiment(dir.path(), 0.3, 3);
     let db = dir.path().join("run.db");
     run_to_end(&exp, &db);
-    let c = Connection::open(&db).unwrap();
-    let rows = |sql: &str| -> Vec<String> {
-        let mut s = c.prepare(sql).unwrap();
-        s.query_map([], |r| r.get::<_, String>(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let (candidates, proposals, evaluations) = archive_digest(&db);
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("one_step_reference.json")).unwrap()).unwrap();
     let list = |key: &str| -> Vec<String> {
@@ -629,13 +587,7 @@ fn one_step_at_a_time_reproduces_the_loop_before_steps_in_flight() {
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(rows("SELECT id FROM candidates ORDER BY id"), list("candidates"));
-    assert_eq!(
-        rows("SELECT step || ':' || attempt || ':' || kind || ':' || status || ':' || coalesce(candidate_id, '') FROM proposals ORDER BY step, attempt"),
-        list("proposals")
-    );
-    assert_eq!(
-        rows("SELECT candidate_id || ':' || split || ':' || stage || ':' || n || ':' || printf('%.6f', mean) FROM evaluations ORDER BY candidate_id, split, stage"),
-        list("evaluations")
-    );
+    assert_eq!(candidates, list("candidates"));
+    assert_eq!(proposals, list("proposals"));
+    assert_eq!(evaluations, list("evaluations"));
 }

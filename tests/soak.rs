@@ -8,7 +8,7 @@
 //! CI runs a short search; `scripts/soak.sh` runs 300 steps with a kill every 30.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 mod common;
@@ -81,10 +81,6 @@ max_tokens = {BUDGET_TOKENS}
     path
 }
 
-fn steps_done(db: &Path) -> i64 {
-    count_or_zero(db, "SELECT count(*) FROM events WHERE kind = 'step_done'")
-}
-
 #[test]
 fn a_search_against_a_faulty_endpoint_killed_every_few_steps_ends_as_a_healthy_one() {
     let generations = env_or("METAFORGE_SOAK_GENERATIONS", 4);
@@ -103,13 +99,11 @@ fn a_search_against_a_faulty_endpoint_killed_every_few_steps_ends_as_a_healthy_o
     let db = dir.path().join("faulty.db");
     let mut kills = 0;
     loop {
-        let mut cmd = Command::new(bin());
-        if count_or_zero(&db, "SELECT count(*) FROM runs") == 0 {
-            cmd.args(["run", "--quiet"]).arg(&exp).arg("--db").arg(&db);
-        } else {
-            cmd.args(["resume", "--quiet"]).arg(&db);
-        }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = run_or_resume(&exp, &db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let target = steps_done(&db) + kill_every;
         let finished = loop {
             if let Some(status) = child.try_wait().unwrap() {

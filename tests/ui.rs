@@ -143,17 +143,7 @@ fn the_dashboard_gains_candidates_live_without_a_reload() {
         .replace("model = \"agent\"\n", "model = \"agent\"\nlatency_ms = 120\n");
     std::fs::write(&exp, text).unwrap();
     let db = dir.path().join("live.db");
-    let _run = Killed(
-        Command::new(bin())
-            .args(["run", "--quiet"])
-            .arg(&exp)
-            .arg("--db")
-            .arg(&db)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _run = Killed(spawn_run(&exp, &db, Stdio::null()));
     while count_or_zero(&db, "SELECT count(*) FROM candidates") < 3 {
         std::thread::sleep(Duration::from_millis(50));
     }

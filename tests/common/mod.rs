@@ -246,19 +246,73 @@ pub fn sevens_domain(dir: &Path, val_size: usize, test_size: usize) -> String {
     format!("name = \"sevens\"\npath = \"sevens.jsonl\"\nscorer = \"numeric\"\nval_size = {val_size}\ntest_size = {test_size}\n")
 }
 
-/// Starts `metaforge run EXP --db DB` and SIGKILLs it once `steps` steps are committed, as a
-/// machine going down would.
-pub fn interrupted_run(exp: &Path, db: &Path, steps: i64) {
-    let mut child = Command::new(bin())
+/// `metaforge run --quiet EXP --db DB`, its stdout dropped and its stderr as given: a search
+/// to watch, signal or kill.
+pub fn spawn_run(exp: &Path, db: &Path, stderr: Stdio) -> Child {
+    Command::new(bin())
         .args(["run", "--quiet"])
         .arg(exp)
         .arg("--db")
         .arg(db)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
-        .unwrap();
-    while count_or_zero(db, "SELECT count(*) FROM events WHERE kind = 'step_done'") < steps {
+        .unwrap()
+}
+
+/// What continues the search of `exp` in `db`: `run` while `db` holds no run, else `resume`.
+pub fn run_or_resume(exp: &Path, db: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    if count_or_zero(db, "SELECT count(*) FROM runs") == 0 {
+        cmd.args(["run", "--quiet"]).arg(exp).arg("--db").arg(db);
+    } else {
+        cmd.args(["resume", "--quiet"]).arg(db);
+    }
+    cmd
+}
+
+/// Steps committed to `db` so far (0 before the archive exists).
+pub fn steps_done(db: &Path) -> i64 {
+    count_or_zero(db, "SELECT count(*) FROM events WHERE kind = 'step_done'")
+}
+
+/// What two runs of one search must agree on: the candidates, every proposal (step, attempt,
+/// kind, status, candidate) and every evaluation (candidate, split, stage, tasks, score).
+pub fn archive_digest(db: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let c = Connection::open(db).unwrap();
+    let rows = |sql: &str| -> Vec<String> {
+        let mut s = c.prepare(sql).unwrap();
+        s.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    (
+        rows("SELECT id FROM candidates ORDER BY id"),
+        rows("SELECT step || ':' || attempt || ':' || kind || ':' || status || ':' || coalesce(candidate_id, '') FROM proposals ORDER BY step, attempt"),
+        rows("SELECT candidate_id || ':' || split || ':' || stage || ':' || n || ':' || printf('%.6f', mean) FROM evaluations ORDER BY candidate_id, split, stage"),
+    )
+}
+
+/// A gateway over the backend the model config `toml` names, with no cache and no budget.
+pub fn gateway_from(toml: &str) -> metaforge::llm::Gateway {
+    use metaforge::llm::{BackendFactory, Budget, Gateway, Role};
+    let cfg: metaforge::config::ModelConfig = toml::from_str(toml).unwrap();
+    let backend = BackendFactory::new().build(&cfg, "agent").unwrap();
+    Gateway::new(
+        Role::Agent,
+        backend,
+        &cfg,
+        None,
+        std::sync::Arc::new(Budget::unlimited()),
+    )
+}
+
+/// Starts `metaforge run EXP --db DB` and SIGKILLs it once `steps` steps are committed, as a
+/// machine going down would.
+pub fn interrupted_run(exp: &Path, db: &Path, steps: i64) {
+    let mut child = spawn_run(exp, db, Stdio::null());
+    while steps_done(db) < steps {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
