@@ -51,6 +51,18 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// A connection that only reads (no migration, no write), with the same busy timeout as
+/// `open_connection`: for readers beside a run that is writing the file.
+fn read_only_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open archive {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    Ok(conn)
+}
+
 /// Brings a database to the current schema; refuses databases from a newer metaforge.
 pub fn migrate(conn: &Connection) -> Result<()> {
     let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -268,12 +280,7 @@ impl Archive {
                 path.display()
             )));
         }
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open archive {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let conn = read_only_connection(path)?;
         let a = Self {
             conn,
             path: path.to_path_buf(),
@@ -293,12 +300,7 @@ impl Archive {
     /// up to N − K alone, whatever else has committed since, so a run is the same however its
     /// calls were timed and wherever it was resumed. A negative `upto` hides every step.
     pub fn view_upto(path: &Path, upto: i64) -> Result<Self> {
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open archive {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let conn = read_only_connection(path)?;
         conn.execute_batch(&format!(
             "CREATE TEMP VIEW candidates AS SELECT rowid AS rowid, * FROM main.candidates WHERE step <= {upto};
              CREATE TEMP VIEW evaluations AS SELECT * FROM main.evaluations WHERE step <= {upto};
