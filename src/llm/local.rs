@@ -2,16 +2,17 @@
 //!
 //! One model instance serves every caller from one thread. Why: on a 2-core machine two
 //! model instances (or one per worker) oversubscribe the CPU and generation collapses
-//! (measured 51 -> 14 tok/s). Requests queue on a channel; the model thread takes all that
-//! are waiting (up to `max_concurrency`) and decodes them as parallel sequences of one
-//! batch, which is where a small model on a CPU gains throughput.
+//! (measured 51 -> 14 tok/s). Requests queue on a channel; each of up to `max_concurrency`
+//! gets a sequence of llama.cpp's shared cache, and every decode call carries one token of
+//! each answer being written plus as much of the waiting prompts as fits (continuous
+//! batching): a request joins at the next call and is answered the moment it ends.
 //!
 //! **Prefix reuse.** Requests that start alike (the same instruction across a candidate's
-//! tasks, the same conversation across debate rounds) share the prompt's key-value cache: the
-//! longest prefix common to a batch is decoded once and its cells are shared by every
-//! sequence (llama.cpp's `seq_cp` on the unified cache), and what the previous batch left of
-//! it is kept, so the next batch decodes only what differs. Prefill is most of a short
-//! answer's cost on a CPU.
+//! tasks, the same conversation across debate rounds) share the prompt's key-value cache. A
+//! sequence keeps its cells after its request ends; a new request takes the free sequence,
+//! or shares (llama.cpp's `seq_cp` on the unified cache) the cells of any sequence, that
+//! holds the longest start of its prompt, and decodes only the rest. Prefill is most of a
+//! short answer's cost on a CPU.
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -31,12 +32,10 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::{Backend, ChatRequest, Completion, LlmError};
-use crate::config::ModelConfig;
+use crate::config::{Batching, ModelConfig};
 
 type Reply = Sender<Result<Completion, LlmError>>;
 type Job = (ChatRequest, Reply);
-/// A request ready to decode: its reply channel and its prompt tokens.
-type Prepared = (ChatRequest, Reply, Vec<LlamaToken>);
 
 pub struct LocalBackend {
     id: String,
@@ -69,6 +68,7 @@ impl LocalBackend {
         let max_seqs = cfg.max_concurrency.clamp(1, 16) as u32;
         let per_seq = cfg.context_per_sequence.max(256);
         let prefix_reuse = cfg.prefix_reuse;
+        let batching = cfg.batching;
         let (tx, rx) = unbounded::<Job>();
         let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
         let engine_us = Arc::new(AtomicU64::new(0));
@@ -83,6 +83,7 @@ impl LocalBackend {
                     max_seqs,
                     per_seq,
                     prefix_reuse,
+                    batching,
                     engine_us: engine,
                 },
             )
@@ -97,6 +98,34 @@ impl LocalBackend {
             engine_us,
         })
     }
+}
+
+/// Writes `to`: the GGUF model at `from` with every weight quantized to `Q8_0` by llama.cpp's
+/// own quantizer. Why: llama.cpp's CPU kernels for `Q8_0` (batched matrix products) run the
+/// default model about twice as fast as the `Q4_1` it ships in (`benches/local_throughput.rs`),
+/// and 8 bits hold `Q4_1`'s 16 levels a block almost exactly, so the model answers as the
+/// shipped weights do. (`Q4_0` is faster still, but requantizing 4 bits to 4 bits cost the
+/// model much of its arithmetic.)
+pub fn requantize_q8_0(from: &Path, to: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    llama_backend()?;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).context("model path has a NUL byte");
+    let (src, dst) = (c(from)?, c(to)?);
+    // SAFETY: plain C calls on NUL-terminated paths and a parameter struct llama.cpp filled in.
+    let status = unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.ftype = llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0;
+        params.allow_requantize = true;
+        // Every weight, the tied embedding and output included.
+        params.pure_ = true;
+        params.nthread = thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2);
+        llama_cpp_sys_2::llama_model_quantize(src.as_ptr(), dst.as_ptr(), &params)
+    };
+    if status != 0 {
+        anyhow::bail!("llama.cpp could not quantize {} (status {status})", from.display());
+    }
+    Ok(())
 }
 
 impl Backend for LocalBackend {
@@ -124,17 +153,11 @@ struct ModelThread {
     max_seqs: u32,
     per_seq: u32,
     prefix_reuse: bool,
+    batching: Batching,
     engine_us: Arc<AtomicU64>,
 }
 
 fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(), String>>, settings: ModelThread) {
-    let ModelThread {
-        threads,
-        max_seqs,
-        per_seq,
-        prefix_reuse,
-        engine_us,
-    } = settings;
     let backend = match llama_backend() {
         Ok(b) => b,
         Err(e) => {
@@ -143,14 +166,18 @@ fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(),
         }
     };
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(per_seq * max_seqs))
-        .with_n_batch(512)
-        .with_n_seq_max(max_seqs)
-        .with_kv_unified(true)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
+        .with_n_ctx(NonZeroU32::new(settings.per_seq * settings.max_seqs))
+        .with_n_batch(N_BATCH as u32)
+        .with_n_seq_max(settings.max_seqs)
+        // A stream of cells per sequence, not one shared cache: a sequence's cells then lie
+        // in the same places whatever else is decoded beside it, so greedy answers do not
+        // depend on how requests happen to be timed and batched (with a shared cache they
+        // did, on near ties).
+        .with_kv_unified(false)
+        .with_n_threads(settings.threads)
+        .with_n_threads_batch(settings.threads)
         .with_no_perf(false);
-    let mut ctx = match model.new_context(backend, params) {
+    let ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(format!("cannot create llama.cpp context: {e}")));
@@ -159,39 +186,236 @@ fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(),
     };
     let template = model.chat_template(None).ok();
     let _ = ready.send(Ok(()));
-    // The tokens whose cells sequence 0 keeps from the previous batch (positions 0..len).
-    let mut kept: Vec<LlamaToken> = Vec::new();
-    while let Ok(first) = jobs.recv() {
-        let mut batch_jobs = vec![first];
-        while batch_jobs.len() < max_seqs as usize {
-            match jobs.try_recv() {
-                Ok(j) => batch_jobs.push(j),
-                Err(_) => break,
+    let mut engine = Engine {
+        model: &model,
+        template,
+        ctx,
+        slots: (0..settings.max_seqs).map(|_| Slot::default()).collect(),
+        batch: LlamaBatch::new(N_BATCH, 1),
+        settings,
+    };
+    engine.serve(&jobs);
+}
+
+/// Tokens one decode call takes at most (llama.cpp's `n_batch`).
+const N_BATCH: usize = 512;
+
+/// Prompt tokens another sequence must hold beyond a free sequence's own before its cells are
+/// copied over. Why: each sequence has its own stream of cells, and llama.cpp copies a whole
+/// stream, which costs about as much as decoding a few dozen tokens.
+const DONOR_GAIN: usize = 64;
+
+/// One sequence id of the shared cache.
+#[derive(Default)]
+struct Slot {
+    /// The tokens whose cells this sequence holds, at positions `0..cached.len()`. A finished
+    /// request leaves them, so a later prompt that starts alike decodes only what differs.
+    cached: Vec<LlamaToken>,
+    /// The request it is serving, if any.
+    running: Option<Running>,
+}
+
+/// A request between admission and its reply.
+struct Running {
+    reply: Reply,
+    prompt: Vec<LlamaToken>,
+    seq: Sequence,
+    /// The sampled token to decode next; `None` while the prompt is still being read.
+    next: Option<LlamaToken>,
+    /// How many prompt tokens the batch being decoded carries for it.
+    feeding: usize,
+    /// Index of this request's logits in the batch being decoded, if it has some there.
+    logits_at: Option<i32>,
+}
+
+struct Engine<'m> {
+    model: &'m LlamaModel,
+    template: Option<llama_cpp_2::model::LlamaChatTemplate>,
+    ctx: LlamaContext<'m>,
+    slots: Vec<Slot>,
+    batch: LlamaBatch<'static>,
+    settings: ModelThread,
+}
+
+impl Engine<'_> {
+    /// Continuous batching: every decode call carries one token of each generating request and
+    /// as much of the waiting prompts as fits; a request that arrives joins at the next call,
+    /// and one that ends is answered at once and frees its slot. (A batch formed once and run
+    /// to its longest answer leaves finished slots idle while the longest one runs on.)
+    fn serve(&mut self, jobs: &Receiver<Job>) {
+        loop {
+            let idle = self.slots.iter().all(|s| s.running.is_none());
+            if idle {
+                match jobs.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            let admits = idle || self.settings.batching == Batching::Continuous;
+            while admits && self.slots.iter().any(|s| s.running.is_none()) {
+                match jobs.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => break,
+                }
+            }
+            if self.slots.iter().any(|s| s.running.is_some()) {
+                self.step();
             }
         }
-        let prompts: Vec<Result<Vec<LlamaToken>, LlmError>> = batch_jobs
-            .iter()
-            .map(|(req, _)| prompt_tokens(&model, template.as_ref(), req, per_seq))
-            .collect();
-        let mut runnable = Vec::new();
-        for ((req, reply), prompt) in batch_jobs.into_iter().zip(prompts) {
-            match prompt {
-                Ok(tokens) => runnable.push((req, reply, tokens)),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+    }
+
+    /// Gives a request a free slot, reusing the longest run of cells any slot holds of its
+    /// prompt (the slot's own, or another's shared through `seq_cp`).
+    fn admit(&mut self, (req, reply): Job) {
+        let prompt = match prompt_tokens(self.model, self.template.as_ref(), &req, self.settings.per_seq) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        // At least the prompt's last token is decoded: its logits give the first answer token.
+        let reusable = |cached: &[LlamaToken]| common_prefix(cached, &prompt).min(prompt.len() - 1);
+        let reuse = self.settings.prefix_reuse;
+        let free = (0..self.slots.len())
+            .filter(|&s| self.slots[s].running.is_none())
+            .max_by_key(|&s| (if reuse { reusable(&self.slots[s].cached) } else { 0 }, std::cmp::Reverse(s)))
+            .expect("admit is called with a free slot");
+        let own = if reuse { reusable(&self.slots[free].cached) } else { 0 };
+        let donor = (0..self.slots.len())
+            .filter(|&s| s != free)
+            .map(|s| (reusable(&self.slots[s].cached), s))
+            .max_by_key(|&(n, s)| (n, std::cmp::Reverse(s)))
+            .filter(|&(n, _)| reuse && n >= own + DONOR_GAIN);
+        let kept = match self.reshape(free, own, donor) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%e, "prefix reuse failed; decoding the whole prompt");
+                let _ = self.ctx.clear_kv_cache_seq(Some(free as u32), None, None);
+                0
+            }
+        };
+        let slot = &mut self.slots[free];
+        slot.cached = prompt[..kept].to_vec();
+        slot.running = Some(Running {
+            reply,
+            seq: Sequence::new(&req, prompt.len()),
+            prompt,
+            next: None,
+            feeding: 0,
+            logits_at: None,
+        });
+    }
+
+    /// Leaves `slot` holding the first cells of the new prompt: its own first `own` cells, or
+    /// the donor's first `n` shared into it. Returns how many it holds.
+    fn reshape(&mut self, slot: usize, own: usize, donor: Option<(usize, usize)>) -> Result<usize, String> {
+        let id = slot as u32;
+        match donor {
+            Some((n, from)) => {
+                // Each sequence has its own stream of cells: llama.cpp copies a whole stream,
+                // and the copy is cut back to the shared start.
+                self.ctx
+                    .copy_kv_cache_seq(from as i32, slot as i32, None, None)
+                    .map_err(|e| e.to_string())?;
+                match self.ctx.clear_kv_cache_seq(Some(id), Some(n as u32), None) {
+                    Ok(true) => Ok(n),
+                    _ => Err("llama.cpp refused to cut a copied sequence".into()),
+                }
+            }
+            None => {
+                let removed = self.ctx.clear_kv_cache_seq(Some(id), Some(own as u32), None).map_err(|e| e.to_string())?;
+                if removed {
+                    Ok(own)
+                } else {
+                    Err("llama.cpp refused to cut a sequence's cells".into())
                 }
             }
         }
-        if runnable.is_empty() {
-            continue;
+    }
+
+    /// One decode call: a token of each generating request, then waiting prompt tokens.
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut overflow = false;
+        // Static batching reads the prompts one at a time before any answer is written.
+        let one_prompt = self.settings.batching == Batching::Static
+            && self.slots.iter().any(|s| s.running.as_ref().is_some_and(|r| r.next.is_none()));
+        for (s, slot) in self.slots.iter_mut().enumerate() {
+            let Some(run) = slot.running.as_mut() else { continue };
+            run.logits_at = None;
+            run.feeding = 0;
+            if one_prompt {
+                continue;
+            }
+            if let Some(token) = run.next {
+                run.logits_at = Some(self.batch.n_tokens());
+                overflow |= self.batch.add(token, slot.cached.len() as i32, &[s as i32], true).is_err();
+            }
         }
-        let results = generate(&model, &mut ctx, &runnable, prefix_reuse.then_some(&mut kept));
+        for (s, slot) in self.slots.iter_mut().enumerate() {
+            let Some(run) = slot.running.as_mut() else { continue };
+            if run.next.is_some() {
+                continue;
+            }
+            let room = N_BATCH - self.batch.n_tokens() as usize;
+            if room == 0 || (one_prompt && self.batch.n_tokens() > 0) {
+                break;
+            }
+            let from = slot.cached.len();
+            let upto = run.prompt.len().min(from + room);
+            run.feeding = upto - from;
+            for (i, token) in run.prompt[from..upto].iter().enumerate() {
+                let at = from + i;
+                let last = at + 1 == run.prompt.len();
+                if last {
+                    run.logits_at = Some(self.batch.n_tokens());
+                }
+                overflow |= self.batch.add(*token, at as i32, &[s as i32], last).is_err();
+            }
+        }
+        let decoded = if overflow {
+            Err("batch overflow".to_string())
+        } else {
+            self.ctx.decode(&mut self.batch).map_err(|e| format!("decode failed: {e}"))
+        };
         // llama.cpp's own measurement of its decode time: the bench compares it with ours.
-        let t = ctx.timings();
-        engine_us.fetch_add(((t.t_p_eval_ms() + t.t_eval_ms()) * 1e3) as u64, Ordering::Relaxed);
-        ctx.reset_timings();
-        for ((_, reply, _), result) in runnable.into_iter().zip(results) {
-            let _ = reply.send(result);
+        let t = self.ctx.timings();
+        self.settings
+            .engine_us
+            .fetch_add(((t.t_p_eval_ms() + t.t_eval_ms()) * 1e3) as u64, Ordering::Relaxed);
+        self.ctx.reset_timings();
+        if let Err(e) = decoded {
+            // The cache's state is unknown: fail what runs, start clean.
+            for slot in &mut self.slots {
+                if let Some(run) = slot.running.take() {
+                    let _ = run.reply.send(Err(LlmError::Fatal(e.clone())));
+                }
+                slot.cached.clear();
+            }
+            self.ctx.clear_kv_cache();
+            return;
+        }
+        let vocab = self.model.vocab();
+        for slot in &mut self.slots {
+            let Some(run) = slot.running.as_mut() else { continue };
+            match run.next {
+                Some(token) if run.logits_at.is_some() => slot.cached.push(token),
+                Some(_) => {}
+                None => {
+                    let from = slot.cached.len();
+                    slot.cached.extend_from_slice(&run.prompt[from..from + run.feeding]);
+                }
+            }
+            let Some(at) = run.logits_at else { continue };
+            let token = run.seq.sampler.sample(&self.ctx, at);
+            run.seq.accept(&vocab, token);
+            if run.seq.done {
+                let run = slot.running.take().expect("running");
+                let _ = run.reply.send(Ok(run.seq.completion()));
+            } else {
+                run.next = Some(token);
+            }
         }
     }
 }
@@ -236,10 +460,9 @@ fn prompt_tokens(
     Ok(tokens)
 }
 
+/// What a request has generated so far, and when it ends.
 struct Sequence {
     sampler: LlamaSampler,
-    pos: i32,
-    last: LlamaToken,
     out: Vec<u8>,
     generated: u64,
     prompt: u64,
@@ -247,8 +470,50 @@ struct Sequence {
     /// The request's stop sequences: decoding ends once one appears (the gateway cuts it).
     stop: Vec<String>,
     done: bool,
-    /// Index of this sequence's logits in the last decoded batch.
-    logits_at: i32,
+}
+
+impl Sequence {
+    fn new(req: &ChatRequest, prompt: usize) -> Self {
+        Self {
+            sampler: sampler_for(req),
+            out: Vec::new(),
+            generated: 0,
+            prompt: prompt as u64,
+            max: u64::from(req.max_tokens.max(1)),
+            stop: req.stop.clone(),
+            done: false,
+        }
+    }
+
+    /// Appends a freshly sampled token, or ends the sequence.
+    fn accept(&mut self, vocab: &llama_cpp_2::vocab::LlamaVocab<'_>, token: LlamaToken) {
+        if vocab.is_eog(token) {
+            self.done = true;
+            return;
+        }
+        self.out.extend(vocab.token_to_piece(token, false, None));
+        self.generated += 1;
+        if self.generated >= self.max {
+            self.done = true;
+        }
+        if !self.stop.is_empty() {
+            // A stop sequence can straddle tokens: look at the tail that could hold a new one.
+            let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
+            let from = self.out.len().saturating_sub(longest + 16);
+            let tail = String::from_utf8_lossy(&self.out[from..]);
+            if self.stop.iter().any(|s| tail.contains(s.as_str())) {
+                self.done = true;
+            }
+        }
+    }
+
+    fn completion(self) -> Completion {
+        Completion {
+            text: String::from_utf8_lossy(&self.out).into_owned(),
+            prompt_tokens: self.prompt,
+            completion_tokens: self.generated,
+        }
+    }
 }
 
 fn sampler_for(req: &ChatRequest) -> LlamaSampler {
@@ -266,180 +531,6 @@ fn sampler_for(req: &ChatRequest) -> LlamaSampler {
     }
 }
 
-fn generate(
-    model: &LlamaModel,
-    ctx: &mut LlamaContext,
-    jobs: &[Prepared],
-    kept: Option<&mut Vec<LlamaToken>>,
-) -> Vec<Result<Completion, LlmError>> {
-    let vocab = model.vocab();
-    let n_batch = 512usize;
-    let mut seqs: Vec<Sequence> = Vec::with_capacity(jobs.len());
-    let mut errors: Vec<Option<LlmError>> = (0..jobs.len()).map(|_| None).collect();
-    let mut batch = LlamaBatch::new(n_batch, jobs.len() as i32);
-    // The prefix every prompt of the batch shares, decoded once (sequence 0) and shared; each
-    // prompt keeps at least its last token to decode, whose logits give its first token.
-    let shared = match kept {
-        Some(kept) => match share_prefix(ctx, &mut batch, jobs, kept) {
-            Ok(n) => n,
-            Err(e) => {
-                kept.clear();
-                ctx.clear_kv_cache();
-                tracing::warn!(%e, "prefix reuse failed; decoding whole prompts");
-                0
-            }
-        },
-        None => {
-            ctx.clear_kv_cache();
-            0
-        }
-    };
-    // Prefill each sequence's own part (in chunks of n_batch) and sample its first token.
-    for (s, (req, _, tokens)) in jobs.iter().enumerate() {
-        let mut sampler = sampler_for(req);
-        let mut pos = shared as i32;
-        let mut first = LlamaToken(0);
-        for chunk in tokens[shared..].chunks(n_batch) {
-            batch.clear();
-            for (i, t) in chunk.iter().enumerate() {
-                let is_last = pos as usize + i + 1 == tokens.len();
-                if batch.add(*t, pos + i as i32, &[s as i32], is_last).is_err() {
-                    errors[s] = Some(LlmError::Fatal("batch overflow".into()));
-                }
-            }
-            if let Err(e) = ctx.decode(&mut batch) {
-                errors[s] = Some(LlmError::Fatal(format!("decode failed: {e}")));
-                break;
-            }
-            pos += chunk.len() as i32;
-        }
-        if errors[s].is_none() {
-            first = sampler.sample(ctx, batch.n_tokens() - 1);
-        }
-        let mut seq = Sequence {
-            sampler,
-            pos,
-            last: first,
-            out: Vec::new(),
-            generated: 0,
-            prompt: tokens.len() as u64,
-            max: u64::from(req.max_tokens.max(1)),
-            stop: req.stop.clone(),
-            done: errors[s].is_some(),
-            logits_at: 0,
-        };
-        accept(&vocab, &mut seq);
-        seqs.push(seq);
-    }
-    // Decode all live sequences together, one token each per step.
-    loop {
-        batch.clear();
-        let mut any = false;
-        for (s, seq) in seqs.iter_mut().enumerate() {
-            if seq.done {
-                continue;
-            }
-            seq.logits_at = batch.n_tokens();
-            if batch.add(seq.last, seq.pos, &[s as i32], true).is_err() {
-                seq.done = true;
-                continue;
-            }
-            seq.pos += 1;
-            any = true;
-        }
-        if !any {
-            break;
-        }
-        if let Err(e) = ctx.decode(&mut batch) {
-            for (s, seq) in seqs.iter_mut().enumerate() {
-                if !seq.done {
-                    seq.done = true;
-                    errors[s] = Some(LlmError::Fatal(format!("decode failed: {e}")));
-                }
-            }
-            break;
-        }
-        for seq in seqs.iter_mut().filter(|s| !s.done) {
-            seq.last = seq.sampler.sample(ctx, seq.logits_at);
-            accept(&vocab, seq);
-        }
-    }
-    seqs.into_iter()
-        .zip(errors)
-        .map(|(seq, err)| match err {
-            Some(e) => Err(e),
-            None => Ok(Completion {
-                text: String::from_utf8_lossy(&seq.out).into_owned(),
-                prompt_tokens: seq.prompt,
-                completion_tokens: seq.generated,
-            }),
-        })
-        .collect()
-}
-
-/// Readies the cache for a batch whose prompts share a prefix: keeps what sequence 0 holds
-/// of it from the last batch, decodes the rest of it into sequence 0, and shares those cells
-/// with every other sequence. Returns the prefix's length; `kept` becomes that prefix.
-fn share_prefix(
-    ctx: &mut LlamaContext,
-    batch: &mut LlamaBatch,
-    jobs: &[Prepared],
-    kept: &mut Vec<LlamaToken>,
-) -> Result<usize, String> {
-    let first = &jobs[0].2;
-    let shared = jobs
-        .iter()
-        .map(|(_, _, t)| common_prefix(first, t).min(t.len().saturating_sub(1)))
-        .min()
-        .unwrap_or(0);
-    let reuse = common_prefix(&kept[..], &first[..shared]);
-    // Every sequence but 0 starts empty (whatever the last batch's size); 0 keeps the
-    // reused prefix only.
-    ctx.llama_kv_cache_seq_keep(0);
-    ctx.clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
-        .map_err(|e| e.to_string())?;
-    for (c, chunk) in first[reuse..shared].chunks(512).enumerate() {
-        batch.clear();
-        let at = reuse + c * 512;
-        for (i, t) in chunk.iter().enumerate() {
-            batch.add(*t, (at + i) as i32, &[0], false).map_err(|e| e.to_string())?;
-        }
-        ctx.decode(batch).map_err(|e| e.to_string())?;
-    }
-    for s in 1..jobs.len() as i32 {
-        ctx.copy_kv_cache_seq(0, s, Some(0), Some(shared as u32))
-            .map_err(|e| e.to_string())?;
-    }
-    kept.clear();
-    kept.extend_from_slice(&first[..shared]);
-    Ok(shared)
-}
-
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// Appends the freshly sampled token unless it ends the sequence.
-fn accept(vocab: &llama_cpp_2::vocab::LlamaVocab<'_>, seq: &mut Sequence) {
-    if seq.done {
-        return;
-    }
-    if vocab.is_eog(seq.last) {
-        seq.done = true;
-        return;
-    }
-    seq.out.extend(vocab.token_to_piece(seq.last, false, None));
-    seq.generated += 1;
-    if seq.generated >= seq.max {
-        seq.done = true;
-    }
-    if !seq.stop.is_empty() {
-        // A stop sequence can straddle tokens: look at the tail that could hold a new one.
-        let longest = seq.stop.iter().map(String::len).max().unwrap_or(0);
-        let from = seq.out.len().saturating_sub(longest + 16);
-        let tail = String::from_utf8_lossy(&seq.out[from..]);
-        if seq.stop.iter().any(|s| tail.contains(s.as_str())) {
-            seq.done = true;
-        }
-    }
 }
