@@ -125,11 +125,46 @@ fn main() {
         in_flight,
     };
     let paths = [
-        path("Q4_1 as shipped, static batches, no stop, whole prompts", &shipped, "static", false, false, IN_FLIGHT),
-        path("Q8_0, static batches, no stop, whole prompts", &default, "static", false, false, IN_FLIGHT),
-        path("Q8_0, continuous batching", &default, "continuous", false, false, IN_FLIGHT),
-        path("Q8_0, continuous + stop", &default, "continuous", true, false, IN_FLIGHT),
-        path("Q8_0, continuous + stop + prefix reuse", &default, "continuous", true, true, IN_FLIGHT),
+        path(
+            "Q4_1 as shipped, static batches, no stop, whole prompts",
+            &shipped,
+            "static",
+            false,
+            false,
+            IN_FLIGHT,
+        ),
+        path(
+            "Q8_0, static batches, no stop, whole prompts",
+            &default,
+            "static",
+            false,
+            false,
+            IN_FLIGHT,
+        ),
+        path(
+            "Q8_0, continuous batching",
+            &default,
+            "continuous",
+            false,
+            false,
+            IN_FLIGHT,
+        ),
+        path(
+            "Q8_0, continuous + stop",
+            &default,
+            "continuous",
+            true,
+            false,
+            IN_FLIGHT,
+        ),
+        path(
+            "Q8_0, continuous + stop + prefix reuse",
+            &default,
+            "continuous",
+            true,
+            true,
+            IN_FLIGHT,
+        ),
     ];
     let mut baseline = 0.0;
     for p in &paths {
@@ -148,7 +183,11 @@ fn main() {
 }
 
 fn report(p: &Path, m: &Measured, baseline: f64) {
-    let label = if p.label.is_empty() { String::new() } else { format!("{}, ", p.label) };
+    let label = if p.label.is_empty() {
+        String::new()
+    } else {
+        format!("{}, ", p.label)
+    };
     println!(
         "  {:<68} {:>6.2} tasks/s ({:.1} s, {} tokens generated, {:.0} tokens/s) {:.2}x; llama.cpp's decode {:.1} s, metaforge's wall / llama.cpp's = {:.2}x",
         format!("{label}{} in flight", p.in_flight),

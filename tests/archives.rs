@@ -346,7 +346,13 @@ fn a_merged_archive_resumes_with_steps_in_flight_deterministically() {
     let merged = dir.path().join("merged.db");
     ok(&metaforge(
         dir.path(),
-        &["merge", a.to_str().unwrap(), b.to_str().unwrap(), "-o", merged.to_str().unwrap()],
+        &[
+            "merge",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "-o",
+            merged.to_str().unwrap(),
+        ],
     ));
     let copy = dir.path().join("copy.db");
     std::fs::copy(&merged, &copy).unwrap();

@@ -69,7 +69,10 @@ pub fn resolve_local_model(spec: &str) -> Result<PathBuf> {
 #[cfg(feature = "local-model")]
 fn requantize(shipped: &Path, dest: &Path) -> Result<()> {
     let tmp = dest.with_extension("gguf.part");
-    eprintln!("metaforge: requantizing the local model to Q8_0 once, into {}", dest.display());
+    eprintln!(
+        "metaforge: requantizing the local model to Q8_0 once, into {}",
+        dest.display()
+    );
     super::local::requantize_q8_0(shipped, &tmp)?;
     std::fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))
 }
@@ -132,7 +135,15 @@ mod tests {
         let script = include_str!("../../scripts/quickstart.sh");
         let known = &KNOWN[0];
         assert_eq!(known.alias, DEFAULT_LOCAL_MODEL);
-        assert!(script.contains(known.package), "quickstart.sh must prefetch {}", known.package);
-        assert!(script.contains(known.file), "quickstart.sh must look for {}", known.file);
+        assert!(
+            script.contains(known.package),
+            "quickstart.sh must prefetch {}",
+            known.package
+        );
+        assert!(
+            script.contains(known.file),
+            "quickstart.sh must look for {}",
+            known.file
+        );
     }
 }

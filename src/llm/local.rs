@@ -279,7 +279,12 @@ impl Engine<'_> {
         let reuse = self.settings.prefix_reuse;
         let free = (0..self.slots.len())
             .filter(|&s| self.slots[s].running.is_none())
-            .max_by_key(|&s| (if reuse { reusable(&self.slots[s].cached) } else { 0 }, std::cmp::Reverse(s)))
+            .max_by_key(|&s| {
+                (
+                    if reuse { reusable(&self.slots[s].cached) } else { 0 },
+                    std::cmp::Reverse(s),
+                )
+            })
             .expect("admit is called with a free slot");
         let own = if reuse { reusable(&self.slots[free].cached) } else { 0 };
         let donor = (0..self.slots.len())
@@ -324,7 +329,10 @@ impl Engine<'_> {
                 }
             }
             None => {
-                let removed = self.ctx.clear_kv_cache_seq(Some(id), Some(own as u32), None).map_err(|e| e.to_string())?;
+                let removed = self
+                    .ctx
+                    .clear_kv_cache_seq(Some(id), Some(own as u32), None)
+                    .map_err(|e| e.to_string())?;
                 if removed {
                     Ok(own)
                 } else {
@@ -340,7 +348,10 @@ impl Engine<'_> {
         let mut overflow = false;
         // Static batching reads the prompts one at a time before any answer is written.
         let one_prompt = self.settings.batching == Batching::Static
-            && self.slots.iter().any(|s| s.running.as_ref().is_some_and(|r| r.next.is_none()));
+            && self
+                .slots
+                .iter()
+                .any(|s| s.running.as_ref().is_some_and(|r| r.next.is_none()));
         for (s, slot) in self.slots.iter_mut().enumerate() {
             let Some(run) = slot.running.as_mut() else { continue };
             run.logits_at = None;
@@ -350,7 +361,10 @@ impl Engine<'_> {
             }
             if let Some(token) = run.next {
                 run.logits_at = Some(self.batch.n_tokens());
-                overflow |= self.batch.add(token, slot.cached.len() as i32, &[s as i32], true).is_err();
+                overflow |= self
+                    .batch
+                    .add(token, slot.cached.len() as i32, &[s as i32], true)
+                    .is_err();
             }
         }
         for (s, slot) in self.slots.iter_mut().enumerate() {
@@ -377,7 +391,9 @@ impl Engine<'_> {
         let decoded = if overflow {
             Err("batch overflow".to_string())
         } else {
-            self.ctx.decode(&mut self.batch).map_err(|e| format!("decode failed: {e}"))
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| format!("decode failed: {e}"))
         };
         // llama.cpp's own measurement of its decode time: the bench compares it with ours.
         let t = self.ctx.timings();
