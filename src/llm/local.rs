@@ -3,16 +3,17 @@
 //! One model instance serves every caller from one thread. Why: on a 2-core machine two
 //! model instances (or one per worker) oversubscribe the CPU and generation collapses
 //! (measured 51 -> 14 tok/s). Requests queue on a channel; each of up to `max_concurrency`
-//! gets a sequence of llama.cpp's shared cache, and every decode call carries one token of
-//! each answer being written plus as much of the waiting prompts as fits (continuous
-//! batching): a request joins at the next call and is answered the moment it ends.
+//! gets a sequence (its own stream of llama.cpp's cache), and every decode call carries one
+//! token of each answer being written plus as much of the waiting prompts as fits
+//! (continuous batching): a request joins at the next call and is answered the moment it
+//! ends.
 //!
 //! **Prefix reuse.** Requests that start alike (the same instruction across a candidate's
 //! tasks, the same conversation across debate rounds) share the prompt's key-value cache. A
-//! sequence keeps its cells after its request ends; a new request takes the free sequence,
-//! or shares (llama.cpp's `seq_cp` on the unified cache) the cells of any sequence, that
-//! holds the longest start of its prompt, and decodes only the rest. Prefill is most of a
-//! short answer's cost on a CPU.
+//! sequence keeps its cells after its request ends; a new request takes the free sequence
+//! that holds the longest start of its prompt, or copies (llama.cpp's `seq_cp`) another
+//! sequence's cells when those hold much more of it, and decodes only the rest. Prefill is
+//! much of a short answer's cost on a CPU.
 
 use std::num::NonZeroU32;
 use std::path::Path;
