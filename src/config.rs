@@ -387,7 +387,7 @@ pub struct ModelConfig {
     #[serde(default = "default_ctx")]
     pub context_per_sequence: u32,
     /// `local` only: requests that start alike share their prompt prefix's key-value cache
-    /// (decoded once, kept for the next batch).
+    /// (a sequence keeps its cells for the next prompt that starts the same way).
     #[serde(default = "yes")]
     pub prefix_reuse: bool,
     /// `local` only: continuous (the default) or static batching.

@@ -206,7 +206,7 @@ const N_BATCH: usize = 512;
 /// stream, which costs about as much as decoding a few dozen tokens.
 const DONOR_GAIN: usize = 64;
 
-/// One sequence id of the shared cache.
+/// One sequence of the model's cache, with its own stream of cells.
 #[derive(Default)]
 struct Slot {
     /// The tokens whose cells this sequence holds, at positions `0..cached.len()`. A finished
@@ -265,8 +265,8 @@ impl Engine<'_> {
         }
     }
 
-    /// Gives a request a free slot, reusing the longest run of cells any slot holds of its
-    /// prompt (the slot's own, or another's shared through `seq_cp`).
+    /// Gives a request the free slot that holds the longest start of its prompt, or copies
+    /// another slot's cells into it when those hold `DONOR_GAIN` tokens more.
     fn admit(&mut self, (req, reply): Job) {
         let prompt = match prompt_tokens(self.model, self.template.as_ref(), &req, self.settings.per_seq) {
             Ok(p) => p,
@@ -278,16 +278,11 @@ impl Engine<'_> {
         // At least the prompt's last token is decoded: its logits give the first answer token.
         let reusable = |cached: &[LlamaToken]| common_prefix(cached, &prompt).min(prompt.len() - 1);
         let reuse = self.settings.prefix_reuse;
-        let free = (0..self.slots.len())
+        let (own, free) = (0..self.slots.len())
             .filter(|&s| self.slots[s].running.is_none())
-            .max_by_key(|&s| {
-                (
-                    if reuse { reusable(&self.slots[s].cached) } else { 0 },
-                    std::cmp::Reverse(s),
-                )
-            })
+            .map(|s| (if reuse { reusable(&self.slots[s].cached) } else { 0 }, s))
+            .max_by_key(|&(n, s)| (n, std::cmp::Reverse(s)))
             .expect("admit is called with a free slot");
-        let own = if reuse { reusable(&self.slots[free].cached) } else { 0 };
         let donor = (0..self.slots.len())
             .filter(|&s| s != free)
             .map(|s| (reusable(&self.slots[s].cached), s))
@@ -314,32 +309,23 @@ impl Engine<'_> {
     }
 
     /// Leaves `slot` holding the first cells of the new prompt: its own first `own` cells, or
-    /// the donor's first `n` shared into it. Returns how many it holds.
+    /// the donor's first `n` copied into it. Returns how many it holds.
     fn reshape(&mut self, slot: usize, own: usize, donor: Option<(usize, usize)>) -> Result<usize, String> {
-        let id = slot as u32;
-        match donor {
+        let keep = match donor {
             Some((n, from)) => {
                 // Each sequence has its own stream of cells: llama.cpp copies a whole stream,
-                // and the copy is cut back to the shared start.
+                // and the copy is cut back to the shared start below.
                 self.ctx
                     .copy_kv_cache_seq(from as i32, slot as i32, None, None)
                     .map_err(|e| e.to_string())?;
-                match self.ctx.clear_kv_cache_seq(Some(id), Some(n as u32), None) {
-                    Ok(true) => Ok(n),
-                    _ => Err("llama.cpp refused to cut a copied sequence".into()),
-                }
+                n
             }
-            None => {
-                let removed = self
-                    .ctx
-                    .clear_kv_cache_seq(Some(id), Some(own as u32), None)
-                    .map_err(|e| e.to_string())?;
-                if removed {
-                    Ok(own)
-                } else {
-                    Err("llama.cpp refused to cut a sequence's cells".into())
-                }
-            }
+            None => own,
+        };
+        match self.ctx.clear_kv_cache_seq(Some(slot as u32), Some(keep as u32), None) {
+            Ok(true) => Ok(keep),
+            Ok(false) => Err("llama.cpp refused to cut a sequence's cells".into()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -416,6 +402,8 @@ impl Engine<'_> {
         let vocab = self.model.vocab();
         for slot in &mut self.slots {
             let Some(run) = slot.running.as_mut() else { continue };
+            // A sampled token was in the batch only if it got logits there (static batching
+            // holds answers back while a prompt is read).
             match run.next {
                 Some(token) if run.logits_at.is_some() => slot.cached.push(token),
                 Some(_) => {}
