@@ -331,9 +331,9 @@ fn a_merged_archive_resumes_with_steps_in_flight_deterministically() {
     let exp = write_experiment(dir.path(), "a.toml", 3, &same_split, 0.3, 4);
     let text = std::fs::read_to_string(&exp)
         .unwrap()
-        .replace("[search]\n", "[search]\nsteps_in_flight = 3\n")
-        .replace("model = \"agent\"\n", "model = \"agent\"\nlatency_ms = 20\n");
+        .replace("[search]\n", "[search]\nsteps_in_flight = 3\n");
     std::fs::write(&exp, text).unwrap();
+    slow_agent(&exp, 20);
     // A stops partway (after the steps in flight commit); B runs to its end.
     let a = dir.path().join("a.db");
     let child = common::spawn_run(&exp, &a, Stdio::null());

@@ -457,10 +457,7 @@ fn a_signal_stops_at_a_safe_point_and_a_second_one_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path(), 0.3, 3);
     // Model calls that take a while, so a signal lands mid-step.
-    let text = std::fs::read_to_string(&exp)
-        .unwrap()
-        .replace("model = \"agent\"\n", "model = \"agent\"\nlatency_ms = 40\n");
-    std::fs::write(&exp, text).unwrap();
+    slow_agent(&exp, 40);
     let reference = dir.path().join("reference.db");
     run_to_end(&exp, &reference);
 

@@ -138,10 +138,7 @@ fn the_dashboard_gains_candidates_live_without_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     // A search slow enough to watch: model calls take a while.
     let exp = experiment(dir.path(), 0.0, 10);
-    let text = std::fs::read_to_string(&exp)
-        .unwrap()
-        .replace("model = \"agent\"\n", "model = \"agent\"\nlatency_ms = 120\n");
-    std::fs::write(&exp, text).unwrap();
+    slow_agent(&exp, 120);
     let db = dir.path().join("live.db");
     let _run = Killed(spawn_run(&exp, &db, Stdio::null()));
     while count_or_zero(&db, "SELECT count(*) FROM candidates") < 3 {

@@ -179,6 +179,16 @@ pub fn finished_run(dir: &Path, file: &str, seed: u64, domain: &str) -> std::pat
     db
 }
 
+/// Makes the scripted agent model of the experiment at `exp` take `latency_ms` a call, so
+/// a search is slow enough to watch, stop or kill mid-step.
+pub fn slow_agent(exp: &Path, latency_ms: u64) {
+    let text = std::fs::read_to_string(exp).unwrap().replace(
+        "model = \"agent\"\n",
+        &format!("model = \"agent\"\nlatency_ms = {latency_ms}\n"),
+    );
+    std::fs::write(exp, text).unwrap();
+}
+
 /// `metaforge run --quiet EXP --db DB`, which must succeed; returns what it printed.
 pub fn run_to_end(exp: &Path, db: &Path) -> String {
     let out = Command::new(bin())
