@@ -14,7 +14,10 @@
 //!
 //! Prints tasks/s and the ratio to the first row, then the last row with other numbers of
 //! requests in flight, and each row's wall time against llama.cpp's own measurement of its
-//! decode.
+//! decode. Every row runs the model in its supervised process (the default); the last part
+//! measures that against decoding in metaforge's own process, alternating the two, and,
+//! when `LOCAL_THROUGHPUT_OTHER_BUILD` names another build's metaforge binary (e.g. one
+//! built with `GGML_AVX512=ON`), runs the model process from that build beside this one's.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +45,7 @@ struct Path {
     stop: bool,
     prefix_reuse: bool,
     in_flight: usize,
+    process: &'static str,
 }
 
 fn run(questions: &[String], path: &Path) -> Measured {
@@ -50,11 +54,12 @@ fn run(questions: &[String], path: &Path) -> Measured {
         stop,
         prefix_reuse,
         in_flight,
+        process,
         ref model,
         ..
     } = *path;
     let cfg: metaforge::config::ModelConfig = toml::from_str(&format!(
-        "backend = \"local\"\nmodel = \"{model}\"\ntemperature = 0.0\nmax_concurrency = {in_flight}\nprefix_reuse = {prefix_reuse}\nbatching = \"{batching}\""
+        "backend = \"local\"\nmodel = \"{model}\"\ntemperature = 0.0\nmax_concurrency = {in_flight}\nprefix_reuse = {prefix_reuse}\nbatching = \"{batching}\"\nprocess = \"{process}\""
     ))
     .unwrap();
     let backend = BackendFactory::new().build(&cfg, "agent").unwrap();
@@ -123,6 +128,7 @@ fn main() {
         stop,
         prefix_reuse,
         in_flight,
+        process: "supervised",
     };
     let paths = [
         path(
@@ -179,6 +185,64 @@ fn main() {
     for in_flight in [1, 4, 16] {
         let p = path("", &default, "continuous", true, true, in_flight);
         report(&p, &run(&questions, &p), baseline);
+    }
+    // Where the model runs: its own supervised process against a thread of this one, the
+    // two alternated so that drift in the machine's speed falls on both.
+    println!("  where the model runs (Q8_0, continuous + stop + prefix reuse):");
+    let mut sums = [0.0f64; 2];
+    for round in 0..2 {
+        for (i, process) in ["in-process", "supervised"].into_iter().enumerate() {
+            let mut p = path(
+                if i == 0 { "in-process" } else { "supervised process" },
+                &default,
+                "continuous",
+                true,
+                true,
+                IN_FLIGHT,
+            );
+            p.process = process;
+            let m = run(&questions, &p);
+            sums[i] += m.tasks_per_s;
+            if round == 1 {
+                report(&p, &m, baseline);
+            }
+        }
+    }
+    println!(
+        "  supervised / in-process, tasks/s over both rounds: {:.3}x",
+        sums[1] / sums[0]
+    );
+    // Another build's kernels in the model process (the binary that is started for it).
+    if let Some(other) = std::env::var_os("LOCAL_THROUGHPUT_OTHER_BUILD") {
+        println!("  this build's model process against {}'s:", other.to_string_lossy());
+        let mut sums = [0.0f64; 2];
+        for round in 0..2 {
+            for (i, binary) in [None, Some(&other)].into_iter().enumerate() {
+                // SAFETY (edition 2021: safe): no other thread reads the environment now.
+                match binary {
+                    Some(b) => std::env::set_var("METAFORGE_BIN", b),
+                    None => std::env::remove_var("METAFORGE_BIN"),
+                }
+                let p = path(
+                    if i == 0 { "this build" } else { "other build" },
+                    &default,
+                    "continuous",
+                    true,
+                    true,
+                    IN_FLIGHT,
+                );
+                let m = run(&questions, &p);
+                sums[i] += m.tasks_per_s;
+                if round == 1 {
+                    report(&p, &m, baseline);
+                }
+            }
+        }
+        std::env::remove_var("METAFORGE_BIN");
+        println!(
+            "  other build / this build, tasks/s over both rounds: {:.3}x",
+            sums[1] / sums[0]
+        );
     }
 }
 

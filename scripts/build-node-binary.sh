@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# A metaforge binary for Ray nodes whose CPUs may differ from this machine's: built for a
-# portable x86-64 level instead of this CPU (.cargo/config.toml's target-cpu=native), and
-# without the embedded model, which shards never run (their model calls go back to the
-# driver). Install it on the nodes and set `executor.node_binary` to its path there.
-#   scripts/build-node-binary.sh [LEVEL]    LEVEL: x86-64 | x86-64-v2 (default) | x86-64-v3
+# A metaforge binary to install on Ray nodes (or any machine) as `executor.node_binary`. The
+# project's build is portable already (.cargo/config.toml: x86-64's baseline for its own
+# code, the AVX2 level for the embedded model's kernels); this builds it into target/node,
+# with the embedded model, or with --no-model without it, for nodes whose CPUs lack AVX2
+# (shards never run the model: their calls go back to the driver).
+#   scripts/build-node-binary.sh [--no-model]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-level="${1:-x86-64-v2}"
-RUSTFLAGS="-C target-cpu=$level" cargo build --release --no-default-features --target-dir target/node
-echo "built target/node/release/metaforge for $level; set executor.node_binary to where the nodes have it"
+features=()
+[ "${1:-}" = "--no-model" ] && features=(--no-default-features)
+cargo build --release --locked "${features[@]}" --target-dir target/node
+echo "built target/node/release/metaforge; install it on the nodes and set executor.node_binary to its path there"

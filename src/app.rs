@@ -514,6 +514,10 @@ pub fn eval(
     }
     .evaluate(&code, &tasks, split, &tick)?;
     bar.finish_and_clear();
+    // Tasks whose calls met a dead model failed for the model's sake, not the agent's: no score.
+    if let Some(why) = gw.failure() {
+        anyhow::bail!("{why}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
@@ -540,11 +544,12 @@ pub fn eval(
 
 /// `doctor`: which sandbox layers this kernel gives, and a real worker started under them.
 /// Returns false when a layer is missing (exit code 1), so scripts can gate on it.
-pub fn doctor(json: bool) -> Result<bool> {
+pub fn doctor(json: bool, model: Option<&str>) -> Result<DoctorVerdict> {
     let layers = crate::sandbox::isolation::doctor_lines();
     let python = crate::sandbox::python_interpreter()?;
     let probe = crate::sandbox::live_probe()?;
     let all_active = layers.iter().all(|(_, r)| r.is_ok());
+    let model = model_check(model);
     if json {
         let rows: Vec<_> = layers
             .iter()
@@ -555,7 +560,8 @@ pub fn doctor(json: bool) -> Result<bool> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "layers": rows, "python": python, "probe": probe, "all_active": all_active,
                 "episodic": crate::episodic::env::doctor_line(),
-                "ray": crate::executor::RAY_ENV.describe()
+                "ray": crate::executor::RAY_ENV.describe(),
+                "embedded_model": model,
             }))?
         );
     } else {
@@ -577,8 +583,83 @@ pub fn doctor(json: bool) -> Result<bool> {
         if !all_active {
             println!("some layers are missing: evaluation.isolation = \"strict\" refuses to run here; \"best-effort\" runs with a warning");
         }
+        match &model {
+            ModelReport::Checked(check) => check.render().iter().for_each(|l| println!("{l}")),
+            ModelReport::Skipped(why) => println!("embedded model: not checked ({why})"),
+        }
     }
-    Ok(all_active)
+    Ok(match (&model, all_active) {
+        (ModelReport::Checked(c), _) if !c.ok() => DoctorVerdict::ModelUnusable,
+        (_, false) => DoctorVerdict::LayersMissing,
+        _ => DoctorVerdict::Ready,
+    })
+}
+
+/// What `doctor` found, as its exit code tells a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoctorVerdict {
+    /// Exit 0: the sandbox has every layer and the embedded model runs (or was not checked).
+    Ready,
+    /// Exit 1: the embedded model cannot run on this machine.
+    ModelUnusable,
+    /// Exit 3: the model runs, but some sandbox layers are missing (`isolation = "strict"`
+    /// refuses to run).
+    LayersMissing,
+}
+
+impl DoctorVerdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            DoctorVerdict::Ready => 0,
+            DoctorVerdict::ModelUnusable => EXIT_FAILURE,
+            DoctorVerdict::LayersMissing => 3,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ModelReport {
+    #[cfg(feature = "local-model")]
+    Checked(crate::llm::model_check::ModelCheck),
+    #[cfg(not(feature = "local-model"))]
+    Checked(NoCheck),
+    Skipped(String),
+}
+
+#[cfg(not(feature = "local-model"))]
+#[derive(serde::Serialize)]
+struct NoCheck;
+#[cfg(not(feature = "local-model"))]
+impl NoCheck {
+    fn ok(&self) -> bool {
+        true
+    }
+    fn render(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
+#[cfg(feature = "local-model")]
+fn model_check(model: Option<&str>) -> ModelReport {
+    match model {
+        Some(m) => ModelReport::Checked(crate::llm::model_check::check(m)),
+        None => ModelReport::Skipped("--no-model".into()),
+    }
+}
+
+#[cfg(not(feature = "local-model"))]
+fn model_check(_model: Option<&str>) -> ModelReport {
+    ModelReport::Skipped("this binary was built without the `local-model` feature".into())
+}
+
+/// `model-process`: the embedded model's own process, started by the supervisor
+/// (`llm::supervisor`); requests on stdin, replies on stdout.
+pub fn model_process() -> Result<()> {
+    #[cfg(feature = "local-model")]
+    return crate::llm::serve_model_process();
+    #[cfg(not(feature = "local-model"))]
+    anyhow::bail!("this binary was built without the `local-model` feature")
 }
 
 /// `shard`: one evaluation shard on a cluster node (see `executor::serve_shard`).

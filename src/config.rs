@@ -336,6 +336,21 @@ pub enum Batching {
     Static,
 }
 
+/// Where the embedded model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelProcess {
+    /// A process of its own that metaforge watches: if it dies (a fault in llama.cpp, an
+    /// abort, the kernel's out-of-memory killer) it is started again once, with prefix reuse
+    /// off, and the requests it held are sent again, so a run goes on; a second death stops
+    /// the run at a step boundary with a message naming what died.
+    #[default]
+    Supervised,
+    /// A thread of metaforge itself: a fault in llama.cpp ends the whole run. Kept as the
+    /// baseline `benches/local_throughput.rs` measures the supervised process against.
+    InProcess,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -393,6 +408,10 @@ pub struct ModelConfig {
     /// `local` only: continuous (the default) or static batching.
     #[serde(default)]
     pub batching: Batching,
+    /// `local` only: `supervised` (the default, a process of its own, restarted once if it
+    /// dies) or `in-process`.
+    #[serde(default)]
+    pub process: ModelProcess,
 }
 
 /// Every key at its default: the embedded model. Built by reading an empty table, so the

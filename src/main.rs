@@ -181,8 +181,22 @@ enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
-    /// Show which sandbox protections this machine's kernel gives, with a live probe.
-    Doctor,
+    /// Show which sandbox protections this machine's kernel gives, with a live probe, and
+    /// whether the embedded model runs on this CPU (loaded and decoding in a process of its
+    /// own). Exit 0: all is well; 1: the embedded model cannot run here; 3: the model runs
+    /// but some sandbox layers are missing.
+    Doctor {
+        /// The local model to check: an alias or a GGUF path.
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// Do not load the model (no download, no decode).
+        #[arg(long)]
+        no_model: bool,
+    },
+    /// The embedded model's own process, started and watched by metaforge: requests on stdin,
+    /// replies on stdout.
+    #[command(hide = true)]
+    ModelProcess,
     /// Run one evaluation shard sent by a driver (a Ray task starts this on a node): the
     /// shard on stdin, the worker's result on stdout, model calls asked of the driver.
     #[command(hide = true)]
@@ -257,7 +271,13 @@ fn main() -> ExitCode {
         Command::Merge { a, b, out, force } => metaforge::app::merge(a, b, out, *force, cli.json).map(|_| true),
         Command::ExportBundle { db, out } => metaforge::app::bundle(db, out, false, cli.json).map(|_| true),
         Command::ImportBundle { bundle, out } => metaforge::app::bundle(bundle, out, true, cli.json).map(|_| true),
-        Command::Doctor => metaforge::app::doctor(cli.json),
+        Command::Doctor { model, no_model } => {
+            match metaforge::app::doctor(cli.json, (!*no_model).then_some(model.as_str())) {
+                Ok(verdict) => return ExitCode::from(verdict.exit_code()),
+                Err(e) => Err(e),
+            }
+        }
+        Command::ModelProcess => metaforge::app::model_process().map(|_| true),
         Command::Shard => metaforge::app::shard().map(|_| true),
         Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
         Command::Serve {

@@ -97,7 +97,7 @@ def run_shard(spec, path, digest, blob_refs, cpu_flags=()):
     if missing:
         raise RuntimeError(
             f"node {os.uname().nodename} lacks CPU instructions the driver's binary was built for "
-            f"({', '.join(missing)}: the build uses target-cpu=native); fix: build a binary for the "
+            f"({', '.join(missing)}: it was built with a target-cpu); fix: build a binary for the "
             "nodes with scripts/build-node-binary.sh, install it on them and set "
             "executor.node_binary to its path")
     binary = node_binary(path, digest, blob_refs)

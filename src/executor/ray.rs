@@ -54,8 +54,9 @@ struct Bridge {
 
 /// The CPU instructions this binary was compiled to use beyond the architecture's baseline,
 /// as `/proc/cpuinfo` names them. The bridge checks a node has them before it runs the
-/// shipped binary there. Why: the project builds with `target-cpu=native`
-/// (`.cargo/config.toml`), and a node whose CPU lacks one would die of SIGILL, named nowhere.
+/// shipped binary there. Why: the project's build is portable (`.cargo/config.toml`) and this
+/// is empty, but a build with `RUSTFLAGS="-C target-cpu=..."` uses that CPU's instructions,
+/// and a node whose CPU lacks one would die of SIGILL, named nowhere.
 pub fn cpu_flags_built_for() -> Vec<&'static str> {
     let mut flags = Vec::new();
     macro_rules! flag {

@@ -16,7 +16,7 @@
 //! much of a short answer's cost on a CPU.
 
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -32,11 +32,80 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Backend, ChatRequest, Completion, LlmError};
 use crate::config::{Batching, ModelConfig};
 
 type Reply = Sender<Result<Completion, LlmError>>;
 type Job = (ChatRequest, Reply);
+
+/// How one embedded model instance is loaded and run: what a supervised model process is
+/// started with (and restarted with, prefix reuse then off).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalSettings {
+    pub path: PathBuf,
+    pub threads: i32,
+    pub max_seqs: u32,
+    pub per_seq: u32,
+    pub prefix_reuse: bool,
+    pub batching: Batching,
+    /// A deliberate crash, for the tests of supervision (`supervisor::Fault`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+impl LocalSettings {
+    pub fn new(path: &Path, cfg: &ModelConfig) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            threads: if cfg.threads > 0 {
+                cfg.threads
+            } else {
+                thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2)
+            },
+            max_seqs: cfg.max_concurrency.clamp(1, 16) as u32,
+            per_seq: cfg.context_per_sequence.max(256),
+            prefix_reuse: cfg.prefix_reuse,
+            batching: cfg.batching,
+            fault: None,
+        }
+    }
+}
+
+/// A crash on purpose at the model's Nth decode call: how the tests make a model process die
+/// the way a fault inside llama.cpp would (`METAFORGE_MODEL_FAULT`, read by the supervisor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    pub signal: FaultSignal,
+    pub at_decode: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultSignal {
+    /// A segmentation fault, as a bad memory access in a kernel gives.
+    Segv,
+    /// An abort, as a failed `GGML_ASSERT` gives.
+    Abort,
+}
+
+impl Fault {
+    fn fire(self) -> ! {
+        match self.signal {
+            FaultSignal::Segv => {
+                use nix::sys::signal::{raise, signal, SigHandler, Signal};
+                // Rust's own SIGSEGV handler (stack overflow detection) would turn a raised
+                // one into an abort; a fault in a kernel meets the default disposition.
+                // SAFETY: restoring the default disposition installs no handler.
+                let _ = unsafe { signal(Signal::SIGSEGV, SigHandler::SigDfl) };
+                let _ = raise(Signal::SIGSEGV);
+                std::process::abort()
+            }
+            FaultSignal::Abort => std::process::abort(),
+        }
+    }
+}
 
 pub struct LocalBackend {
     id: String,
@@ -55,21 +124,72 @@ fn llama_backend() -> Result<&'static LlamaBackend> {
     Ok(BACKEND.get_or_init(|| b))
 }
 
+/// The identity of a GGUF file in cache keys, whichever process runs it.
+pub fn model_id(path: &Path) -> String {
+    format!("local:{}", path.file_name().and_then(|f| f.to_str()).unwrap_or("model"))
+}
+
+/// What llama.cpp says it was built with and found (`llama_print_system_info`): the CPU
+/// features its kernels use, e.g. `AVX2 = 1`.
+pub fn system_info() -> String {
+    // SAFETY: llama.cpp returns a pointer to a static, NUL-terminated string.
+    let text = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+    text.to_string_lossy().trim().to_string()
+}
+
+/// The instruction-set flags ggml's CPU kernels were compiled with, as its CMake build
+/// recorded them (`build.rs` reads them; empty when that record was not found).
+pub fn build_flags() -> &'static str {
+    option_env!("METAFORGE_GGML_CPU_FLAGS").unwrap_or("")
+}
+
+/// ggml's CPU library as this binary was linked with it, where the build left it: what a
+/// test disassembles to check that no AMX kernel is in the build.
+pub fn build_library() -> Option<&'static str> {
+    option_env!("METAFORGE_GGML_CPU_LIB")
+}
+
+/// The CPU features (as `/proc/cpuinfo` names them) that ggml's kernels in this build use
+/// without asking: a CPU without one of them dies of an illegal instruction. Empty for a
+/// `-march=native` build, whose needs are the build machine's and cannot be read off flags.
+pub fn build_features() -> Vec<&'static str> {
+    const FLAGS: &[(&str, &str)] = &[
+        ("-msse4.2", "sse4_2"),
+        ("-mavx", "avx"),
+        ("-mf16c", "f16c"),
+        ("-mfma", "fma"),
+        ("-mavx2", "avx2"),
+        ("-mbmi2", "bmi2"),
+        ("-mavxvnni", "avx_vnni"),
+        ("-mavx512f", "avx512f"),
+        ("-mavx512bw", "avx512bw"),
+        ("-mavx512vl", "avx512vl"),
+        ("-mavx512vbmi", "avx512_vbmi"),
+        ("-mavx512vnni", "avx512_vnni"),
+        ("-mavx512bf16", "avx512_bf16"),
+        ("-mamx-tile", "amx_tile"),
+        ("-mamx-int8", "amx_int8"),
+        ("-mamx-bf16", "amx_bf16"),
+    ];
+    let used: Vec<&str> = build_flags().split_whitespace().collect();
+    FLAGS
+        .iter()
+        .filter(|(flag, _)| used.contains(flag))
+        .map(|(_, f)| *f)
+        .collect()
+}
+
 impl LocalBackend {
     pub fn load(path: &Path, cfg: &ModelConfig, role: &str) -> Result<Self> {
+        Self::start(LocalSettings::new(path, cfg), role)
+    }
+
+    /// Loads the model of `settings` and starts the thread that decodes for every caller.
+    pub fn start(settings: LocalSettings, role: &str) -> Result<Self> {
         let backend = llama_backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        let path = settings.path.clone();
+        let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
             .with_context(|| format!("models.{role}: cannot load GGUF file {}", path.display()))?;
-        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("model").to_string();
-        let threads = if cfg.threads > 0 {
-            cfg.threads
-        } else {
-            thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2)
-        };
-        let max_seqs = cfg.max_concurrency.clamp(1, 16) as u32;
-        let per_seq = cfg.context_per_sequence.max(256);
-        let prefix_reuse = cfg.prefix_reuse;
-        let batching = cfg.batching;
         let (tx, rx) = unbounded::<Job>();
         let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
         let engine_us = Arc::new(AtomicU64::new(0));
@@ -80,12 +200,9 @@ impl LocalBackend {
                 rx,
                 ready_tx,
                 ModelThread {
-                    threads,
-                    max_seqs,
-                    per_seq,
-                    prefix_reuse,
-                    batching,
+                    settings,
                     engine_us: engine,
+                    decodes: 0,
                 },
             )
         })?;
@@ -94,7 +211,7 @@ impl LocalBackend {
             .map_err(|_| anyhow!("model thread died while starting"))?
             .map_err(|e| anyhow!("models.{role}: {e}"))?;
         Ok(Self {
-            id: format!("local:{file}"),
+            id: model_id(&path),
             jobs: tx,
             engine_us,
         })
@@ -148,17 +265,16 @@ impl Backend for LocalBackend {
     }
 }
 
-/// The model thread's settings.
+/// The model thread's settings and counters.
 struct ModelThread {
-    threads: i32,
-    max_seqs: u32,
-    per_seq: u32,
-    prefix_reuse: bool,
-    batching: Batching,
+    settings: LocalSettings,
     engine_us: Arc<AtomicU64>,
+    /// Decode calls made so far (where a `Fault` fires).
+    decodes: u64,
 }
 
-fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(), String>>, settings: ModelThread) {
+fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(), String>>, state: ModelThread) {
+    let settings = &state.settings;
     let backend = match llama_backend() {
         Ok(b) => b,
         Err(e) => {
@@ -178,6 +294,7 @@ fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(),
         .with_n_threads(settings.threads)
         .with_n_threads_batch(settings.threads)
         .with_no_perf(false);
+    let max_seqs = settings.max_seqs;
     let ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {
@@ -191,9 +308,9 @@ fn model_thread(model: LlamaModel, jobs: Receiver<Job>, ready: Sender<Result<(),
         model: &model,
         template,
         ctx,
-        slots: (0..settings.max_seqs).map(|_| Slot::default()).collect(),
+        slots: (0..max_seqs).map(|_| Slot::default()).collect(),
         batch: LlamaBatch::new(N_BATCH, 1),
-        settings,
+        state,
     };
     engine.serve(&jobs);
 }
@@ -235,7 +352,7 @@ struct Engine<'m> {
     ctx: LlamaContext<'m>,
     slots: Vec<Slot>,
     batch: LlamaBatch<'static>,
-    settings: ModelThread,
+    state: ModelThread,
 }
 
 impl Engine<'_> {
@@ -252,7 +369,7 @@ impl Engine<'_> {
                     Err(_) => return,
                 }
             }
-            let admits = idle || self.settings.batching == Batching::Continuous;
+            let admits = idle || self.state.settings.batching == Batching::Continuous;
             while admits && self.slots.iter().any(|s| s.running.is_none()) {
                 match jobs.try_recv() {
                     Ok(job) => self.admit(job),
@@ -268,7 +385,7 @@ impl Engine<'_> {
     /// Gives a request the free slot that holds the longest start of its prompt, or copies
     /// another slot's cells into it when those hold `DONOR_GAIN` tokens more.
     fn admit(&mut self, (req, reply): Job) {
-        let prompt = match prompt_tokens(self.model, self.template.as_ref(), &req, self.settings.per_seq) {
+        let prompt = match prompt_tokens(self.model, self.template.as_ref(), &req, self.state.settings.per_seq) {
             Ok(p) => p,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -277,7 +394,7 @@ impl Engine<'_> {
         };
         // At least the prompt's last token is decoded: its logits give the first answer token.
         let reusable = |cached: &[LlamaToken]| common_prefix(cached, &prompt).min(prompt.len() - 1);
-        let reuse = self.settings.prefix_reuse;
+        let reuse = self.state.settings.prefix_reuse;
         let (own, free) = (0..self.slots.len())
             .filter(|&s| self.slots[s].running.is_none())
             .map(|s| (if reuse { reusable(&self.slots[s].cached) } else { 0 }, s))
@@ -334,7 +451,7 @@ impl Engine<'_> {
         self.batch.clear();
         let mut overflow = false;
         // Static batching reads the prompts one at a time before any answer is written.
-        let one_prompt = self.settings.batching == Batching::Static
+        let one_prompt = self.state.settings.batching == Batching::Static
             && self
                 .slots
                 .iter()
@@ -375,6 +492,10 @@ impl Engine<'_> {
                 overflow |= self.batch.add(*token, at as i32, &[s as i32], last).is_err();
             }
         }
+        self.state.decodes += 1;
+        if let Some(fault) = self.state.settings.fault.filter(|f| f.at_decode == self.state.decodes) {
+            fault.fire();
+        }
         let decoded = if overflow {
             Err("batch overflow".to_string())
         } else {
@@ -384,7 +505,7 @@ impl Engine<'_> {
         };
         // llama.cpp's own measurement of its decode time: the bench compares it with ours.
         let t = self.ctx.timings();
-        self.settings
+        self.state
             .engine_us
             .fetch_add(((t.t_p_eval_ms() + t.t_eval_ms()) * 1e3) as u64, Ordering::Relaxed);
         self.ctx.reset_timings();

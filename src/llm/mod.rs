@@ -8,10 +8,16 @@
 
 mod fetch;
 #[cfg(feature = "local-model")]
-mod local;
+pub mod local;
+#[cfg(feature = "local-model")]
+pub mod model_check;
+#[cfg(feature = "local-model")]
+mod model_process;
 mod openai;
 mod scripted;
 mod serve;
+#[cfg(feature = "local-model")]
+pub mod supervisor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,6 +34,15 @@ pub use openai::OpenAiBackend;
 pub use scripted::ScriptedBackend;
 pub use serve::{serve, Endpoint};
 
+/// The embedded model's process (`metaforge model-process`): answers the supervisor on
+/// stdin/stdout until stdin closes.
+#[cfg(feature = "local-model")]
+pub fn serve_model_process() -> Result<()> {
+    model_process::serve(std::io::stdin().lock(), std::io::stdout())
+}
+
+#[cfg(feature = "local-model")]
+use crate::config::ModelProcess;
 use crate::config::{BackendKind, BudgetConfig, ModelConfig};
 
 /// Where answered calls are kept for replay. The archive implements it with its `llm_calls`
@@ -101,6 +116,15 @@ pub trait Backend: Send + Sync {
     /// Time the inference engine itself measured in decoding so far (llama.cpp's perf
     /// counters), for comparing with metaforge's wall time; None for remote backends.
     fn engine_time(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// What happened to the model since the last call that a run should keep (a model
+    /// process that died and was restarted), each once.
+    fn incidents(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+    /// Why this backend can answer nothing any more (its model died for good), if so.
+    fn failure(&self) -> Option<String> {
         None
     }
 }
@@ -284,6 +308,16 @@ impl Gateway {
         self.backend.model_id()
     }
 
+    /// The backend's incidents since the last call (`Backend::incidents`).
+    pub fn incidents(&self) -> Vec<serde_json::Value> {
+        self.backend.incidents()
+    }
+
+    /// Why the backend can answer nothing any more, if it died for good.
+    pub fn failure(&self) -> Option<String> {
+        self.backend.failure()
+    }
+
     /// Totals over the life of this gateway (this process).
     pub fn totals(&self) -> Usage {
         *self.totals.lock().unwrap()
@@ -442,7 +476,14 @@ impl BackendFactory {
         if let Some((_, b)) = locals.iter().find(|(k, _)| *k == key) {
             return Ok(b.clone());
         }
-        let backend: Arc<dyn Backend> = Arc::new(local::LocalBackend::load(&path, cfg, role)?);
+        let backend: Arc<dyn Backend> = match cfg.process {
+            ModelProcess::Supervised => Arc::new(supervisor::SupervisedBackend::start(
+                local::LocalSettings::new(&path, cfg),
+                role,
+                1,
+            )?),
+            ModelProcess::InProcess => Arc::new(local::LocalBackend::load(&path, cfg, role)?),
+        };
         locals.push((key, backend.clone()));
         Ok(backend)
     }

@@ -23,8 +23,7 @@ impl Search {
         let test_step = self.total_steps() - 1;
         let record = Step::new(&self.core, &self.archive, None).test_step(test_step, top_k, front, &bar)?;
         let tested = record.evaluations.len();
-        self.core.flush_call_cache();
-        self.archive.commit_step(&record)?;
+        self.core.store(&mut self.archive, record, &bar)?;
         bar.finish_and_clear();
         Ok(tested)
     }

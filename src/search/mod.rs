@@ -322,12 +322,41 @@ impl Search {
 }
 
 impl Core {
-    /// Stores a finished step: its model calls, then the step in one transaction.
-    fn store(&self, archive: &mut Archive, record: StepRecord, bar: &ProgressBar) -> Result<()> {
+    /// Stores a finished step: its model calls, then the step in one transaction, with what
+    /// happened to the model meanwhile (a model process restarted: `model_restarted`).
+    /// A step during which the model died for good is not stored: its calls failed, so its
+    /// scores say nothing; the run stops there with the model's own account of its death.
+    fn store(&self, archive: &mut Archive, mut record: StepRecord, bar: &ProgressBar) -> Result<()> {
         self.flush_call_cache();
+        self.stop_if_the_model_died(archive, record.step)?;
+        for gateway in [&self.meta, &self.agent] {
+            record.events.extend(
+                gateway
+                    .incidents()
+                    .into_iter()
+                    .map(|i| ("model_restarted".to_string(), i)),
+            );
+        }
         archive.commit_step(&record)?;
         bar.set_position(record.step + 1);
         Ok(())
+    }
+
+    /// Ends the run, before step `step` is stored, when a model can answer nothing any more.
+    fn stop_if_the_model_died(&self, archive: &Archive, step: u64) -> Result<()> {
+        let Some(why) = self.agent.failure().or_else(|| self.meta.failure()) else {
+            return Ok(());
+        };
+        for gateway in [&self.meta, &self.agent] {
+            for incident in gateway.incidents() {
+                archive.event(Some(step), "model_restarted", incident)?;
+            }
+        }
+        archive.event(Some(step), "model_failed", json!({ "error": why }))?;
+        let db = archive.path().display();
+        bail!(
+            "{why}.\nNothing stored is lost: {db} holds every step before step {step}, which was not stored. Once `metaforge doctor` says the model runs (or the experiment's models.* point at another backend), continue with `metaforge resume {db}`"
+        )
     }
 
     /// Ends the run at `next_step` for a requested stop, unless no step is left anyway.

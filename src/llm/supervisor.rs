@@ -1,0 +1,508 @@
+//! The embedded model in a process of its own, watched (`models.*.process = "supervised"`,
+//! the default), as Ollama runs llama.cpp.
+//!
+//! Why: llama.cpp is native code, and a fault in it (a kernel that is wrong for this CPU, a
+//! failed assertion, the out-of-memory killer) kills whatever process it runs in. In-process,
+//! that was the whole run, its progress bar and its gateway, with nothing but "Segmentation
+//! fault" on the terminal. Here it is the model process: the supervisor sees it end, says how,
+//! and starts it once more, with prefix reuse off (copying one sequence's cells into another
+//! is the one llama.cpp path the embedded backend adds to plain decoding); the requests it
+//! held are sent again, so the run goes on (a crash that was a passing thing, like the
+//! out-of-memory killer, costs a reload), and the restart is an incident the search writes into the archive. A second
+//! death marks the backend dead: every call then fails with a message that names what died,
+//! how, this CPU and the fix, and the search stops before it commits another step.
+//!
+//! Requests cross a pipe as JSON lines (`model_process`), tagged with an id, so many are in
+//! flight at once and the model process batches them as the in-process backend does.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{bounded, Sender};
+
+use super::local::{model_id, Fault, FaultSignal, LocalSettings};
+use super::model_process::{Message, Request, Start};
+use super::{Backend, ChatRequest, Completion, LlmError};
+use crate::host::Cpu;
+
+/// Set by tests to make the model process crash on purpose: `segv:N` or `abort:N` fires at
+/// its Nth decode call, in the first life only; `segv:N:2` in the first two (so the restart
+/// dies too). Read by the supervisor, never by the model process itself.
+pub const FAULT_ENV: &str = "METAFORGE_MODEL_FAULT";
+
+/// What a restarted model process runs with that the first did not.
+const RESTARTED_WITH: &str = "prefix_reuse = false";
+
+/// Lines of the model process's stderr kept for the message when it dies.
+const LAST_WORDS: usize = 12;
+
+/// Something that happened to the model process that the run should keep: the search writes
+/// each as a `model_restarted` event of the step it commits next.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Incident {
+    pub role: String,
+    pub model: String,
+    /// The life that ended (1 = the first process).
+    pub life: u32,
+    pub pid: u32,
+    /// How it ended, e.g. "killed by signal 11 (SIGSEGV: a segmentation fault ...)".
+    pub how: String,
+    /// What the next life runs with.
+    pub restarted_with: String,
+    /// Requests it held, sent again to the next life.
+    pub requests_resent: usize,
+    pub last_words: Vec<String>,
+}
+
+pub struct SupervisedBackend {
+    id: String,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    role: String,
+    settings: LocalSettings,
+    /// Lives the fault fires in (`FAULT_ENV`).
+    fault: Option<(Fault, u32)>,
+    /// How many times a dead model process is started again (1; 0 for `doctor`).
+    restarts: u32,
+    state: Mutex<State>,
+    /// Callers waiting for a reply, by request id, with the life they sent it to.
+    pending: Mutex<HashMap<u64, (u32, Sender<Outcome>)>>,
+    next_id: AtomicU64,
+    engine_us: AtomicU64,
+    /// Restarts not yet handed to the run (`Backend::incidents` drains them).
+    incidents: Mutex<Vec<Incident>>,
+    /// Every death so far, how and its last words: the message when the model is dead.
+    deaths: Mutex<Vec<(String, Vec<String>)>>,
+}
+
+struct State {
+    life: u32,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    system_info: String,
+    /// Why the backend answers nothing any more.
+    dead: Option<String>,
+}
+
+enum Outcome {
+    Done(Result<Completion, LlmError>),
+    /// The process it was sent to died: send it again (or learn that the model is dead).
+    Died,
+}
+
+impl SupervisedBackend {
+    /// Starts the model process and waits until the model is loaded. `restarts`: how many
+    /// times a process that dies is started again.
+    pub fn start(settings: LocalSettings, role: &str, restarts: u32) -> Result<Self> {
+        let cpu = crate::host::cpu();
+        check_cpu(&cpu)?;
+        let shared = Arc::new(Shared {
+            role: role.to_string(),
+            fault: fault_from_env()?,
+            restarts,
+            state: Mutex::new(State {
+                life: 0,
+                pid: 0,
+                stdin: None,
+                system_info: String::new(),
+                dead: None,
+            }),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            engine_us: AtomicU64::new(0),
+            incidents: Mutex::new(Vec::new()),
+            deaths: Mutex::new(Vec::new()),
+            settings,
+        });
+        let life = shared.spawn(1, shared.settings.clone())?;
+        *shared.state.lock().unwrap() = life;
+        Ok(Self {
+            id: model_id(&shared.settings.path),
+            shared,
+        })
+    }
+
+    /// llama.cpp's own account of the CPU features it uses, as the model process reported it.
+    pub fn system_info(&self) -> String {
+        self.shared.state.lock().unwrap().system_info.clone()
+    }
+
+    /// Why the model answers nothing any more, if it died for good.
+    pub fn dead(&self) -> Option<String> {
+        self.shared.state.lock().unwrap().dead.clone()
+    }
+}
+
+/// Closing the model process's stdin ends it; marked dead first, so its end is not taken
+/// for a crash and restarted.
+impl Drop for SupervisedBackend {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock().unwrap();
+        state
+            .dead
+            .get_or_insert_with(|| "the embedded model was shut down".into());
+        state.stdin = None;
+    }
+}
+
+impl Backend for SupervisedBackend {
+    fn model_id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn engine_time(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_micros(
+            self.shared.engine_us.load(Ordering::Relaxed),
+        ))
+    }
+
+    fn complete(&self, request: &ChatRequest) -> Result<Completion, LlmError> {
+        loop {
+            let rx = {
+                let mut state = self.shared.state.lock().unwrap();
+                if let Some(why) = &state.dead {
+                    return Err(LlmError::Fatal(why.clone()));
+                }
+                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = bounded(1);
+                self.shared.pending.lock().unwrap().insert(id, (state.life, tx));
+                let mut line = serde_json::to_vec(&Request {
+                    id,
+                    request: request.clone(),
+                })
+                .expect("requests serialise");
+                line.push(b'\n');
+                // A write that fails means the process is ending: its reader will see that
+                // and answer `Died`, and the request goes to the next life.
+                if let Some(stdin) = state.stdin.as_mut() {
+                    let _ = stdin.write_all(&line).and_then(|_| stdin.flush());
+                }
+                rx
+            };
+            match rx.recv() {
+                Ok(Outcome::Done(result)) => return result,
+                Ok(Outcome::Died) | Err(_) => continue,
+            }
+        }
+    }
+
+    fn incidents(&self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut *self.shared.incidents.lock().unwrap())
+            .into_iter()
+            .map(|i| serde_json::to_value(i).expect("incidents serialise"))
+            .collect()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.dead()
+    }
+}
+
+impl Shared {
+    /// Starts life `life` of the model process with `settings` and waits for its model to
+    /// load; a thread then reads its replies until it ends.
+    fn spawn(self: &Arc<Self>, life: u32, mut settings: LocalSettings) -> Result<State> {
+        settings.fault = self.fault.filter(|&(_, lives)| life <= lives).map(|(f, _)| f);
+        let binary = crate::host::metaforge_binary()?;
+        let mut child = Command::new(&binary)
+            .arg("model-process")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start the model process ({} model-process)", binary.display()))?;
+        let pid = child.id();
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let last_words = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr = {
+            let (pipe, words) = (child.stderr.take().expect("piped"), last_words.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    tracing::debug!(target: "metaforge::model_process", "{line}");
+                    let mut w = words.lock().unwrap();
+                    if w.len() == LAST_WORDS {
+                        w.pop_front();
+                    }
+                    w.push_back(line);
+                }
+            })
+        };
+        let start = Start {
+            settings,
+            role: self.role.clone(),
+        };
+        let mut line = serde_json::to_vec(&start).expect("start serialises");
+        line.push(b'\n');
+        let _ = stdin.write_all(&line).and_then(|_| stdin.flush());
+        let mut first = String::new();
+        let _ = stdout.read_line(&mut first);
+        let system_info = match serde_json::from_str::<Message>(&first) {
+            Ok(Message::Ready { system_info }) => system_info,
+            Ok(Message::Failed { error }) => {
+                let _ = child.wait();
+                bail!("{error}");
+            }
+            _ => {
+                drop(stdin);
+                let status = child.wait()?;
+                let _ = stderr.join();
+                let words: Vec<String> = last_words.lock().unwrap().iter().cloned().collect();
+                bail!(
+                    "the model process {} while loading {}{}",
+                    how_it_ended(status),
+                    self.settings.path.display(),
+                    quote(&words)
+                );
+            }
+        };
+        let shared = self.clone();
+        std::thread::Builder::new()
+            .name(format!("model-process-{life}"))
+            .spawn(move || shared.read_replies(life, child, stdout, stderr, last_words))?;
+        Ok(State {
+            life,
+            pid,
+            stdin: Some(stdin),
+            system_info,
+            dead: None,
+        })
+    }
+
+    /// Hands each reply to its caller until the process ends, then deals with its death.
+    fn read_replies(
+        self: Arc<Self>,
+        life: u32,
+        mut child: Child,
+        stdout: BufReader<std::process::ChildStdout>,
+        stderr: std::thread::JoinHandle<()>,
+        last_words: Arc<Mutex<VecDeque<String>>>,
+    ) {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Message>(&line) {
+                Ok(Message::Reply { id, result, engine_us }) => {
+                    self.engine_us.fetch_add(engine_us, Ordering::Relaxed);
+                    if let Some((_, tx)) = self.pending.lock().unwrap().remove(&id) {
+                        let _ = tx.send(Outcome::Done(result.map(Completion::from).map_err(LlmError::from)));
+                    }
+                }
+                _ => tracing::warn!(%line, "the model process wrote a line that is not a reply"),
+            }
+        }
+        let status = child.wait();
+        let _ = stderr.join();
+        let how = match status {
+            Ok(s) => how_it_ended(s),
+            Err(e) => format!("ended, and its status could not be read ({e})"),
+        };
+        let words: Vec<String> = last_words.lock().unwrap().iter().cloned().collect();
+        self.died(life, how, words);
+    }
+
+    /// The process of `life` is gone: start the next one if a restart is left, else mark the
+    /// backend dead; then every caller waiting on that life sends again (or gets the death).
+    fn died(self: &Arc<Self>, life: u32, how: String, last_words: Vec<String>) {
+        let mut state = self.state.lock().unwrap();
+        if state.life != life || state.dead.is_some() {
+            return;
+        }
+        state.stdin = None;
+        let waiting: Vec<Sender<Outcome>> = {
+            let mut pending = self.pending.lock().unwrap();
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, (l, _))| *l == life)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id))
+                .map(|(_, tx)| tx)
+                .collect()
+        };
+        let model = self
+            .settings
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pid = state.pid;
+        tracing::warn!(role = %self.role, life, pid, %how, "the embedded model's process died");
+        self.deaths.lock().unwrap().push((how.clone(), last_words.clone()));
+        if life <= self.restarts {
+            let mut safe = self.settings.clone();
+            safe.prefix_reuse = false;
+            match self.spawn(life + 1, safe) {
+                Ok(next) => {
+                    self.incidents.lock().unwrap().push(Incident {
+                        role: self.role.clone(),
+                        model,
+                        life,
+                        pid,
+                        how,
+                        restarted_with: RESTARTED_WITH.into(),
+                        requests_resent: waiting.len(),
+                        last_words,
+                    });
+                    *state = next;
+                }
+                Err(e) => {
+                    let mut deaths = self.deaths.lock().unwrap().clone();
+                    deaths.push((format!("failed to start: {e:#}"), vec![]));
+                    state.dead = Some(self.death_message(&deaths, &state.system_info));
+                }
+            }
+        } else {
+            let deaths = self.deaths.lock().unwrap().clone();
+            state.dead = Some(self.death_message(&deaths, &state.system_info));
+        }
+        drop(state);
+        for tx in waiting {
+            let _ = tx.send(Outcome::Died);
+        }
+    }
+
+    /// What the user reads when the model is dead: what died, how, on which CPU, the fix.
+    fn death_message(&self, deaths: &[(String, Vec<String>)], system_info: &str) -> String {
+        let model = self.settings.path.display();
+        let mut msg = format!("the embedded model ({model}) died and cannot go on: its process ");
+        for (i, (how, words)) in deaths.iter().enumerate() {
+            if i > 0 {
+                msg.push_str(&format!("; restarted with {RESTARTED_WITH}, it "));
+            }
+            msg.push_str(how);
+            msg.push_str(&quote(words));
+        }
+        msg.push_str(&format!(
+            ". CPU: {}. llama.cpp in this build: {}",
+            crate::host::cpu().describe(),
+            if system_info.is_empty() {
+                super::local::build_flags().to_string()
+            } else {
+                system_info.to_string()
+            }
+        ));
+        msg.push_str(". Fix: run `metaforge doctor`, which loads the model in a process of its own and says whether it runs on this machine; if it does not, set models.*.backend = \"openai\" with an endpoint, or rebuild for fewer CPU features (docs/experiment.md, \"Which CPUs the embedded model runs on\")");
+        msg
+    }
+}
+
+/// Refuses to start a model whose build needs CPU features this CPU lacks: it would die of
+/// an illegal instruction at its first matrix product.
+fn check_cpu(cpu: &Cpu) -> Result<()> {
+    if cfg!(not(target_arch = "x86_64")) || cpu.features.is_empty() && cpu.model == std::env::consts::ARCH {
+        return Ok(()); // no /proc/cpuinfo flags to judge by
+    }
+    let missing: Vec<&str> = super::local::build_features()
+        .into_iter()
+        .filter(|f| !cpu.has(f))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "this build of the embedded model needs the CPU features {} and this CPU ({}) lacks {}; fix: rebuild with the GGML_* variables of .cargo/config.toml set to what this CPU has (docs/experiment.md, \"Which CPUs the embedded model runs on\"), or use models.*.backend = \"openai\"",
+            super::local::build_features().join(" ").to_uppercase(),
+            cpu.model,
+            missing.join(" ").to_uppercase()
+        );
+    }
+    Ok(())
+}
+
+/// `FAULT_ENV`, parsed: the fault and the number of lives it fires in.
+fn fault_from_env() -> Result<Option<(Fault, u32)>> {
+    match std::env::var(FAULT_ENV) {
+        Ok(spec) => parse_fault(&spec).map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+fn parse_fault(spec: &str) -> Result<(Fault, u32)> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let bad = || {
+        anyhow!("{FAULT_ENV} = {spec:?} is not `segv:N`, `abort:N` or `segv:N:LIVES`; fix: correct or unset it (it is for tests)")
+    };
+    let signal = match parts.first().copied() {
+        Some("segv") => FaultSignal::Segv,
+        Some("abort") => FaultSignal::Abort,
+        _ => return Err(bad()),
+    };
+    let at_decode: u64 = parts
+        .get(1)
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(bad)?;
+    let lives: u32 = match parts.get(2) {
+        Some(n) => n.parse().map_err(|_| bad())?,
+        None => 1,
+    };
+    if parts.len() > 3 {
+        return Err(bad());
+    }
+    Ok((Fault { signal, at_decode }, lives))
+}
+
+/// How a process ended, in words a user can act on.
+pub fn how_it_ended(status: ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| s.as_str())
+            .unwrap_or("?");
+        let meaning = match name {
+            "SIGSEGV" => ": a segmentation fault, a bad memory access inside llama.cpp",
+            "SIGILL" => ": an illegal instruction, a CPU feature the build uses and this CPU lacks",
+            "SIGABRT" => ": an abort, a failed check inside llama.cpp",
+            "SIGBUS" => ": a bus error, a bad memory access inside llama.cpp",
+            "SIGKILL" => ": killed, e.g. by the kernel's out-of-memory killer",
+            _ => "",
+        };
+        format!("was killed by signal {sig} ({name}{meaning})")
+    } else {
+        format!("exited with status {}", status.code().unwrap_or(-1))
+    }
+}
+
+fn quote(words: &[String]) -> String {
+    let words: Vec<&str> = words.iter().map(|w| w.trim()).filter(|w| !w.is_empty()).collect();
+    if words.is_empty() {
+        String::new()
+    } else {
+        format!(", its last words: \"{}\"", words.join(" / "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs() {
+        let segv = Fault {
+            signal: FaultSignal::Segv,
+            at_decode: 40,
+        };
+        assert_eq!(parse_fault("segv:40").unwrap(), (segv, 1));
+        assert_eq!(parse_fault("abort:3:2").unwrap().1, 2);
+        for bad in ["", "segv", "segv:0", "segv:x", "kill:3", "segv:3:2:1"] {
+            let e = parse_fault(bad).unwrap_err().to_string();
+            assert!(e.contains(FAULT_ENV) && e.contains("fix:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn how_a_process_ended_is_said_in_words() {
+        let status = |script: &str| Command::new("sh").args(["-c", script]).status().unwrap();
+        assert_eq!(
+            how_it_ended(status("kill -SEGV $$")),
+            "was killed by signal 11 (SIGSEGV: a segmentation fault, a bad memory access inside llama.cpp)"
+        );
+        assert!(how_it_ended(status("kill -ILL $$")).contains("a CPU feature the build uses and this CPU lacks"));
+        assert_eq!(how_it_ended(status("exit 3")), "exited with status 3");
+    }
+}
