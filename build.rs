@@ -5,6 +5,19 @@ fn main() {
         println!("cargo:rerun-if-changed={dir}");
     }
     record_ggml_cpu_flags();
+    stamp_model_protocol();
+}
+
+// A hash of the model process's protocol source (FNV-1a), so the supervisor can refuse a
+// variant build of the model process that another version of metaforge left beside it.
+fn stamp_model_protocol() {
+    let file = "src/llm/model_process.rs";
+    println!("cargo:rerun-if-changed={file}");
+    let text = std::fs::read(file).unwrap_or_default();
+    let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    println!("cargo:rustc-env=METAFORGE_MODEL_PROTOCOL={hash:016x}");
 }
 
 // Which instruction sets ggml's CPU kernels were compiled for, read from the CMake build

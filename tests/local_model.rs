@@ -103,3 +103,50 @@ fn the_default_model_runs_requantized_to_q8_0() {
     assert!((1.3..1.7).contains(&ratio), "Q8_0 over Q4_1 file size {ratio:.2}");
     assert!(!path.with_extension("gguf.part").exists());
 }
+
+/// `choices` on the embedded model: a grammar masks every token that would leave the set, so
+/// each answer is exactly one choice, greedy or sampled, however the small model would have
+/// answered freely (a sentence, another word). Choices with spaces and quotes decode whole.
+#[test]
+fn choices_hold_the_embedded_model_to_one_of_them() {
+    use metaforge::llm::{CallParams, Message};
+    let gateway = common::gateway_from(
+        "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 4\nmax_concurrency = 4\ntemperature = 0.0",
+    );
+    let ask = |prompt: &str, choices: &[&str], temperature: f32, sample: u32| {
+        let params = CallParams {
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+            temperature: Some(temperature),
+            ..CallParams::default()
+        };
+        gateway
+            .complete(&gateway.request(vec![Message::new("user", prompt)], params, sample))
+            .unwrap()
+            .text
+    };
+    let cities = ["Paris", "London", "Rome", "Berlin"];
+    let labels = ["positive", "negative"];
+    let odd = ["yes", "no", "it \"depends\" on the day"];
+    let mut seen = std::collections::HashSet::new();
+    for (prompt, choices) in [
+        ("What is the capital of France?", &cities[..]),
+        ("What is the capital of Italy?", &cities[..]),
+        ("Tell me a story about a dragon.", &cities[..]),
+        ("Review: a wonderful, moving film. Positive or negative?", &labels[..]),
+        ("Review: boring and far too long. Positive or negative?", &labels[..]),
+        ("Is it going to rain tomorrow?", &odd[..]),
+    ] {
+        for (temperature, sample) in [(0.0, 0), (1.0, 1), (1.0, 2)] {
+            let reply = ask(prompt, choices, temperature, sample);
+            assert!(
+                choices.contains(&reply.as_str()),
+                "{prompt} at {temperature}: {reply:?}"
+            );
+            seen.insert(reply);
+        }
+    }
+    assert!(
+        seen.len() >= 3,
+        "the model chose among the choices, not always the first: {seen:?}"
+    );
+}

@@ -202,3 +202,31 @@ fn doctor_checks_the_model_for_real_and_its_exit_code_says_so() {
     assert!(text.contains("[FAILED]") && text.contains("SIGSEGV"), "{text}");
     assert!(text.contains("built for:  -m"), "{text}");
 }
+
+/// A faster build beside metaforge (`scripts/build-avx512.sh` puts `metaforge-avx512` there)
+/// runs the model process when this CPU has what that build needs, and metaforge itself does
+/// otherwise. The variant here is a copy of this build, whose needs any machine running the
+/// tests meets; which binary ran is what `doctor` reports.
+#[test]
+fn the_model_process_runs_from_a_variant_build_beside_metaforge() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("metaforge");
+    std::fs::copy(bin(), &main).unwrap();
+    let runs_from = || {
+        let out = Command::new(&main)
+            .args(["doctor", "--json"])
+            .env_remove("METAFORGE_BIN")
+            .env_remove("METAFORGE_MODEL_BIN")
+            .env_remove("METAFORGE_MODEL_FAULT")
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let model = &report["embedded_model"];
+        assert!(model["result"]["Ok"].is_object(), "{model}");
+        model["binary"].as_str().unwrap().to_string()
+    };
+    assert_eq!(runs_from(), main.display().to_string());
+    let variant = dir.path().join("metaforge-avx512");
+    std::fs::copy(bin(), &variant).unwrap();
+    assert_eq!(runs_from(), variant.display().to_string());
+}

@@ -22,6 +22,7 @@ fn user_request(text: &str) -> metaforge::llm::ChatRequest {
         max_tokens: 4,
         json: false,
         stop: Vec::new(),
+        choices: Vec::new(),
         sample_index: 0,
     }
 }
@@ -332,4 +333,86 @@ fn retries_stop_at_the_call_deadline() {
     );
     let attempts = endpoint.tally().faults[&Fault::ServerError];
     assert!((2..1000).contains(&attempts), "{attempts} attempts");
+}
+
+fn constrained(gw: &Gateway, prompt: &str, choices: &[&str]) -> Result<String, LlmError> {
+    let params = CallParams {
+        choices: choices.iter().map(|c| c.to_string()).collect(),
+        ..CallParams::default()
+    };
+    gw.complete(&gw.request(vec![Message::new("user", prompt)], params, 0))
+        .map(|r| r.text)
+}
+
+/// `choices` on an endpoint with structured output (`metaforge serve`, like OpenAI, vLLM or
+/// llama.cpp's server): the choices travel as a JSON-schema `enum`, and every reply is one.
+#[test]
+fn choices_ride_the_endpoints_structured_output() {
+    let (_server, url) = start_server(48);
+    let cfg = model_cfg(&url);
+    let backend = Arc::new(OpenAiBackend::from_config(&cfg, "agent").unwrap());
+    let gw = Gateway::new(Role::Agent, backend.clone(), &cfg, None, Arc::new(Budget::unlimited()));
+    let labels = ["positive", "negative"];
+    for review in [
+        "I loved it: wonderful acting.",
+        "Dull, and far too long.",
+        "What is 2 plus 2?",
+    ] {
+        let reply = constrained(&gw, &format!("Is this review positive or negative?\n{review}"), &labels).unwrap();
+        assert!(labels.contains(&reply.as_str()), "{reply:?}");
+    }
+    let letters = ["A", "B", "C", "D"];
+    let reply = constrained(&gw, "Which is a fruit? A) stone B) apple C) chair D) cloud", &letters).unwrap();
+    assert!(letters.contains(&reply.as_str()), "{reply:?}");
+    assert_eq!(backend.choices_enforced_by(), "structured output");
+}
+
+/// An endpoint without structured output refuses the schema (a 400): the backend asks for a
+/// free reply with the choices listed, reads the choice it names, and asks again when it
+/// names none; a reply that never names one fails the call by name.
+#[test]
+fn without_structured_output_a_reply_is_read_as_a_choice_and_asked_again() {
+    let reply = |content: &'static str| -> &'static str {
+        Box::leak(
+            format!(r#"{{"choices":[{{"message":{{"content":{content:?}}}}}],"usage":{{"prompt_tokens":5,"completion_tokens":5}}}}"#)
+                .into_boxed_str(),
+        )
+    };
+    let refused = (
+        "400 Bad Request",
+        "",
+        r#"{"error":{"message":"response_format json_schema is not supported"}}"#,
+    );
+    let (addr, server) = canned_server(vec![
+        refused,
+        ("200 OK", "", reply("Hard to say; it rambles.")),
+        ("200 OK", "", reply("I would call it Negative.")),
+    ]);
+    let cfg = model_cfg(&format!("http://{addr}/v1"));
+    let backend = Arc::new(OpenAiBackend::from_config(&cfg, "agent").unwrap());
+    let gw = Gateway::new(Role::Agent, backend.clone(), &cfg, None, Arc::new(Budget::unlimited()));
+    assert_eq!(
+        constrained(&gw, "Review: dull.", &["positive", "negative"]).unwrap(),
+        "negative"
+    );
+    assert_eq!(backend.choices_enforced_by(), "matched replies");
+    server.join().unwrap();
+
+    // Replies that never name a choice fail the call, by name.
+    let (addr, server) = canned_server(vec![("200 OK", "", reply("hmm")); 4]);
+    let backend = OpenAiBackend::new(&format!("http://{addr}/v1"), "x", None, Duration::from_secs(30), 4);
+    let gw = Gateway::new(
+        Role::Agent,
+        Arc::new(backend),
+        &cfg,
+        None,
+        Arc::new(Budget::unlimited()),
+    );
+    // A fresh backend tries the schema first: the endpoint ignores it and answers "hmm",
+    // outside the schema; then three free replies name nothing either.
+    match constrained(&gw, "Review: dull.", &["positive", "negative"]) {
+        Err(LlmError::Fatal(e)) => assert!(e.contains("named none of the choices") && e.contains("hmm"), "{e}"),
+        other => panic!("expected the call to fail by name, got {other:?}"),
+    }
+    server.join().unwrap();
 }

@@ -261,3 +261,34 @@ fn eval_runs_a_file_on_an_experiments_split_and_model() {
     ));
     assert!(err.contains("unknown split \"train\"") && err.contains("fix:"), "{err}");
 }
+
+/// `llm(prompt, choices=[...])` from a candidate in the sandbox: the call reaches the gateway
+/// with its choices, and what comes back is one of them whatever the model wrote around it
+/// (here a SCRIPTED model's sentence). A candidate's bad choices are refused by the API.
+#[test]
+fn a_candidates_choices_reach_the_gateway_and_come_back_as_one_of_them() {
+    let gateway = scripted_gateway("I would call it Negative, on balance.");
+    let cfg = EvaluationConfig::default();
+    let evaluator = plain_evaluator(&gateway, &cfg, Scorer::Exact);
+    let task = |answer: &str| Task {
+        id: answer.into(),
+        input: serde_json::json!({"question": "Review: dull and long."}),
+        answer: serde_json::json!(answer),
+    };
+    let code = "from metaforge import llm\n\ndef forward(task):\n    return llm(task['question'], choices=['positive', 'negative'])\n";
+    let e = evaluator
+        .evaluate(code, &[task("negative")], Split::Val, &|| {})
+        .unwrap();
+    assert_eq!(e.tasks[0].output.as_deref(), Some("negative"), "{:?}", e.tasks[0]);
+    assert_eq!(e.mean, 1.0);
+    for (bad, says) in [
+        ("'yes'", "list of strings"),
+        ("[]", "1 to 64"),
+        ("['a', 'a']", "distinct"),
+    ] {
+        let code = format!("from metaforge import llm\n\ndef forward(task):\n    return llm('q', choices={bad})\n");
+        let e = evaluator.evaluate(&code, &[task("a")], Split::Val, &|| {}).unwrap();
+        let error = e.tasks[0].error.clone().unwrap_or_default();
+        assert!(error.contains(says), "{bad}: {:?}", e.tasks[0]);
+    }
+}

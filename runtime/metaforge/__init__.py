@@ -1,21 +1,6 @@
-"""The agent API that candidate programs import: `from metaforge import llm`.
-
-llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=None,
-    stop=None, contract=None, input=None)
-    -> str when n == 1, else list[str]; with `contract`, the value the contract parsed
-
-`contract="id"` names an entry of the module-level literal `CONTRACTS = {"id": {...}}`;
-the host (never this process) checks every answer against it, asks again up to
-`max_attempts` times, and returns the contract's fallback when no answer passes.
-`input` is the JSON-able dict the contract's `pre`, `post` and fallback read.
-`stop` is a string or a list of up to 4 strings: generation ends where one appears, and the
-reply stops before it (as OpenAI-compatible endpoints do).
-
-`calc`, `calc_in` and `extract` (metaforge.tools) are tools every candidate may use: a safe
-calculator, and answer-extraction strategies.
-
-The call travels over the worker's RPC pipe to the host gateway, which owns the model,
-the cache, the budget and the accounting. The candidate never sees a key or a socket.
+"""The agent API that candidate programs import: `from metaforge import llm`. Every name in
+`__all__` is what the meta-model's prompts list, with its signature and docstring
+(`src/propose/agent_api.rs` reads them from this source).
 """
 from metaforge._rpc import ContractError, LLMError, call_llm
 from metaforge.tools import EXTRACTORS, calc, calc_in, extract
@@ -24,7 +9,23 @@ __all__ = ["llm", "LLMError", "ContractError", "calc", "calc_in", "extract", "EX
 
 
 def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=None,
-        stop=None, contract=None, input=None):
+        stop=None, choices=None, contract=None, input=None):
+    """The one way to reach a model. Returns the reply (a str), or a list of n replies when
+    n > 1; with `contract`, the value the contract parsed.
+
+    prompt_or_messages: a prompt string, or a list of {"role", "content"} dicts.
+    temperature, max_tokens: override the experiment's settings for this call.
+    n: independent samples (1 to 16). json: ask for a JSON object.
+    stop: a string or a list of up to 4: generation ends where one appears, and the reply
+      stops before it.
+    choices: a list of up to 64 distinct short strings: the reply is exactly one of them
+      (the embedded model is held to them while it decodes; an endpoint is asked for a
+      JSON-schema enum, or its reply is read as the choice it names and asked again).
+    contract: the id of an entry of the module-level literal `CONTRACTS = {"id": {...}}`;
+      the host checks every answer against it, asks again, and returns its fallback when
+      no answer passes. input: the JSON-able dict the contract's rules read.
+    Raises LLMError when the host refuses or fails the call (ContractError for a contract).
+    """
     if isinstance(prompt_or_messages, str):
         messages = [{"role": "user", "content": prompt_or_messages}]
     elif isinstance(prompt_or_messages, (list, tuple)):
@@ -41,10 +42,19 @@ def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=Non
         stop = [stop] if isinstance(stop, str) else list(stop)
         if not 1 <= len(stop) <= 4 or not all(isinstance(x, str) and x for x in stop):
             raise ValueError("llm(): stop must be a non-empty string or a list of 1 to 4 of them")
+    if choices is not None:
+        if isinstance(choices, str) or not isinstance(choices, (list, tuple)):
+            raise TypeError("llm(): choices must be a list of strings")
+        choices = [str(c) for c in choices]
+        if not 1 <= len(choices) <= 64 or not all(c.strip() for c in choices):
+            raise ValueError("llm(): choices must hold 1 to 64 non-empty strings")
+        if len(set(choices)) != len(choices):
+            raise ValueError("llm(): choices must be distinct")
     if contract is not None and not isinstance(contract, str):
         raise TypeError("llm(): contract must be the id (a string) of an entry of CONTRACTS")
     texts = call_llm(messages, temperature=temperature, n=n, json=bool(json),
-                     max_tokens=max_tokens, stop=stop, contract=contract, input=input)
+                     max_tokens=max_tokens, stop=stop, choices=choices, contract=contract,
+                     input=input)
     return texts[0] if n == 1 else texts
 
 

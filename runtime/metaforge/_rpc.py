@@ -112,15 +112,16 @@ def inherit_task_in_threads(max_threads=0, per_task=0):
     threading.Thread.start = start_as_task
 
 
-def call_llm(messages, *, temperature, n, json, max_tokens, stop=None, contract=None,
-             input=None):
+def call_llm(messages, *, temperature, n, json, max_tokens, stop=None, choices=None,
+             contract=None, input=None):
     request_id = next(_ids)
     slot = _Slot()
     with _pending_lock:
         _pending[request_id] = slot
     send({"type": "llm", "id": request_id, "task_id": getattr(current, "task_id", None),
           "messages": messages, "temperature": temperature, "n": n, "json": json,
-          "max_tokens": max_tokens, "stop": stop, "contract": contract, "input": input})
+          "max_tokens": max_tokens, "stop": stop, "choices": choices, "contract": contract,
+          "input": input})
     slot.wait()
     reply = slot.reply
     if reply.get("error"):

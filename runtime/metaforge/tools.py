@@ -115,6 +115,7 @@ def _last_number(text):
     return found[-1].replace(",", "") if found else str(text).strip()
 
 
+# The strategies `extract` takes, by name: each a function from a reply to its answer part.
 EXTRACTORS = {
     "first_line": _first_line,
     "after_answer": _after_answer,

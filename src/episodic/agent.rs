@@ -98,10 +98,8 @@ impl BaseAgent<'_> {
                         }),
                     )?;
                     let params = CallParams {
-                        temperature: None,
                         max_tokens: Some(24),
-                        json: false,
-                        stop: Vec::new(),
+                        ..CallParams::default()
                     };
                     let req = gateway.request(vec![Message::new("user", prompt)], params, 0);
                     let reply = gateway.complete(&req)?;

@@ -143,6 +143,29 @@ pub fn build_flags() -> &'static str {
     option_env!("METAFORGE_GGML_CPU_FLAGS").unwrap_or("")
 }
 
+/// GCC's flag for each CPU feature ggml's kernels may be built with, and the feature's name
+/// in `/proc/cpuinfo` (`host::CPU_FEATURES`).
+const FEATURE_FLAGS: &[(&str, &str)] = &[
+    ("-msse4.2", "sse4_2"),
+    ("-mavx", "avx"),
+    ("-mf16c", "f16c"),
+    ("-mfma", "fma"),
+    ("-mavx2", "avx2"),
+    ("-mbmi2", "bmi2"),
+    ("-mavxvnni", "avx_vnni"),
+    ("-mavx512f", "avx512f"),
+    ("-mavx512bw", "avx512bw"),
+    ("-mavx512vl", "avx512vl"),
+    ("-mavx512cd", "avx512cd"),
+    ("-mavx512dq", "avx512dq"),
+    ("-mavx512vbmi", "avx512vbmi"),
+    ("-mavx512vnni", "avx512_vnni"),
+    ("-mavx512bf16", "avx512_bf16"),
+    ("-mamx-tile", "amx_tile"),
+    ("-mamx-int8", "amx_int8"),
+    ("-mamx-bf16", "amx_bf16"),
+];
+
 /// ggml's CPU library as this binary was linked with it, where the build left it: what a
 /// test disassembles to check that no AMX kernel is in the build.
 pub fn build_library() -> Option<&'static str> {
@@ -153,26 +176,13 @@ pub fn build_library() -> Option<&'static str> {
 /// without asking: a CPU without one of them dies of an illegal instruction. Empty for a
 /// `-march=native` build, whose needs are the build machine's and cannot be read off flags.
 pub fn build_features() -> Vec<&'static str> {
-    const FLAGS: &[(&str, &str)] = &[
-        ("-msse4.2", "sse4_2"),
-        ("-mavx", "avx"),
-        ("-mf16c", "f16c"),
-        ("-mfma", "fma"),
-        ("-mavx2", "avx2"),
-        ("-mbmi2", "bmi2"),
-        ("-mavxvnni", "avx_vnni"),
-        ("-mavx512f", "avx512f"),
-        ("-mavx512bw", "avx512bw"),
-        ("-mavx512vl", "avx512vl"),
-        ("-mavx512vbmi", "avx512_vbmi"),
-        ("-mavx512vnni", "avx512_vnni"),
-        ("-mavx512bf16", "avx512_bf16"),
-        ("-mamx-tile", "amx_tile"),
-        ("-mamx-int8", "amx_int8"),
-        ("-mamx-bf16", "amx_bf16"),
-    ];
-    let used: Vec<&str> = build_flags().split_whitespace().collect();
-    FLAGS
+    features_of(build_flags())
+}
+
+/// The CPU features that compile flags like `build_flags`' make kernels use.
+pub fn features_of(flags: &str) -> Vec<&'static str> {
+    let used: Vec<&str> = flags.split_whitespace().collect();
+    FEATURE_FLAGS
         .iter()
         .filter(|(flag, _)| used.contains(flag))
         .map(|(_, f)| *f)
@@ -415,9 +425,16 @@ impl Engine<'_> {
         };
         let slot = &mut self.slots[free];
         slot.cached = prompt[..kept].to_vec();
+        let seq = match Sequence::new(self.model, &req, prompt.len()) {
+            Ok(seq) => seq,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         slot.running = Some(Running {
             reply,
-            seq: Sequence::new(&req, prompt.len()),
+            seq,
             prompt,
             next: None,
             feeding: 0,
@@ -599,16 +616,16 @@ struct Sequence {
 }
 
 impl Sequence {
-    fn new(req: &ChatRequest, prompt: usize) -> Self {
-        Self {
-            sampler: sampler_for(req),
+    fn new(model: &LlamaModel, req: &ChatRequest, prompt: usize) -> Result<Self, LlmError> {
+        Ok(Self {
+            sampler: sampler_for(model, req)?,
             out: Vec::new(),
             generated: 0,
             prompt: prompt as u64,
             max: u64::from(req.max_tokens.max(1)),
             stop: req.stop.clone(),
             done: false,
-        }
+        })
     }
 
     /// Appends a freshly sampled token, or ends the sequence.
@@ -642,21 +659,79 @@ impl Sequence {
     }
 }
 
-fn sampler_for(req: &ChatRequest) -> LlamaSampler {
+/// The request's sampler: greedy at temperature 0, else top-k, top-p and temperature with a
+/// seed of the request's own. With `choices`, a grammar first masks every token that would
+/// leave the set, so what is decoded is one of them, whole.
+fn sampler_for(model: &LlamaModel, req: &ChatRequest) -> Result<LlamaSampler, LlmError> {
+    let mut chain = Vec::new();
+    if !req.choices.is_empty() {
+        let grammar = choices_grammar(&req.choices);
+        chain.push(
+            LlamaSampler::grammar(model, &grammar, "root")
+                .map_err(|e| LlmError::Fatal(format!("llama.cpp refused the grammar of the choices: {e}")))?,
+        );
+    }
     if req.temperature <= 0.0 {
-        LlamaSampler::greedy()
+        chain.push(LlamaSampler::greedy());
     } else {
         let seed = 0x9e37_79b9u32.wrapping_mul(req.sample_index.wrapping_add(1))
             ^ (req.messages.iter().map(|m| m.content.len() as u32).sum::<u32>());
-        LlamaSampler::chain_simple([
+        chain.extend([
             LlamaSampler::top_k(40),
             LlamaSampler::top_p(0.95, 1),
             LlamaSampler::temp(req.temperature),
             LlamaSampler::dist(seed),
-        ])
+        ]);
     }
+    Ok(if chain.len() == 1 {
+        chain.pop().expect("one sampler")
+    } else {
+        LlamaSampler::chain_simple(chain)
+    })
+}
+
+/// A GBNF grammar whose only sentences are the choices: `root ::= "A" | "B"`.
+fn choices_grammar(choices: &[String]) -> String {
+    let literal = |c: &str| {
+        let mut out = String::from("\"");
+        for ch in c.chars() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    };
+    let alternatives: Vec<String> = choices.iter().map(|c| literal(c)).collect();
+    format!("root ::= {}", alternatives.join(" | "))
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A feature named differently here and in `/proc/cpuinfo` would be "missing" on every
+    /// CPU, and the model refused everywhere.
+    #[test]
+    fn every_build_feature_is_one_the_cpu_reader_knows() {
+        for (flag, feature) in super::FEATURE_FLAGS {
+            assert!(crate::host::CPU_FEATURES.contains(feature), "{flag} -> {feature}");
+        }
+    }
+
+    #[test]
+    fn the_choices_grammar_quotes_every_choice() {
+        let choices = ["A".to_string(), "say \"no\"".to_string(), "a\\b\nc".to_string()];
+        assert_eq!(
+            super::choices_grammar(&choices),
+            r#"root ::= "A" | "say \"no\"" | "a\\b\nc""#
+        );
+    }
 }

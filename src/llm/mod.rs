@@ -37,7 +37,10 @@ pub use serve::{serve, Endpoint};
 /// The embedded model's process (`metaforge model-process`): answers the supervisor on
 /// stdin/stdout until stdin closes.
 #[cfg(feature = "local-model")]
-pub fn serve_model_process() -> Result<()> {
+pub fn serve_model_process(features: bool) -> Result<()> {
+    if features {
+        return model_process::print_features();
+    }
     model_process::serve(std::io::stdin().lock(), std::io::stdout())
 }
 
@@ -54,6 +57,46 @@ pub trait CallStore: Send + Sync {
     fn put(&self, key: &str, role: Role, model: &str, req: &ChatRequest, reply: &Reply);
     /// Writes every call kept but not yet written.
     fn flush(&self);
+}
+
+impl ChatRequest {
+    /// A constrained request may write its longest choice whatever `max_tokens` the role
+    /// sets, and an endpoint's JSON around it: a token is at least a byte.
+    fn with_room_for_choices(mut self) -> Self {
+        if let Some(longest) = self.choices.iter().map(String::len).max() {
+            self.max_tokens = self.max_tokens.max(longest as u32 + 24);
+        }
+        self
+    }
+}
+
+/// The choice a reply names: the reply itself (trimmed of spaces, quotes and a final period,
+/// in any case), else the choice it mentions first (the longest of those that start at the
+/// same place). None when it names none. Every backend's constrained reply passes here, so
+/// `choices` means the same whether the backend enforced them while decoding or not.
+pub fn pick_choice<'c>(reply: &str, choices: &'c [String]) -> Option<&'c str> {
+    let bare = reply.trim().trim_matches(|c: char| ".\"'`*".contains(c)).trim();
+    if let Some(c) = choices
+        .iter()
+        .find(|c| c.as_str() == bare || c.to_lowercase() == bare.to_lowercase())
+    {
+        return Some(c);
+    }
+    let low = reply.to_lowercase();
+    choices
+        .iter()
+        .filter_map(|c| find_word(&low, &c.to_lowercase()).map(|at| (at, std::cmp::Reverse(c.len()), c)))
+        .min()
+        .map(|(_, _, c)| c.as_str())
+}
+
+/// Where `word` first stands in `text` as a whole word: neither side touches a letter or
+/// digit, so the choice "a" is not found in "answer".
+fn find_word(text: &str, word: &str) -> Option<usize> {
+    let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    text.match_indices(word)
+        .map(|(at, _)| at)
+        .find(|&at| !alnum(text[..at].chars().next_back()) && !alnum(text[at + word.len()..].chars().next()))
 }
 
 /// A reply as a `CallStore` returns it.
@@ -76,6 +119,10 @@ pub struct ChatRequest {
     /// sequences keep the keys they always had.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// The answers allowed: the reply is exactly one of them (`pick_choice`). Left out of the
+    /// serialised request when empty, as `stop` is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
     /// Which sample of an identical request this is; also seeds local sampling, so a repeat
     /// sample is distinct from the first yet reproducible.
     pub sample_index: u32,
@@ -333,8 +380,10 @@ impl Gateway {
                 .min(self.default_max_tokens.max(1)),
             json: params.json,
             stop: params.stop,
+            choices: params.choices,
             sample_index,
         }
+        .with_room_for_choices()
     }
 
     /// Cache key: hash of (model, messages, params, sample index).
@@ -384,6 +433,17 @@ impl Gateway {
         let mut completion = result?;
         if let Some(at) = cut_at_stop(&completion.text, &req.stop) {
             completion.text.truncate(at);
+        }
+        if !req.choices.is_empty() {
+            completion.text = pick_choice(&completion.text, &req.choices)
+                .ok_or_else(|| {
+                    LlmError::Fatal(format!(
+                        "the model's reply {:?} names none of the choices {:?}",
+                        completion.text.chars().take(200).collect::<String>(),
+                        req.choices
+                    ))
+                })?
+                .to_string();
         }
         let reply = Reply {
             cost_usd: self.price(completion.prompt_tokens, completion.completion_tokens),
@@ -541,6 +601,59 @@ mod tests {
         // A request without stop sequences serialises (and so is keyed) as it always was.
         assert!(!serde_json::to_string(&plain).unwrap().contains("stop"));
         assert_eq!(cut_at_stop("abc", &["".into()]), None, "an empty stop never matches");
+    }
+
+    #[test]
+    fn a_constrained_reply_is_read_as_one_of_its_choices() {
+        let choices: Vec<String> = ["positive", "negative", "B", "Blue whale"]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let pick = |r: &str| pick_choice(r, &choices);
+        assert_eq!(pick("negative"), Some("negative"));
+        assert_eq!(pick(" \"Positive\".\n"), Some("positive"));
+        assert_eq!(pick("b"), Some("B"));
+        assert_eq!(pick("I think it is negative, not positive"), Some("negative"));
+        assert_eq!(
+            pick("Blue whale, surely"),
+            Some("Blue whale"),
+            "the longest choice at the same place"
+        );
+        assert_eq!(pick("no idea"), None);
+        let letters: Vec<String> = ["A", "B", "C", "D"].iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            pick_choice("The answer is C.", &letters),
+            Some("C"),
+            "not the a of answer"
+        );
+        assert_eq!(pick_choice("(d) because", &letters), Some("D"));
+        // A choice of the call is part of its key, and a call without choices keeps its key.
+        let backend = Arc::new(ScriptedBackend::new(
+            "s",
+            vec!["The answer is negative.".into(), "dunno".into()],
+        ));
+        let gw = Gateway::new(Role::Agent, backend, &cfg(), None, Arc::new(Budget::unlimited()));
+        let params = CallParams {
+            choices: choices.clone(),
+            ..CallParams::default()
+        };
+        let req = gw.request(vec![Message::new("user", "q")], params, 0);
+        assert!(
+            req.max_tokens >= "Blue whale".len() as u32,
+            "room for the longest choice"
+        );
+        assert_eq!(gw.complete(&req).unwrap().text, "negative");
+        let e = gw.complete(&gw.request(
+            vec![Message::new("user", "q2")],
+            CallParams {
+                choices,
+                ..CallParams::default()
+            },
+            0,
+        ));
+        assert!(matches!(e, Err(LlmError::Fatal(m)) if m.contains("names none of the choices")));
+        let plain = gw.request(vec![Message::new("user", "q")], CallParams::default(), 0);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("choices"));
     }
 
     #[test]

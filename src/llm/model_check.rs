@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::local::{build_features, build_flags, LocalSettings};
+use super::local::{build_flags, LocalSettings};
 use super::supervisor::SupervisedBackend;
 use super::{Backend, ChatRequest, Message};
 use crate::config::ModelConfig;
@@ -21,6 +21,8 @@ pub struct ModelCheck {
     pub model: String,
     pub file: Option<String>,
     pub cpu: Cpu,
+    /// The binary the model process ran from (a variant build, or metaforge itself).
+    pub binary: Option<String>,
     /// ggml's instruction-set flags in this build, and the CPU features they need.
     pub build_flags: String,
     pub build_needs: Vec<&'static str>,
@@ -50,6 +52,9 @@ impl ModelCheck {
             self.file.as_deref().map(|f| format!(" ({f})")).unwrap_or_default()
         )];
         lines.push(format!("  cpu:        {}", self.cpu.describe()));
+        if let Some(binary) = &self.binary {
+            lines.push(format!("  runs from:  {binary}"));
+        }
         let missing: Vec<String> = self
             .build_needs
             .iter()
@@ -96,20 +101,29 @@ impl ModelCheck {
 /// decodes a short greedy answer.
 pub fn check(model: &str) -> ModelCheck {
     let mut file = None;
-    let mut system_info = None;
-    let result = probe(model, &mut file, &mut system_info);
+    let mut started = None;
+    let result = probe(model, &mut file, &mut started);
+    let (binary, flags, system_info) = match started {
+        Some((binary, flags, info)) => (Some(binary), flags, Some(info)),
+        None => (None, build_flags().to_string(), None),
+    };
+    let build_needs = super::local::features_of(&flags);
     ModelCheck {
         model: model.to_string(),
         file,
         cpu: crate::host::cpu(),
-        build_flags: build_flags().to_string(),
-        build_needs: build_features(),
+        binary,
+        build_flags: flags,
+        build_needs,
         system_info,
         result,
     }
 }
 
-fn probe(model: &str, file: &mut Option<String>, system_info: &mut Option<String>) -> Result<Decoded, String> {
+/// What the started model process said of itself: its binary, flags and llama.cpp's line.
+type Started = (String, String, String);
+
+fn probe(model: &str, file: &mut Option<String>, started: &mut Option<Started>) -> Result<Decoded, String> {
     let path = super::resolve_local_model(model).map_err(|e| format!("{e:#}"))?;
     *file = Some(path.display().to_string());
     let cfg = ModelConfig {
@@ -118,7 +132,8 @@ fn probe(model: &str, file: &mut Option<String>, system_info: &mut Option<String
     };
     let backend =
         SupervisedBackend::start(LocalSettings::new(&path, &cfg), "doctor", 0).map_err(|e| format!("{e:#}"))?;
-    *system_info = Some(backend.system_info());
+    let (binary, flags) = backend.build();
+    *started = Some((binary.display().to_string(), flags, backend.system_info()));
     let started = Instant::now();
     let reply = backend
         .complete(&ChatRequest {
@@ -127,6 +142,7 @@ fn probe(model: &str, file: &mut Option<String>, system_info: &mut Option<String
             max_tokens: 8,
             json: false,
             stop: vec![],
+            choices: vec![],
             sample_index: 0,
         })
         .map_err(|e| match e {
@@ -151,6 +167,7 @@ mod tests {
             cpu: Cpu::parse(
                 "model name\t: Some Xeon\nflags\t\t: sse4_2 avx f16c fma avx2 bmi2 avx512f amx_tile amx_int8\n",
             ),
+            binary: Some("/opt/metaforge/metaforge".into()),
             build_flags: "-msse4.2 -mf16c -mfma -mbmi2 -mavx -mavx2".into(),
             build_needs: vec!["sse4_2", "avx", "f16c", "fma", "avx2", "bmi2"],
             system_info: Some("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 |".into()),

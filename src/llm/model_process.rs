@@ -36,8 +36,8 @@ pub struct Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Message {
-    /// The model is loaded and answers from now on.
-    Ready { system_info: String },
+    /// The model is loaded and answers from now on; what this build's kernels use.
+    Ready { system_info: String, build_flags: String },
     /// The model could not be loaded: the process ends after this line.
     Failed { error: String },
     /// The answer to request `id`, and the microseconds llama.cpp spent decoding since the
@@ -103,6 +103,26 @@ impl From<WireError> for LlmError {
     }
 }
 
+/// This source's protocol, as `build.rs` hashed it: a variant build must speak the same.
+pub const PROTOCOL: &str = env!("METAFORGE_MODEL_PROTOCOL");
+
+/// What `metaforge model-process --features` prints: the protocol and the CPU features this
+/// build's kernels need; how the supervisor tells whether a variant build can serve here.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Features {
+    pub protocol: String,
+    pub needs: Vec<String>,
+}
+
+pub fn print_features() -> Result<()> {
+    let features = Features {
+        protocol: PROTOCOL.into(),
+        needs: super::local::build_features().iter().map(|f| f.to_string()).collect(),
+    };
+    println!("{}", serde_json::to_string(&features)?);
+    Ok(())
+}
+
 /// The model process's main loop: load, say so, then answer each request on a thread of its
 /// own (the backend batches whatever is in flight), until stdin closes.
 pub fn serve(input: impl BufRead, output: impl Write + Send + 'static) -> Result<()> {
@@ -126,6 +146,7 @@ pub fn serve(input: impl BufRead, output: impl Write + Send + 'static) -> Result
         &output,
         &Message::Ready {
             system_info: system_info(),
+            build_flags: super::local::build_flags().to_string(),
         },
     );
     let engine_seen = Arc::new(Mutex::new(std::time::Duration::ZERO));

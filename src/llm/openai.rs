@@ -2,6 +2,7 @@
 //! llama.cpp's server). The key is read from the environment variable the config names, at
 //! start-up, and never stored or passed to a worker.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -15,7 +16,19 @@ pub struct OpenAiBackend {
     url: String,
     model: String,
     key: Option<String>,
+    /// Whether the endpoint honours a JSON-schema `response_format` (`Structured`), learnt
+    /// at its first constrained call.
+    structured: AtomicU8,
 }
+
+/// How a constrained call (`choices`) is held to its choices at this endpoint.
+const UNTRIED: u8 = 0;
+const STRUCTURED: u8 = 1;
+const MATCHED: u8 = 2;
+
+/// Free replies asked for, at most, before a constrained call without structured output
+/// fails.
+const CHOICE_ATTEMPTS: u32 = 3;
 
 impl OpenAiBackend {
     pub fn from_config(cfg: &ModelConfig, role: &str) -> Result<Self> {
@@ -55,6 +68,7 @@ impl OpenAiBackend {
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             model: model.to_string(),
             key,
+            structured: AtomicU8::new(UNTRIED),
         }
     }
 }
@@ -65,6 +79,102 @@ impl Backend for OpenAiBackend {
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        if req.choices.is_empty() {
+            self.send(req, None)
+        } else {
+            self.choose(req)
+        }
+    }
+}
+
+impl OpenAiBackend {
+    /// A constrained call: the choices as a JSON-schema `enum` (OpenAI's structured output,
+    /// also vLLM's, SGLang's, Ollama's and llama.cpp's server), the reply's `answer` taken.
+    /// An endpoint that refuses the schema, or answers outside it, is asked for free replies
+    /// from then on, the choices listed at the end of the prompt; a reply that names one is
+    /// read as it (`pick_choice`), and one that names none is asked again.
+    fn choose(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        if self.structured.load(Ordering::Relaxed) != MATCHED {
+            let schema = json!({
+                "type": "json_schema",
+                "json_schema": {"name": "choice", "strict": true, "schema": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "string", "enum": req.choices}},
+                    "required": ["answer"],
+                    "additionalProperties": false,
+                }},
+            });
+            match self.send(req, Some(schema)) {
+                Ok(c) => {
+                    let answer = serde_json::from_str::<Value>(&c.text)
+                        .ok()
+                        .and_then(|v| v["answer"].as_str().map(str::to_string));
+                    if let Some(answer) = answer.filter(|a| req.choices.contains(a)) {
+                        self.learn(STRUCTURED);
+                        return Ok(Completion { text: answer, ..c });
+                    }
+                    self.learn(MATCHED);
+                    if super::pick_choice(&c.text, &req.choices).is_some() {
+                        return Ok(c);
+                    }
+                }
+                // A 4xx that is about the schema: the endpoint has no structured output.
+                Err(LlmError::Fatal(m)) if m.starts_with("HTTP 4") => self.learn(MATCHED),
+                Err(e) => return Err(e),
+            }
+        }
+        let listed: Vec<String> = req.choices.iter().map(|c| format!("- {c}")).collect();
+        let mut asked = req.clone();
+        asked.messages.push(super::Message::new(
+            "user",
+            format!(
+                "Reply with exactly one of these, and nothing else:\n{}",
+                listed.join("\n")
+            ),
+        ));
+        let mut last = String::new();
+        for attempt in 0..CHOICE_ATTEMPTS {
+            asked.sample_index = req.sample_index.wrapping_add(attempt * 1000);
+            let c = self.send(&asked, None)?;
+            if super::pick_choice(&c.text, &req.choices).is_some() {
+                return Ok(c);
+            }
+            last = c.text;
+        }
+        Err(LlmError::Fatal(format!(
+            "{} named none of the choices {:?} in {CHOICE_ATTEMPTS} replies (the last: {:?})",
+            self.url,
+            req.choices,
+            snippet(&last)
+        )))
+    }
+
+    /// How this endpoint's constrained calls were held to their choices: "structured output"
+    /// (a JSON-schema enum), "matched replies" (read as a choice, asked again), or "untried".
+    pub fn choices_enforced_by(&self) -> &'static str {
+        match self.structured.load(Ordering::Relaxed) {
+            STRUCTURED => "structured output",
+            MATCHED => "matched replies",
+            _ => "untried",
+        }
+    }
+
+    /// Records how this endpoint holds a call to its choices, saying so once.
+    fn learn(&self, how: u8) {
+        if self.structured.swap(how, Ordering::Relaxed) != how {
+            match how {
+                STRUCTURED => {
+                    tracing::info!(url = %self.url, "choices are enforced by the endpoint's structured output (a JSON-schema enum)")
+                }
+                _ => {
+                    tracing::warn!(url = %self.url, "the endpoint has no structured output: replies to calls with choices are read as a choice and asked again")
+                }
+            }
+        }
+    }
+
+    /// One chat completion; `response_format` replaces the plain or `json` one.
+    fn send(&self, req: &ChatRequest, response_format: Option<Value>) -> Result<Completion, LlmError> {
         let mut body = json!({
             "model": self.model,
             "messages": req.messages,
@@ -77,6 +187,9 @@ impl Backend for OpenAiBackend {
         }
         if req.json {
             body["response_format"] = json!({"type": "json_object"});
+        }
+        if let Some(format) = response_format {
+            body["response_format"] = format;
         }
         let mut request = self.agent.post(&self.url).header("Content-Type", "application/json");
         if let Some(key) = &self.key {

@@ -32,6 +32,20 @@ struct Body {
     seed: Option<u32>,
     #[serde(default)]
     stop: Option<Stop>,
+    /// OpenAI's structured output: a JSON schema whose `answer` is an `enum` of strings is
+    /// served as a constrained call, its reply `{"answer": "<choice>"}`.
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
+}
+
+/// The choices of a `json_schema` response format shaped as a constrained call's is (an
+/// object whose `answer` is a string `enum`); None for any other format.
+fn schema_choices(format: &serde_json::Value) -> Option<Vec<String>> {
+    if format["type"] != "json_schema" {
+        return None;
+    }
+    let values = format["json_schema"]["schema"]["properties"]["answer"]["enum"].as_array()?;
+    values.iter().map(|v| v.as_str().map(str::to_string)).collect()
 }
 
 /// OpenAI's `stop`: one string or a list of them.
@@ -135,12 +149,23 @@ fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Va
     if body.messages.is_empty() {
         return (400, json!({"error": {"message": "messages must not be empty"}}));
     }
+    let choices = body
+        .response_format
+        .as_ref()
+        .and_then(schema_choices)
+        .unwrap_or_default();
+    if !choices.is_empty() {
+        if let Err(e) = crate::types::check_choices(&choices) {
+            return (400, json!({"error": {"message": format!("response_format: {e}")}}));
+        }
+    }
     let req = ChatRequest {
         messages: body.messages,
         temperature: body.temperature.unwrap_or(0.0).clamp(0.0, 2.0),
         max_tokens: body.max_tokens.unwrap_or(cap).min(cap).max(1),
         json: false,
         stop: body.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        choices,
         sample_index: body.seed.unwrap_or(0),
     };
     match backend.complete(&req).map(|mut c| {
@@ -149,18 +174,29 @@ fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Va
         }
         c
     }) {
-        Ok(c) => (
-            200,
-            json!({
-                "id": "chatcmpl-metaforge",
-                "object": "chat.completion",
-                "model": backend.model_id(),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "total_tokens": c.prompt_tokens + c.completion_tokens},
-            }),
+        Ok(c) if !req.choices.is_empty() && super::pick_choice(&c.text, &req.choices).is_none() => (
+            500,
+            json!({"error": {"message": format!("the model's reply {:?} names none of the choices", c.text)}}),
         ),
+        Ok(mut c) if !req.choices.is_empty() => {
+            let answer = super::pick_choice(&c.text, &req.choices).expect("checked above");
+            c.text = json!({ "answer": answer }).to_string();
+            (200, reply(backend, &c))
+        }
+        Ok(c) => (200, reply(backend, &c)),
         Err(LlmError::Transient(e)) => (503, json!({"error": {"message": e}})),
         Err(LlmError::Throttled { message, .. }) => (429, json!({"error": {"message": message}})),
         Err(e) => (500, json!({"error": {"message": e.to_string()}})),
     }
+}
+
+/// An OpenAI chat completion carrying `c`.
+fn reply(backend: &dyn Backend, c: &super::Completion) -> serde_json::Value {
+    json!({
+        "id": "chatcmpl-metaforge",
+        "object": "chat.completion",
+        "model": backend.model_id(),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "total_tokens": c.prompt_tokens + c.completion_tokens},
+    })
 }

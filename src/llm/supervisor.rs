@@ -18,6 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{bounded, Sender};
 
 use super::local::{model_id, Fault, FaultSignal, LocalSettings};
-use super::model_process::{Message, Request, Start};
+use super::model_process::{Features, Message, Request, Start, PROTOCOL};
 use super::{Backend, ChatRequest, Completion, LlmError};
 use crate::host::Cpu;
 
@@ -86,6 +87,9 @@ struct State {
     life: u32,
     pid: u32,
     stdin: Option<ChildStdin>,
+    /// The build the model process runs from, and what its kernels use.
+    binary: PathBuf,
+    build_flags: String,
     system_info: String,
     /// Why the backend answers nothing any more.
     dead: Option<String>,
@@ -111,6 +115,8 @@ impl SupervisedBackend {
                 life: 0,
                 pid: 0,
                 stdin: None,
+                binary: PathBuf::new(),
+                build_flags: String::new(),
                 system_info: String::new(),
                 dead: None,
             }),
@@ -132,6 +138,12 @@ impl SupervisedBackend {
     /// llama.cpp's own account of the CPU features it uses, as the model process reported it.
     pub fn system_info(&self) -> String {
         self.shared.state.lock().unwrap().system_info.clone()
+    }
+
+    /// The binary the model process runs from (`model_binary`) and its kernels' flags.
+    pub fn build(&self) -> (PathBuf, String) {
+        let state = self.shared.state.lock().unwrap();
+        (state.binary.clone(), state.build_flags.clone())
     }
 
     /// Why the model answers nothing any more, if it died for good.
@@ -210,7 +222,7 @@ impl Shared {
     /// load; a thread then reads its replies until it ends.
     fn spawn(self: &Arc<Self>, life: u32, mut settings: LocalSettings) -> Result<State> {
         settings.fault = self.fault.filter(|&(_, lives)| life <= lives).map(|(f, _)| f);
-        let binary = crate::host::metaforge_binary()?;
+        let binary = model_binary(&crate::host::cpu())?;
         let mut child = Command::new(&binary)
             .arg("model-process")
             .stdin(Stdio::piped())
@@ -244,8 +256,11 @@ impl Shared {
         let _ = stdin.write_all(&line).and_then(|_| stdin.flush());
         let mut first = String::new();
         let _ = stdout.read_line(&mut first);
-        let system_info = match serde_json::from_str::<Message>(&first) {
-            Ok(Message::Ready { system_info }) => system_info,
+        let (system_info, build_flags) = match serde_json::from_str::<Message>(&first) {
+            Ok(Message::Ready {
+                system_info,
+                build_flags,
+            }) => (system_info, build_flags),
             Ok(Message::Failed { error }) => {
                 let _ = child.wait();
                 bail!("{error}");
@@ -271,6 +286,8 @@ impl Shared {
             life,
             pid,
             stdin: Some(stdin),
+            binary,
+            build_flags,
             system_info,
             dead: None,
         })
@@ -392,6 +409,42 @@ impl Shared {
         msg.push_str(". Fix: run `metaforge doctor`, which loads the model in a process of its own and says whether it runs on this machine; if it does not, set models.*.backend = \"openai\" with an endpoint, or rebuild for fewer CPU features (docs/experiment.md, \"Which CPUs the embedded model runs on\")");
         msg
     }
+}
+
+/// Builds of metaforge whose model kernels are faster on CPUs that have what they need,
+/// fastest first: the model process runs from the first that stands beside the metaforge
+/// binary and whose needs this CPU meets (`scripts/build-avx512.sh` makes the one named).
+/// Why per process rather than per kernel: ggml's runtime choice of CPU variants means
+/// a dozen shared libraries built and shipped, and the model has a process of its own anyway.
+pub const VARIANTS: &[&str] = &["metaforge-avx512"];
+
+/// Names the binary the model process runs from, whatever stands beside metaforge.
+pub const MODEL_BIN_ENV: &str = "METAFORGE_MODEL_BIN";
+
+/// The binary to start the model process from: `$METAFORGE_MODEL_BIN`, else the first of
+/// `VARIANTS` beside the metaforge binary that this CPU can run, else metaforge itself.
+pub fn model_binary(cpu: &Cpu) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(MODEL_BIN_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let main = crate::host::metaforge_binary()?;
+    let runnable = |p: &PathBuf| {
+        let out = Command::new(p).args(["model-process", "--features"]).output().ok()?;
+        let features: Features = serde_json::from_slice(&out.stdout).ok()?;
+        if features.protocol != PROTOCOL {
+            tracing::warn!(
+                "{} is from another version of metaforge and is not used; fix: rebuild it (scripts/build-avx512.sh) or delete it",
+                p.display()
+            );
+            return Some(false);
+        }
+        Some(features.needs.iter().all(|f| cpu.has(f)))
+    };
+    Ok(VARIANTS
+        .iter()
+        .map(|v| main.with_file_name(v))
+        .find(|p| p.is_file() && runnable(p) == Some(true))
+        .unwrap_or(main))
 }
 
 /// Refuses to start a model whose build needs CPU features this CPU lacks: it would die of

@@ -2,6 +2,7 @@
 //! and crossovers with tree-sitter) and `rewrite` (the ADAS-style meta-agent with reflexion
 //! and debug rounds). The loop picks one per proposal by the configured probabilities.
 
+pub mod agent_api;
 pub mod diff;
 pub mod instruction;
 pub mod operators;

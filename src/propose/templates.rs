@@ -19,6 +19,11 @@ impl Templates {
                 .build()
                 .expect("default delimiters are valid"),
         );
+        // What a candidate can call, read from the runtime's own source (`agent_api`).
+        env.add_global(
+            "agent_api",
+            minijinja::Value::from(minijinja::value::Serde(super::agent_api::agent_api()?)),
+        );
         let mut stack = vec![&crate::assets::TEMPLATES];
         while let Some(dir) = stack.pop() {
             for f in dir.files() {
@@ -84,7 +89,9 @@ mod tests {
             let plain = t
                 .render(&format!("{kind}/propose.j2"), ctx(serde_json::Value::Null))
                 .unwrap();
-            assert!(!plain.contains("CONTRACTS"), "{kind}: {plain}");
+            // `llm`'s own documentation names its `contract` parameter; the guards section
+            // comes only with guards.
+            assert!(!plain.contains("# Contracts in this experiment"), "{kind}: {plain}");
             let guarded = t
                 .render(
                     &format!("{kind}/propose.j2"),

@@ -69,6 +69,9 @@ pub struct LlmCall {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stop: Option<Vec<String>>,
+    /// The answers allowed: the reply is exactly one of them.
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
     /// Never honoured: present only so a candidate asking for another model is refused by
     /// name instead of silently served.
     #[serde(default)]
@@ -98,6 +101,7 @@ impl LlmCall {
             max_tokens: self.max_tokens,
             json: self.json,
             stop: self.stop.clone().unwrap_or_default(),
+            choices: self.choices.clone().unwrap_or_default(),
         }
     }
 
@@ -131,6 +135,12 @@ impl LlmCall {
                     "stop must hold 1 to {} non-empty strings of at most 64 bytes",
                     crate::types::MAX_STOP
                 ));
+            }
+        }
+        if let Some(choices) = &self.choices {
+            crate::types::check_choices(choices)?;
+            if self.json || self.contract.is_some() {
+                return Err("choices cannot be combined with json or a contract".into());
             }
         }
         if self.messages.is_empty() {

@@ -42,10 +42,39 @@ pub struct CallParams {
     pub json: bool,
     /// Stop sequences (at most `MAX_STOP`), as OpenAI-compatible endpoints take them.
     pub stop: Vec<String>,
+    /// The answers allowed (at most `MAX_CHOICES`): the reply is exactly one of them.
+    pub choices: Vec<String>,
 }
 
 /// Most stop sequences a call may carry (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
+
+/// Most answers a constrained call may allow, and the longest one (bytes).
+pub const MAX_CHOICES: usize = 64;
+pub const MAX_CHOICE_BYTES: usize = 200;
+
+/// Refuses a list of choices no constrained call can honour, saying why.
+pub fn check_choices(choices: &[String]) -> Result<(), String> {
+    if choices.is_empty() || choices.len() > MAX_CHOICES {
+        return Err(format!(
+            "choices must hold 1 to {MAX_CHOICES} strings, not {}",
+            choices.len()
+        ));
+    }
+    if let Some(c) = choices
+        .iter()
+        .find(|c| c.trim().is_empty() || c.len() > MAX_CHOICE_BYTES)
+    {
+        return Err(format!(
+            "choice {c:?} is empty or longer than {MAX_CHOICE_BYTES} bytes; each choice must be a short answer"
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(c) = choices.iter().find(|c| !seen.insert(c.as_str())) {
+        return Err(format!("choice {c:?} is listed twice"));
+    }
+    Ok(())
+}
 
 /// The answer to a gateway call, with what it cost.
 #[derive(Debug, Clone, Serialize)]

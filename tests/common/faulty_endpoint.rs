@@ -220,6 +220,8 @@ fn answer(shared: &Shared, body: &[u8], usage: bool) -> Vec<u8> {
             .flatten()
             .filter_map(|s| s.as_str().map(str::to_string))
             .collect(),
+        // No structured output here: a JSON schema is served as a plain reply.
+        choices: Vec::new(),
         sample_index: req["seed"].as_u64().unwrap_or(0) as u32,
     };
     let completion = backend.complete(&chat).unwrap();
