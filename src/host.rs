@@ -162,6 +162,11 @@ impl Cpu {
         self.features.contains(&feature)
     }
 
+    /// Those of `needs` this CPU lacks.
+    pub fn missing<'n>(&self, needs: &[&'n str]) -> Vec<&'n str> {
+        needs.iter().copied().filter(|f| !self.has(f)).collect()
+    }
+
     /// One line for messages: the model name and the features, upper-case.
     pub fn describe(&self) -> String {
         let features: Vec<String> = self.features.iter().map(|f| f.to_uppercase()).collect();
@@ -192,6 +197,7 @@ mod tests {
             ["sse4_2", "avx", "fma", "avx2", "avx512f", "amx_tile", "amx_int8"]
         );
         assert!(cpu.has("amx_tile") && !cpu.has("avx512_vnni"));
+        assert_eq!(cpu.missing(&["avx2", "avx512_vnni", "bmi2"]), ["avx512_vnni", "bmi2"]);
         assert_eq!(
             cpu.describe(),
             "Some Xeon (SSE4_2 AVX FMA AVX2 AVX512F AMX_TILE AMX_INT8)"

@@ -98,6 +98,25 @@ fn exported_agents_run_outside_metaforge_against_a_real_server() {
         String::from_utf8_lossy(&imported.stdout).starts_with('\''),
         "forward returns a string"
     );
+    // `choices` in an exported agent: the server's structured output holds the reply to
+    // them, and a free reply is read as the gateway reads it (whole words: not the "a" of
+    // "answer").
+    let constrained = Command::new(&python)
+        .current_dir(&out)
+        .arg("-c")
+        .arg(format!(
+            "import {module} as m\nassert m._pick_choice('The answer is C.', list('ABCD')) == 'C'\nprint(m.llm('Is \"a wonderful film\" positive or negative?', choices=['positive', 'negative']))"
+        ))
+        .env("OPENAI_BASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        constrained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&constrained.stderr)
+    );
+    let label = String::from_utf8_lossy(&constrained.stdout).trim().to_string();
+    assert!(["positive", "negative"].contains(&label.as_str()), "{label:?}");
 }
 
 /// `export-traces` writes one JSON line per proposal and per evaluation, with the prompt,

@@ -56,9 +56,9 @@ impl ModelCheck {
             lines.push(format!("  runs from:  {binary}"));
         }
         let missing: Vec<String> = self
-            .build_needs
+            .cpu
+            .missing(&self.build_needs)
             .iter()
-            .filter(|f| !self.cpu.has(f))
             .map(|f| f.to_uppercase())
             .collect();
         let needs = if self.build_needs.is_empty() {

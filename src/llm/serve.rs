@@ -174,15 +174,16 @@ fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Va
         }
         c
     }) {
-        Ok(c) if !req.choices.is_empty() && super::pick_choice(&c.text, &req.choices).is_none() => (
-            500,
-            json!({"error": {"message": format!("the model's reply {:?} names none of the choices", c.text)}}),
-        ),
-        Ok(mut c) if !req.choices.is_empty() => {
-            let answer = super::pick_choice(&c.text, &req.choices).expect("checked above");
-            c.text = json!({ "answer": answer }).to_string();
-            (200, reply(backend, &c))
-        }
+        Ok(mut c) if !req.choices.is_empty() => match super::pick_choice(&c.text, &req.choices) {
+            Some(answer) => {
+                c.text = json!({ "answer": answer }).to_string();
+                (200, reply(backend, &c))
+            }
+            None => (
+                500,
+                json!({"error": {"message": format!("the model's reply {:?} names none of the choices", c.text)}}),
+            ),
+        },
         Ok(c) => (200, reply(backend, &c)),
         Err(LlmError::Transient(e)) => (503, json!({"error": {"message": e}})),
         Err(LlmError::Throttled { message, .. }) => (429, json!({"error": {"message": message}})),

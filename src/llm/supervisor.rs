@@ -68,6 +68,8 @@ pub struct SupervisedBackend {
 struct Shared {
     role: String,
     settings: LocalSettings,
+    /// This machine's processor, read once: what variant builds and messages are judged by.
+    cpu: Cpu,
     /// Lives the fault fires in (`FAULT_ENV`).
     fault: Option<(Fault, u32)>,
     /// How many times a dead model process is started again (1; 0 for `doctor`).
@@ -109,6 +111,7 @@ impl SupervisedBackend {
         check_cpu(&cpu)?;
         let shared = Arc::new(Shared {
             role: role.to_string(),
+            cpu,
             fault: fault_from_env()?,
             restarts,
             state: Mutex::new(State {
@@ -144,11 +147,6 @@ impl SupervisedBackend {
     pub fn build(&self) -> (PathBuf, String) {
         let state = self.shared.state.lock().unwrap();
         (state.binary.clone(), state.build_flags.clone())
-    }
-
-    /// Why the model answers nothing any more, if it died for good.
-    pub fn dead(&self) -> Option<String> {
-        self.shared.state.lock().unwrap().dead.clone()
     }
 }
 
@@ -213,7 +211,7 @@ impl Backend for SupervisedBackend {
     }
 
     fn failure(&self) -> Option<String> {
-        self.dead()
+        self.shared.state.lock().unwrap().dead.clone()
     }
 }
 
@@ -222,7 +220,7 @@ impl Shared {
     /// load; a thread then reads its replies until it ends.
     fn spawn(self: &Arc<Self>, life: u32, mut settings: LocalSettings) -> Result<State> {
         settings.fault = self.fault.filter(|&(_, lives)| life <= lives).map(|(f, _)| f);
-        let binary = model_binary(&crate::host::cpu())?;
+        let binary = model_binary(&self.cpu)?;
         let mut child = Command::new(&binary)
             .arg("model-process")
             .stdin(Stdio::piped())
@@ -399,7 +397,7 @@ impl Shared {
         }
         msg.push_str(&format!(
             ". CPU: {}. llama.cpp in this build: {}",
-            crate::host::cpu().describe(),
+            self.cpu.describe(),
             if system_info.is_empty() {
                 super::local::build_flags().to_string()
             } else {
@@ -453,14 +451,12 @@ fn check_cpu(cpu: &Cpu) -> Result<()> {
     if cfg!(not(target_arch = "x86_64")) || cpu.features.is_empty() && cpu.model == std::env::consts::ARCH {
         return Ok(()); // no /proc/cpuinfo flags to judge by
     }
-    let missing: Vec<&str> = super::local::build_features()
-        .into_iter()
-        .filter(|f| !cpu.has(f))
-        .collect();
+    let needs = super::local::build_features();
+    let missing = cpu.missing(&needs);
     if !missing.is_empty() {
         bail!(
             "this build of the embedded model needs the CPU features {} and this CPU ({}) lacks {}; fix: rebuild with the GGML_* variables of .cargo/config.toml set to what this CPU has (docs/experiment.md, \"Which CPUs the embedded model runs on\"), or use models.*.backend = \"openai\"",
-            super::local::build_features().join(" ").to_uppercase(),
+            needs.join(" ").to_uppercase(),
             cpu.model,
             missing.join(" ").to_uppercase()
         );

@@ -329,17 +329,20 @@ impl Core {
     fn store(&self, archive: &mut Archive, mut record: StepRecord, bar: &ProgressBar) -> Result<()> {
         self.flush_call_cache();
         self.stop_if_the_model_died(archive, record.step)?;
-        for gateway in [&self.meta, &self.agent] {
-            record.events.extend(
-                gateway
-                    .incidents()
-                    .into_iter()
-                    .map(|i| ("model_restarted".to_string(), i)),
-            );
-        }
+        record.events.extend(self.model_incidents());
         archive.commit_step(&record)?;
         bar.set_position(record.step + 1);
         Ok(())
+    }
+
+    /// What happened to the models since the last call (a model process restarted), as
+    /// `model_restarted` events, each once.
+    fn model_incidents(&self) -> Vec<(String, serde_json::Value)> {
+        [&self.meta, &self.agent]
+            .iter()
+            .flat_map(|g| g.incidents())
+            .map(|i| ("model_restarted".to_string(), i))
+            .collect()
     }
 
     /// Ends the run, before step `step` is stored, when a model can answer nothing any more.
@@ -347,10 +350,8 @@ impl Core {
         let Some(why) = self.agent.failure().or_else(|| self.meta.failure()) else {
             return Ok(());
         };
-        for gateway in [&self.meta, &self.agent] {
-            for incident in gateway.incidents() {
-                archive.event(Some(step), "model_restarted", incident)?;
-            }
+        for (kind, incident) in self.model_incidents() {
+            archive.event(Some(step), &kind, incident)?;
         }
         archive.event(Some(step), "model_failed", json!({ "error": why }))?;
         let db = archive.path().display();
