@@ -472,6 +472,10 @@ pub fn eval(
         }
     };
     let dom = Domain::load(&exp.domain)?;
+    // A seed written over the answer format (as the built-in ones are) speaks of this domain's.
+    let code = crate::propose::Templates::embedded()?
+        .with_answer(&dom.answer)
+        .render_seed(&file.display().to_string(), &code)?;
     let report = crate::guard::checker(exp.guards.rules())?.check(&file.display().to_string(), &code, dom.kind);
     if !report.passes() {
         bail!("{} does not pass check:\n{}", file.display(), report.render());

@@ -73,6 +73,8 @@ pub fn docstring_header(code: &str) -> (Option<String>, Option<String>) {
         } else if let Some(v) = t.strip_prefix("idea:") {
             idea.push_str(v.trim());
             in_idea = true;
+        } else if t.starts_with("answers:") {
+            in_idea = false;
         } else if in_idea && !t.is_empty() {
             idea.push(' ');
             idea.push_str(t);

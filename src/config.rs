@@ -220,6 +220,16 @@ pub struct DomainConfig {
     /// the scorer).
     #[serde(default)]
     pub description: Option<String>,
+    /// What an answer is, as an instruction says it ("the letter of the correct option",
+    /// "a date like 2024-05-01"). Built-in seeds and the meta-model's prompt use it. Default:
+    /// the scorer's (`numeric`: "a single number"; `mc`: the option's letter; `label`: one of
+    /// `choices`; others: "the answer alone", so set it for `exact`, `f1` and scorer code).
+    #[serde(default)]
+    pub answer_format: Option<String>,
+    /// The labels an answer may be, for label tasks (`scorer = "label"`, or `exact`): every
+    /// task is given them as its `choices` field unless it carries its own.
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
     #[serde(default = "default_val_size")]
     pub val_size: usize,
     /// Seed of the validation/test shuffle; defaults to the run's `seed`. Runs that should be
@@ -262,8 +272,12 @@ pub struct EpisodesConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BaseAgentKind {
+    /// The agent model reads the numbered actions and replies with one (free text).
     #[default]
     Model,
+    /// The agent model's likelihood of each valid action, given the goal, the memory text,
+    /// the room and the actions so far: the likeliest is played.
+    Choice,
     Scripted,
 }
 
@@ -694,6 +708,11 @@ pub struct EvaluationConfig {
     /// on the same tasks; 0 = off. See `evaluate::racing`.
     #[serde(default)]
     pub race_first: usize,
+    /// When a look before the last drops a raced proposal: `ahead` (only a lead goes on),
+    /// `first_tie_goes_on` (also a tie at the first look) or `sequential` (dropped only when
+    /// a sign test on the tasks where the two differ says worse).
+    #[serde(default)]
+    pub race_rule: crate::types::RaceRule,
 }
 
 fn default_cascade_threshold() -> f64 {
@@ -740,6 +759,7 @@ impl Default for EvaluationConfig {
             cascade_fraction: 0.0,
             cascade_threshold: default_cascade_threshold(),
             race_first: 0,
+            race_rule: crate::types::RaceRule::default(),
         }
     }
 }

@@ -104,9 +104,10 @@ fn the_default_model_runs_requantized_to_q8_0() {
     assert!(!path.with_extension("gguf.part").exists());
 }
 
-/// `choices` on the embedded model: a grammar masks every token that would leave the set, so
-/// each answer is exactly one choice, greedy or sampled, however the small model would have
-/// answered freely (a sentence, another word). Choices with spaces and quotes decode whole.
+/// `choices` on the embedded model: at temperature 0 the likeliest choice, read whole; above
+/// it a grammar masks every token that would leave the set. Either way each answer is exactly
+/// one choice, however the small model would have answered freely (a sentence, another word).
+/// Choices with spaces and quotes are read and decoded whole.
 #[test]
 fn choices_hold_the_embedded_model_to_one_of_them() {
     use metaforge::llm::{CallParams, Message};
@@ -149,4 +150,8 @@ fn choices_hold_the_embedded_model_to_one_of_them() {
         seen.len() >= 3,
         "the model chose among the choices, not always the first: {seen:?}"
     );
+    // Judged by the whole choice, not its first token: greedy decoding under the grammar
+    // answered "London" here, the choice whose first token the model found likeliest.
+    assert_eq!(ask("What is the capital of France?", &cities, 0.0, 0), "Paris");
+    assert_eq!(ask("What is the opposite of \"hot\"?", &["tall", "cold", "early", "sad"], 0.0, 0), "cold");
 }

@@ -203,7 +203,8 @@ fn the_readme_example_of_an_own_task_loads() {
     let domain = metaforge::domain::Domain::load(&exp.domain).unwrap();
     assert!(matches!(domain.scorer, Scorer::Code(_)));
     assert!(domain.tasks[0].input.get("answer").is_none(), "the answer is hidden");
-    let seeds = metaforge::search::resolve_seeds(&exp.search.seeds, domain.kind).unwrap();
+    let templates = metaforge::propose::Templates::embedded().unwrap().with_answer(&domain.answer);
+    let seeds = metaforge::search::resolve_seeds(&exp.search.seeds, domain.kind, &templates).unwrap();
     assert_eq!(
         seeds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         ["direct_answer", "my_agent"]

@@ -3,8 +3,9 @@ idea: Ask for the final number only, and let a contract the host enforces make s
 comes back: the answer is checked, asked for again with the violation as feedback up to three
 times, and replaced by a fallback checked in advance when no reply passes (SEVerA's formally
 guarded call).
+answers: number
 """
-from metaforge import llm
+from metaforge import llm, task_text
 
 INSTRUCTION = "Solve the problem. Reply with the final number only."
 TEMPERATURE = 0.0
@@ -23,6 +24,6 @@ CONTRACTS = {
 
 
 def forward(task):
-    prompt = f"{INSTRUCTION}\n\nProblem: {task['question']}"
+    prompt = f"{INSTRUCTION}\n\nProblem: {task_text(task)}"
     value = llm(prompt, temperature=TEMPERATURE, contract="answer")
     return str(value)

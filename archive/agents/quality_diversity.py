@@ -2,16 +2,16 @@
 idea: Produce several deliberately different attempts, each told what was already tried,
 then let a final decision pick among them (inspired by quality-diversity search).
 """
-from metaforge import llm
+from metaforge import llm, task_text
 
-INSTRUCTION = "Solve the problem step by step. Finish with a line 'Answer: <number>'."
+INSTRUCTION = "Solve the problem step by step. Finish with a line 'Answer: <{{ answer.slot }}>'."
 N_ATTEMPTS = 3
 TEMPERATURE = 0.8
 FINAL_TEMPERATURE = 0.1
 
 
 def forward(task):
-    question = task["question"]
+    question = task_text(task)
     attempts = []
     for _ in range(N_ATTEMPTS):
         tried = "\n".join(f"- {a}" for a in attempts)
@@ -22,6 +22,6 @@ def forward(task):
     listing = "\n".join(f"- {a}" for a in attempts)
     return llm(
         f"Problem: {question}\nSolutions:\n{listing}\n"
-        f"Pick the most reliable one. Finish with a line 'Answer: <number>'.",
+        f"Pick the most reliable one. Finish with a line 'Answer: <{{ answer.slot }}>'.",
         temperature=FINAL_TEMPERATURE,
     )

@@ -4,8 +4,10 @@
 """
 from metaforge._rpc import ContractError, LLMError, call_llm
 from metaforge.tools import EXTRACTORS, calc, calc_in, extract
+from metaforge.tools import as_choice, option_texts, task_choices, task_text
 
-__all__ = ["llm", "LLMError", "ContractError", "calc", "calc_in", "extract", "EXTRACTORS"]
+__all__ = ["llm", "LLMError", "ContractError", "calc", "calc_in", "extract", "EXTRACTORS",
+           "task_text", "task_choices", "option_texts", "as_choice"]
 
 
 def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=None,
@@ -19,8 +21,9 @@ def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=Non
     stop: a string or a list of up to 4: generation ends where one appears, and the reply
       stops before it.
     choices: a list of up to 64 distinct short strings: the reply is exactly one of them
-      (the embedded model is held to them while it decodes; an endpoint is asked for a
-      JSON-schema enum, or its reply is read as the choice it names and asked again).
+      (the embedded model returns the most likely one at temperature 0, and samples held to
+      them above it; an endpoint is asked for a JSON-schema enum, or its reply is read as
+      the choice it names and asked again).
     contract: the id of an entry of the module-level literal `CONTRACTS = {"id": {...}}`;
       the host checks every answer against it, asks again, and returns its fallback when
       no answer passes. input: the JSON-able dict the contract's rules read.
@@ -77,11 +80,15 @@ def answer_key(text):
     return lines[-1].lower() if lines else ""
 
 
-def majority(answers):
-    """Return the answer whose key is most common (first seen wins ties)."""
+def majority(answers, task=None):
+    """Return the answer whose key is most common (first seen wins ties). With the `task`
+    of a choice or label task, each answer is first read as the choice it names
+    (`as_choice`), so "B", "(B) cat" and "the answer is B" vote together."""
     answers = list(answers)
     if not answers:
         return ""
+    if task is not None and task_choices(task):
+        answers = [as_choice(a, task) for a in answers]
     counts = {}
     first = {}
     for a in answers:

@@ -4,6 +4,7 @@
 //! scorer name. Splits are a seeded shuffle, so validation and held-out test never overlap
 //! and are identical on every machine.
 
+mod answer;
 mod f1;
 mod scorers;
 
@@ -14,6 +15,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
+pub use answer::{AnswerKind, AnswerSpec};
 pub use scorers::{Scorer, ScorerCode};
 
 use crate::candidate::CandidateKind;
@@ -41,6 +43,8 @@ pub struct Domain {
     /// One paragraph for the proposer's prompt: what the tasks are and how they are scored.
     pub description: String,
     pub scorer: Scorer,
+    /// What an answer looks like: the phrase seeds and prompts use, the labels if any.
+    pub answer: AnswerSpec,
     pub tasks: Vec<Task>,
 }
 
@@ -103,7 +107,7 @@ impl Domain {
 
     fn load_unmarked(cfg: &DomainConfig) -> Result<Self> {
         if let Some(path) = &cfg.path {
-            let scorer = user_scorer(cfg.scorer.as_deref())?;
+            let scorer = user_scorer(cfg.scorer.as_deref(), cfg.choices.as_deref())?;
             let scorer_name = match &scorer {
                 Scorer::Code(code) => code.file.clone(),
                 _ => cfg.scorer.as_ref().map_or("exact".into(), |s| s.display().to_string()),
@@ -118,8 +122,11 @@ impl Domain {
                 Scorer::Code(_) => Gold::AllHidden,
                 _ => Gold::Answer,
             };
-            let tasks = parse_jsonl(&text, &path.display().to_string(), &cfg.hidden_fields, gold)?;
+            let mut tasks = parse_jsonl(&text, &path.display().to_string(), &cfg.hidden_fields, gold)?;
+            let answer = AnswerSpec::for_domain(cfg, &scorer, &tasks)?;
+            give_choices(&mut tasks, &answer.choices, &path.display().to_string())?;
             return Ok(Self {
+                answer,
                 name: cfg.name.clone(),
                 kind: CandidateKind::Agent,
                 episodes: None,
@@ -143,6 +150,12 @@ impl Domain {
                     episodes.fold, episodes.items
                 ),
                 scorer: Scorer::Exact,
+                answer: AnswerSpec {
+                    kind: AnswerKind::Text,
+                    format: "the next action".into(),
+                    slot: "action".into(),
+                    choices: Vec::new(),
+                },
                 tasks: episode_tasks(&episodes),
                 episodes: Some(episodes),
             });
@@ -156,13 +169,15 @@ impl Domain {
         };
         let text = crate::assets::text(&crate::assets::DATA, b.file)
             .with_context(|| format!("built-in data file data/{} is missing from this build", b.file))?;
+        let tasks = parse_jsonl(text, &format!("data/{}", b.file), &cfg.hidden_fields, Gold::Answer)?;
         Ok(Self {
             name: b.name.into(),
             kind: CandidateKind::Agent,
             episodes: None,
             description: b.description.into(),
+            answer: AnswerSpec::for_domain(cfg, &b.scorer, &tasks)?,
             scorer: b.scorer.clone(),
-            tasks: parse_jsonl(text, &format!("data/{}", b.file), &cfg.hidden_fields, Gold::Answer)?,
+            tasks,
         })
     }
 
@@ -217,7 +232,31 @@ enum Gold {
 }
 
 /// The scorer `domain.scorer` names: a built-in name, or a `.py` file of scorer code.
-fn user_scorer(spec: Option<&Path>) -> Result<Scorer> {
+/// Hands the domain's labels to every task as its `choices` (a task's own are kept), and
+/// refuses a task whose gold answer is none of its choices: it could never be scored right.
+fn give_choices(tasks: &mut [Task], labels: &[String], origin: &str) -> Result<()> {
+    for t in tasks.iter_mut() {
+        if !labels.is_empty() && t.input.get("choices").is_none() {
+            if let Some(obj) = t.input.as_object_mut() {
+                obj.insert("choices".into(), json!(labels));
+            }
+        }
+        let Some(choices) = t.input.get("choices") else { continue };
+        let Some(list) = choices.as_array().filter(|l| l.iter().all(Value::is_string)) else {
+            bail!("{origin}: task {}: `choices` must be a list of strings; fix: write it like [\"yes\", \"no\"]", t.id);
+        };
+        let gold = t.answer.as_str().map(|g| g.trim().to_lowercase());
+        if let Some(g) = gold.filter(|g| !list.iter().any(|c| c.as_str().is_some_and(|c| c.trim().to_lowercase() == *g))) {
+            bail!(
+                "{origin}: task {}: its answer {g:?} is not one of its choices; fix: correct the answer, or add it to domain.choices",
+                t.id
+            );
+        }
+    }
+    Ok(())
+}
+
+fn user_scorer(spec: Option<&Path>, labels: Option<&[String]>) -> Result<Scorer> {
     let Some(spec) = spec else { return Ok(Scorer::Exact) };
     if spec.extension().is_some_and(|e| e == "py") {
         let source = std::fs::read_to_string(spec).with_context(|| {
@@ -238,6 +277,9 @@ fn user_scorer(spec: Option<&Path>) -> Result<Scorer> {
         })));
     }
     let name = spec.display().to_string();
+    if name == "label" {
+        return Ok(Scorer::Label(std::sync::Arc::new(labels.unwrap_or_default().to_vec())));
+    }
     Scorer::parse(&name).with_context(|| format!("domain.scorer = {name:?}"))
 }
 
@@ -319,6 +361,8 @@ mod tests {
             episodes: None,
             hidden_fields: crate::config::default_hidden_fields(),
             description: None,
+            answer_format: None,
+            choices: None,
         }
     }
 

@@ -19,6 +19,10 @@ pub enum Scorer {
     /// Multiple choice: the choice letter (A to H) the output gives (after `Answer:`, else
     /// the first one standing alone) equals the gold letter.
     Mc,
+    /// Label tasks: the first of the domain's labels the output names (the output itself,
+    /// else the first whole word that is a label, any case) equals the gold label. The same
+    /// reading the model gateway gives a constrained reply (`types::pick_choice`).
+    Label(std::sync::Arc<Vec<String>>),
     /// ARC grids: the last list of rows in the output (`[[0,1],[1,0]]`) equals the gold grid
     /// exactly.
     Grid,
@@ -43,7 +47,8 @@ impl Scorer {
             "f1" => Ok(Scorer::F1),
             "mc" => Ok(Scorer::Mc),
             "grid" => Ok(Scorer::Grid),
-            other => bail!("unknown scorer {other:?}; fix: use \"numeric\", \"exact\", \"f1\", \"mc\", \"grid\" or a scorer file \"score.py\""),
+            "label" => bail!("scorer \"label\" needs the domain's labels; fix: set domain.choices"),
+            other => bail!("unknown scorer {other:?}; fix: use \"numeric\", \"exact\", \"f1\", \"mc\", \"label\", \"grid\" or a scorer file \"score.py\""),
         }
     }
 
@@ -74,6 +79,11 @@ impl Scorer {
             Scorer::F1 => super::f1::drop_f1(output, gold),
             Scorer::Grid => f64::from(u8::from(last_grid(output).is_some_and(|g| &g == gold))),
             Scorer::Code(_) => unreachable!("scorer code runs in its own sandbox (evaluate::scorer_code)"),
+            Scorer::Label(labels) => {
+                let want = gold.as_str().map(|g| g.trim().to_lowercase()).unwrap_or_default();
+                let got = crate::types::pick_choice(output, labels).map(str::to_lowercase);
+                f64::from(u8::from(!want.is_empty() && got.as_deref() == Some(want.as_str())))
+            }
             Scorer::Mc => {
                 let want = gold.as_str().map(str::trim).unwrap_or_default().to_ascii_uppercase();
                 f64::from(u8::from(
@@ -162,6 +172,16 @@ mod tests {
         assert_eq!(s.score("no number", &json!("3")), 0.0);
         assert_eq!(s.score("Answer: 8", &json!("7")), 0.0);
         assert_eq!(s.score("-5", &json!("-5")), 1.0);
+    }
+
+    #[test]
+    fn label_reads_the_first_label_named_as_a_whole_word() {
+        let s = Scorer::Label(std::sync::Arc::new(vec!["tool".into(), "instrument".into()]));
+        assert_eq!(s.score("Instrument.", &json!("instrument")), 1.0);
+        assert_eq!(s.score("a musical instrument, not a tool", &json!("instrument")), 1.0);
+        assert_eq!(s.score("a tool, not an instrument", &json!("instrument")), 0.0);
+        assert_eq!(s.score("toolbox", &json!("tool")), 0.0, "not a whole word");
+        assert_eq!(s.score("", &json!("tool")), 0.0);
     }
 
     #[test]

@@ -226,6 +226,10 @@ impl Episodic {
                 gateway,
                 templates: &self.templates,
             },
+            BaseAgentKind::Choice => BaseAgent::Choice {
+                gateway,
+                templates: &self.templates,
+            },
             BaseAgentKind::Scripted => BaseAgent::Scripted,
         }
     }

@@ -140,6 +140,7 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
         &[
             "from metaforge._rpc import ContractError, LLMError, call_llm",
             "from metaforge.tools import EXTRACTORS, calc, calc_in, extract",
+            "from metaforge.tools import as_choice, option_texts, task_choices, task_text",
         ],
     )?;
     let tools_api = api_text("metaforge/tools.py", &[])?;

@@ -37,8 +37,15 @@ use serde::{Deserialize, Serialize};
 use super::{Backend, ChatRequest, Completion, LlmError};
 use crate::config::{Batching, ModelConfig};
 
-type Reply = Sender<Result<Completion, LlmError>>;
-type Job = (ChatRequest, Reply);
+type Reply = Sender<Result<Decoded, LlmError>>;
+/// A request, and for scoring a choice, the text whose likelihood after the prompt is read.
+type Job = (ChatRequest, Option<String>, Reply);
+
+/// What the model thread answers: the completion, and for a scored choice its log-likelihood.
+struct Decoded {
+    completion: Completion,
+    logprob: f64,
+}
 
 /// How one embedded model instance is loaded and run: what a supervised model process is
 /// started with (and restarted with, prefix reuse then off).
@@ -266,12 +273,57 @@ impl Backend for LocalBackend {
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        if !req.choices.is_empty() && req.temperature <= 0.0 {
+            return self.most_likely_choice(req);
+        }
+        self.submit(req.clone(), None)?
+            .recv()
+            .map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))?
+            .map(|d| d.completion)
+    }
+}
+
+impl LocalBackend {
+    fn submit(&self, req: ChatRequest, score: Option<String>) -> Result<Receiver<Result<Decoded, LlmError>>, LlmError> {
         let (tx, rx) = bounded(1);
         self.jobs
-            .send((req.clone(), tx))
+            .send((req, score, tx))
             .map_err(|_| LlmError::Fatal("local model thread is gone".into()))?;
-        rx.recv()
-            .map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))?
+        Ok(rx)
+    }
+
+    /// The choice the model finds most likely after the prompt: each is read whole, as the
+    /// continuation of the prompt, and the one with the highest sum of token log-probabilities
+    /// wins (the first on a tie). Why not greedy decoding under a grammar: that commits to the
+    /// likeliest first token, and choices that begin alike, or whose first token is a rare
+    /// piece of a common word, are then judged by the wrong thing. The choices share the
+    /// prompt's cells, so only their own tokens cost a decode each.
+    fn most_likely_choice(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        let mut plain = req.clone();
+        plain.choices.clear();
+        let pending: Vec<_> = req
+            .choices
+            .iter()
+            .map(|c| self.submit(plain.clone(), Some(c.clone())))
+            .collect::<Result<_, _>>()?;
+        let mut best: Option<(f64, usize)> = None;
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        for (i, rx) in pending.into_iter().enumerate() {
+            let d = rx
+                .recv()
+                .map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))??;
+            prompt_tokens = prompt_tokens.max(d.completion.prompt_tokens);
+            completion_tokens += d.completion.completion_tokens;
+            if best.is_none_or(|(lp, _)| d.logprob > lp) {
+                best = Some((d.logprob, i));
+            }
+        }
+        let (_, i) = best.expect("choices are not empty");
+        Ok(Completion {
+            text: req.choices[i].clone(),
+            prompt_tokens,
+            completion_tokens,
+        })
     }
 }
 
@@ -394,7 +446,7 @@ impl Engine<'_> {
 
     /// Gives a request the free slot that holds the longest start of its prompt, or copies
     /// another slot's cells into it when those hold `DONOR_GAIN` tokens more.
-    fn admit(&mut self, (req, reply): Job) {
+    fn admit(&mut self, (req, score, reply): Job) {
         let prompt = match prompt_tokens(self.model, self.template.as_ref(), &req, self.state.settings.per_seq) {
             Ok(p) => p,
             Err(e) => {
@@ -425,7 +477,8 @@ impl Engine<'_> {
         };
         let slot = &mut self.slots[free];
         slot.cached = prompt[..kept].to_vec();
-        let seq = match Sequence::new(self.model, &req, prompt.len()) {
+        let forced = score.map(|text| self.model.vocab().tokenize(text.as_bytes(), false, false));
+        let seq = match Sequence::new(self.model, &req, prompt.len(), forced) {
             Ok(seq) => seq,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -551,11 +604,21 @@ impl Engine<'_> {
                 }
             }
             let Some(at) = run.logits_at else { continue };
-            let token = run.seq.sampler.sample(&self.ctx, at);
+            let token = match run.seq.forced_next() {
+                Some(token) => {
+                    run.seq.logprob += log_softmax_at(self.ctx.get_logits_ith(at), token);
+                    token
+                }
+                None => run.seq.sampler.sample(&self.ctx, at),
+            };
             run.seq.accept(&vocab, token);
             if run.seq.done {
                 let run = slot.running.take().expect("running");
-                let _ = run.reply.send(Ok(run.seq.completion()));
+                let logprob = run.seq.logprob;
+                let _ = run.reply.send(Ok(Decoded {
+                    completion: run.seq.completion(),
+                    logprob,
+                }));
             } else {
                 run.next = Some(token);
             }
@@ -613,11 +676,18 @@ struct Sequence {
     /// The request's stop sequences: decoding ends once one appears (the gateway cuts it).
     stop: Vec<String>,
     done: bool,
+    /// A choice being scored: its tokens are read in turn instead of sampled, and the
+    /// sequence ends after the last.
+    forced: Option<Vec<LlamaToken>>,
+    /// The sum of the forced tokens' log-probabilities so far.
+    logprob: f64,
 }
 
 impl Sequence {
-    fn new(model: &LlamaModel, req: &ChatRequest, prompt: usize) -> Result<Self, LlmError> {
+    fn new(model: &LlamaModel, req: &ChatRequest, prompt: usize, forced: Option<Vec<LlamaToken>>) -> Result<Self, LlmError> {
         Ok(Self {
+            forced,
+            logprob: 0.0,
             sampler: sampler_for(model, req)?,
             out: Vec::new(),
             generated: 0,
@@ -628,8 +698,19 @@ impl Sequence {
         })
     }
 
-    /// Appends a freshly sampled token, or ends the sequence.
+    /// The next token of the choice being scored, if this sequence scores one.
+    fn forced_next(&self) -> Option<LlamaToken> {
+        self.forced.as_ref().and_then(|f| f.get(self.generated as usize).copied())
+    }
+
+    /// Appends a freshly sampled (or forced) token, or ends the sequence.
     fn accept(&mut self, vocab: &llama_cpp_2::vocab::LlamaVocab<'_>, token: LlamaToken) {
+        if let Some(forced) = &self.forced {
+            self.out.extend(vocab.token_to_piece(token, false, None));
+            self.generated += 1;
+            self.done = self.generated as usize >= forced.len();
+            return;
+        }
         if vocab.is_eog(token) {
             self.done = true;
             return;
@@ -709,6 +790,14 @@ fn choices_grammar(choices: &[String]) -> String {
     };
     let alternatives: Vec<String> = choices.iter().map(|c| literal(c)).collect();
     format!("root ::= {}", alternatives.join(" | "))
+}
+
+/// `log p(token)` under the distribution the logits give.
+fn log_softmax_at(logits: &[f32], token: LlamaToken) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let picked = logits.get(token.0 as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    f64::from(picked - max) - sum.ln()
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {

@@ -70,34 +70,7 @@ impl ChatRequest {
     }
 }
 
-/// The choice a reply names: the reply itself (trimmed of spaces, quotes and a final period,
-/// in any case), else the choice it mentions first (the longest of those that start at the
-/// same place). None when it names none. Every backend's constrained reply passes here, so
-/// `choices` means the same whether the backend enforced them while decoding or not.
-pub fn pick_choice<'c>(reply: &str, choices: &'c [String]) -> Option<&'c str> {
-    let bare = reply.trim().trim_matches(|c: char| ".\"'`*".contains(c)).trim();
-    if let Some(c) = choices
-        .iter()
-        .find(|c| c.as_str() == bare || c.to_lowercase() == bare.to_lowercase())
-    {
-        return Some(c);
-    }
-    let low = reply.to_lowercase();
-    choices
-        .iter()
-        .filter_map(|c| find_word(&low, &c.to_lowercase()).map(|at| (at, std::cmp::Reverse(c.len()), c)))
-        .min()
-        .map(|(_, _, c)| c.as_str())
-}
-
-/// Where `word` first stands in `text` as a whole word: neither side touches a letter or
-/// digit, so the choice "a" is not found in "answer".
-fn find_word(text: &str, word: &str) -> Option<usize> {
-    let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
-    text.match_indices(word)
-        .map(|(at, _)| at)
-        .find(|&at| !alnum(text[..at].chars().next_back()) && !alnum(text[at + word.len()..].chars().next()))
-}
+pub use crate::types::pick_choice;
 
 /// A reply as a `CallStore` returns it.
 #[derive(Debug)]

@@ -24,6 +24,9 @@ pub struct Operator {
     pub binary: bool,
     /// The candidate kind it applies to; None: any (it edits module constants only).
     pub kind: Option<CandidateKind>,
+    /// The answers it is made for: a calculator helps number tasks only, the choice blocks
+    /// tasks with a closed set of answers.
+    pub answers: Answers,
     /// What it does, for `--help`-style listings and the architecture doc.
     pub doc: &'static str,
     apply: Apply,
@@ -33,6 +36,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "tune_constant",
         binary: false,
+        answers: Answers::Any,
         kind: None,
         doc: "change one numeric module constant (sample count, rounds, temperature)",
         apply: tune_constant,
@@ -40,6 +44,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "swap_instruction",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "replace one instruction string constant with another from templates/operators/instructions.txt",
         apply: swap_instruction,
@@ -47,6 +52,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "wrap_vote",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "wrap the agent in a majority vote over N runs",
         apply: wrap_vote,
@@ -54,6 +60,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "wrap_refine",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "add a self-check and correction pass after the agent",
         apply: wrap_refine,
@@ -61,6 +68,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "wrap_verify",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "verify the agent's answer and rerun it when the verifier rejects it",
         apply: wrap_verify,
@@ -68,6 +76,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "wrap_extract",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "keep only one part of the agent's answer (first line, text after 'Answer:', first or last number; templates/operators/extractors.txt)",
         apply: wrap_extract,
@@ -75,6 +84,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "add_stop",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "give every llm() call without one a stop sequence (templates/operators/stops.txt), so replies end where the answer does",
         apply: add_stop,
@@ -82,6 +92,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "use_calculator",
         binary: false,
+        answers: Answers::Number,
         kind: Some(CandidateKind::Agent),
         doc: "let the model write a calculation that metaforge.calc computes; the agent answers when none comes back (templates/operators/tool_prompts.txt)",
         apply: use_calculator,
@@ -89,13 +100,47 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "wrap_decompose",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "have the model break the question into parts first and pass its notes to the agent (templates/operators/decompose_prompts.txt)",
         apply: wrap_decompose,
     },
     Operator {
+        name: "constrain_choice",
+        binary: false,
+        answers: Answers::Closed,
+        kind: Some(CandidateKind::Agent),
+        doc: "the model answers again, held to the task's choices while it decodes (templates/operators/choice_prompts.txt)",
+        apply: constrain_choice,
+    },
+    Operator {
+        name: "judge_options",
+        binary: false,
+        answers: Answers::Closed,
+        kind: Some(CandidateKind::Agent),
+        doc: "judge each option on its own, by the model's preference among the options' own words or by a yes/no per option, and answer with the best (templates/operators/judge_modes.txt)",
+        apply: judge_options,
+    },
+    Operator {
+        name: "map_choice",
+        binary: false,
+        answers: Answers::Closed,
+        kind: Some(CandidateKind::Agent),
+        doc: "read the agent's free-text reply as the choice it names, or the option nearest to it",
+        apply: map_choice,
+    },
+    Operator {
+        name: "vote_labels",
+        binary: false,
+        answers: Answers::Closed,
+        kind: Some(CandidateKind::Agent),
+        doc: "run the agent N times, read each reply as a choice, and answer with the most common",
+        apply: vote_labels,
+    },
+    Operator {
         name: "crossover_constants",
         binary: true,
+        answers: Answers::Any,
         kind: None,
         doc: "take the values of constants both parents define from the second parent",
         apply: crossover_constants,
@@ -103,6 +148,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "crossover_ensemble",
         binary: true,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Agent),
         doc: "splice both parents into one module and vote between them",
         apply: crossover_ensemble,
@@ -110,6 +156,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "memory_focus",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Memory),
         doc: "keep only the retrieved lines that share the most words with the new observation",
         apply: memory_focus,
@@ -117,6 +164,7 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "memory_success_only",
         binary: false,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Memory),
         doc: "store an episode only when its reward reaches a threshold",
         apply: memory_success_only,
@@ -124,14 +172,32 @@ pub const OPERATORS: &[Operator] = &[
     Operator {
         name: "memory_union",
         binary: true,
+        answers: Answers::Any,
         kind: Some(CandidateKind::Memory),
         doc: "one memory made of both parents: both are updated, both retrievals are joined",
         apply: memory_union,
     },
 ];
 
-/// Tries operators in random order until one yields code that passes `check` and differs
-/// from its parent. Returns the failures it met too, so nothing is dropped silently.
+/// Which answers an operator is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    Any,
+    Number,
+    /// A letter or a label: a closed set of answers (`AnswerSpec::is_closed`).
+    Closed,
+}
+
+impl Answers {
+    fn fit(self, answer: &crate::domain::AnswerSpec) -> bool {
+        match self {
+            Answers::Any => true,
+            Answers::Number => answer.kind == crate::domain::AnswerKind::Number,
+            Answers::Closed => answer.is_closed(),
+        }
+    }
+}
+
 /// Tries the operators in a random order and returns the first result that passes `check`
 /// and that `is_known` (given the normalised source) does not recognise as an archived
 /// program: deterministic operators on the same parents would otherwise keep proposing the
@@ -146,7 +212,7 @@ pub fn propose(
     is_known: &dyn Fn(&str) -> bool,
     first: Option<&str>,
 ) -> Result<Proposal, String> {
-    let mut order: Vec<&Operator> = applicable(parent.kind, other.is_some()).collect();
+    let mut order: Vec<&Operator> = applicable(parent.kind, other.is_some(), templates.answer()).collect();
     // Shuffle by repeated random picks (keeps the rng stream simple and reproducible).
     let mut shuffled = Vec::with_capacity(order.len());
     if let Some(i) = first.and_then(|f| order.iter().position(|o| o.name == f)) {
@@ -196,12 +262,18 @@ pub fn propose(
     Err(format!("no operator applied: {}", failures.join("; ")))
 }
 
-/// The operators that apply to a parent of `kind` (binary ones only with a second parent).
-pub fn applicable(kind: CandidateKind, has_other: bool) -> impl Iterator<Item = &'static Operator> {
+/// The operators that apply to a parent of `kind` (binary ones only with a second parent)
+/// in a domain whose answers look like `answer`.
+pub fn applicable<'a>(
+    kind: CandidateKind,
+    has_other: bool,
+    answer: &'a crate::domain::AnswerSpec,
+) -> impl Iterator<Item = &'static Operator> + 'a {
     OPERATORS
         .iter()
         .filter(move |o| !o.binary || has_other)
         .filter(move |o| o.kind.is_none_or(|k| k == kind))
+        .filter(move |o| o.answers.fit(answer))
 }
 
 /// A module-level `NAME = literal` with an upper-case name.
@@ -337,11 +409,8 @@ fn swap_instruction(
         .filter(|c| c.kind == "str" && c.name.contains("INSTRUCTION"))
         .collect();
     let c = strings.choose(rng)?.clone();
-    let bank: Vec<&str> = t
-        .lines("operators/instructions.txt")
-        .into_iter()
-        .filter(|l| c.text.trim_matches('"') != *l)
-        .collect();
+    let lines = t.lines("operators/instructions.txt");
+    let bank: Vec<&String> = lines.iter().filter(|l| c.text.trim_matches('"') != l.as_str()).collect();
     let new = bank.choose(rng)?;
     let code = replace(&p.code, &mut [(c.start, c.end, python_string(new))]);
     let short: String = new.chars().take(40).collect();
@@ -459,9 +528,9 @@ fn wrap_with_prompt(
     bank: &str,
     template: &str,
     t: &Templates,
-) -> Option<(String, &'static str)> {
-    let prompt = *t.lines(bank).choose(rng)?;
-    let (code, _, _) = wrap_with(p, template, json!({"instruction": python_string(prompt)}), t)?;
+) -> Option<(String, String)> {
+    let prompt = t.lines(bank).choose(rng)?.clone();
+    let (code, _, _) = wrap_with(p, template, json!({"instruction": python_string(&prompt)}), t)?;
     Some((code, prompt))
 }
 
@@ -471,7 +540,7 @@ fn wrap_extract(
     _: Option<&Candidate>,
     t: &Templates,
 ) -> Option<(String, String, String)> {
-    let how = *t.lines("operators/extractors.txt").choose(rng)?;
+    let how = t.lines("operators/extractors.txt").choose(rng)?.clone();
     let (code, _, _) = wrap_with(p, "operators/wrap_extract.py.j2", json!({"how": how}), t)?;
     Some((
         code,
@@ -498,6 +567,73 @@ fn use_calculator(
         code,
         format!("{} + calculator ({short}…)", display_name(p)),
         format!("use_calculator: the model writes a calculation ({prompt:?}), calc computes it"),
+    ))
+}
+
+fn constrain_choice(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let (code, prompt) = wrap_with_prompt(
+        rng,
+        p,
+        "operators/choice_prompts.txt",
+        "operators/constrain_choice.py.j2",
+        t,
+    )?;
+    Some((
+        code,
+        format!("{} + constrained choice", display_name(p)),
+        format!("constrain_choice: answer held to the task's choices ({prompt:?})"),
+    ))
+}
+
+fn judge_options(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let mode = t.lines("operators/judge_modes.txt").choose(rng)?.clone();
+    let (code, _, _) = wrap_with(p, "operators/judge_options.py.j2", json!({"mode": mode}), t)?;
+    Some((
+        code,
+        format!("{} + judge options ({mode})", display_name(p)),
+        format!("judge_options: each option judged on its own ({mode})"),
+    ))
+}
+
+fn map_choice(
+    _: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    if p.code.contains("operator map_choice") {
+        return None;
+    }
+    let (code, _, _) = wrap_with(p, "operators/map_choice.py.j2", json!({}), t)?;
+    Some((
+        code,
+        format!("{} + map to choice", display_name(p)),
+        "map_choice: the reply read as the choice it names".into(),
+    ))
+}
+
+fn vote_labels(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let n = *[3u32, 5].choose(rng)?;
+    let (code, _, _) = wrap(p, "operators/vote_labels.py.j2", n, t)?;
+    Some((
+        code,
+        format!("{} + label vote x{n}", display_name(p)),
+        format!("vote_labels: {n} runs, the most common choice"),
     ))
 }
 
@@ -528,7 +664,7 @@ fn add_stop(
     _: Option<&Candidate>,
     t: &Templates,
 ) -> Option<(String, String, String)> {
-    let stops = *t.lines("operators/stops.txt").choose(rng)?;
+    let stops = t.lines("operators/stops.txt").choose(rng)?.clone();
     let tree = parse_python(&p.code);
     let mut calls = Vec::new();
     llm_calls_without_stop(&p.code, tree.root_node(), &mut calls);
@@ -899,8 +1035,9 @@ mod tests {
     use proptest::prelude::*;
     use rand::SeedableRng;
 
-    /// The seed agents, then the seed memory designs.
+    /// The seed agents, then the seed memory designs, rendered for numeric answers.
     fn seeds() -> Vec<Candidate> {
+        let t = Templates::embedded().unwrap();
         [("agents", CandidateKind::Agent), ("memory", CandidateKind::Memory)]
             .into_iter()
             .flat_map(|(dir, kind)| {
@@ -908,8 +1045,9 @@ mod tests {
                     .into_iter()
                     .map(move |(path, code)| (kind, path, code))
             })
+            .map(|(kind, path, code)| (kind, path, t.render_seed(path, code).unwrap()))
             .map(|(kind, path, code)| Candidate {
-                id: candidate_id(kind, code),
+                id: candidate_id(kind, &code),
                 kind,
                 name: path.into(),
                 thought: String::new(),

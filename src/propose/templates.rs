@@ -7,6 +7,8 @@ use serde::Serialize;
 
 pub struct Templates {
     env: Environment<'static>,
+    /// The run's answer format (`answer` in every template); numbers until `with_answer`.
+    answer: crate::domain::AnswerSpec,
 }
 
 impl Templates {
@@ -38,7 +40,34 @@ impl Templates {
             }
             stack.extend(dir.dirs());
         }
-        Ok(Self { env })
+        let answer = crate::domain::AnswerSpec::number();
+        env.add_global("answer", minijinja::Value::from(minijinja::value::Serde(&answer)));
+        Ok(Self { env, answer })
+    }
+
+    /// The templates for a domain whose answers look like `answer`: seeds, instruction
+    /// lines, blocks and prompts then speak of that format.
+    pub fn with_answer(mut self, answer: &crate::domain::AnswerSpec) -> Self {
+        self.env.add_global("answer", minijinja::Value::from(minijinja::value::Serde(answer)));
+        self.answer = answer.clone();
+        self
+    }
+
+    pub fn answer(&self) -> &crate::domain::AnswerSpec {
+        &self.answer
+    }
+
+    /// A seed's source with its `{{ answer.* }}` placeholders filled in. They stand inside
+    /// string literals, so the file is valid Python as it is stored. A source without one is
+    /// returned unchanged, so the braces of a user's own f-strings are never read as a
+    /// template.
+    pub fn render_seed(&self, name: &str, source: &str) -> Result<String> {
+        if !source.contains("{{ answer.") {
+            return Ok(source.to_string());
+        }
+        self.env
+            .render_str(source, minijinja::context! {})
+            .with_context(|| format!("seed {name} failed to render"))
     }
 
     pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> Result<String> {
@@ -67,11 +96,24 @@ impl Templates {
         self.render(name, ctx)
     }
 
-    /// A plain data file under `templates/` (e.g. the instruction bank).
-    pub fn lines(&self, name: &str) -> Vec<&'static str> {
-        crate::assets::text(&crate::assets::TEMPLATES, name)
-            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).collect())
-            .unwrap_or_default()
+    /// A plain data file under `templates/` (e.g. the instruction bank), one entry a line,
+    /// for this run's answer format. A line may start with a tag, `[number]`, `[other]` (any
+    /// answer but a number) or `[closed]` (a letter or a label), and is kept only for such
+    /// answers; `{{ answer.* }}` in a line is filled in.
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        let text = crate::assets::text(&crate::assets::TEMPLATES, name).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|line| {
+                let (fits, rest) = match line.split_once("] ") {
+                    Some(("[number", rest)) => (self.answer.kind == crate::domain::AnswerKind::Number, rest),
+                    Some(("[other", rest)) => (self.answer.kind != crate::domain::AnswerKind::Number, rest),
+                    Some(("[closed", rest)) => (self.answer.is_closed(), rest),
+                    _ => (true, line),
+                };
+                fits.then(|| self.env.render_str(rest, minijinja::context! {}).unwrap_or_else(|_| rest.to_string()))
+            })
+            .collect()
     }
 }
 

@@ -150,8 +150,8 @@ impl Search {
         // seed. An archive left behind would refuse the corrected rerun.
         Isolation::for_mode(exp.evaluation.isolation)?;
         exp.guards.agent_contract()?;
-        let kind = Domain::load(&exp.domain)?.kind;
-        resolve_seeds(&exp.search.seeds, kind)?;
+        let domain = Domain::load(&exp.domain)?;
+        resolve_seeds(&exp.search.seeds, domain.kind, &Templates::embedded()?.with_answer(&domain.answer))?;
         // The files the config names go inside the archive; the stored config keeps their
         // names only, so resume never reads the original files (and the .db moves freely).
         let files = run_files::take(&mut exp)?;
@@ -206,7 +206,8 @@ impl Search {
                 }
             }
         }
-        let mut seeds = resolve_seeds(&exp.search.seeds, domain.kind)?;
+        let templates = Templates::embedded()?.with_answer(&domain.answer);
+        let mut seeds = resolve_seeds(&exp.search.seeds, domain.kind, &templates)?;
         if let Some(path) = &exp.search.import_adas {
             seeds.extend(
                 crate::adas::read_archive(path)?
@@ -240,7 +241,7 @@ impl Search {
                 episodic,
                 executor,
                 checker: crate::guard::checker(exp.guards.rules())?,
-                templates: Templates::embedded()?,
+                templates,
                 guards_prompt: guards_prompt(&exp.guards)?,
                 agent_contract,
                 exp,
@@ -834,7 +835,7 @@ impl Core {
         let out = if self.episodic.is_some() {
             evaluator.evaluate(code, tasks, split, &tick).map(|e| (e, None))
         } else if cfg.race_first > 0 || cfg.cascade_fraction == 0.0 {
-            racing::evaluate_raced(tasks, rivals.tasks, cfg.race_first, cfg.bootstrap_samples, |slice| {
+            racing::evaluate_raced(tasks, rivals.tasks, cfg.race_first, cfg.race_rule, cfg.bootstrap_samples, |slice| {
                 evaluator.evaluate(code, slice, split, &tick)
             })
             .map(|r| {
@@ -885,7 +886,13 @@ fn truncate(s: &str, n: usize) -> String {
 /// The seed programs named by `search.seeds`: file stems under `archive/agents/` (or
 /// `archive/memory/`), `"all"` of those, or the user's own `.py` files (by then stored in
 /// the run and written to its folder). A seed is checked and evaluated like a proposal.
-pub fn resolve_seeds(entries: &[std::path::PathBuf], kind: CandidateKind) -> Result<Vec<(String, String)>> {
+/// Seeds written over the answer format (`{{ answer.format }}`, as the built-in ones are) are
+/// rendered for the domain's (`templates`); others are taken as they are.
+pub fn resolve_seeds(
+    entries: &[std::path::PathBuf],
+    kind: CandidateKind,
+    templates: &Templates,
+) -> Result<Vec<(String, String)>> {
     let folder = match kind {
         CandidateKind::Agent => "agents",
         CandidateKind::Memory => "memory",
@@ -893,12 +900,11 @@ pub fn resolve_seeds(entries: &[std::path::PathBuf], kind: CandidateKind) -> Res
     let all: Vec<(String, String)> = crate::assets::files_with_ext(&crate::assets::ARCHIVE, folder, "py")
         .into_iter()
         .map(|(p, c)| {
-            (
-                Path::new(p).file_stem().unwrap().to_string_lossy().to_string(),
-                c.to_string(),
-            )
+            let stem = Path::new(p).file_stem().unwrap().to_string_lossy().to_string();
+            let code = templates.render_seed(p, c)?;
+            Ok((stem, code))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut out = Vec::new();
     for entry in entries {
         if crate::config::is_seed_file(entry) {
@@ -908,15 +914,24 @@ pub fn resolve_seeds(entries: &[std::path::PathBuf], kind: CandidateKind) -> Res
             let stem = entry
                 .file_stem()
                 .map_or("seed".into(), |s| s.to_string_lossy().into_owned());
+            let code = templates.render_seed(&entry.display().to_string(), &code)?;
             out.push((stem, code));
             continue;
         }
         let name = entry.to_string_lossy();
+        let answers = templates.answer().kind;
         if name == "all" {
-            out.extend(all.iter().cloned());
+            out.extend(all.iter().filter(|(_, code)| seed_fits(code, answers)).cloned());
             continue;
         }
         match all.iter().find(|(stem, _)| *stem == name) {
+            Some((_, code)) if !seed_fits(code, answers) => {
+                return Err(crate::types::BadInput::wrap(anyhow::anyhow!(
+                    "search.seeds names {name:?}, which is written for other answers than this domain's ({}: {}); fix: drop it from search.seeds, or use \"all\", which takes the seeds that fit",
+                    serde_json::to_value(answers).unwrap_or_default().as_str().unwrap_or_default(),
+                    templates.answer().format
+                )))
+            }
             Some(s) => out.push(s.clone()),
             None => {
                 return Err(crate::types::BadInput::wrap(anyhow::anyhow!(
@@ -927,6 +942,17 @@ pub fn resolve_seeds(entries: &[std::path::PathBuf], kind: CandidateKind) -> Res
         }
     }
     Ok(out)
+}
+
+/// Whether a built-in seed suits answers of `kind`: its docstring's `answers:` line lists the
+/// kinds it is written for (Guarded Answer parses an integer); without one it suits all.
+fn seed_fits(code: &str, kind: crate::domain::AnswerKind) -> bool {
+    let name = serde_json::to_value(kind).ok();
+    let name = name.as_ref().and_then(|v| v.as_str()).unwrap_or_default();
+    let head = code.split("\"\"\"").nth(1).unwrap_or_default();
+    head.lines()
+        .find_map(|l| l.trim().strip_prefix("answers:"))
+        .is_none_or(|kinds| kinds.split(',').any(|k| k.trim() == name))
 }
 
 /// How a raced evaluation compared with its rival, and the tasks run at each look.

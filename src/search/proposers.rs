@@ -39,7 +39,7 @@ impl Step<'_> {
         let mut arms: Vec<(String, Arm)> = Vec::new();
         if mix.operators > 0.0 {
             arms.extend(
-                operators::applicable(parent.kind, has_other)
+                operators::applicable(parent.kind, has_other, self.templates.answer())
                     .map(|o| (format!("op:{}", o.name), Arm::Operator(Some(o.name)))),
             );
         }

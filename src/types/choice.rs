@@ -106,3 +106,19 @@ impl std::fmt::Display for Fold {
         f.write_str(self.as_str())
     }
 }
+
+/// When racing drops a proposal at a look before the last (`evaluation.race_rule`); at the
+/// last look every rule keeps only a proposal ahead of its rival. `evaluate::racing` says
+/// why the default is what it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaceRule {
+    /// Goes on only while strictly ahead: a tie at any look drops it.
+    Ahead,
+    /// A tie at the first look goes on to the second; later looks need a lead.
+    #[default]
+    FirstTieGoesOn,
+    /// Dropped only when the tasks on which the two differ say it is worse (a one-sided
+    /// sign test at p < 0.1); ties and small deficits go on to the next look.
+    Sequential,
+}

@@ -351,6 +351,8 @@ pub fn sequence(n: usize) -> Vec<metaforge::domain::Task> {
         episodes: Some(scripted_episodes()),
         hidden_fields: metaforge::config::default_hidden_fields(),
         description: None,
+        answer_format: None,
+        choices: None,
     })
     .unwrap();
     domain.splits(1, n, 2).unwrap().0
