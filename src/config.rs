@@ -272,12 +272,8 @@ pub struct EpisodesConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BaseAgentKind {
-    /// The agent model reads the numbered actions and replies with one (free text).
     #[default]
     Model,
-    /// The agent model's likelihood of each valid action, given the goal, the memory text,
-    /// the room and the actions so far: the likeliest is played.
-    Choice,
     Scripted,
 }
 

@@ -43,12 +43,6 @@ pub enum BaseAgent<'a> {
         gateway: &'a Gateway,
         templates: &'a Templates,
     },
-    /// The experiment's agent model choosing among the valid actions by its likelihood of
-    /// each (`llm` with `choices`), one call per step.
-    Choice {
-        gateway: &'a Gateway,
-        templates: &'a Templates,
-    },
     /// A deterministic policy that reads the memory text for `object ... location` lines:
     /// for unit tests of the protocol only (no model), never a reported figure.
     Scripted,
@@ -82,29 +76,6 @@ impl BaseAgent<'_> {
                     Some(a) => a,
                     None => break,
                 },
-                BaseAgent::Choice { gateway, templates } => {
-                    let prompt = templates.render(
-                        "episodes/base_agent_choice.j2",
-                        json!({
-                            "task": start.task,
-                            "memory": memory,
-                            "observation": state.observation,
-                            "inventory": state.inventory,
-                            "history": trajectory.iter().rev().take(8).rev().map(|s| &s.action).collect::<Vec<_>>(),
-                        }),
-                    )?;
-                    let mut actions = state.valid_actions.clone();
-                    actions.truncate(crate::types::MAX_CHOICES);
-                    let params = CallParams {
-                        choices: actions.clone(),
-                        temperature: Some(0.0),
-                        ..CallParams::default()
-                    };
-                    let req = gateway.request(vec![Message::new("user", prompt)], params, 0);
-                    let reply = gateway.complete(&req)?;
-                    usage.add(&reply);
-                    choose_action(&reply.text, &actions)
-                }
                 BaseAgent::Model { gateway, templates } => {
                     // Task actions first (take, put, open), then the rest: the list is numbered
                     // and small models tend to answer with the first entries.

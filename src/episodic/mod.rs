@@ -226,10 +226,6 @@ impl Episodic {
                 gateway,
                 templates: &self.templates,
             },
-            BaseAgentKind::Choice => BaseAgent::Choice {
-                gateway,
-                templates: &self.templates,
-            },
             BaseAgentKind::Scripted => BaseAgent::Scripted,
         }
     }
