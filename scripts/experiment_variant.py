@@ -1,6 +1,9 @@
 """Prints an experiment file changed for one search-quality configuration and search seed.
 
-    python3 scripts/experiment_variant.py EXP.toml default|random|adas SEED
+    python3 scripts/experiment_variant.py EXP.toml CONFIG SEED
+
+CONFIG: default, random, adas, or race-ahead / race-first-tie / race-sequential (the
+experiment with that `evaluation.race_rule`, for choosing the racing rule).
 
 Only the keys the configuration is about change; the step plan, the splits (the domain's
 split seed is pinned to the experiment's own) and the budget stay, so the runs compare.
@@ -8,6 +11,9 @@ split seed is pinned to the experiment's own) and the budget stay, so the runs c
 import json
 import sys
 import tomllib
+
+
+RACE_RULES = {"ahead": "ahead", "first-tie": "first_tie_goes_on", "sequential": "sequential"}
 
 
 def variant(exp, config, seed):
@@ -32,8 +38,13 @@ def variant(exp, config, seed):
         options = dict(proposers.get("rewrite_options", {}))
         options["context_candidates"] = 8
         proposers["rewrite_options"] = options
+    elif config.startswith("race-") and config[5:] in RACE_RULES:
+        evaluation = dict(exp.get("evaluation", {}))
+        evaluation["race_rule"] = RACE_RULES[config[5:]]
+        exp["evaluation"] = evaluation
     elif config != "default":
-        sys.exit(f"experiment_variant: unknown configuration {config!r}; use default, random or adas")
+        sys.exit(f"experiment_variant: unknown configuration {config!r}; use default, random, adas, "
+                 + ", ".join(f"race-{r}" for r in RACE_RULES))
     exp["search"] = search
     exp["proposers"] = proposers
     return exp

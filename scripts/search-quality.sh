@@ -9,12 +9,14 @@
 #   default  the experiment as written (Thompson credit over proposers, its parent selection)
 #   random   the random-search baseline: uniform parent selection, fixed proposer weights
 #   adas     ADAS-style: the meta-model rewrites whole programs with the archive in its prompt
+#   race-ahead, race-first-tie, race-sequential
+#            the experiment under that racing rule (`evaluation.race_rule`)
 #
 # Archives go to runs/search-quality/; a rerun reuses finished ones (delete them to redo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
-  echo "usage: scripts/search-quality.sh EXP.toml K [default|random|adas ...]" >&2
+  echo "usage: scripts/search-quality.sh EXP.toml K [default|random|adas|race-ahead|race-first-tie|race-sequential ...]" >&2
   exit 2
 fi
 exp="$1"; k="$2"; shift 2

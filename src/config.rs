@@ -422,6 +422,14 @@ pub struct ModelConfig {
     /// dies) or `in-process`.
     #[serde(default)]
     pub process: ModelProcess,
+    /// `local`, supervised only: a model process that holds requests and answers none of them
+    /// for this many seconds is taken as hung, killed and restarted like one that crashed.
+    #[serde(default = "default_hang_timeout")]
+    pub hang_timeout_s: u64,
+}
+
+fn default_hang_timeout() -> u64 {
+    600
 }
 
 /// Every key at its default: the embedded model. Built by reading an empty table, so the

@@ -64,11 +64,13 @@ test_size = 6
 max_tokens = 24
 max_concurrency = 1
 prefix_reuse = false
+hang_timeout_s = 60
 [models.agent]
 max_tokens = 24
 temperature = 0.0
 max_concurrency = 1
 prefix_reuse = false
+hang_timeout_s = 60
 [search]
 seeds = ["direct_answer"]
 generations = 1
@@ -131,6 +133,20 @@ fn a_crashing_model_process_is_restarted_once_then_stops_the_run_with_its_cause(
     assert!(restarts[0]["how"].as_str().unwrap().contains("SIGSEGV"), "{restarts:?}");
     assert_eq!(restarts[0]["restarted_with"], "prefix_reuse = false");
     assert_eq!(archive_digest(&once), expected, "a restarted model changed the run");
+
+    // Hangs at its 40th decode call, holding a request it never answers: after the hang
+    // timeout it is killed and restarted like a crash, and the run ends as the reference did.
+    // (The timeout is generous: on a loaded 2-core machine a healthy reply can take seconds.)
+    let hung = dir.path().join("hung.db");
+    let out = run(&exp, &hung, Some("hang:40"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restarts = events(&hung, "model_restarted");
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    assert!(
+        restarts[0]["how"].as_str().unwrap().contains("stopped answering (requests waited 60 s with no reply) and was killed"),
+        "{restarts:?}"
+    );
+    assert_eq!(archive_digest(&hung), expected, "a model restarted after hanging changed the run");
 
     // Dies at its 250th decode call, and the restarted process at its 250th too (the run
     // makes about 870 in five steps): the run stops before storing the step it was in,

@@ -209,6 +209,8 @@ fn the_readme_example_of_an_own_task_loads() {
         seeds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         ["direct_answer", "my_agent"]
     );
+    // The built-in seed asks for the format the README's experiment states.
+    assert!(seeds[0].1.contains("\"Answer the question with a single number and nothing else.\""));
     // The scorer and the agent run: the scripted model answers "24" to every call.
     let e = {
         let tasks: Vec<Task> = domain.tasks.iter().take(2).cloned().collect();

@@ -95,6 +95,8 @@ pub enum FaultSignal {
     Segv,
     /// An abort, as a failed `GGML_ASSERT` gives.
     Abort,
+    /// No crash: the model thread stops and never answers again, as a deadlock would.
+    Hang,
 }
 
 impl Fault {
@@ -110,6 +112,9 @@ impl Fault {
                 std::process::abort()
             }
             FaultSignal::Abort => std::process::abort(),
+            FaultSignal::Hang => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
         }
     }
 }

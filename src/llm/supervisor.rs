@@ -20,8 +20,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{bounded, Sender};
@@ -83,6 +84,12 @@ struct Shared {
     incidents: Mutex<Vec<Incident>>,
     /// Every death so far, how and its last words: the message when the model is dead.
     deaths: Mutex<Vec<(String, Vec<String>)>>,
+    /// How long a process may hold requests without answering any before it is killed.
+    hang_timeout: Mutex<Duration>,
+    /// When the process last showed life: a reply, or a request sent while it held none.
+    activity: Mutex<Instant>,
+    /// The life the watchdog killed for hanging (0: none), so its death says so.
+    hung: AtomicU32,
 }
 
 struct State {
@@ -128,6 +135,9 @@ impl SupervisedBackend {
             engine_us: AtomicU64::new(0),
             incidents: Mutex::new(Vec::new()),
             deaths: Mutex::new(Vec::new()),
+            hang_timeout: Mutex::new(Duration::from_secs(600)),
+            activity: Mutex::new(Instant::now()),
+            hung: AtomicU32::new(0),
             settings,
         });
         let life = shared.spawn(1, shared.settings.clone())?;
@@ -139,6 +149,13 @@ impl SupervisedBackend {
     }
 
     /// llama.cpp's own account of the CPU features it uses, as the model process reported it.
+    /// Sets how long the process may hold requests without answering before it is taken as
+    /// hung (`models.*.hang_timeout_s`).
+    pub fn with_hang_timeout(self, timeout: Duration) -> Self {
+        *self.shared.hang_timeout.lock().unwrap() = timeout;
+        self
+    }
+
     pub fn system_info(&self) -> String {
         self.shared.state.lock().unwrap().system_info.clone()
     }
@@ -182,7 +199,14 @@ impl Backend for SupervisedBackend {
                 }
                 let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = bounded(1);
-                self.shared.pending.lock().unwrap().insert(id, (state.life, tx));
+                {
+                    let mut pending = self.shared.pending.lock().unwrap();
+                    // The hang clock starts when an idle process is given work.
+                    if !pending.values().any(|(l, _)| *l == state.life) {
+                        *self.shared.activity.lock().unwrap() = Instant::now();
+                    }
+                    pending.insert(id, (state.life, tx));
+                }
                 let mut line = serde_json::to_vec(&Request {
                     id,
                     request: request.clone(),
@@ -276,10 +300,15 @@ impl Shared {
                 );
             }
         };
+        *self.activity.lock().unwrap() = Instant::now();
         let shared = self.clone();
         std::thread::Builder::new()
             .name(format!("model-process-{life}"))
             .spawn(move || shared.read_replies(life, child, stdout, stderr, last_words))?;
+        let shared = self.clone();
+        std::thread::Builder::new()
+            .name(format!("model-watchdog-{life}"))
+            .spawn(move || shared.watch(life, pid))?;
         Ok(State {
             life,
             pid,
@@ -304,6 +333,7 @@ impl Shared {
             let Ok(line) = line else { break };
             match serde_json::from_str::<Message>(&line) {
                 Ok(Message::Reply { id, result, engine_us }) => {
+                    *self.activity.lock().unwrap() = Instant::now();
                     self.engine_us.fetch_add(engine_us, Ordering::Relaxed);
                     if let Some((_, tx)) = self.pending.lock().unwrap().remove(&id) {
                         let _ = tx.send(Outcome::Done(result.map(Completion::from).map_err(LlmError::from)));
@@ -315,11 +345,38 @@ impl Shared {
         let status = child.wait();
         let _ = stderr.join();
         let how = match status {
+            _ if self.hung.load(Ordering::Relaxed) == life => format!(
+                "stopped answering (requests waited {} s with no reply) and was killed",
+                self.hang_timeout.lock().unwrap().as_secs()
+            ),
             Ok(s) => how_it_ended(s),
             Err(e) => format!("ended, and its status could not be read ({e})"),
         };
         let words: Vec<String> = last_words.lock().unwrap().iter().cloned().collect();
         self.died(life, how, words);
+    }
+
+    /// Kills the process of `life` when it holds requests and has answered none for the hang
+    /// timeout. Why: a deadlock or a kernel spinning forever inside llama.cpp would otherwise
+    /// stall the run without a word; killed, it is restarted (or declared dead) like a crash.
+    fn watch(self: Arc<Self>, life: u32, pid: u32) {
+        loop {
+            let timeout = *self.hang_timeout.lock().unwrap();
+            std::thread::sleep((timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+            {
+                let state = self.state.lock().unwrap();
+                if state.life != life || state.dead.is_some() {
+                    return;
+                }
+            }
+            let waiting = self.pending.lock().unwrap().values().any(|(l, _)| *l == life);
+            if waiting && self.activity.lock().unwrap().elapsed() >= timeout {
+                tracing::warn!(role = %self.role, life, pid, "the embedded model's process answers nothing; killing it");
+                self.hung.store(life, Ordering::Relaxed);
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                return;
+            }
+        }
     }
 
     /// The process of `life` is gone: start the next one if a restart is left, else mark the
@@ -475,11 +532,12 @@ fn fault_from_env() -> Result<Option<(Fault, u32)>> {
 fn parse_fault(spec: &str) -> Result<(Fault, u32)> {
     let parts: Vec<&str> = spec.split(':').collect();
     let bad = || {
-        anyhow!("{FAULT_ENV} = {spec:?} is not `segv:N`, `abort:N` or `segv:N:LIVES`; fix: correct or unset it (it is for tests)")
+        anyhow!("{FAULT_ENV} = {spec:?} is not `segv:N`, `abort:N`, `hang:N` or `segv:N:LIVES`; fix: correct or unset it (it is for tests)")
     };
     let signal = match parts.first().copied() {
         Some("segv") => FaultSignal::Segv,
         Some("abort") => FaultSignal::Abort,
+        Some("hang") => FaultSignal::Hang,
         _ => return Err(bad()),
     };
     let at_decode: u64 = parts
