@@ -231,7 +231,6 @@ enum Gold {
     AllHidden,
 }
 
-/// The scorer `domain.scorer` names: a built-in name, or a `.py` file of scorer code.
 /// Hands the domain's labels to every task as its `choices` (a task's own are kept), and
 /// refuses a task whose gold answer is none of its choices: it could never be scored right.
 fn give_choices(tasks: &mut [Task], labels: &[String], origin: &str) -> Result<()> {
@@ -256,6 +255,7 @@ fn give_choices(tasks: &mut [Task], labels: &[String], origin: &str) -> Result<(
     Ok(())
 }
 
+/// The scorer `domain.scorer` names: a built-in name, or a `.py` file of scorer code.
 fn user_scorer(spec: Option<&Path>, labels: Option<&[String]>) -> Result<Scorer> {
     let Some(spec) = spec else { return Ok(Scorer::Exact) };
     if spec.extension().is_some_and(|e| e == "py") {
@@ -277,10 +277,7 @@ fn user_scorer(spec: Option<&Path>, labels: Option<&[String]>) -> Result<Scorer>
         })));
     }
     let name = spec.display().to_string();
-    if name == "label" {
-        return Ok(Scorer::Label(std::sync::Arc::new(labels.unwrap_or_default().to_vec())));
-    }
-    Scorer::parse(&name).with_context(|| format!("domain.scorer = {name:?}"))
+    Scorer::parse(&name, labels).with_context(|| format!("domain.scorer = {name:?}"))
 }
 
 fn parse_jsonl(text: &str, origin: &str, hidden_fields: &[String], gold: Gold) -> Result<Vec<Task>> {

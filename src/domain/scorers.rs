@@ -40,14 +40,16 @@ pub struct ScorerCode {
 }
 
 impl Scorer {
-    pub fn parse(name: &str) -> Result<Self> {
+    /// The built-in scorer `name`; `labels` are `domain.choices`, which `label` reads (an
+    /// empty list is refused where the answer format is worked out, with its fix).
+    pub fn parse(name: &str, labels: Option<&[String]>) -> Result<Self> {
         match name {
             "numeric" => Ok(Scorer::Numeric),
             "exact" => Ok(Scorer::Exact),
             "f1" => Ok(Scorer::F1),
             "mc" => Ok(Scorer::Mc),
             "grid" => Ok(Scorer::Grid),
-            "label" => bail!("scorer \"label\" needs the domain's labels; fix: set domain.choices"),
+            "label" => Ok(Scorer::Label(std::sync::Arc::new(labels.unwrap_or_default().to_vec()))),
             other => bail!("unknown scorer {other:?}; fix: use \"numeric\", \"exact\", \"f1\", \"mc\", \"label\", \"grid\" or a scorer file \"score.py\""),
         }
     }

@@ -510,10 +510,12 @@ impl BackendFactory {
             return Ok(b.clone());
         }
         let backend: Arc<dyn Backend> = match cfg.process {
-            ModelProcess::Supervised => Arc::new(
-                supervisor::SupervisedBackend::start(local::LocalSettings::new(&path, cfg), role, 1)?
-                    .with_hang_timeout(std::time::Duration::from_secs(cfg.hang_timeout_s.max(1))),
-            ),
+            ModelProcess::Supervised => Arc::new(supervisor::SupervisedBackend::start(
+                local::LocalSettings::new(&path, cfg),
+                role,
+                1,
+                std::time::Duration::from_secs(cfg.hang_timeout_s.max(1)),
+            )?),
             ModelProcess::InProcess => Arc::new(local::LocalBackend::load(&path, cfg, role)?),
         };
         locals.push((key, backend.clone()));

@@ -131,7 +131,12 @@ fn probe(model: &str, file: &mut Option<String>, started: &mut Option<Started>) 
         ..ModelConfig::default()
     };
     let backend =
-        SupervisedBackend::start(LocalSettings::new(&path, &cfg), "doctor", 0).map_err(|e| format!("{e:#}"))?;
+        SupervisedBackend::start(
+            LocalSettings::new(&path, &cfg),
+            "doctor",
+            0,
+            std::time::Duration::from_secs(cfg.hang_timeout_s.max(1)),
+        ).map_err(|e| format!("{e:#}"))?;
     let (binary, flags) = backend.build();
     *started = Some((binary.display().to_string(), flags, backend.system_info()));
     let started = Instant::now();

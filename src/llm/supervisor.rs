@@ -84,8 +84,9 @@ struct Shared {
     incidents: Mutex<Vec<Incident>>,
     /// Every death so far, how and its last words: the message when the model is dead.
     deaths: Mutex<Vec<(String, Vec<String>)>>,
-    /// How long a process may hold requests without answering any before it is killed.
-    hang_timeout: Mutex<Duration>,
+    /// How long a process may hold requests without answering any before it is killed
+    /// (`models.*.hang_timeout_s`).
+    hang_timeout: Duration,
     /// When the process last showed life: a reply, or a request sent while it held none.
     activity: Mutex<Instant>,
     /// The life the watchdog killed for hanging (0: none), so its death says so.
@@ -112,8 +113,9 @@ enum Outcome {
 
 impl SupervisedBackend {
     /// Starts the model process and waits until the model is loaded. `restarts`: how many
-    /// times a process that dies is started again.
-    pub fn start(settings: LocalSettings, role: &str, restarts: u32) -> Result<Self> {
+    /// times a process that dies is started again; `hang_timeout`: how long it may hold
+    /// requests without answering any before it is taken as hung.
+    pub fn start(settings: LocalSettings, role: &str, restarts: u32, hang_timeout: Duration) -> Result<Self> {
         let cpu = crate::host::cpu();
         check_cpu(&cpu)?;
         let shared = Arc::new(Shared {
@@ -135,7 +137,7 @@ impl SupervisedBackend {
             engine_us: AtomicU64::new(0),
             incidents: Mutex::new(Vec::new()),
             deaths: Mutex::new(Vec::new()),
-            hang_timeout: Mutex::new(Duration::from_secs(600)),
+            hang_timeout,
             activity: Mutex::new(Instant::now()),
             hung: AtomicU32::new(0),
             settings,
@@ -149,13 +151,6 @@ impl SupervisedBackend {
     }
 
     /// llama.cpp's own account of the CPU features it uses, as the model process reported it.
-    /// Sets how long the process may hold requests without answering before it is taken as
-    /// hung (`models.*.hang_timeout_s`).
-    pub fn with_hang_timeout(self, timeout: Duration) -> Self {
-        *self.shared.hang_timeout.lock().unwrap() = timeout;
-        self
-    }
-
     pub fn system_info(&self) -> String {
         self.shared.state.lock().unwrap().system_info.clone()
     }
@@ -347,7 +342,7 @@ impl Shared {
         let how = match status {
             _ if self.hung.load(Ordering::Relaxed) == life => format!(
                 "stopped answering (requests waited {} s with no reply) and was killed",
-                self.hang_timeout.lock().unwrap().as_secs()
+                self.hang_timeout.as_secs()
             ),
             Ok(s) => how_it_ended(s),
             Err(e) => format!("ended, and its status could not be read ({e})"),
@@ -360,8 +355,8 @@ impl Shared {
     /// timeout. Why: a deadlock or a kernel spinning forever inside llama.cpp would otherwise
     /// stall the run without a word; killed, it is restarted (or declared dead) like a crash.
     fn watch(self: Arc<Self>, life: u32, pid: u32) {
+        let timeout = self.hang_timeout;
         loop {
-            let timeout = *self.hang_timeout.lock().unwrap();
             std::thread::sleep((timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
             {
                 let state = self.state.lock().unwrap();
