@@ -34,6 +34,8 @@ fn main() {
         episodes: Some(episodes.clone()),
         hidden_fields: metaforge::config::default_hidden_fields(),
         description: None,
+        answer_format: None,
+        choices: None,
     })
     .unwrap();
     let (val, _) = domain.splits(1, 40, 2).unwrap();

@@ -272,8 +272,16 @@ pub struct EpisodesConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BaseAgentKind {
-    #[default]
+    /// The agent model reads the numbered valid actions and replies with one. Kept for
+    /// comparison: the small embedded model never puts an object away this way.
     Model,
+    /// The agent model chooses where each object goes (its likelihood of each place, the
+    /// memory text in its context); taking and opening are done for it. The default: it is
+    /// the player a memory can help (`placement.rs` says why).
+    #[default]
+    #[serde(rename = "place_choice")]
+    PlaceChoice,
+    /// A fixed policy that reads `object -> place` lines: for tests of the protocol only.
     Scripted,
 }
 

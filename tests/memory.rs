@@ -231,3 +231,94 @@ task_timeout_s = 30
     );
     assert!(status.contains("Key-value facts (SQLite)"), "{status}");
 }
+
+/// The base agent the embedded model plays (`place_choice`) puts an object where a memory text
+/// says it goes, right or wrong: the real SmolLM2-135M at temperature 0, no memory design in
+/// between. The memory lines are in the two forms the designs write: the game's own reply to
+/// a put, and an `object -> place` fact among facts about other objects.
+#[test]
+fn the_model_played_agent_puts_an_object_where_the_memory_says() {
+    use metaforge::episodic::agent::choose_place;
+    let gateway = gateway_from(
+        "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 24\nmax_concurrency = 4\ntemperature = 0.0",
+    );
+    let templates = metaforge::propose::Templates::embedded().unwrap();
+    let living: Vec<String> = ["TV stand", "arm chair", "book case", "coffee table", "end table", "side table", "sofa", "wastepaper basket"]
+        .map(String::from)
+        .to_vec();
+    let room = "You are in the living room.";
+    let choose = |object: &str, memory: &str| choose_place(&gateway, &templates, room, object, &living, memory).unwrap().0;
+    // Each object with a memory that puts it somewhere the model would not put it unaided.
+    let mut followed = Vec::new();
+    for object in ["used tissue", "TV remote control", "teapot"] {
+        let prior = choose(object, "");
+        for place in ["wastepaper basket", "book case", "end table"].into_iter().filter(|p| *p != prior) {
+            let told = format!("You put the cushion in the sofa.\nYou put the {object} in the {place}.\nYou put the picture in the TV stand.");
+            let chosen = choose(object, &told);
+            eprintln!("{object}: without memory {prior:?}, told {place:?}, chose {chosen:?}");
+            followed.push(chosen == place);
+        }
+    }
+    let n = followed.iter().filter(|f| **f).count();
+    assert!(n * 4 >= followed.len() * 3, "the memory was followed in {n} of {} cases (see above)", followed.len());
+    let facts = "cushion -> sofa\nused tissue -> wastepaper basket\npicture -> TV stand";
+    assert_eq!(choose("used tissue", facts), "wastepaper basket");
+}
+
+/// With operators the only proposers, the no-memory seed (cheapest, so always on the Pareto
+/// front) is never a parent: no operator can change it, and every step spent on it proposed
+/// nothing ("no operator applied"). Scripted base agent; real games and sandboxes.
+#[test]
+fn an_operator_only_memory_search_spends_no_step_on_the_no_memory_design() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("memory.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"name = "memory-parents"
+seed = 3
+[domain]
+name = "twc"
+val_size = 8
+test_size = 4
+[domain.episodes]
+base_agent = "scripted"
+max_steps = 8
+[models.meta]
+backend = "scripted"
+model = "meta"
+script = "{meta}"
+[models.agent]
+backend = "scripted"
+model = "agent"
+script = "{agent}"
+[search]
+seeds = ["no_memory", "kv_facts"]
+generations = 1
+proposals_per_generation = 4
+test_top_k = 1
+parent_selection = "pareto"
+[proposers]
+operators = 1.0
+[evaluation]
+tasks_in_flight = 4
+task_timeout_s = 30
+"#,
+            meta = fixtures().join("scripted_meta_memory.json").display(),
+            agent = fixtures().join("scripted_agent.json").display(),
+        ),
+    )
+    .unwrap();
+    let db = dir.path().join("memory.db");
+    run_to_end(&exp, &db);
+    assert_eq!(count(&db, "SELECT count(*) FROM proposals WHERE kind LIKE 'op:%'"), 4);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM proposals WHERE reason LIKE 'no operator applied%'"),
+        0,
+        "a step went to a parent no operator can change"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM proposals p JOIN candidates c ON p.parents LIKE '%' || c.id || '%' WHERE c.name = 'No memory' AND p.kind LIKE 'op:%'"),
+        0
+    );
+}

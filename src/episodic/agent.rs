@@ -1,5 +1,7 @@
-//! The fixed base agent that plays every episode: the experiment's agent model prompted with
-//! `templates/episodes/base_agent.j2`, or a scripted policy for tests.
+//! The fixed base agent that plays every episode: the experiment's agent model choosing where
+//! each object goes (`templates/episodes/place_choice.j2`, mechanics in `placement.rs`), the
+//! same model picking whole actions (`templates/episodes/base_agent.j2`), or a scripted policy
+//! for tests.
 //!
 //! Why the base agent is fixed and host-side: a memory design is judged by how much its
 //! retrieved text helps the same player (ALMA's protocol); the player is not searched over.
@@ -11,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::env::{EnvServer, Game, GameState};
+use super::placement::{room_of, PlacePolicy};
 use crate::llm::{CallParams, Gateway, Message, Usage};
 use crate::propose::Templates;
 
@@ -43,6 +46,12 @@ pub enum BaseAgent<'a> {
         gateway: &'a Gateway,
         templates: &'a Templates,
     },
+    /// The agent model chooses where each object goes, by its likelihood of each place given
+    /// the memory text; taking and opening are done for it (`placement.rs` says why).
+    PlaceChoice {
+        gateway: &'a Gateway,
+        templates: &'a Templates,
+    },
     /// A deterministic policy that reads the memory text for `object ... location` lines:
     /// for unit tests of the protocol only (no model), never a reported figure.
     Scripted,
@@ -67,6 +76,7 @@ impl BaseAgent<'_> {
         let mut trajectory: Vec<Step> = Vec::new();
         let mut usage = Usage::default();
         let mut policy = ScriptedPolicy::default();
+        let mut placer = PlacePolicy::default();
         for _ in 0..max_steps {
             if state.done {
                 break;
@@ -76,6 +86,18 @@ impl BaseAgent<'_> {
                     Some(a) => a,
                     None => break,
                 },
+                BaseAgent::PlaceChoice { gateway, templates } => {
+                    let room = room_of(&start.observation);
+                    let choose = |object: &str, places: &[String]| {
+                        let (place, used) = choose_place(gateway, templates, room, object, places, memory)?;
+                        usage.merge(&used);
+                        Ok(place)
+                    };
+                    match placer.next(&state, choose)? {
+                        Some(a) => a,
+                        None => break,
+                    }
+                }
                 BaseAgent::Model { gateway, templates } => {
                     // Task actions first (take, put, open), then the rest: the list is numbered
                     // and small models tend to answer with the first entries.
@@ -110,6 +132,7 @@ impl BaseAgent<'_> {
             let before = state.score;
             state = env.step(&action)?;
             policy.observe(&action, before, state.score);
+            placer.observe(&action, before, state.score);
             trajectory.push(Step {
                 action,
                 observation: state.observation.clone(),
@@ -124,6 +147,42 @@ impl BaseAgent<'_> {
             usage,
         })
     }
+}
+
+/// Where the agent model puts `object`: the place whose answer sentence
+/// (`templates/episodes/place_answer.j2`) it finds likeliest after the question, with the
+/// memory text in its context; and what the call used.
+///
+/// Why a whole sentence: each place is scored as the end of "The <object> goes in the …", so
+/// a memory line that states the place in words like those is copied. Asked for a bare place
+/// name after the question, the small model mostly ignored a memory that named the place.
+pub fn choose_place(
+    gateway: &Gateway,
+    templates: &Templates,
+    room: &str,
+    object: &str,
+    places: &[String],
+    memory: &str,
+) -> Result<(String, Usage)> {
+    let prompt = templates.render(
+        "episodes/place_choice.j2",
+        json!({"memory": memory, "room": room, "object": object, "places": places}),
+    )?;
+    let answers: Vec<String> = places
+        .iter()
+        .map(|place| templates.render("episodes/place_answer.j2", json!({"object": object, "place": place})))
+        .collect::<Result<_>>()?;
+    let params = CallParams {
+        choices: answers.clone(),
+        temperature: Some(0.0),
+        ..CallParams::default()
+    };
+    let req = gateway.request(vec![Message::new("user", prompt)], params, 0);
+    let reply = gateway.complete(&req)?;
+    let mut usage = Usage::default();
+    usage.add(&reply);
+    let at = answers.iter().position(|a| *a == reply.text).unwrap_or(0);
+    Ok((places[at].clone(), usage))
 }
 
 /// The valid action a model reply means: the numbered one it starts with, else an exact line,

@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod env;
+pub mod placement;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -223,6 +224,10 @@ impl Episodic {
     fn base_agent<'a>(&'a self, gateway: &'a Gateway) -> BaseAgent<'a> {
         match self.cfg.base_agent {
             BaseAgentKind::Model => BaseAgent::Model {
+                gateway,
+                templates: &self.templates,
+            },
+            BaseAgentKind::PlaceChoice => BaseAgent::PlaceChoice {
                 gateway,
                 templates: &self.templates,
             },

@@ -170,6 +170,14 @@ pub const OPERATORS: &[Operator] = &[
         apply: memory_success_only,
     },
     Operator {
+        name: "memory_feedback",
+        binary: false,
+        answers: Answers::Any,
+        kind: Some(CandidateKind::Memory),
+        doc: "also store the environment's reply to steps that raised (or lowered) the reward, retrieved by shared words",
+        apply: memory_feedback,
+    },
+    Operator {
         name: "memory_union",
         binary: true,
         answers: Answers::Any,
@@ -863,6 +871,12 @@ fn crossover_ensemble(
     ))
 }
 
+/// Whether some operator can change `c`: every agent, and every memory design but one that
+/// does nothing (see `inert_memory`).
+pub fn can_change(c: &Candidate) -> bool {
+    c.kind != CandidateKind::Memory || !inert_memory(&c.code)
+}
+
 /// Whether a memory design does nothing: its `Memory` class's `retrieve` only returns a
 /// constant string and its `update` only passes (the no-memory baseline). Wrapping or joining
 /// such a design cannot change what the agent is told, so memory operators skip it rather
@@ -959,6 +973,36 @@ fn memory_success_only(
     ))
 }
 
+/// What `memory_feedback` stores, and its label: the environment's reply to steps that
+/// raised the reward (its own words for what worked), warnings about steps that lowered it,
+/// or both.
+const FEEDBACK_STORES: [(&str, &str); 3] = [
+    ("success", "raised the reward"),
+    ("failure", "lowered the reward"),
+    ("success failure", "changed the reward"),
+];
+
+fn memory_feedback(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let (store, what) = *FEEDBACK_STORES.choose(rng)?;
+    let keep = *[4u32, 8].choose(rng)?;
+    let code = wrap_memory(
+        p,
+        "operators/memory_feedback.py.j2",
+        json!({"store": format!("{store:?}"), "what": what, "keep": keep}),
+        t,
+    )?;
+    Some((
+        code,
+        format!("{} + feedback({store}, {keep})", display_name(p)),
+        format!("memory_feedback: the environment's replies to steps that {what}, {keep} most related retrieved"),
+    ))
+}
+
 fn memory_union(
     _: &mut dyn RngCore,
     a: &Candidate,
@@ -1051,7 +1095,7 @@ mod tests {
                 kind,
                 name: path.into(),
                 thought: String::new(),
-                code: code.into(),
+                code,
                 operator: "seed".into(),
                 generation: 0,
                 parents: vec![],
@@ -1120,6 +1164,47 @@ mod tests {
             twice.is_empty() || !twice.contains("STOP_2"),
             "nothing left to give a stop:\n{twice}"
         );
+    }
+
+    /// `memory_feedback` stores the game's reply to each step that raised the reward and
+    /// hands back the replies about what the new observation mentions, before the parent's
+    /// own text; run by a real Python on each store mode.
+    #[test]
+    fn memory_feedback_retrieves_the_replies_about_what_is_in_view() {
+        let t = Templates::embedded().unwrap();
+        let kv = seeds()
+            .into_iter()
+            .find(|c| c.kind == CandidateKind::Memory && c.name.ends_with("kv_facts.py"))
+            .unwrap();
+        let trajectory = r#"[{"action": "take red cap", "observation": "You take the red cap.", "score": 0.25},
+            {"action": "put red cap in desk", "observation": "You put the red cap in the desk.", "score": 0.0},
+            {"action": "take red cap", "observation": "You take the red cap.", "score": 0.25},
+            {"action": "put red cap in hat rack", "observation": "You put the red cap in the hat rack.", "score": 0.5},
+            {"action": "take old boot", "observation": "You take the old boot.", "score": 0.75}]"#;
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let (code, name, _) = memory_feedback(&mut rng, &kv, None, &t).unwrap();
+            let store = name.split("feedback(").nth(1).unwrap().split(',').next().unwrap().to_string();
+            if !seen.insert(store.clone()) {
+                continue;
+            }
+            let script = format!(
+                "{code}\nimport os, tempfile\nos.chdir(tempfile.mkdtemp())\nm = Memory()\nm.update({{}}, {trajectory}, 0.75)\nprint(m.retrieve({{'observation': 'You see a red cap and a lamp.'}}))"
+            );
+            let out = std::process::Command::new("python3").arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let success = "You put the red cap in the hat rack.";
+            let warning = "Wrong before: put red cap in desk";
+            assert_eq!(lines.contains(&success), store.contains("success"), "{store}: {text}");
+            assert_eq!(lines.contains(&warning), store.contains("failure"), "{store}: {text}");
+            assert!(!text.contains("old boot"), "only what the observation mentions: {text}");
+            // The parent's own retrieval (its fact and its mistake) follows.
+            assert!(text.trim_end().ends_with("red cap -> hat rack\nnot: desk for red cap"), "{text}");
+        }
+        assert_eq!(seen.len(), FEEDBACK_STORES.len(), "every store mode is drawn: {seen:?}");
     }
 
     /// Operators for memory designs keep a `class Memory` the worker can run: the wrapped

@@ -426,7 +426,21 @@ impl Step<'_> {
         if strategy == ParentSelection::Instance {
             self.archive.fill_instance_wins(&mut scored)?;
         }
-        let scored = islands::selectable(scored, step, generation, search.islands, search.migration_interval);
+        let mut scored = islands::selectable(scored, step, generation, search.islands, search.migration_interval);
+        let mix = &self.exp.proposers;
+        if mix.rewrite + mix.diff + mix.crossover <= 0.0 {
+            // With operators the only writers, a design no operator can change (the no-memory
+            // baseline: cheapest, so always on the front) is no parent: every step spent on
+            // it would propose nothing.
+            let mut keep = Vec::with_capacity(scored.len());
+            for s in scored {
+                let inert = self.archive.candidate(&s.id)?.is_some_and(|c| !operators::can_change(&c));
+                if !inert {
+                    keep.push(s);
+                }
+            }
+            scored = keep;
+        }
         let Some(pi) = select_parent(&scored, strategy, &search.objectives, &mut rng) else {
             self.say(
                 bar,
@@ -443,7 +457,6 @@ impl Step<'_> {
             .archive
             .candidate(&scored[pi].id)?
             .context("selected parent vanished")?;
-        let mix = &self.exp.proposers;
         // Fixed weights draw the kind before the mate, as they always have (same runs).
         let fixed_kind = (mix.bandit == Bandit::Fixed).then(|| choose_kind(mix, &mut rng));
         let mut records = Vec::new();
