@@ -42,6 +42,22 @@ fn seed(name: &str) -> String {
     std::fs::read_to_string(format!("{}/archive/memory/{name}.py", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
+/// Runs a memory search to its end with the scripted meta-model and agent model (fixtures);
+/// `settings` are the experiment's own sections (name, domain, search, proposers). Returns
+/// the archive.
+fn scripted_memory_search(dir: &std::path::Path, settings: &str) -> std::path::PathBuf {
+    let exp = dir.join("memory.toml");
+    let models = format!(
+        "[models.meta]\nbackend = \"scripted\"\nmodel = \"meta\"\nscript = \"{}\"\n[models.agent]\nbackend = \"scripted\"\nmodel = \"agent\"\nscript = \"{}\"\n[evaluation]\ntasks_in_flight = 4\ntask_timeout_s = 30\n",
+        fixtures().join("scripted_meta_memory.json").display(),
+        fixtures().join("scripted_agent.json").display(),
+    );
+    std::fs::write(&exp, format!("{settings}{models}")).unwrap();
+    let db = dir.join("memory.db");
+    run_to_end(&exp, &db);
+    db
+}
+
 fn rewards(e: &Evaluation) -> (f64, f64) {
     let (mut with, mut without) = (0.0, 0.0);
     for t in &e.tasks {
@@ -169,11 +185,9 @@ class Memory:
 #[test]
 fn a_memory_search_records_broken_designs_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let exp = dir.path().join("memory.toml");
-    std::fs::write(
-        &exp,
-        format!(
-            r#"name = "memory-test"
+    let db = scripted_memory_search(
+        dir.path(),
+        r#"name = "memory-test"
 seed = 2
 [domain]
 name = "twc"
@@ -182,14 +196,6 @@ test_size = 8
 [domain.episodes]
 base_agent = "scripted"
 max_steps = 10
-[models.meta]
-backend = "scripted"
-model = "meta"
-script = "{meta}"
-[models.agent]
-backend = "scripted"
-model = "agent"
-script = "{agent}"
 [search]
 seeds = ["all"]
 generations = 1
@@ -201,17 +207,8 @@ rewrite = 1.0
 [proposers.rewrite_options]
 reflexion_rounds = 0
 debug_rounds = 0
-[evaluation]
-tasks_in_flight = 4
-task_timeout_s = 30
 "#,
-            meta = fixtures().join("scripted_meta_memory.json").display(),
-            agent = fixtures().join("scripted_agent.json").display(),
-        ),
-    )
-    .unwrap();
-    let db = dir.path().join("memory.db");
-    run_to_end(&exp, &db);
+    );
     assert_archive_sound(&db);
     assert_eq!(count(&db, "SELECT count(*) FROM candidates WHERE kind = 'memory'"), 6);
     assert_eq!(
@@ -271,11 +268,9 @@ fn the_model_played_agent_puts_an_object_where_the_memory_says() {
 #[test]
 fn an_operator_only_memory_search_spends_no_step_on_the_no_memory_design() {
     let dir = tempfile::tempdir().unwrap();
-    let exp = dir.path().join("memory.toml");
-    std::fs::write(
-        &exp,
-        format!(
-            r#"name = "memory-parents"
+    let db = scripted_memory_search(
+        dir.path(),
+        r#"name = "memory-parents"
 seed = 3
 [domain]
 name = "twc"
@@ -284,14 +279,6 @@ test_size = 4
 [domain.episodes]
 base_agent = "scripted"
 max_steps = 8
-[models.meta]
-backend = "scripted"
-model = "meta"
-script = "{meta}"
-[models.agent]
-backend = "scripted"
-model = "agent"
-script = "{agent}"
 [search]
 seeds = ["no_memory", "kv_facts"]
 generations = 1
@@ -300,17 +287,8 @@ test_top_k = 1
 parent_selection = "pareto"
 [proposers]
 operators = 1.0
-[evaluation]
-tasks_in_flight = 4
-task_timeout_s = 30
 "#,
-            meta = fixtures().join("scripted_meta_memory.json").display(),
-            agent = fixtures().join("scripted_agent.json").display(),
-        ),
-    )
-    .unwrap();
-    let db = dir.path().join("memory.db");
-    run_to_end(&exp, &db);
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM proposals WHERE kind LIKE 'op:%'"), 4);
     assert_eq!(
         count(&db, "SELECT count(*) FROM proposals WHERE reason LIKE 'no operator applied%'"),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::env::{EnvServer, Game, GameState};
-use super::placement::{room_of, PlacePolicy};
+use super::placement::{put_parts, room_of, PlacePolicy};
 use crate::llm::{CallParams, Gateway, Message, Usage};
 use crate::propose::Templates;
 
@@ -256,7 +256,7 @@ struct ScriptedPolicy {
 impl ScriptedPolicy {
     /// Learns from the last action's effect on the score.
     fn observe(&mut self, action: &str, before: f64, after: f64) {
-        if let Some((object, location)) = action.strip_prefix("put ").and_then(|r| r.split_once(" in ")) {
+        if let Some((object, location)) = put_parts(action) {
             if after > before {
                 self.placed.insert(object.to_string());
             } else {
@@ -272,8 +272,7 @@ impl ScriptedPolicy {
         let mut puts: Vec<(&str, &str)> = state
             .valid_actions
             .iter()
-            .filter_map(|a| a.strip_prefix("put "))
-            .filter_map(|rest| rest.split_once(" in "))
+            .filter_map(|a| put_parts(a))
             .collect();
         puts.sort();
         // An object whose place the memory names goes first: a remembered place costs one step.

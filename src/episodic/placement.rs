@@ -103,7 +103,7 @@ impl PlacePolicy {
 }
 
 /// (object, place) of a `put <object> in <place>` action.
-fn put_parts(action: &str) -> Option<(&str, &str)> {
+pub(super) fn put_parts(action: &str) -> Option<(&str, &str)> {
     action.strip_prefix("put ")?.split_once(" in ")
 }
 

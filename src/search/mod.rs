@@ -428,10 +428,11 @@ impl Step<'_> {
         }
         let mut scored = islands::selectable(scored, step, generation, search.islands, search.migration_interval);
         let mix = &self.exp.proposers;
-        if mix.rewrite + mix.diff + mix.crossover <= 0.0 {
+        if self.episodic.is_some() && mix.rewrite + mix.diff + mix.crossover <= 0.0 {
             // With operators the only writers, a design no operator can change (the no-memory
             // baseline: cheapest, so always on the front) is no parent: every step spent on
-            // it would propose nothing.
+            // it would propose nothing. Only memory designs can be such (`can_change`), so
+            // agent runs skip reading every candidate's code here.
             let mut keep = Vec::with_capacity(scored.len());
             for s in scored {
                 let inert = self.archive.candidate(&s.id)?.is_some_and(|c| !operators::can_change(&c));
