@@ -496,7 +496,7 @@ pub fn eval(
             "the {split} split has no tasks; fix: raise domain.{split}_size in the experiment, or use --split val"
         )));
     }
-    let mcfg = &exp.models.agent;
+    let mcfg = exp.models.agent.primary();
     let backend = BackendFactory::new().build(mcfg, "agent")?;
     let cache = match db {
         Some(p) => Arc::new(CallCache::open(p)?),

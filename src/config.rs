@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{BadInput, Fold, IsolationMode, Objective, ParentSelection, DEFAULT_OBJECTIVES};
 
+mod models;
+pub use models::*;
+
 /// The episodic domain for memory designs (TextWorldExpress TextWorld-Commonsense games).
 pub const EPISODIC_DOMAIN: &str = "twc";
 
@@ -313,165 +316,6 @@ fn default_val_size() -> usize {
 }
 fn default_test_size() -> usize {
     64
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Models {
-    /// The proposer's model (the meta-agent).
-    #[serde(default)]
-    pub meta: ModelConfig,
-    /// The model candidates call through `llm()`.
-    #[serde(default)]
-    pub agent: ModelConfig,
-}
-
-/// The embedded model a config gets when it names none (fetched on first use).
-pub const DEFAULT_MODEL: &str = "smollm2-135m";
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Embedded llama.cpp running a GGUF file (the offline default).
-    #[default]
-    Local,
-    /// Any OpenAI-compatible `/v1/chat/completions` endpoint.
-    Openai,
-    /// Replies from a file of canned answers: for unit tests of loop logic only.
-    Scripted,
-}
-
-/// How the embedded model groups the requests it decodes together.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Batching {
-    /// A request joins the decode at the next step and is answered the moment it ends.
-    #[default]
-    Continuous,
-    /// A batch forms from the requests waiting when the model is idle and runs until its
-    /// longest answer ends. Slower; kept as the baseline `benches/local_throughput.rs`
-    /// measures continuous batching against.
-    Static,
-}
-
-/// Where the embedded model runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelProcess {
-    /// A process of its own that metaforge watches: if it dies (a fault in llama.cpp, an
-    /// abort, the kernel's out-of-memory killer) it is started again once, with prefix reuse
-    /// off, and the requests it held are sent again, so a run goes on; a second death stops
-    /// the run at a step boundary with a message naming what died.
-    #[default]
-    Supervised,
-    /// A thread of metaforge itself: a fault in llama.cpp ends the whole run. Kept as the
-    /// baseline `benches/local_throughput.rs` measures the supervised process against.
-    InProcess,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    #[serde(default)]
-    pub backend: BackendKind,
-    /// `local`: `smollm2-135m` (fetched on first use) or a path to a `.gguf` file.
-    /// `openai`: the model name sent to the endpoint. `scripted`: a label.
-    #[serde(default = "default_model")]
-    pub model: String,
-    /// `openai` only: base URL ending in `/v1`.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// `openai` only: name of the environment variable that holds the API key (never the key).
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// `scripted` only: a JSON file with the list of replies.
-    #[serde(default)]
-    pub script: Option<PathBuf>,
-    /// `scripted` only: milliseconds each reply takes, standing in for a model's latency
-    /// (tests that must catch a shard mid-flight; overhead benchmarks).
-    #[serde(default)]
-    pub latency_ms: u64,
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: u32,
-    /// Temperature used when a call does not set one.
-    #[serde(default)]
-    pub temperature: f32,
-    /// Requests to this backend in flight at once.
-    #[serde(default = "default_concurrency")]
-    pub max_concurrency: usize,
-    #[serde(default = "default_timeout")]
-    pub timeout_s: u64,
-    #[serde(default = "default_retries")]
-    pub max_retries: u32,
-    /// Wall-clock seconds one call may take over all its attempts and waits: no retry
-    /// starts past it (an attempt in flight still ends by `timeout_s`). Why: retries stacked
-    /// behind a throttling or hanging endpoint must not wedge a run for hours.
-    #[serde(default = "default_call_deadline")]
-    pub call_deadline_s: u64,
-    /// US dollars per million prompt tokens (0 = free / unknown).
-    #[serde(default)]
-    pub price_prompt_per_mtok: f64,
-    #[serde(default)]
-    pub price_completion_per_mtok: f64,
-    /// `local` only: model threads (0 = all cores).
-    #[serde(default)]
-    pub threads: i32,
-    /// `local` only: context tokens per concurrent sequence.
-    #[serde(default = "default_ctx")]
-    pub context_per_sequence: u32,
-    /// `local` only: requests that start alike share their prompt prefix's key-value cache
-    /// (a sequence keeps its cells for the next prompt that starts the same way).
-    #[serde(default = "yes")]
-    pub prefix_reuse: bool,
-    /// `local` only: continuous (the default) or static batching.
-    #[serde(default)]
-    pub batching: Batching,
-    /// `local` only: `supervised` (the default, a process of its own, restarted once if it
-    /// dies) or `in-process`.
-    #[serde(default)]
-    pub process: ModelProcess,
-    /// `local`, supervised only: a model process that holds requests and answers none of them
-    /// for this many seconds is taken as hung, killed and restarted like one that crashed.
-    #[serde(default = "default_hang_timeout")]
-    pub hang_timeout_s: u64,
-}
-
-fn default_hang_timeout() -> u64 {
-    600
-}
-
-/// Every key at its default: the embedded model. Built by reading an empty table, so the
-/// serde defaults above stay the one place defaults are written.
-impl Default for ModelConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("every ModelConfig key has a default")
-    }
-}
-
-fn default_model() -> String {
-    DEFAULT_MODEL.into()
-}
-
-fn default_max_tokens() -> u32 {
-    256
-}
-fn default_concurrency() -> usize {
-    4
-}
-fn default_timeout() -> u64 {
-    120
-}
-fn default_retries() -> u32 {
-    4
-}
-fn default_call_deadline() -> u64 {
-    600
-}
-fn yes() -> bool {
-    true
-}
-fn default_ctx() -> u32 {
-    2048
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -837,20 +681,29 @@ impl Experiment {
             .enumerate()
             .filter(|(_, p)| is_seed_file(p))
             .map(|(i, p)| (format!("search.seeds.{i}"), p));
-        [
-            ("domain.path", &mut self.domain.path),
-            ("domain.scorer", &mut self.domain.scorer),
-            ("models.meta.script", &mut self.models.meta.script),
-            ("models.agent.script", &mut self.models.agent.script),
-            ("search.import_adas", &mut self.search.import_adas),
-            ("guards.contract", &mut self.guards.contract),
-        ]
-        .into_iter()
-        .filter_map(|(key, p)| p.as_mut().map(|p| (key.to_string(), p)))
-        // `domain.scorer` is a file only when it names scorer code; else a scorer's name.
-        .filter(|(key, p)| key != "domain.scorer" || p.extension().is_some_and(|e| e == "py"))
-        .chain(seeds)
-        .collect()
+        let mut refs: Vec<(String, &mut Option<PathBuf>)> = vec![
+            ("domain.path".into(), &mut self.domain.path),
+            ("domain.scorer".into(), &mut self.domain.scorer),
+            ("search.import_adas".into(), &mut self.search.import_adas),
+            ("guards.contract".into(), &mut self.guards.contract),
+        ];
+        for (role, set) in [("meta", &mut self.models.meta), ("agent", &mut self.models.agent)] {
+            let named = set.is_named();
+            for (name, m) in set.iter_mut() {
+                let key = if named {
+                    format!("models.{role}.{name}.script")
+                } else {
+                    format!("models.{role}.script")
+                };
+                refs.push((key, &mut m.script));
+            }
+        }
+        refs.into_iter()
+            .filter_map(|(key, p)| p.as_mut().map(|p| (key, p)))
+            // `domain.scorer` is a file only when it names scorer code; else a scorer's name.
+            .filter(|(key, p)| key != "domain.scorer" || p.extension().is_some_and(|e| e == "py"))
+            .chain(seeds)
+            .collect()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -880,7 +733,23 @@ impl Experiment {
                 (self.domain.val_size / 10).max(1)
             );
         }
-        for (role, m) in [("models.meta", &self.models.meta), ("models.agent", &self.models.agent)] {
+        let roles = [("meta", &self.models.meta), ("agent", &self.models.agent)];
+        let each_model = roles
+            .iter()
+            .flat_map(|(role, set)| set.iter().map(move |(name, m)| (set.key(role, name), set, m)));
+        for (role, set, m) in each_model {
+            let role = role.as_str();
+            if set.len() > 1 && !(m.weight >= 0.0 && m.weight.is_finite()) {
+                bail!(
+                    "{role}.weight = {} must be a share of 0 or more; fix: e.g. weight = 1",
+                    m.weight
+                );
+            }
+            if m.budget_usd.is_some_and(|b| !(b > 0.0)) || m.budget_tokens == Some(0) {
+                bail!(
+                    "{role}: budget_usd and budget_tokens must be above 0; fix: remove the key for no cap of its own"
+                );
+            }
             // The value is never printed: a key pasted here by mistake must not reach a
             // terminal or a log.
             if m.api_key_env.as_deref().is_some_and(|v| !is_env_var_name(v)) {
@@ -916,6 +785,11 @@ impl Experiment {
             }
             if m.max_concurrency == 0 {
                 bail!("{role}.max_concurrency must be at least 1");
+            }
+        }
+        for (role, set) in roles {
+            if set.len() > 1 && set.iter().all(|(_, m)| m.weight <= 0.0) {
+                bail!("every model of models.{role} has weight 0; fix: give at least one a weight above 0");
             }
         }
         if self.domain.val_size == 0 {
@@ -1055,9 +929,9 @@ model = "smollm2-135m"
     #[test]
     fn a_name_and_a_domain_are_a_whole_experiment_on_the_embedded_model() {
         let e = Experiment::parse("name = \"t\"\n[domain]\nname = \"arith\"\n", "t.toml", Path::new(".")).unwrap();
-        for m in [&e.models.meta, &e.models.agent] {
+        for m in [e.models.meta.primary(), e.models.agent.primary()] {
             assert_eq!((m.backend, m.model.as_str()), (BackendKind::Local, DEFAULT_MODEL));
-            assert_eq!(m.max_tokens, default_max_tokens());
+            assert_eq!(m.max_tokens, ModelConfig::default().max_tokens);
         }
         assert_eq!(e.domain.hidden_fields, ["answer", "answers"]);
         let half = Experiment::parse(
@@ -1067,7 +941,10 @@ model = "smollm2-135m"
         )
         .unwrap();
         assert_eq!(
-            (half.models.agent.max_tokens, half.models.meta.model.as_str()),
+            (
+                half.models.agent.primary().max_tokens,
+                half.models.meta.primary().model.as_str()
+            ),
             (64, DEFAULT_MODEL)
         );
     }

@@ -49,11 +49,17 @@ fn a_seed_is_rendered_for_three_answer_formats() {
         assert_eq!(instruction_of(&seeds, "direct_answer"), direct, "{file}");
         assert!(instruction_of(&seeds, "chain_of_thought").contains(cot), "{file}");
         for (stem, code) in &seeds {
-            assert!(!code.contains("{{") && !code.contains("{%"), "{file}: {stem} left a placeholder");
+            assert!(
+                !code.contains("{{") && !code.contains("{%"),
+                "{file}: {stem} left a placeholder"
+            );
             let report = checker.check(&format!("{stem}.py"), code, CandidateKind::Agent);
             assert!(report.passes(), "{file}: {stem}: {}", report.render());
             if kind != AnswerKind::Number {
-                assert!(!code.contains("<number>") && !code.contains("single number"), "{file}: {stem} asks for a number");
+                assert!(
+                    !code.contains("<number>") && !code.contains("single number"),
+                    "{file}: {stem} asks for a number"
+                );
             }
         }
         // Guarded Answer parses an integer: it is a seed for numbers only.
@@ -69,7 +75,9 @@ fn blocks_are_offered_for_the_answers_they_fit() {
     use metaforge::propose::operators::applicable;
     let names = |file: &str| {
         let (domain, _) = seeds_for(file);
-        applicable(CandidateKind::Agent, false, &domain.answer).map(|o| o.name).collect::<Vec<_>>()
+        applicable(CandidateKind::Agent, false, &domain.answer)
+            .map(|o| o.name)
+            .collect::<Vec<_>>()
     };
     let arith = names("search-proof.toml");
     let opposites = names("search-proof-opposites.toml");
@@ -98,15 +106,13 @@ fn load_error(toml_domain: &str, tasks: &str) -> String {
 fn answer_format_mistakes_are_named_with_their_fix() {
     let label = "{\"question\": \"q\", \"answer\": \"maybe\"}\n";
     let mc = "{\"question\": \"q\", \"options\": [\"x\", \"y\"], \"answer\": \"A\"}\n";
-    insta::assert_snapshot!(
-        [
-            load_error("scorer = \"label\"", label),
-            load_error("scorer = \"label\"\nchoices = [\"yes\", \"no\"]", label),
-            load_error("scorer = \"mc\"\nchoices = [\"yes\", \"no\"]", mc),
-            load_error("scorer = \"exact\"\nchoices = [\"yes\", \"yes\"]", label),
-        ]
-        .join("\n")
-    );
+    insta::assert_snapshot!([
+        load_error("scorer = \"label\"", label),
+        load_error("scorer = \"label\"\nchoices = [\"yes\", \"no\"]", label),
+        load_error("scorer = \"mc\"\nchoices = [\"yes\", \"no\"]", mc),
+        load_error("scorer = \"exact\"\nchoices = [\"yes\", \"yes\"]", label),
+    ]
+    .join("\n"));
 }
 
 /// The two non-numeric proof domains are generated, and their generators reproduce the
@@ -121,10 +127,19 @@ fn the_choice_and_label_sets_are_reproduced_by_their_scripts() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let shipped = std::fs::read(root.join(format!("data/{name}.jsonl"))).unwrap();
-        assert!(out.stdout == shipped, "data/make_{name}.py no longer makes data/{name}.jsonl");
+        assert!(
+            out.stdout == shipped,
+            "data/make_{name}.py no longer makes data/{name}.jsonl"
+        );
     }
     let (domain, _) = seeds_for("search-proof-opposites.toml");
-    assert!(domain.tasks.iter().all(|t| t.input["options"].as_array().is_some_and(|o| o.len() == 4)));
+    assert!(domain
+        .tasks
+        .iter()
+        .all(|t| t.input["options"].as_array().is_some_and(|o| o.len() == 4)));
     let (domain, _) = seeds_for("search-proof-kinds.toml");
-    assert!(domain.tasks.iter().all(|t| t.input["choices"].as_array().is_some_and(|c| c.len() == 10)));
+    assert!(domain
+        .tasks
+        .iter()
+        .all(|t| t.input["choices"].as_array().is_some_and(|c| c.len() == 10)));
 }

@@ -153,5 +153,13 @@ fn choices_hold_the_embedded_model_to_one_of_them() {
     // Judged by the whole choice, not its first token: greedy decoding under the grammar
     // answered "London" here, the choice whose first token the model found likeliest.
     assert_eq!(ask("What is the capital of France?", &cities, 0.0, 0), "Paris");
-    assert_eq!(ask("What is the opposite of \"hot\"?", &["tall", "cold", "early", "sad"], 0.0, 0), "cold");
+    assert_eq!(
+        ask(
+            "What is the opposite of \"hot\"?",
+            &["tall", "cold", "early", "sad"],
+            0.0,
+            0
+        ),
+        "cold"
+    );
 }

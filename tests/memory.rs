@@ -240,16 +240,32 @@ fn the_model_played_agent_puts_an_object_where_the_memory_says() {
         "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 24\nmax_concurrency = 4\ntemperature = 0.0",
     );
     let templates = metaforge::propose::Templates::embedded().unwrap();
-    let living: Vec<String> = ["TV stand", "arm chair", "book case", "coffee table", "end table", "side table", "sofa", "wastepaper basket"]
-        .map(String::from)
-        .to_vec();
+    let living: Vec<String> = [
+        "TV stand",
+        "arm chair",
+        "book case",
+        "coffee table",
+        "end table",
+        "side table",
+        "sofa",
+        "wastepaper basket",
+    ]
+    .map(String::from)
+    .to_vec();
     let room = "You are in the living room.";
-    let choose = |object: &str, memory: &str| choose_place(&gateway, &templates, room, object, &living, memory).unwrap().0;
+    let choose = |object: &str, memory: &str| {
+        choose_place(&gateway, &templates, room, object, &living, memory)
+            .unwrap()
+            .0
+    };
     // Each object with a memory that puts it somewhere the model would not put it unaided.
     let mut followed = Vec::new();
     for object in ["used tissue", "TV remote control", "teapot"] {
         let prior = choose(object, "");
-        for place in ["wastepaper basket", "book case", "end table"].into_iter().filter(|p| *p != prior) {
+        for place in ["wastepaper basket", "book case", "end table"]
+            .into_iter()
+            .filter(|p| *p != prior)
+        {
             let told = format!("You put the cushion in the sofa.\nYou put the {object} in the {place}.\nYou put the picture in the TV stand.");
             let chosen = choose(object, &told);
             eprintln!("{object}: without memory {prior:?}, told {place:?}, chose {chosen:?}");
@@ -257,7 +273,11 @@ fn the_model_played_agent_puts_an_object_where_the_memory_says() {
         }
     }
     let n = followed.iter().filter(|f| **f).count();
-    assert!(n * 4 >= followed.len() * 3, "the memory was followed in {n} of {} cases (see above)", followed.len());
+    assert!(
+        n * 4 >= followed.len() * 3,
+        "the memory was followed in {n} of {} cases (see above)",
+        followed.len()
+    );
     let facts = "cushion -> sofa\nused tissue -> wastepaper basket\npicture -> TV stand";
     assert_eq!(choose("used tissue", facts), "wastepaper basket");
 }
@@ -291,7 +311,10 @@ operators = 1.0
     );
     assert_eq!(count(&db, "SELECT count(*) FROM proposals WHERE kind LIKE 'op:%'"), 4);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM proposals WHERE reason LIKE 'no operator applied%'"),
+        count(
+            &db,
+            "SELECT count(*) FROM proposals WHERE reason LIKE 'no operator applied%'"
+        ),
         0,
         "a step went to a parent no operator can change"
     );

@@ -143,10 +143,17 @@ fn a_crashing_model_process_is_restarted_once_then_stops_the_run_with_its_cause(
     let restarts = events(&hung, "model_restarted");
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     assert!(
-        restarts[0]["how"].as_str().unwrap().contains("stopped answering (requests waited 60 s with no reply) and was killed"),
+        restarts[0]["how"]
+            .as_str()
+            .unwrap()
+            .contains("stopped answering (requests waited 60 s with no reply) and was killed"),
         "{restarts:?}"
     );
-    assert_eq!(archive_digest(&hung), expected, "a model restarted after hanging changed the run");
+    assert_eq!(
+        archive_digest(&hung),
+        expected,
+        "a model restarted after hanging changed the run"
+    );
 
     // Dies at its 250th decode call, and the restarted process at its 250th too (the run
     // makes about 870 in five steps): the run stops before storing the step it was in,

@@ -203,14 +203,18 @@ fn the_readme_example_of_an_own_task_loads() {
     let domain = metaforge::domain::Domain::load(&exp.domain).unwrap();
     assert!(matches!(domain.scorer, Scorer::Code(_)));
     assert!(domain.tasks[0].input.get("answer").is_none(), "the answer is hidden");
-    let templates = metaforge::propose::Templates::embedded().unwrap().with_answer(&domain.answer);
+    let templates = metaforge::propose::Templates::embedded()
+        .unwrap()
+        .with_answer(&domain.answer);
     let seeds = metaforge::search::resolve_seeds(&exp.search.seeds, domain.kind, &templates).unwrap();
     assert_eq!(
         seeds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         ["direct_answer", "my_agent"]
     );
     // The built-in seed asks for the format the README's experiment states.
-    assert!(seeds[0].1.contains("\"Answer the question with a single number and nothing else.\""));
+    assert!(seeds[0]
+        .1
+        .contains("\"Answer the question with a single number and nothing else.\""));
     // The scorer and the agent run: the scripted model answers "24" to every call.
     let e = {
         let tasks: Vec<Task> = domain.tasks.iter().take(2).cloned().collect();

@@ -578,7 +578,11 @@ fn one_step_at_a_time_reproduces_the_loop_before_steps_in_flight() {
         // Rerecord after a deliberate change to what the seeds or operators write (candidate
         // ids are content hashes); review the diff: only ids may change, not the steps.
         let json = serde_json::json!({"candidates": candidates, "proposals": proposals, "evaluations": evaluations});
-        std::fs::write(fixtures().join("one_step_reference.json"), serde_json::to_string_pretty(&json).unwrap() + "\n").unwrap();
+        std::fs::write(
+            fixtures().join("one_step_reference.json"),
+            serde_json::to_string_pretty(&json).unwrap() + "\n",
+        )
+        .unwrap();
     }
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("one_step_reference.json")).unwrap()).unwrap();

@@ -86,6 +86,7 @@ pub fn step(i: u64, rng: &mut impl Rng) -> StepRecord {
             prompt: None,
             reply: None,
             race: None,
+            model: None,
         }],
         ..StepRecord::default()
     }

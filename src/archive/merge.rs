@@ -219,10 +219,10 @@ fn unite(conn: &mut Connection, b_name: &str, problems: &[String]) -> Result<Mer
         )?;
         let new_run = tx.last_insert_rowid();
         let from_proposals = if merged_at.is_none() {
-            "SELECT ?1, step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at
+            "SELECT ?1, step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at, model
              FROM b.proposals"
         } else {
-            "SELECT ?1, step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at
+            "SELECT ?1, step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at, model
              FROM b.merged_proposals WHERE run_id = ?2"
         };
         let sql = format!("INSERT INTO main.merged_proposals {from_proposals}");

@@ -33,11 +33,12 @@ pub use merge::{merge, MergeSummary};
 use crate::candidate::{Candidate, CandidateKind};
 use crate::types::{BadInput, Evaluation, GuardSummary, Split, Stage, SCORER_FEEDBACK};
 
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 /// Opens (creating if needed) a connection with WAL, a busy timeout and the current schema.
@@ -95,6 +96,8 @@ pub struct ProposalRecord {
     /// How its evaluation compared with its rival (`evaluate::racing`), stored as a `race`
     /// event of the step.
     pub race: Option<serde_json::Value>,
+    /// The meta-model that wrote it (its `[models.meta]` name); None when none did.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -625,8 +628,8 @@ impl Archive {
                 }
             }
             tx.execute(
-                "INSERT INTO proposals(step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, datetime('now'))",
+                "INSERT INTO proposals(step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, model, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, datetime('now'))",
                 params![
                     rec.step as i64,
                     p.attempt,
@@ -638,6 +641,7 @@ impl Archive {
                     p.candidate.as_ref().map(|c| c.id.clone()),
                     p.prompt,
                     p.reply,
+                    p.model,
                 ],
             )?;
         }
@@ -834,6 +838,17 @@ impl Archive {
     }
 
     /// Model usage over the whole run (all evaluations) and the number of cached calls.
+    /// Tokens and dollars of the calls this archive holds for one model of a role (sent by
+    /// this run, or brought in with `--cache-from`: a cap of the model's own counts both, so
+    /// it errs on the side of stopping early).
+    pub fn model_usage(&self, role: crate::types::Role, model_id: &str) -> Result<(u64, f64)> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0) FROM llm_calls WHERE role = ?1 AND model = ?2",
+            params![role.as_str(), model_id],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )?)
+    }
+
     pub fn usage(&self) -> Result<(u64, f64, u64)> {
         Ok(self.conn.query_row(
             "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0), (SELECT count(*) FROM llm_calls) FROM evaluations",

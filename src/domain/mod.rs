@@ -240,12 +240,21 @@ fn give_choices(tasks: &mut [Task], labels: &[String], origin: &str) -> Result<(
                 obj.insert("choices".into(), json!(labels));
             }
         }
-        let Some(choices) = t.input.get("choices") else { continue };
+        let Some(choices) = t.input.get("choices") else {
+            continue;
+        };
         let Some(list) = choices.as_array().filter(|l| l.iter().all(Value::is_string)) else {
-            bail!("{origin}: task {}: `choices` must be a list of strings; fix: write it like [\"yes\", \"no\"]", t.id);
+            bail!(
+                "{origin}: task {}: `choices` must be a list of strings; fix: write it like [\"yes\", \"no\"]",
+                t.id
+            );
         };
         let gold = t.answer.as_str().map(|g| g.trim().to_lowercase());
-        if let Some(g) = gold.filter(|g| !list.iter().any(|c| c.as_str().is_some_and(|c| c.trim().to_lowercase() == *g))) {
+        if let Some(g) = gold.filter(|g| {
+            !list
+                .iter()
+                .any(|c| c.as_str().is_some_and(|c| c.trim().to_lowercase() == *g))
+        }) {
             bail!(
                 "{origin}: task {}: its answer {g:?} is not one of its choices; fix: correct the answer, or add it to domain.choices",
                 t.id

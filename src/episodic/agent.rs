@@ -269,11 +269,7 @@ impl ScriptedPolicy {
     }
 
     fn next(&mut self, state: &GameState, memory: &str, seed: u64) -> Option<String> {
-        let mut puts: Vec<(&str, &str)> = state
-            .valid_actions
-            .iter()
-            .filter_map(|a| put_parts(a))
-            .collect();
+        let mut puts: Vec<(&str, &str)> = state.valid_actions.iter().filter_map(|a| put_parts(a)).collect();
         puts.sort();
         // An object whose place the memory names goes first: a remembered place costs one step.
         let held: Vec<&str> = puts.iter().map(|(o, _)| *o).collect();

@@ -98,7 +98,12 @@ pub fn evaluate_raced(
         done = next;
         looks.push(done);
         let paired = compare(&parts);
-        let behind = racing && if done == n { paired.diff <= 0.0 } else { drops(rule, looks.len() - 1, &paired) };
+        let behind = racing
+            && if done == n {
+                paired.diff <= 0.0
+            } else {
+                drops(rule, looks.len() - 1, &paired)
+            };
         if broke || behind || done == n {
             let stop = if broke && done < n {
                 Some((
@@ -139,7 +144,15 @@ mod tests {
     fn a_proposal_no_better_than_its_rival_stops_at_the_first_look() {
         let parent = [1.0, 0.0].repeat(40);
         let mut ran = 0;
-        let r = evaluate_raced(&tasks(80), Some(&rival(&parent)), 10, RaceRule::Ahead, 100, runner(&parent, &mut ran)).unwrap();
+        let r = evaluate_raced(
+            &tasks(80),
+            Some(&rival(&parent)),
+            10,
+            RaceRule::Ahead,
+            100,
+            runner(&parent, &mut ran),
+        )
+        .unwrap();
         assert_eq!(
             (r.evaluation.stage.as_str(), ran, r.looks.clone()),
             ("raced", 10, vec![10])
@@ -156,7 +169,15 @@ mod tests {
         let parent = [1.0, 0.0].repeat(40);
         let better: Vec<f64> = (0..80).map(|i| if i % 4 == 1 { 1.0 } else { parent[i] }).collect();
         let mut ran = 0;
-        let r = evaluate_raced(&tasks(80), Some(&rival(&parent)), 10, RaceRule::default(), 100, runner(&better, &mut ran)).unwrap();
+        let r = evaluate_raced(
+            &tasks(80),
+            Some(&rival(&parent)),
+            10,
+            RaceRule::default(),
+            100,
+            runner(&better, &mut ran),
+        )
+        .unwrap();
         assert_eq!((r.evaluation.stage.as_str(), ran), ("full", 80));
         assert_eq!(r.looks, vec![10, 20, 40, 80]);
         let p = r.paired.unwrap();
@@ -169,7 +190,15 @@ mod tests {
         // Ahead on the first 20 tasks, behind from then on.
         let pattern: Vec<f64> = (0..80).map(|i| if i < 20 { 1.0 } else { 0.0 }).collect();
         let mut ran = 0;
-        let r = evaluate_raced(&tasks(80), Some(&rival(&parent)), 10, RaceRule::default(), 100, runner(&pattern, &mut ran)).unwrap();
+        let r = evaluate_raced(
+            &tasks(80),
+            Some(&rival(&parent)),
+            10,
+            RaceRule::default(),
+            100,
+            runner(&pattern, &mut ran),
+        )
+        .unwrap();
         assert_eq!(
             (r.evaluation.stage.as_str(), ran, r.looks.clone()),
             ("raced", 40, vec![10, 20, 40])
@@ -180,13 +209,29 @@ mod tests {
     fn without_a_rival_or_racing_every_task_runs_once() {
         let pattern = vec![0.0; 30];
         let mut ran = 0;
-        let r = evaluate_raced(&tasks(30), None, 10, RaceRule::default(), 100, runner(&pattern, &mut ran)).unwrap();
+        let r = evaluate_raced(
+            &tasks(30),
+            None,
+            10,
+            RaceRule::default(),
+            100,
+            runner(&pattern, &mut ran),
+        )
+        .unwrap();
         assert_eq!(
             (r.evaluation.stage.as_str(), ran, r.paired.is_none()),
             ("full", 30, true)
         );
         let mut ran = 0;
-        let r = evaluate_raced(&tasks(30), Some(&rival(&[1.0; 30])), 0, RaceRule::default(), 100, runner(&pattern, &mut ran)).unwrap();
+        let r = evaluate_raced(
+            &tasks(30),
+            Some(&rival(&[1.0; 30])),
+            0,
+            RaceRule::default(),
+            100,
+            runner(&pattern, &mut ran),
+        )
+        .unwrap();
         assert_eq!((r.evaluation.stage.as_str(), ran), ("full", 30), "first = 0: no racing");
         assert_eq!(r.paired.unwrap().losses, 30, "but still compared, for credit");
     }
@@ -198,19 +243,38 @@ mod tests {
     fn the_race_rules_decide_ties_as_documented() {
         let parent = [1.0, 0.0].repeat(40);
         // Ties its parent on the first 20 tasks, then wins one task in four.
-        let late: Vec<f64> = (0..80).map(|i| if i >= 20 && i % 4 == 1 { 1.0 } else { parent[i] }).collect();
+        let late: Vec<f64> = (0..80)
+            .map(|i| if i >= 20 && i % 4 == 1 { 1.0 } else { parent[i] })
+            .collect();
         let race = |rule, pattern: &[f64]| {
             let mut ran = 0;
-            let r = evaluate_raced(&tasks(80), Some(&rival(&parent)), 10, rule, 100, runner(pattern, &mut ran)).unwrap();
+            let r = evaluate_raced(
+                &tasks(80),
+                Some(&rival(&parent)),
+                10,
+                rule,
+                100,
+                runner(pattern, &mut ran),
+            )
+            .unwrap();
             (r.evaluation.stage.as_str().to_string(), r.looks)
         };
         assert_eq!(race(RaceRule::Ahead, &late), ("raced".into(), vec![10]));
-        assert_eq!(race(RaceRule::FirstTieGoesOn, &late), ("raced".into(), vec![10, 20]), "still tied at 20");
+        assert_eq!(
+            race(RaceRule::FirstTieGoesOn, &late),
+            ("raced".into(), vec![10, 20]),
+            "still tied at 20"
+        );
         assert_eq!(race(RaceRule::Sequential, &late), ("full".into(), vec![10, 20, 40, 80]));
         // A late winner that ties only the first look survives the default rule.
-        let early: Vec<f64> = (0..80).map(|i| if i >= 10 && i % 4 == 1 { 1.0 } else { parent[i] }).collect();
+        let early: Vec<f64> = (0..80)
+            .map(|i| if i >= 10 && i % 4 == 1 { 1.0 } else { parent[i] })
+            .collect();
         assert_eq!(race(RaceRule::Ahead, &early), ("raced".into(), vec![10]));
-        assert_eq!(race(RaceRule::FirstTieGoesOn, &early), ("full".into(), vec![10, 20, 40, 80]));
+        assert_eq!(
+            race(RaceRule::FirstTieGoesOn, &early),
+            ("full".into(), vec![10, 20, 40, 80])
+        );
         // Behind on the tasks where they differ: dropped by all, `sequential` once the sign
         // test says so (3 losses of 3: p = 0.125, then 5 of 5: p = 0.03).
         let worse: Vec<f64> = (0..80).map(|i| if i % 4 == 0 { 0.0 } else { parent[i] }).collect();
@@ -218,7 +282,10 @@ mod tests {
         assert_eq!(race(RaceRule::FirstTieGoesOn, &worse), ("raced".into(), vec![10]));
         assert_eq!(race(RaceRule::Sequential, &worse), ("raced".into(), vec![10, 20]));
         // An identical program ties to the end and never ends `full`.
-        assert_eq!(race(RaceRule::Sequential, &parent), ("raced".into(), vec![10, 20, 40, 80]));
+        assert_eq!(
+            race(RaceRule::Sequential, &parent),
+            ("raced".into(), vec![10, 20, 40, 80])
+        );
     }
 
     #[test]

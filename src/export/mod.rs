@@ -185,8 +185,8 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
             name: row.name.clone(),
             operator: row.operator.clone(),
             generation: row.generation,
-            model: exp.models.agent.model.clone(),
-            backend: format!("{:?}", exp.models.agent.backend).to_lowercase(),
+            model: exp.models.agent.primary().model.clone(),
+            backend: format!("{:?}", exp.models.agent.primary().backend).to_lowercase(),
             val_text: score_text(&row.val),
             test_text: score_text(&row.test),
             tokens: row.val.as_ref().map_or(0, |v| v.tokens),
@@ -213,7 +213,7 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
     let readme = templates.render(
         "export/README.md.j2",
         serde_json::json!({ "agents": &agents, "run": exp.name, "domain": exp.domain.name,
-                            "model": exp.models.agent.model, "backend": agents[0].backend }),
+                            "model": exp.models.agent.primary().model, "backend": agents[0].backend }),
     )?;
     std::fs::write(out.join("README.md"), readme)?;
     std::fs::write(out.join("agents.json"), serde_json::to_string_pretty(&agents)? + "\n")?;

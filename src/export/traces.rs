@@ -40,7 +40,7 @@ pub fn export_traces(archive: &Archive, out: &Path) -> Result<(usize, usize)> {
     let mut w = std::io::BufWriter::new(file);
     let mut proposals = 0;
     let mut stmt = conn.prepare(
-        "SELECT step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at
+        "SELECT step, attempt, generation, kind, parents, status, reason, candidate_id, prompt, reply, created_at, model
          FROM proposals ORDER BY step, attempt",
     )?;
     let mut rows = stmt.query([])?;
@@ -81,6 +81,7 @@ pub fn export_traces(archive: &Archive, out: &Path) -> Result<(usize, usize)> {
             "val_score": child_score,
             "improvement": parent_score.zip(child_score).map(|(p, c)| c - p),
             "created_at": r.get::<_, String>(10)?,
+            "model": r.get::<_, Option<String>>(11)?,
         });
         writeln!(w, "{line}")?;
         proposals += 1;

@@ -689,7 +689,12 @@ struct Sequence {
 }
 
 impl Sequence {
-    fn new(model: &LlamaModel, req: &ChatRequest, prompt: usize, forced: Option<Vec<LlamaToken>>) -> Result<Self, LlmError> {
+    fn new(
+        model: &LlamaModel,
+        req: &ChatRequest,
+        prompt: usize,
+        forced: Option<Vec<LlamaToken>>,
+    ) -> Result<Self, LlmError> {
         Ok(Self {
             forced,
             logprob: 0.0,
@@ -705,7 +710,9 @@ impl Sequence {
 
     /// The next token of the choice being scored, if this sequence scores one.
     fn forced_next(&self) -> Option<LlamaToken> {
-        self.forced.as_ref().and_then(|f| f.get(self.generated as usize).copied())
+        self.forced
+            .as_ref()
+            .and_then(|f| f.get(self.generated as usize).copied())
     }
 
     /// Appends a freshly sampled (or forced) token, or ends the sequence.

@@ -7,6 +7,7 @@
 //! Architecture Invariant: nothing outside `llm` talks to a model.
 
 mod fetch;
+mod gateways;
 #[cfg(feature = "local-model")]
 pub mod local;
 #[cfg(feature = "local-model")]
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 pub use crate::host::cache_root;
 pub use crate::types::{CallParams, Message, Reply, Role, Usage, MAX_STOP};
 pub use fetch::{resolve_local_model, DEFAULT_LOCAL_MODEL};
+pub use gateways::Gateways;
 pub use openai::OpenAiBackend;
 pub use scripted::ScriptedBackend;
 pub use serve::{serve, Endpoint};
@@ -153,20 +155,48 @@ pub trait Backend: Send + Sync {
 /// worst case before they are sent, so concurrent in-flight requests cannot overshoot.
 #[derive(Debug, Default)]
 pub struct Budget {
+    /// The config key whose caps these are (`budget`, `models.meta.strong`), for errors.
+    key: String,
     max_tokens: Option<u64>,
     max_micro_usd: Option<u64>,
     used_tokens: AtomicU64,
     used_micro_usd: AtomicU64,
     reserved: Mutex<(u64, u64)>,
+    /// A call was refused for want of room: a chooser stops offering this model (in this
+    /// process; the refusal itself sends nothing and costs nothing).
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl Budget {
     pub fn new(cfg: &BudgetConfig) -> Self {
         Self {
+            key: "budget".into(),
             max_tokens: cfg.max_tokens,
             max_micro_usd: cfg.max_cost_usd.map(|d| (d * 1e6) as u64),
             ..Default::default()
         }
+    }
+
+    /// One model's own caps (`budget_usd`, `budget_tokens` of the section at `key`); None
+    /// when it sets neither.
+    pub fn for_model(key: &str, cfg: &ModelConfig) -> Option<Self> {
+        (cfg.budget_usd.is_some() || cfg.budget_tokens.is_some()).then(|| Self {
+            key: key.into(),
+            max_tokens: cfg.budget_tokens,
+            max_micro_usd: cfg.budget_usd.map(|d| (d * 1e6) as u64),
+            ..Default::default()
+        })
+    }
+
+    /// Spent up to a cap, or a call was refused for want of room.
+    pub fn exhausted(&self) -> bool {
+        if self.refused.load(Ordering::SeqCst) {
+            return true;
+        }
+        let r = self.reserved.lock().unwrap();
+        let tokens = self.used_tokens.load(Ordering::SeqCst) + r.0;
+        let micro = self.used_micro_usd.load(Ordering::SeqCst) + r.1;
+        self.max_tokens.is_some_and(|m| tokens >= m) || self.max_micro_usd.is_some_and(|m| micro >= m)
     }
 
     pub fn unlimited() -> Self {
@@ -180,12 +210,21 @@ impl Budget {
     }
 
     fn reserve(&self, tokens: u64, micro_usd: u64) -> Result<(), LlmError> {
+        let refused = self.try_reserve(tokens, micro_usd);
+        if refused.is_err() {
+            self.refused.store(true, Ordering::SeqCst);
+        }
+        refused
+    }
+
+    fn try_reserve(&self, tokens: u64, micro_usd: u64) -> Result<(), LlmError> {
         let mut r = self.reserved.lock().unwrap();
         if let Some(max) = self.max_tokens {
             let used = self.used_tokens.load(Ordering::SeqCst) + r.0 + tokens;
             if used > max {
                 return Err(LlmError::Budget(format!(
-                    "token cap {max} reached (used {}, in flight {})",
+                    "{}: token cap {max} reached (used {}, in flight {})",
+                    self.key,
                     self.used_tokens.load(Ordering::SeqCst),
                     r.0
                 )));
@@ -194,7 +233,11 @@ impl Budget {
         if let Some(max) = self.max_micro_usd {
             let used = self.used_micro_usd.load(Ordering::SeqCst) + r.1 + micro_usd;
             if used > max {
-                return Err(LlmError::Budget(format!("cost cap ${:.4} reached", max as f64 / 1e6)));
+                return Err(LlmError::Budget(format!(
+                    "{}: cost cap ${:.4} reached",
+                    self.key,
+                    max as f64 / 1e6
+                )));
             }
         }
         r.0 += tokens;
@@ -261,6 +304,8 @@ pub struct Gateway {
     cache: Option<Arc<dyn CallStore>>,
     limiter: Arc<Limiter>,
     budget: Arc<Budget>,
+    /// The model's own caps, besides the run's (`budget_usd`, `budget_tokens`).
+    own_budget: Option<Arc<Budget>>,
     default_temperature: f32,
     default_max_tokens: u32,
     price_prompt: f64,
@@ -284,6 +329,7 @@ impl Gateway {
             cache,
             limiter: Arc::new(Limiter::new(cfg.max_concurrency)),
             budget,
+            own_budget: None,
             default_temperature: cfg.temperature,
             default_max_tokens: cfg.max_tokens,
             price_prompt: cfg.price_prompt_per_mtok,
@@ -298,6 +344,29 @@ impl Gateway {
         self.role
     }
 
+    /// The same gateway with caps of its model's own, besides the run's.
+    pub fn with_own_budget(mut self, budget: Option<Budget>) -> Self {
+        self.own_budget = budget.map(Arc::new);
+        self
+    }
+
+    /// The model's own caps are spent: choosers skip it while another model is left.
+    pub fn exhausted(&self) -> bool {
+        self.own_budget.as_ref().is_some_and(|b| b.exhausted())
+    }
+
+    /// Adds what the model spent before this process (resume) to its own caps.
+    pub fn preload_own(&self, tokens: u64, cost_usd: f64) {
+        if let Some(b) = &self.own_budget {
+            b.preload(tokens, cost_usd);
+        }
+    }
+
+    /// Whether calls through it cost dollars (a price is set).
+    pub fn priced(&self) -> bool {
+        self.price_prompt > 0.0 || self.price_completion > 0.0
+    }
+
     /// The same gateway (backend, cache, concurrency bound, budget) with totals of its own:
     /// what one of several steps running at once spent, counted apart from the others.
     pub fn scoped(&self) -> Gateway {
@@ -307,6 +376,7 @@ impl Gateway {
             cache: self.cache.clone(),
             limiter: self.limiter.clone(),
             budget: self.budget.clone(),
+            own_budget: self.own_budget.clone(),
             default_temperature: self.default_temperature,
             default_max_tokens: self.default_max_tokens,
             price_prompt: self.price_prompt,
@@ -390,6 +460,12 @@ impl Gateway {
         let worst_cost = self.price(worst_tokens, u64::from(req.max_tokens));
         let reservation = (worst_tokens, (worst_cost * 1e6) as u64);
         self.budget.reserve(reservation.0, reservation.1)?;
+        if let Some(own) = &self.own_budget {
+            if let Err(e) = own.reserve(reservation.0, reservation.1) {
+                self.budget.settle(reservation, 0, 0);
+                return Err(e);
+            }
+        }
         let started = Instant::now();
         let result = {
             let _slot = self.limiter.acquire();
@@ -403,6 +479,9 @@ impl Gateway {
             Err(_) => (0, 0),
         };
         self.budget.settle(reservation, tokens, micro);
+        if let Some(own) = &self.own_budget {
+            own.settle(reservation, tokens, micro);
+        }
         let mut completion = result?;
         if let Some(at) = cut_at_stop(&completion.text, &req.stop) {
             completion.text.truncate(at);

@@ -130,13 +130,13 @@ fn probe(model: &str, file: &mut Option<String>, started: &mut Option<Started>) 
         max_concurrency: 1,
         ..ModelConfig::default()
     };
-    let backend =
-        SupervisedBackend::start(
-            LocalSettings::new(&path, &cfg),
-            "doctor",
-            0,
-            std::time::Duration::from_secs(cfg.hang_timeout_s.max(1)),
-        ).map_err(|e| format!("{e:#}"))?;
+    let backend = SupervisedBackend::start(
+        LocalSettings::new(&path, &cfg),
+        "doctor",
+        0,
+        std::time::Duration::from_secs(cfg.hang_timeout_s.max(1)),
+    )
+    .map_err(|e| format!("{e:#}"))?;
     let (binary, flags) = backend.build();
     *started = Some((binary.display().to_string(), flags, backend.system_info()));
     let started = Instant::now();

@@ -368,7 +368,10 @@ impl Shared {
             if waiting && self.activity.lock().unwrap().elapsed() >= timeout {
                 tracing::warn!(role = %self.role, life, pid, "the embedded model's process answers nothing; killing it");
                 self.hung.store(life, Ordering::Relaxed);
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 return;
             }
         }

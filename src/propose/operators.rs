@@ -418,7 +418,10 @@ fn swap_instruction(
         .collect();
     let c = strings.choose(rng)?.clone();
     let lines = t.lines("operators/instructions.txt");
-    let bank: Vec<&String> = lines.iter().filter(|l| c.text.trim_matches('"') != l.as_str()).collect();
+    let bank: Vec<&String> = lines
+        .iter()
+        .filter(|l| c.text.trim_matches('"') != l.as_str())
+        .collect();
     let new = bank.choose(rng)?;
     let code = replace(&p.code, &mut [(c.start, c.end, python_string(new))]);
     let short: String = new.chars().take(40).collect();
@@ -1185,14 +1188,25 @@ mod tests {
         for seed in 0..40 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let (code, name, _) = memory_feedback(&mut rng, &kv, None, &t).unwrap();
-            let store = name.split("feedback(").nth(1).unwrap().split(',').next().unwrap().to_string();
+            let store = name
+                .split("feedback(")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .to_string();
             if !seen.insert(store.clone()) {
                 continue;
             }
             let script = format!(
                 "{code}\nimport os, tempfile\nos.chdir(tempfile.mkdtemp())\nm = Memory()\nm.update({{}}, {trajectory}, 0.75)\nprint(m.retrieve({{'observation': 'You see a red cap and a lamp.'}}))"
             );
-            let out = std::process::Command::new("python3").arg("-c").arg(&script).output().unwrap();
+            let out = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let text = String::from_utf8(out.stdout).unwrap();
             let lines: Vec<&str> = text.lines().collect();
@@ -1202,7 +1216,10 @@ mod tests {
             assert_eq!(lines.contains(&warning), store.contains("failure"), "{store}: {text}");
             assert!(!text.contains("old boot"), "only what the observation mentions: {text}");
             // The parent's own retrieval (its fact and its mistake) follows.
-            assert!(text.trim_end().ends_with("red cap -> hat rack\nnot: desk for red cap"), "{text}");
+            assert!(
+                text.trim_end().ends_with("red cap -> hat rack\nnot: desk for red cap"),
+                "{text}"
+            );
         }
         assert_eq!(seen.len(), FEEDBACK_STORES.len(), "every store mode is drawn: {seen:?}");
     }

@@ -48,7 +48,8 @@ impl Templates {
     /// The templates for a domain whose answers look like `answer`: seeds, instruction
     /// lines, blocks and prompts then speak of that format.
     pub fn with_answer(mut self, answer: &crate::domain::AnswerSpec) -> Self {
-        self.env.add_global("answer", minijinja::Value::from(minijinja::value::Serde(answer)));
+        self.env
+            .add_global("answer", minijinja::Value::from(minijinja::value::Serde(answer)));
         self.answer = answer.clone();
         self
     }
@@ -111,7 +112,11 @@ impl Templates {
                     Some(("[closed", rest)) => (self.answer.is_closed(), rest),
                     _ => (true, line),
                 };
-                fits.then(|| self.env.render_str(rest, minijinja::context! {}).unwrap_or_else(|_| rest.to_string()))
+                fits.then(|| {
+                    self.env
+                        .render_str(rest, minijinja::context! {})
+                        .unwrap_or_else(|_| rest.to_string())
+                })
             })
             .collect()
     }

@@ -40,6 +40,8 @@ pub struct Status {
     pub credit: Vec<CreditRow>,
     /// The arm each proposal step tried, in step order.
     pub choices: Vec<(u64, String)>,
+    /// Per meta-model: what its proposals earned and cost (from the `credit` events).
+    pub models: Vec<ModelRow>,
     /// Proposals (and seeds) dropped by racing before the whole validation pool.
     pub raced: u64,
     /// Seeds imported from an ADAS archive, by name: the ADAS generation that made each
@@ -62,6 +64,45 @@ pub struct TestComparison {
     /// The smallest gain this many held-out tasks would show at p < 0.05 with 80% power,
     /// given how often the two disagreed.
     pub detectable_gain: Option<f64>,
+}
+
+/// What one meta-model's proposals earned and what they cost it.
+#[derive(Debug, Default, Serialize)]
+pub struct ModelRow {
+    pub model: String,
+    pub proposals: u64,
+    pub improved: u64,
+    /// Sum of the paired gains of its improvements.
+    pub gain: f64,
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Each meta-model's row, in the order it first wrote a proposal.
+fn model_rows(events: &[(Option<u64>, serde_json::Value)]) -> Vec<ModelRow> {
+    let mut rows: Vec<ModelRow> = Vec::new();
+    for (_, e) in events {
+        let Some(model) = e["model"].as_str() else { continue };
+        let at = match rows.iter().position(|r| r.model == model) {
+            Some(i) => i,
+            None => {
+                rows.push(ModelRow {
+                    model: model.to_string(),
+                    ..Default::default()
+                });
+                rows.len() - 1
+            }
+        };
+        let r = &mut rows[at];
+        r.proposals += 1;
+        if e["improved"].as_bool().unwrap_or(false) {
+            r.improved += 1;
+            r.gain += e["gain"].as_f64().unwrap_or(0.0);
+        }
+        r.tokens += e["model_tokens"].as_u64().unwrap_or(0);
+        r.cost_usd += e["model_cost_usd"].as_f64().unwrap_or(0.0);
+    }
+    rows
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +162,7 @@ pub fn status(archive: &Archive) -> Result<Status> {
             .map(|(arm, stats)| CreditRow { arm, stats })
             .collect(),
         choices,
+        models: model_rows(&events),
         raced,
         leaderboard,
         funnel: archive.funnel()?,
@@ -413,6 +455,39 @@ fn credit_section(s: &Status) -> String {
             st.calls,
             1000.0 * st.improved as f64 / st.calls.max(1) as f64
         ));
+    }
+    let several = s.models.len() > 1 || s.models.iter().any(|m| m.model != crate::config::SINGLE_MODEL);
+    if several {
+        out.push_str(
+            "meta-model credit (the model that wrote each proposal; improved as above):
+",
+        );
+        out.push_str(&format!(
+            "  {:<22} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16}
+",
+            "model", "tries", "improved", "mean gain", "tokens", "USD", "improved / $"
+        ));
+        for m in &s.models {
+            out.push_str(&format!(
+                "  {:<22} {:>6} {:>9} {:>10} {:>10} {:>10.4} {:>16}
+",
+                m.model,
+                m.proposals,
+                m.improved,
+                if m.improved > 0 {
+                    format!("{:+.3}", m.gain / m.improved as f64)
+                } else {
+                    "-".into()
+                },
+                m.tokens,
+                m.cost_usd,
+                if m.cost_usd > 0.0 {
+                    format!("{:.2}", m.improved as f64 / m.cost_usd)
+                } else {
+                    "-".into()
+                }
+            ));
+        }
     }
     // The choices, five steps a row: what the bandit tried as credit came in.
     out.push_str("bandit choices (step: proposer tried):\n");

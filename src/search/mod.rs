@@ -10,6 +10,7 @@ pub mod bandit;
 mod context;
 mod held_out;
 mod islands;
+mod model_choice;
 mod pipeline;
 mod plan;
 mod proposers;
@@ -33,7 +34,7 @@ use crate::domain::{Domain, Task};
 use crate::evaluate::racing;
 use crate::evaluate::staged::{evaluate_staged, Stages};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
-use crate::llm::{BackendFactory, Budget, Gateway, Role};
+use crate::llm::{BackendFactory, Budget, Gateway, Gateways, Role};
 use crate::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
 use crate::propose::{instruction, operators, Proposal, Templates};
 use crate::sandbox::Isolation;
@@ -84,7 +85,7 @@ pub struct Core {
     domain: Domain,
     val: Vec<Task>,
     test: Vec<Task>,
-    meta: Gateway,
+    meta: Gateways,
     agent: Gateway,
     seeds: Vec<(String, String)>,
     /// Game servers and no-memory plays when the domain is episodic (memory designs).
@@ -151,7 +152,11 @@ impl Search {
         Isolation::for_mode(exp.evaluation.isolation)?;
         exp.guards.agent_contract()?;
         let domain = Domain::load(&exp.domain)?;
-        resolve_seeds(&exp.search.seeds, domain.kind, &Templates::embedded()?.with_answer(&domain.answer))?;
+        resolve_seeds(
+            &exp.search.seeds,
+            domain.kind,
+            &Templates::embedded()?.with_answer(&domain.answer),
+        )?;
         // The files the config names go inside the archive; the stored config keeps their
         // names only, so resume never reads the original files (and the .db moves freely).
         let files = run_files::take(&mut exp)?;
@@ -220,16 +225,25 @@ impl Search {
         budget.preload(tokens, cost);
         let cache = CallCache::open_shared(archive.path())?;
         let factory = BackendFactory::new();
-        let meta_backend = factory.build(&exp.models.meta, "meta")?;
-        let agent_backend = factory.build(&exp.models.agent, "agent")?;
-        let meta = Gateway::new(
+        let meta = Gateways::build(
             Role::Meta,
-            meta_backend,
             &exp.models.meta,
+            &factory,
             Some(cache.clone()),
             budget.clone(),
+        )?;
+        let agent_backend = factory.build(exp.models.agent.primary(), "agent")?;
+        let agent = Gateway::new(
+            Role::Agent,
+            agent_backend,
+            exp.models.agent.primary(),
+            Some(cache),
+            budget,
         );
-        let agent = Gateway::new(Role::Agent, agent_backend, &exp.models.agent, Some(cache), budget);
+        for (_, g) in meta.iter() {
+            let (tokens, cost) = archive.model_usage(Role::Meta, &g.model_id())?;
+            g.preload_own(tokens, cost);
+        }
         let episodic = match &domain.episodes {
             Some(cfg) => Some(crate::episodic::Episodic::new(cfg)?),
             None => None,
@@ -339,9 +353,10 @@ impl Core {
     /// What happened to the models since the last call (a model process restarted), as
     /// `model_restarted` events, each once.
     fn model_incidents(&self) -> Vec<(String, serde_json::Value)> {
-        [&self.meta, &self.agent]
-            .iter()
-            .flat_map(|g| g.incidents())
+        self.meta
+            .incidents()
+            .into_iter()
+            .chain(self.agent.incidents())
             .map(|i| ("model_restarted".to_string(), i))
             .collect()
     }
@@ -435,7 +450,10 @@ impl Step<'_> {
             // agent runs skip reading every candidate's code here.
             let mut keep = Vec::with_capacity(scored.len());
             for s in scored {
-                let inert = self.archive.candidate(&s.id)?.is_some_and(|c| !operators::can_change(&c));
+                let inert = self
+                    .archive
+                    .candidate(&s.id)?
+                    .is_some_and(|c| !operators::can_change(&c));
                 if !inert {
                     keep.push(s);
                 }
@@ -479,8 +497,20 @@ impl Step<'_> {
                 (arm, Some(draws))
             }
         };
-        match arm {
-            Arm::Llm(kind) => {
+        let model = match arm {
+            Arm::Llm(_) | Arm::Instruction => Some(model_choice::choose(
+                &self.meta,
+                &self.exp.models.meta,
+                mix.bandit,
+                &self.archive.events("credit")?,
+                &mut rng,
+            )),
+            Arm::Operator(_) => None,
+        };
+        let gateway = model.as_ref().and_then(|m| self.meta.get(&m.name));
+        let model_before = gateway.map(|g| g.totals()).unwrap_or_default();
+        match (arm, gateway) {
+            (Arm::Llm(kind), Some(meta)) => {
                 let mates: Vec<&Candidate> = match (kind, &other) {
                     (LlmKind::Crossover, Some(o)) => vec![&parent, o],
                     _ => vec![&parent],
@@ -490,18 +520,32 @@ impl Step<'_> {
                     generation,
                     kind,
                     parents: &mates,
+                    meta,
                 };
                 self.llm_proposal(job, &scored, &mut rng, bar, &mut records, &mut events)?;
             }
-            Arm::Instruction => records.push(self.instruction_proposal(step, generation, &parent, &mut rng, bar)?),
-            Arm::Operator(first) => {
+            (Arm::Instruction, Some(meta)) => {
+                records.push(self.instruction_proposal(step, generation, &parent, meta, &mut rng, bar)?)
+            }
+            (Arm::Operator(first), _) => {
                 records.push(self.operator_proposal(step, generation, &parent, other.as_ref(), first, &mut rng, bar)?)
             }
+            (Arm::Llm(_) | Arm::Instruction, None) => unreachable!("a model is chosen for every arm that calls one"),
         }
-        events.push((
-            "credit".into(),
-            credit(&arm, draws, &records, self.meta.totals().calls - meta_calls_before),
-        ));
+        let mut credit = credit(&arm, draws, &records, self.meta.totals().calls - meta_calls_before);
+        if let (Some(pick), Some(g)) = (model, gateway) {
+            let spent = g.totals();
+            credit["model"] = json!(pick.name);
+            credit["model_tokens"] = json!(spent.tokens() - model_before.tokens());
+            credit["model_cost_usd"] = json!(spent.cost_usd - model_before.cost_usd);
+            if let Some(d) = pick.draws {
+                credit["model_draws"] = d;
+            }
+            for r in &mut records {
+                r.model = Some(pick.name.clone());
+            }
+        }
+        events.push(("credit".into(), credit));
         Ok(StepRecord {
             step,
             generation,
@@ -527,6 +571,7 @@ impl Step<'_> {
             generation,
             kind,
             parents,
+            meta,
         } = job;
         let opts = &self.exp.proposers.rewrite_options;
         let parent = parents[0];
@@ -581,7 +626,7 @@ impl Step<'_> {
             kind.as_str(),
             parent.name
         ));
-        let (mut session, mut current) = RewriteSession::start(&self.meta, &self.templates, opts, input)?;
+        let (mut session, mut current) = RewriteSession::start(meta, &self.templates, opts, input)?;
         let mut attempt = 0u32;
         loop {
             let proposal = match current {
@@ -668,6 +713,7 @@ impl Step<'_> {
             prompt: p.prompt,
             reply: p.reply,
             race: None,
+            model: None,
         };
         if !report.passes() {
             rec.reason = report.render();
@@ -849,9 +895,14 @@ impl Core {
         let out = if self.episodic.is_some() {
             evaluator.evaluate(code, tasks, split, &tick).map(|e| (e, None))
         } else if cfg.race_first > 0 || cfg.cascade_fraction == 0.0 {
-            racing::evaluate_raced(tasks, rivals.tasks, cfg.race_first, cfg.race_rule, cfg.bootstrap_samples, |slice| {
-                evaluator.evaluate(code, slice, split, &tick)
-            })
+            racing::evaluate_raced(
+                tasks,
+                rivals.tasks,
+                cfg.race_first,
+                cfg.race_rule,
+                cfg.bootstrap_samples,
+                |slice| evaluator.evaluate(code, slice, split, &tick),
+            )
             .map(|r| {
                 let race = r.paired.map(|p| (p, r.looks));
                 (r.evaluation, race)
@@ -886,6 +937,7 @@ fn failed(
         prompt: None,
         reply: None,
         race: None,
+        model: None,
     }
 }
 
@@ -987,4 +1039,6 @@ struct LlmJob<'a> {
     kind: LlmKind,
     /// The parent, and for `crossover` its mate.
     parents: &'a [&'a Candidate],
+    /// The meta-model that writes it.
+    meta: &'a Gateway,
 }

@@ -27,7 +27,7 @@ use super::*;
 pub(super) struct Step<'a> {
     core: &'a Core,
     pub(super) archive: &'a Archive,
-    pub(super) meta: Gateway,
+    pub(super) meta: Gateways,
     /// The last step whose rows this step may see; None: every committed step.
     pub(super) visible_upto: Option<i64>,
 }
@@ -223,6 +223,7 @@ mod tests {
             prompt: None,
             reply: None,
             race: Some(json!({"candidate": id, "paired": {"diff": gain}})),
+            model: None,
         }
     }
 

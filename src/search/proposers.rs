@@ -80,6 +80,7 @@ impl Step<'_> {
         step: u64,
         generation: u32,
         parent: &Candidate,
+        meta: &Gateway,
         rng: &mut ChaCha8Rng,
         bar: &ProgressBar,
     ) -> Result<ProposalRecord> {
@@ -88,14 +89,7 @@ impl Step<'_> {
             parent.name
         ));
         let sample = (step as u32).wrapping_mul(64);
-        match instruction::propose(
-            rng,
-            &self.meta,
-            &self.templates,
-            parent,
-            &self.domain.description,
-            sample,
-        )? {
+        match instruction::propose(rng, meta, &self.templates, parent, &self.domain.description, sample)? {
             Ok(p) => self.check_and_evaluate(step, generation, 0, p, bar),
             Err(f) => {
                 let status = if f.llm_error {

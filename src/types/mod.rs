@@ -9,7 +9,9 @@ mod choice;
 mod evaluation;
 mod input;
 
-pub use call::{check_choices, pick_choice, CallParams, Message, Reply, Role, Usage, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_STOP};
+pub use call::{
+    check_choices, pick_choice, CallParams, Message, Reply, Role, Usage, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_STOP,
+};
 pub use choice::{Fold, IsolationMode, Objective, ParentSelection, RaceRule, DEFAULT_OBJECTIVES};
 pub use evaluation::{
     ContractStats, Evaluation, GuardSummary, Hit, Outcome, Split, Stage, TaskGuard, TaskOutcome, TaskResult,

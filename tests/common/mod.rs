@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faulty_endpoint;
+pub mod two_meta_models;
 
 use std::path::{Path, PathBuf};
 

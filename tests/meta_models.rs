@@ -1,0 +1,101 @@
+//! Several meta-models: the bandit over models, its credit across a kill -9, and a model's
+//! own budget. The models are SCRIPTED behind two OpenAI-compatible endpoints on 127.0.0.1
+//! (`common::two_meta_models`): the test is of the choice, not of a model.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::two_meta_models::{experiment, model_credit, proposals_by_model, start};
+use common::*;
+
+/// Within a dozen steps the cost-aware bandit sends most proposals to the model that
+/// improves programs at a twentieth of the price; a run killed with -9 mid-way and resumed
+/// ends with the same proposals per model and the same credit, step by step.
+#[test]
+fn the_bandit_favours_the_model_that_earns_most_per_dollar_and_a_resume_keeps_its_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = start(dir.path());
+    let exp = experiment(dir.path(), &models, 5, "thompson", 14, "");
+    let reference = dir.path().join("reference.db");
+    run_to_end(&exp, &reference);
+    let counts = proposals_by_model(&reference);
+    let of = |name: &str| counts.iter().find(|(m, _)| m == name).map_or(0, |(_, n)| *n);
+    println!("proposals by model: {counts:?}");
+    assert_eq!(
+        of("good") + of("costly"),
+        14,
+        "every proposal names its model: {counts:?}"
+    );
+    assert!(of("costly") >= 1, "the costly model is tried: {counts:?}");
+    assert!(
+        of("good") >= 10,
+        "most proposals go to the model that earns: {counts:?}"
+    );
+    let credit = model_credit(&reference);
+    assert!(
+        credit.iter().any(|(m, improved, _)| m == "good" && *improved),
+        "{credit:?}"
+    );
+    assert!(
+        credit.iter().all(|(m, improved, _)| m != "costly" || !improved),
+        "{credit:?}"
+    );
+    let spent = |name: &str| credit.iter().filter(|(m, ..)| m == name).map(|(.., c)| c).sum::<f64>();
+    assert!(spent("costly") / of("costly") as f64 > 5.0 * spent("good") / of("good") as f64);
+
+    let status = ok(&metaforge(dir.path(), &["status", reference.to_str().unwrap()]));
+    assert!(
+        status.contains("meta-model credit") && status.contains("costly"),
+        "{status}"
+    );
+
+    // The same run, killed once it has stored a few proposal steps, then resumed.
+    let db = dir.path().join("killed.db");
+    let mut child = spawn_run(&exp, &db, Stdio::null());
+    while steps_done(&db) < 5 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    run_or_resume(&exp, &db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        proposals_by_model(&db),
+        counts,
+        "proposals per model after kill -9 and resume"
+    );
+    assert_eq!(model_credit(&db), credit, "the credit, step by step");
+}
+
+/// A model's own cap: once the costly model's dollars are spent it is no longer offered,
+/// the run goes on with the other, and the refused call names the cap.
+#[test]
+fn a_model_whose_own_budget_is_spent_is_no_longer_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = start(dir.path());
+    let exp = experiment(
+        dir.path(),
+        &models,
+        5,
+        "fixed",
+        8,
+        "budget_usd = 0.000001\nweight = 100.0",
+    );
+    let db = dir.path().join("capped.db");
+    run_to_end(&exp, &db);
+    let counts = proposals_by_model(&db);
+    let of = |name: &str| counts.iter().find(|(m, _)| m == name).map_or(0, |(_, n)| *n);
+    assert_eq!(of("costly"), 1, "one refused call, then never again: {counts:?}");
+    assert_eq!(of("good"), 7, "{counts:?}");
+    let reason: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT reason FROM proposals WHERE model = 'costly'", [], |r| r.get(0))
+        .unwrap();
+    assert!(reason.contains("models.meta.costly: cost cap"), "{reason}");
+}
