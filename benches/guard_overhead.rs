@@ -123,6 +123,7 @@ fn end_to_end(guarded: bool, agent: Option<&AgentContract>) -> f64 {
         .collect();
     let evaluator = Evaluator {
         gateway: &gateway,
+        models: None,
         cfg: &cfg,
         scorer: metaforge::domain::Scorer::Numeric,
         agent_contract: agent,

@@ -88,6 +88,7 @@ fn main() {
     };
     let evaluator = Evaluator {
         gateway: &gateway,
+        models: None,
         cfg: &cfg,
         scorer: domain.scorer,
         agent_contract: None,

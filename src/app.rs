@@ -13,7 +13,7 @@ use crate::check::Severity;
 use crate::config::{Experiment, ModelConfig};
 use crate::domain::Domain;
 use crate::evaluate::Evaluator;
-use crate::llm::{BackendFactory, Budget, Gateway, Role};
+use crate::llm::{BackendFactory, Budget, Gateways, Role};
 use crate::search::Search;
 use crate::types::BadInput;
 use crate::types::Split;
@@ -496,19 +496,24 @@ pub fn eval(
             "the {split} split has no tasks; fix: raise domain.{split}_size in the experiment, or use --split val"
         )));
     }
-    let mcfg = exp.models.agent.primary();
-    let backend = BackendFactory::new().build(mcfg, "agent")?;
-    let cache = match db {
+    let cache: Arc<dyn crate::llm::CallStore> = match db {
         Some(p) => Arc::new(CallCache::open(p)?),
         None => Arc::new(CallCache::in_memory()?),
     };
-    let gw = Gateway::new(Role::Agent, backend, mcfg, Some(cache), Arc::new(Budget::unlimited()));
+    let models = Gateways::build(
+        Role::Agent,
+        &exp.models.agent,
+        &BackendFactory::new(),
+        Some(cache),
+        Arc::new(Budget::unlimited()),
+    )?;
     let contract = exp.guards.agent_contract()?;
     let executor = crate::executor::Executor::start(&exp.executor)?;
     let bar = indicatif::ProgressBar::new(tasks.len() as u64);
     let tick = || bar.inc(1);
     let e = Evaluator {
-        gateway: &gw,
+        gateway: models.primary(),
+        models: (models.len() > 1).then_some(&models),
         cfg: &exp.evaluation,
         scorer: dom.scorer.clone(),
         agent_contract: contract.as_ref(),
@@ -519,7 +524,7 @@ pub fn eval(
     .evaluate(&code, &tasks, split, &tick)?;
     bar.finish_and_clear();
     // Tasks whose calls met a dead model failed for the model's sake, not the agent's: no score.
-    if let Some(why) = gw.failure() {
+    if let Some(why) = models.failure() {
         anyhow::bail!("{why}");
     }
     if json {

@@ -75,7 +75,7 @@ fn blocks_are_offered_for_the_answers_they_fit() {
     use metaforge::propose::operators::applicable;
     let names = |file: &str| {
         let (domain, _) = seeds_for(file);
-        applicable(CandidateKind::Agent, false, &domain.answer)
+        applicable(CandidateKind::Agent, false, &domain.answer, 1)
             .map(|o| o.name)
             .collect::<Vec<_>>()
     };

@@ -310,6 +310,7 @@ fn calls_from_a_tasks_threads_count_against_its_budget() {
     let cfg = EvaluationConfig::default();
     let evaluator = Evaluator {
         gateway: &gateway,
+        models: None,
         cfg: &cfg,
         scorer: Scorer::Numeric,
         agent_contract: Some(&contract),

@@ -21,6 +21,7 @@ fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {
     let cfg = EvaluationConfig::default();
     let evaluator = Evaluator {
         gateway: &gateway,
+        models: None,
         cfg: &cfg,
         scorer: Scorer::Exact,
         agent_contract: None,

@@ -99,3 +99,53 @@ fn a_model_whose_own_budget_is_spent_is_no_longer_chosen() {
         .unwrap();
     assert!(reason.contains("models.meta.costly: cost cap"), "{reason}");
 }
+
+/// `llm(model=...)` and `use_model` reach the agent model they name through the real
+/// sandbox and host; a name the experiment does not hold fails the task, naming those it
+/// does, and each model's calls are counted on its own gateway.
+#[test]
+fn an_agent_call_reaches_the_model_it_names() {
+    use metaforge::llm::{Budget, Gateway, Gateways, Role, ScriptedBackend};
+    let cfg_text = "backend = \"scripted\"\nmodel = \"s\"\nscript = \"x\"";
+    let mcfg: metaforge::config::ModelConfig = toml::from_str(cfg_text).unwrap();
+    let gateway = |label: &str, reply: &str| {
+        Gateway::new(
+            Role::Agent,
+            std::sync::Arc::new(ScriptedBackend::new(label, vec![reply.into()])),
+            &mcfg,
+            None,
+            std::sync::Arc::new(Budget::unlimited()),
+        )
+    };
+    let models = Gateways::from_entries(vec![
+        ("cheap".into(), gateway("cheap", "3")),
+        ("strong".into(), gateway("strong", "4")),
+    ]);
+    let cfg = metaforge::config::EvaluationConfig::default();
+    let mut evaluator = plain_evaluator(models.primary(), &cfg, metaforge::domain::Scorer::Exact);
+    evaluator.models = Some(&models);
+    let tasks: Vec<metaforge::domain::Task> = (0..3)
+        .map(|i| metaforge::domain::Task {
+            id: format!("t{i}"),
+            input: serde_json::json!({"question": "q"}),
+            answer: serde_json::json!("3 4 4"),
+        })
+        .collect();
+    let code = "from metaforge import llm, use_model\n\n\ndef forward(task):\n    a = llm(task['question'])\n    with use_model('strong'):\n        b = llm(task['question'])\n    c = llm(task['question'], model='strong')\n    return f'{a} {b} {c}'\n";
+    let e = evaluator
+        .evaluate(code, &tasks, metaforge::types::Split::Val, &|| {})
+        .unwrap();
+    assert!(e.tasks.iter().all(|t| t.score == 1.0), "{:?}", e.tasks);
+    assert_eq!(models.get("cheap").unwrap().totals().calls, 3);
+    assert_eq!(models.get("strong").unwrap().totals().calls, 6);
+
+    let bad = "from metaforge import llm\n\n\ndef forward(task):\n    return llm(task['question'], model='huge')\n";
+    let e = evaluator
+        .evaluate(bad, &tasks[..1], metaforge::types::Split::Val, &|| {})
+        .unwrap();
+    let error = e.tasks[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("no agent model of that name") && error.contains("cheap") && error.contains("strong"),
+        "{error}"
+    );
+}

@@ -278,6 +278,7 @@ fn a_memory_design_evaluated_through_ray_matches_the_local_evaluation() {
     let evaluate = |executor: &Executor| {
         Evaluator {
             gateway: &gateway,
+            models: None,
             cfg: &cfg,
             scorer: Scorer::Exact,
             agent_contract: None,

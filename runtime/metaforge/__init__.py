@@ -2,16 +2,19 @@
 `__all__` is what the meta-model's prompts list, with its signature and docstring
 (`src/propose/agent_api.rs` reads them from this source).
 """
+import contextlib
+
 from metaforge._rpc import ContractError, LLMError, call_llm
+from metaforge._rpc import current as _current
 from metaforge.tools import EXTRACTORS, calc, calc_in, extract
 from metaforge.tools import as_choice, option_texts, task_choices, task_text
 
 __all__ = ["llm", "LLMError", "ContractError", "calc", "calc_in", "extract", "EXTRACTORS",
-           "task_text", "task_choices", "option_texts", "as_choice"]
+           "task_text", "task_choices", "option_texts", "as_choice", "use_model"]
 
 
 def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=None,
-        stop=None, choices=None, contract=None, input=None):
+        stop=None, choices=None, contract=None, input=None, model=None):
     """The one way to reach a model. Returns the reply (a str), or a list of n replies when
     n > 1; with `contract`, the value the contract parsed.
 
@@ -27,6 +30,8 @@ def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=Non
     contract: the id of an entry of the module-level literal `CONTRACTS = {"id": {...}}`;
       the host checks every answer against it, asks again, and returns its fallback when
       no answer passes. input: the JSON-able dict the contract's rules read.
+    model: the name of one of the experiment's agent models; default the one `use_model`
+      set, else the experiment's first.
     Raises LLMError when the host refuses or fails the call (ContractError for a contract).
     """
     if isinstance(prompt_or_messages, str):
@@ -53,12 +58,33 @@ def llm(prompt_or_messages, *, temperature=None, n=1, json=False, max_tokens=Non
             raise ValueError("llm(): choices must hold 1 to 64 non-empty strings")
         if len(set(choices)) != len(choices):
             raise ValueError("llm(): choices must be distinct")
+    if model is None:
+        model = getattr(_current, "model", None)
+    if model is not None and (not isinstance(model, str) or not 1 <= len(model) <= 64):
+        raise ValueError("llm(): model must be the name of one of the experiment's agent models")
     if contract is not None and not isinstance(contract, str):
         raise TypeError("llm(): contract must be the id (a string) of an entry of CONTRACTS")
     texts = call_llm(messages, temperature=temperature, n=n, json=bool(json),
                      max_tokens=max_tokens, stop=stop, choices=choices, contract=contract,
-                     input=input)
+                     input=input, model=model)
     return texts[0] if n == 1 else texts
+
+
+@contextlib.contextmanager
+def use_model(name):
+    """Within the block, llm() calls that name no model go to agent model `name`, in this
+    thread and in the threads it starts. `name` is one of the experiment's agent models
+    (None: back to the first). A cheap model first and a strong one when a check fails:
+
+        with use_model("cheap"):
+            answer = solve(task)
+    """
+    before = getattr(_current, "model", None)
+    _current.model = name
+    try:
+        yield
+    finally:
+        _current.model = before
 
 
 def answer_key(text):

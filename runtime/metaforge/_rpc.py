@@ -83,11 +83,13 @@ def inherit_task_in_threads(max_threads=0, per_task=0):
             raise RuntimeError(
                 f"can't start new thread: this worker already runs {max_threads} threads, "
                 "the most its memory limit allows (raise [evaluation] memory_mb for more)")
+        model = getattr(current, "model", None)
         if task_id is not None:
             run = self.run
 
             def run_as_task():
                 current.task_id = task_id
+                current.model = model
                 try:
                     run()
                 finally:
@@ -113,7 +115,7 @@ def inherit_task_in_threads(max_threads=0, per_task=0):
 
 
 def call_llm(messages, *, temperature, n, json, max_tokens, stop=None, choices=None,
-             contract=None, input=None):
+             contract=None, input=None, model=None):
     request_id = next(_ids)
     slot = _Slot()
     with _pending_lock:
@@ -121,7 +123,7 @@ def call_llm(messages, *, temperature, n, json, max_tokens, stop=None, choices=N
     send({"type": "llm", "id": request_id, "task_id": getattr(current, "task_id", None),
           "messages": messages, "temperature": temperature, "n": n, "json": json,
           "max_tokens": max_tokens, "stop": stop, "choices": choices, "contract": contract,
-          "input": input})
+          "input": input, "model": model})
     slot.wait()
     reply = slot.reply
     if reply.get("error"):

@@ -21,7 +21,7 @@ use crate::config::EvaluationConfig;
 use crate::domain::{Scorer, Task};
 use crate::executor::{Executor, ShardLimits};
 use crate::guard::{guarded_call, AgentContract, Episodes, GuardOutcome};
-use crate::llm::{CallParams, Gateway, Message, Usage};
+use crate::llm::{CallParams, Gateway, Gateways, Message, Usage};
 use crate::sandbox::{classify, task_outcome, unguarded_reply, CallError, LlmCall, LlmHandler};
 use crate::types::{GuardSummary, TaskGuard};
 
@@ -96,7 +96,10 @@ impl Evaluation {
 
 /// Runs candidates; holds what every evaluation of a run shares.
 pub struct Evaluator<'a> {
+    /// The agent model `llm()` reaches when it names none.
     pub gateway: &'a Gateway,
+    /// Every agent model by name, for `llm(model=...)`; None when the experiment has one.
+    pub models: Option<&'a Gateways>,
     pub cfg: &'a EvaluationConfig,
     pub scorer: Scorer,
     /// The experiment's agent contract (`guards.contract`).
@@ -297,6 +300,7 @@ impl Evaluator<'_> {
         let limits = ShardLimits::for_tasks(self.cfg, tasks.len());
         let handler = AgentCalls {
             gateway: self.gateway,
+            models: self.models,
             samples: Mutex::new(HashMap::new()),
             episodes,
             inputs: &inputs,
@@ -312,6 +316,7 @@ impl Evaluator<'_> {
 /// governance first and a guarded call is sampled until its contract holds.
 struct AgentCalls<'a, 'c> {
     gateway: &'a Gateway,
+    models: Option<&'a Gateways>,
     samples: Mutex<HashMap<String, u32>>,
     episodes: &'a Episodes<'c>,
     /// The shard's tasks (a rerun restarts their guard state).
@@ -320,17 +325,38 @@ struct AgentCalls<'a, 'c> {
 }
 
 impl AgentCalls<'_, '_> {
+    /// The gateway of the model a call names, or the default one.
+    fn gateway_for(&self, model: Option<&str>) -> Result<&Gateway, String> {
+        let Some(name) = model else {
+            return Ok(self.gateway);
+        };
+        match self.models {
+            Some(models) => models.get(name).ok_or_else(|| {
+                format!(
+                    "llm(model={name:?}): the experiment has no agent model of that name; use one of {:?}",
+                    models.names()
+                )
+            }),
+            None if name == crate::config::SINGLE_MODEL => Ok(self.gateway),
+            None => Err(format!(
+                "llm(model={name:?}): the experiment has one agent model; leave model= out (or name it in [models.agent.{name}])"
+            )),
+        }
+    }
+
     fn complete(
         &self,
         task_id: Option<&str>,
+        model: Option<&str>,
         messages: &[Message],
         params: CallParams,
         n: u32,
     ) -> Result<(Vec<String>, Usage), String> {
-        let probe = self.gateway.request(messages.to_vec(), params.clone(), 0);
+        let gateway = self.gateway_for(model)?;
+        let probe = gateway.request(messages.to_vec(), params.clone(), 0);
         let mut h = Sha256::new();
         h.update(task_id.unwrap_or("").as_bytes());
-        h.update(self.gateway.cache_key(&probe).as_bytes());
+        h.update(gateway.cache_key(&probe).as_bytes());
         let key = hex::encode(h.finalize());
         let first = {
             let mut s = self.samples.lock().unwrap();
@@ -344,13 +370,11 @@ impl AgentCalls<'_, '_> {
         let replies: Vec<_> = std::thread::scope(|scope| {
             let others: Vec<_> = (1..n)
                 .map(|i| {
-                    let req = self.gateway.request(messages.to_vec(), params.clone(), first + i);
-                    scope.spawn(move || self.gateway.complete(&req))
+                    let req = gateway.request(messages.to_vec(), params.clone(), first + i);
+                    scope.spawn(move || gateway.complete(&req))
                 })
                 .collect();
-            let own = self
-                .gateway
-                .complete(&self.gateway.request(messages.to_vec(), params, first));
+            let own = gateway.complete(&gateway.request(messages.to_vec(), params, first));
             std::iter::once(own)
                 .chain(others.into_iter().map(|h| h.join().expect("llm thread panicked")))
                 .collect()
@@ -386,7 +410,7 @@ impl AgentCalls<'_, '_> {
                     messages.push(Message::new("user", crate::guard::sampler::reask_feedback(v)));
                 }
             }
-            let (texts, u) = self.complete(task_id, &messages, params.clone(), 1)?;
+            let (texts, u) = self.complete(task_id, call.model.as_deref(), &messages, params.clone(), 1)?;
             usage.merge(&u);
             last_text = texts.into_iter().next().unwrap_or_default();
             Ok(last_text.clone())
@@ -409,7 +433,7 @@ impl AgentCalls<'_, '_> {
 impl LlmHandler for AgentCalls<'_, '_> {
     fn handle(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
         let params = call.params();
-        self.complete(task_id, &call.messages, params, call.n)
+        self.complete(task_id, call.model.as_deref(), &call.messages, params, call.n)
     }
 
     fn handle_call(&self, task_id: Option<&str>, call: &LlmCall) -> Result<(Vec<serde_json::Value>, Usage), CallError> {

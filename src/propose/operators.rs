@@ -27,6 +27,8 @@ pub struct Operator {
     /// The answers it is made for: a calculator helps number tasks only, the choice blocks
     /// tasks with a closed set of answers.
     pub answers: Answers,
+    /// The fewest agent models it needs (a cascade needs a cheap and a strong one).
+    pub models: usize,
     /// What it does, for `--help`-style listings and the architecture doc.
     pub doc: &'static str,
     apply: Apply,
@@ -37,6 +39,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "tune_constant",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: None,
         doc: "change one numeric module constant (sample count, rounds, temperature)",
         apply: tune_constant,
@@ -45,6 +48,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "swap_instruction",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "replace one instruction string constant with another from templates/operators/instructions.txt",
         apply: swap_instruction,
@@ -53,6 +57,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "wrap_vote",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "wrap the agent in a majority vote over N runs",
         apply: wrap_vote,
@@ -61,6 +66,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "wrap_refine",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "add a self-check and correction pass after the agent",
         apply: wrap_refine,
@@ -69,6 +75,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "wrap_verify",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "verify the agent's answer and rerun it when the verifier rejects it",
         apply: wrap_verify,
@@ -77,6 +84,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "wrap_extract",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "keep only one part of the agent's answer (first line, text after 'Answer:', first or last number; templates/operators/extractors.txt)",
         apply: wrap_extract,
@@ -85,6 +93,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "add_stop",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "give every llm() call without one a stop sequence (templates/operators/stops.txt), so replies end where the answer does",
         apply: add_stop,
@@ -93,6 +102,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "use_calculator",
         binary: false,
         answers: Answers::Number,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "let the model write a calculation that metaforge.calc computes; the agent answers when none comes back (templates/operators/tool_prompts.txt)",
         apply: use_calculator,
@@ -101,6 +111,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "wrap_decompose",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "have the model break the question into parts first and pass its notes to the agent (templates/operators/decompose_prompts.txt)",
         apply: wrap_decompose,
@@ -109,6 +120,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "constrain_choice",
         binary: false,
         answers: Answers::Closed,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "the model answers again, held to the task's choices while it decodes (templates/operators/choice_prompts.txt)",
         apply: constrain_choice,
@@ -117,6 +129,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "judge_options",
         binary: false,
         answers: Answers::Closed,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "judge each option on its own, by the model's preference among the options' own words or by a yes/no per option, and answer with the best (templates/operators/judge_modes.txt)",
         apply: judge_options,
@@ -125,6 +138,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "map_choice",
         binary: false,
         answers: Answers::Closed,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "read the agent's free-text reply as the choice it names, or the option nearest to it",
         apply: map_choice,
@@ -133,6 +147,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "vote_labels",
         binary: false,
         answers: Answers::Closed,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "run the agent N times, read each reply as a choice, and answer with the most common",
         apply: vote_labels,
@@ -141,6 +156,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "crossover_constants",
         binary: true,
         answers: Answers::Any,
+        models: 1,
         kind: None,
         doc: "take the values of constants both parents define from the second parent",
         apply: crossover_constants,
@@ -149,6 +165,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "crossover_ensemble",
         binary: true,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Agent),
         doc: "splice both parents into one module and vote between them",
         apply: crossover_ensemble,
@@ -157,6 +174,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "memory_focus",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Memory),
         doc: "keep only the retrieved lines that share the most words with the new observation",
         apply: memory_focus,
@@ -165,6 +183,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "memory_success_only",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Memory),
         doc: "store an episode only when its reward reaches a threshold",
         apply: memory_success_only,
@@ -173,6 +192,7 @@ pub const OPERATORS: &[Operator] = &[
         name: "memory_feedback",
         binary: false,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Memory),
         doc: "also store the environment's reply to steps that raised (or lowered) the reward, retrieved by shared words",
         apply: memory_feedback,
@@ -181,9 +201,19 @@ pub const OPERATORS: &[Operator] = &[
         name: "memory_union",
         binary: true,
         answers: Answers::Any,
+        models: 1,
         kind: Some(CandidateKind::Memory),
         doc: "one memory made of both parents: both are updated, both retrievals are joined",
         apply: memory_union,
+    },
+    Operator {
+        name: "cascade_models",
+        binary: false,
+        answers: Answers::Any,
+        models: 2,
+        kind: Some(CandidateKind::Agent),
+        doc: "run the agent on the cheapest agent model first and again on the strongest when its answer fails a check (templates/operators/cascade_checks.txt)",
+        apply: cascade_models,
     },
 ];
 
@@ -220,7 +250,13 @@ pub fn propose(
     is_known: &dyn Fn(&str) -> bool,
     first: Option<&str>,
 ) -> Result<Proposal, String> {
-    let mut order: Vec<&Operator> = applicable(parent.kind, other.is_some(), templates.answer()).collect();
+    let mut order: Vec<&Operator> = applicable(
+        parent.kind,
+        other.is_some(),
+        templates.answer(),
+        templates.agent_models().len(),
+    )
+    .collect();
     // Shuffle by repeated random picks (keeps the rng stream simple and reproducible).
     let mut shuffled = Vec::with_capacity(order.len());
     if let Some(i) = first.and_then(|f| order.iter().position(|o| o.name == f)) {
@@ -276,10 +312,12 @@ pub fn applicable<'a>(
     kind: CandidateKind,
     has_other: bool,
     answer: &'a crate::domain::AnswerSpec,
+    agent_models: usize,
 ) -> impl Iterator<Item = &'static Operator> + 'a {
     OPERATORS
         .iter()
         .filter(move |o| !o.binary || has_other)
+        .filter(move |o| o.models <= agent_models.max(1))
         .filter(move |o| o.kind.is_none_or(|k| k == kind))
         .filter(move |o| o.answers.fit(answer))
 }
@@ -613,6 +651,31 @@ fn judge_options(
         code,
         format!("{} + judge options ({mode})", display_name(p)),
         format!("judge_options: each option judged on its own ({mode})"),
+    ))
+}
+
+fn cascade_models(
+    rng: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    let models = t.agent_models();
+    let (cheap, strong) = (models.first()?, models.last()?);
+    if cheap == strong || p.code.contains("operator cascade_models") {
+        return None;
+    }
+    let check = t.lines("operators/cascade_checks.txt").choose(rng)?.clone();
+    let (code, _, _) = wrap_with(
+        p,
+        "operators/cascade_models.py.j2",
+        json!({"cheap": python_string(cheap), "strong": python_string(strong), "check": python_string(&check)}),
+        t,
+    )?;
+    Some((
+        code,
+        format!("{} + cascade {cheap}→{strong} ({check})", display_name(p)),
+        format!("cascade_models: {cheap} first, {strong} when the {check} check fails"),
     ))
 }
 
@@ -1107,9 +1170,17 @@ mod tests {
             .collect()
     }
 
+    /// Templates for a run with a cheap and a strong agent model.
+    fn two_model_templates() -> Templates {
+        let models: crate::config::Models =
+            toml::from_str("[agent.strong]\nprice_prompt_per_mtok = 9.0\n[agent.cheap]\nprice_prompt_per_mtok = 1.0\n")
+                .unwrap();
+        Templates::embedded().unwrap().with_agent_models(&models.agent)
+    }
+
     #[test]
     fn every_operator_applies_to_some_seed_and_passes_check() {
-        let t = Templates::embedded().unwrap();
+        let t = two_model_templates();
         let checker = Checker::embedded().unwrap();
         let seeds = seeds();
         for op in OPERATORS {
@@ -1129,6 +1200,57 @@ mod tests {
             }
             assert!(applied > 0, "operator {} never applied", op.name);
         }
+    }
+
+    /// The cascade in real Python, over the real runtime's `llm` and `use_model`, with the
+    /// host's reply stood in for: the strong model is asked only when the cheap answer fails
+    /// the check, and each call goes to the model its block names.
+    #[test]
+    fn the_cascade_asks_the_strong_model_only_when_the_cheap_answer_fails_its_check() {
+        let t = two_model_templates();
+        assert_eq!(
+            t.agent_models(),
+            ["cheap", "strong"],
+            "cheapest first, whatever the file's order"
+        );
+        let direct = seeds()
+            .into_iter()
+            .find(|c| c.name.ends_with("direct_answer.py"))
+            .unwrap();
+        assert!(applicable(CandidateKind::Agent, false, t.answer(), 1).all(|o| o.name != "cascade_models"));
+        let runtime = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime");
+        let mut checks = std::collections::BTreeSet::new();
+        for seed in 0..20 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let (code, name, _) = cascade_models(&mut rng, &direct, None, &t).unwrap();
+            let check = if name.contains("(verify)") { "verify" } else { "format" };
+            if !checks.insert(check) {
+                continue;
+            }
+            // The stand-in host: the cheap model answers `cheap`, says NO when asked to
+            // verify, and the strong one answers 7.
+            let run = |cheap: &str| {
+                let script = format!(
+                    "import sys\nsys.path.insert(0, {runtime:?})\nimport metaforge\ncalls = []\ndef host(messages, **kw):\n    calls.append(kw['model'])\n    if kw['model'] == 'strong':\n        return ['7']\n    return ['NO' if kw.get('choices') else {cheap:?}]\nmetaforge.call_llm = host\n{code}\nprint(forward({{'question': 'What is 3 + 4?'}}), ','.join(calls))\n",
+                    runtime = runtime.display().to_string()
+                );
+                let out = std::process::Command::new("python3")
+                    .arg("-c")
+                    .arg(&script)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8(out.stdout).unwrap().trim().to_string()
+            };
+            match check {
+                "format" => {
+                    assert_eq!(run("no idea"), "7 cheap,strong");
+                    assert_eq!(run("8"), "8 cheap", "an answer that passes is kept");
+                }
+                _ => assert_eq!(run("8"), "7 cheap,cheap,strong", "the cheap model verifies, says NO"),
+            }
+        }
+        assert_eq!(checks.len(), 2, "both checks drawn: {checks:?}");
     }
 
     #[test]

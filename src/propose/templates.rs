@@ -9,6 +9,9 @@ pub struct Templates {
     env: Environment<'static>,
     /// The run's answer format (`answer` in every template); numbers until `with_answer`.
     answer: crate::domain::AnswerSpec,
+    /// The agent models candidates may name, cheapest first (`agent_models` in every
+    /// template); empty until `with_agent_models`.
+    agent_models: Vec<String>,
 }
 
 impl Templates {
@@ -42,7 +45,12 @@ impl Templates {
         }
         let answer = crate::domain::AnswerSpec::number();
         env.add_global("answer", minijinja::Value::from(minijinja::value::Serde(&answer)));
-        Ok(Self { env, answer })
+        env.add_global("agent_models", minijinja::Value::from(Vec::<String>::new()));
+        Ok(Self {
+            env,
+            answer,
+            agent_models: Vec::new(),
+        })
     }
 
     /// The templates for a domain whose answers look like `answer`: seeds, instruction
@@ -56,6 +64,29 @@ impl Templates {
 
     pub fn answer(&self) -> &crate::domain::AnswerSpec {
         &self.answer
+    }
+
+    /// The experiment's agent models, cheapest first by their prices (in the file's order
+    /// where prices tie), for the prompts and the cascade block. A single model is listed as
+    /// none: there is nothing to choose.
+    pub fn with_agent_models(mut self, models: &crate::config::ModelSet) -> Self {
+        let mut priced: Vec<(f64, &str)> = models
+            .iter()
+            .map(|(n, m)| (m.price_prompt_per_mtok + m.price_completion_per_mtok, n))
+            .collect();
+        priced.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.agent_models = if models.len() > 1 {
+            priced.into_iter().map(|(_, n)| n.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        self.env
+            .add_global("agent_models", minijinja::Value::from(self.agent_models.clone()));
+        self
+    }
+
+    pub fn agent_models(&self) -> &[String] {
+        &self.agent_models
     }
 
     /// A seed's source with its `{{ answer.* }}` placeholders filled in. They stand inside

@@ -72,8 +72,8 @@ pub struct LlmCall {
     /// The answers allowed: the reply is exactly one of them.
     #[serde(default)]
     pub choices: Option<Vec<String>>,
-    /// Never honoured: present only so a candidate asking for another model is refused by
-    /// name instead of silently served.
+    /// Which of the experiment's agent models answers (a `[models.agent.<name>]` name);
+    /// None: the first. A name the experiment does not hold is refused, naming those it does.
     #[serde(default)]
     pub model: Option<String>,
     /// The id of a contract in the candidate's `CONTRACTS`; the host enforces it.
@@ -109,9 +109,9 @@ impl LlmCall {
     /// worker is not trusted).
     pub fn validate(&self) -> Result<(), String> {
         if let Some(m) = &self.model {
-            return Err(format!(
-                "model {m:?} requested; the experiment chooses the model, not the candidate"
-            ));
+            if m.is_empty() || m.len() > 64 {
+                return Err(format!("model {m:?} is not a model name (1 to 64 characters)"));
+            }
         }
         if self.n == 0 || self.n > MAX_SAMPLES {
             return Err(format!("n = {} is outside 1..={MAX_SAMPLES}", self.n));

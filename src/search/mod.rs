@@ -86,7 +86,7 @@ pub struct Core {
     val: Vec<Task>,
     test: Vec<Task>,
     meta: Gateways,
-    agent: Gateway,
+    agent: Gateways,
     seeds: Vec<(String, String)>,
     /// Game servers and no-memory plays when the domain is episodic (memory designs).
     episodic: Option<crate::episodic::Episodic>,
@@ -211,7 +211,9 @@ impl Search {
                 }
             }
         }
-        let templates = Templates::embedded()?.with_answer(&domain.answer);
+        let templates = Templates::embedded()?
+            .with_answer(&domain.answer)
+            .with_agent_models(&exp.models.agent);
         let mut seeds = resolve_seeds(&exp.search.seeds, domain.kind, &templates)?;
         if let Some(path) = &exp.search.import_adas {
             seeds.extend(
@@ -232,17 +234,12 @@ impl Search {
             Some(cache.clone()),
             budget.clone(),
         )?;
-        let agent_backend = factory.build(exp.models.agent.primary(), "agent")?;
-        let agent = Gateway::new(
-            Role::Agent,
-            agent_backend,
-            exp.models.agent.primary(),
-            Some(cache),
-            budget,
-        );
-        for (_, g) in meta.iter() {
-            let (tokens, cost) = archive.model_usage(Role::Meta, &g.model_id())?;
-            g.preload_own(tokens, cost);
+        let agent = Gateways::build(Role::Agent, &exp.models.agent, &factory, Some(cache), budget)?;
+        for (role, set) in [(Role::Meta, &meta), (Role::Agent, &agent)] {
+            for (_, g) in set.iter() {
+                let (tokens, cost) = archive.model_usage(role, &g.model_id())?;
+                g.preload_own(tokens, cost);
+            }
         }
         let episodic = match &domain.episodes {
             Some(cfg) => Some(crate::episodic::Episodic::new(cfg)?),
@@ -876,7 +873,8 @@ impl Core {
         };
         tasks_bar.set_message(truncate(label, 50));
         let evaluator = Evaluator {
-            gateway: &self.agent,
+            gateway: self.agent.primary(),
+            models: (self.agent.len() > 1).then_some(&self.agent),
             cfg: &self.exp.evaluation,
             scorer: self.domain.scorer.clone(),
             agent_contract: self.agent_contract.as_ref(),

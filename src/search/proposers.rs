@@ -39,8 +39,13 @@ impl Step<'_> {
         let mut arms: Vec<(String, Arm)> = Vec::new();
         if mix.operators > 0.0 {
             arms.extend(
-                operators::applicable(parent.kind, has_other, self.templates.answer())
-                    .map(|o| (format!("op:{}", o.name), Arm::Operator(Some(o.name)))),
+                operators::applicable(
+                    parent.kind,
+                    has_other,
+                    self.templates.answer(),
+                    self.templates.agent_models().len(),
+                )
+                .map(|o| (format!("op:{}", o.name), Arm::Operator(Some(o.name)))),
             );
         }
         if mix.llm_instruction > 0.0 && parent.kind == CandidateKind::Agent {

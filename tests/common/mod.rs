@@ -91,6 +91,7 @@ pub fn plain_evaluator<'a>(
 ) -> metaforge::evaluate::Evaluator<'a> {
     metaforge::evaluate::Evaluator {
         gateway,
+        models: None,
         cfg,
         scorer,
         agent_contract: None,
