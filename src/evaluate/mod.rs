@@ -467,6 +467,10 @@ impl LlmHandler for AgentCalls<'_, '_> {
         unguarded_reply(result)
     }
 
+    fn check_model(&self, name: &str) -> Result<(), String> {
+        self.gateway_for(Some(name)).map(|_| ())
+    }
+
     fn task_finished(&self) {
         (self.on_task)();
     }

@@ -139,6 +139,7 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
         "metaforge/__init__.py",
         &[
             "from metaforge._rpc import ContractError, LLMError, call_llm",
+            "from metaforge._rpc import current as _current",
             "from metaforge.tools import EXTRACTORS, calc, calc_in, extract",
             "from metaforge.tools import as_choice, option_texts, task_choices, task_text",
         ],
@@ -199,6 +200,7 @@ pub fn export(archive: &Archive, pick: &Pick, out: &Path) -> Result<Vec<Exported
         let text = templates.render(
             "export/agent.py.j2",
             serde_json::json!({ "agent": &agent, "code": candidate.code.trim_end(), "run": exp.name,
+                                "models": exp.models.agent.iter().map(|(n, m)| (n.to_string(), m.model.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                                 "api": api, "tools_api": tools_api, "adas_api": adas_api, "default_base_url": "http://127.0.0.1:8080/v1" }),
         )?;
         let path = out.join(&agent.file);

@@ -125,6 +125,15 @@ pub trait LlmHandler: Sync {
         let _ = (episode, memory);
         Err("this domain has no episodes".into())
     }
+    /// Refuses a call naming an agent model the experiment does not hold (`llm(model=...)`),
+    /// as a request the policy denies; default: only the one model, `default`.
+    fn check_model(&self, name: &str) -> Result<(), String> {
+        if name == crate::config::SINGLE_MODEL {
+            Ok(())
+        } else {
+            Err(format!("model {name:?} is not one of the experiment's agent models"))
+        }
+    }
     /// Called as each task reports (progress bars); default: nothing.
     fn task_finished(&self) {}
     /// A remote executor reran this shard (its worker or node died): forget what the dead
@@ -317,7 +326,10 @@ impl<'a> Conversation<'a> {
     /// A model call, answered on a pool thread.
     fn answer_llm(&self, id: u64, task_id: Option<String>, call: LlmCall) {
         let task_id = self.known(task_id);
-        let reply = match call.validate() {
+        let allowed = call
+            .validate()
+            .and_then(|()| call.model.as_deref().map_or(Ok(()), |m| self.handler.check_model(m)));
+        let reply = match allowed {
             Err(e) => {
                 self.deny(task_id.clone(), format!("llm request: {e}"));
                 Err(CallError::model(format!("request refused by the host: {e}")))

@@ -1,6 +1,6 @@
 # expect: policy_denied
 # what: model
-"""Asks the host's gateway for another (more expensive) model."""
+"""Asks the host's gateway for a (more expensive) model the experiment does not hold."""
 from metaforge import _rpc
 
 
