@@ -5,3 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --with-browser
 cargo test --release --locked
+# The benchmarks are not run here, but they must build: a change to a library type breaks
+# them where no test would notice.
+cargo bench --locked --no-run

@@ -149,3 +149,30 @@ fn an_agent_call_reaches_the_model_it_names() {
         "{error}"
     );
 }
+
+/// Two runs whose named agent models differ are scored by different models: `merge` refuses
+/// them, naming the models, as it does single sections that differ.
+#[test]
+fn archives_whose_named_agent_models_differ_do_not_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |file: &str, label: &str| {
+        let exp = write_experiment(dir.path(), file, 3, ARITH, 0.0, 1);
+        let text = std::fs::read_to_string(&exp).unwrap().replace(
+            "[models.agent]\nbackend = \"scripted\"\nmodel = \"agent\"",
+            &format!("[models.agent.main]\nbackend = \"scripted\"\nmodel = \"{label}\""),
+        );
+        assert!(text.contains("[models.agent.main]"));
+        std::fs::write(&exp, text).unwrap();
+        let db = dir.path().join(file.replace(".toml", ".db"));
+        run_to_end(&exp, &db);
+        db
+    };
+    let a = run("a.toml", "agent");
+    let b = run("b.toml", "other");
+    let out = dir.path().join("merged.db");
+    let err = refused(&metaforge(
+        dir.path(),
+        &["merge", a.to_str().unwrap(), b.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    ));
+    assert!(err.contains("agent model") && err.contains("main:") && err.contains("other"), "{err}");
+}

@@ -70,13 +70,23 @@ fn identity(path: &Path) -> Result<Identity> {
     let val_tasks = stmt
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<BTreeSet<String>>>()?;
-    Ok(Identity {
-        domain: key("domain", None, "name"),
-        agent_model: format!(
+    let show = |v: Option<&toml::Value>| v.map(|x| x.to_string()).unwrap_or_default();
+    // Named agent models (`[models.agent.<name>]`) are compared as the whole set, by name.
+    let agent_model = match config.get("models").and_then(|m| m.get("agent")).and_then(|a| a.as_table()) {
+        Some(t) if !t.is_empty() && t.values().all(|v| v.is_table()) => t
+            .iter()
+            .map(|(name, m)| format!("{name}: {} {}", show(m.get("backend")), show(m.get("model"))))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => format!(
             "{} {}",
             key("models", Some("agent"), "backend"),
             key("models", Some("agent"), "model")
         ),
+    };
+    Ok(Identity {
+        domain: key("domain", None, "name"),
+        agent_model,
         objectives: key("search", None, "objectives"),
         val_tasks,
     })

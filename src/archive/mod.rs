@@ -849,6 +849,16 @@ impl Archive {
         )?)
     }
 
+    /// Tokens and dollars the meta-models spent on proposals, from the `credit` events (a
+    /// run's budget covers them as well as its evaluations).
+    pub fn meta_spend(&self) -> Result<(u64, f64)> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(json_extract(detail, '$.model_tokens')), 0), coalesce(sum(json_extract(detail, '$.model_cost_usd')), 0.0) FROM events WHERE kind = 'credit'",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )?)
+    }
+
     pub fn usage(&self) -> Result<(u64, f64, u64)> {
         Ok(self.conn.query_row(
             "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0), (SELECT count(*) FROM llm_calls) FROM evaluations",

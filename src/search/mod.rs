@@ -224,7 +224,8 @@ impl Search {
         }
         let budget = Arc::new(Budget::new(&exp.budget));
         let (tokens, cost, _) = archive.usage()?;
-        budget.preload(tokens, cost);
+        let (meta_tokens, meta_cost) = archive.meta_spend()?;
+        budget.preload(tokens + meta_tokens, cost + meta_cost);
         let cache = CallCache::open_shared(archive.path())?;
         let factory = BackendFactory::new();
         let meta = Gateways::build(
