@@ -72,7 +72,11 @@ fn identity(path: &Path) -> Result<Identity> {
         .collect::<rusqlite::Result<BTreeSet<String>>>()?;
     let show = |v: Option<&toml::Value>| v.map(|x| x.to_string()).unwrap_or_default();
     // Named agent models (`[models.agent.<name>]`) are compared as the whole set, by name.
-    let agent_model = match config.get("models").and_then(|m| m.get("agent")).and_then(|a| a.as_table()) {
+    let agent_model = match config
+        .get("models")
+        .and_then(|m| m.get("agent"))
+        .and_then(|a| a.as_table())
+    {
         Some(t) if !t.is_empty() && t.values().all(|v| v.is_table()) => t
             .iter()
             .map(|(name, m)| format!("{name}: {} {}", show(m.get("backend")), show(m.get("model"))))

@@ -76,7 +76,7 @@ pub fn arm_of(kind: &str) -> &str {
 }
 
 /// A Beta(a, b) draw for whole a, b ≥ 1: the a-th smallest of a + b − 1 uniforms.
-fn beta(a: u64, b: u64, rng: &mut impl Rng) -> f64 {
+pub(super) fn beta(a: u64, b: u64, rng: &mut impl Rng) -> f64 {
     let mut u: Vec<f64> = (0..a + b - 1).map(|_| rng.random::<f64>()).collect();
     u.sort_by(f64::total_cmp);
     u[(a - 1) as usize]

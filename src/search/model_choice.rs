@@ -13,6 +13,9 @@
 //! its average. The counts come from the `credit` events (`model`, `model_tokens`,
 //! `model_cost_usd`), so a resumed or merged run continues with the same credit, and the
 //! draw uses the step's own generator, so it is a function of (run seed, step, archive).
+//! Before a model has written anything, its expected cost comes from its configured price
+//! (`expected_costs`), so the cheap model is tried first and the dear one when the cheap
+//! one's record says it is worth the price.
 
 use std::collections::BTreeMap;
 
@@ -108,8 +111,20 @@ pub(super) fn choose(
             }
         }
         Bandit::Thompson => {
-            let stats = tally(events, Charge::of(meta));
-            let (pick, values) = bandit::choose(&names, &stats, rng);
+            let charge = Charge::of(meta);
+            let costs = expected_costs(&names, set, events, charge);
+            let stats = tally(events, charge);
+            let values: Vec<f64> = names
+                .iter()
+                .zip(&costs)
+                .map(|(n, cost)| {
+                    let s = stats.get(n).copied().unwrap_or_default();
+                    bandit::beta(1 + s.improved, 1 + s.proposals - s.improved, rng) / (cost + 1.0)
+                })
+                .collect();
+            let pick = (0..names.len())
+                .max_by(|&a, &b| values[a].total_cmp(&values[b]))
+                .unwrap_or(0);
             let draws: serde_json::Map<String, Value> = names
                 .iter()
                 .zip(&values)
@@ -123,6 +138,37 @@ pub(super) fn choose(
     }
 }
 
+/// What one proposal by each model is expected to cost, in the charge's unit: its own mean
+/// so far, or, before it has written any, the tokens an average proposal has taken (a
+/// thousand before any has) at its own price. Why a prior from the price: the config says
+/// what a model costs before it has written anything, and trying the dear one first to
+/// learn what the cheap one would have shown for a twentieth is money spent for nothing.
+fn expected_costs(names: &[String], set: &ModelSet, events: &[(Option<u64>, Value)], charge: Charge) -> Vec<f64> {
+    let tokens = tally(events, Charge::Tokens);
+    let (proposals, spent) = tokens
+        .values()
+        .fold((0u64, 0u64), |(p, t), s| (p + s.proposals, t + s.calls));
+    let mean_tokens = if proposals > 0 {
+        spent as f64 / proposals as f64
+    } else {
+        1000.0
+    };
+    let own = tally(events, charge);
+    names
+        .iter()
+        .map(|n| match own.get(n) {
+            Some(s) if s.proposals > 0 => s.calls as f64 / s.proposals as f64,
+            _ => match charge {
+                // Dollars a million tokens are micro-dollars a token.
+                Charge::MicroUsd => set.get(n).map_or(0.0, |m| {
+                    mean_tokens * (m.price_prompt_per_mtok + m.price_completion_per_mtok) / 2.0
+                }),
+                Charge::Tokens => mean_tokens,
+            },
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +178,28 @@ mod tests {
             Some(1),
             json!({"kind": "rewrite", "model": model, "improved": improved, "gain": if improved { 0.1 } else { 0.0 }, "model_tokens": tokens, "model_cost_usd": cost}),
         )
+    }
+
+    #[test]
+    fn before_any_proposal_the_price_decides_the_expected_cost() {
+        let models: crate::config::Models = toml::from_str(
+            "[meta.dear]\nprice_prompt_per_mtok = 20.0\nprice_completion_per_mtok = 20.0\n[meta.cheap]\nprice_prompt_per_mtok = 1.0\nprice_completion_per_mtok = 1.0\n",
+        )
+        .unwrap();
+        let names = vec!["dear".to_string(), "cheap".to_string()];
+        let none = expected_costs(&names, &models.meta, &[], Charge::MicroUsd);
+        assert_eq!(none, [20_000.0, 1_000.0], "a thousand tokens at each price");
+        // Once the cheap one has written two 500-token proposals, the dear one's prior uses
+        // that mean, and the cheap one its own record.
+        let events = vec![event("cheap", true, 500, 0.0005), event("cheap", false, 500, 0.0005)];
+        assert_eq!(
+            expected_costs(&names, &models.meta, &events, Charge::MicroUsd),
+            [10_000.0, 500.0]
+        );
+        assert_eq!(
+            expected_costs(&names, &models.meta, &events, Charge::Tokens),
+            [500.0, 500.0]
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Two meta-models behind OpenAI-compatible endpoints on 127.0.0.1, for tests and the bench
 //! of the bandit over models. Both are SCRIPTED (the point is the choice between them, not
-//! a model): "good" writes the next rung of a ladder program, which beats its parent; "costly"
-//! costs twenty times as much a token and writes a program that answers 0, which never does.
+//! a model): "good" writes the next rung of a ladder program, which beats its parent;
+//! "useless" writes a program that answers 0, which never does. Their prices are the
+//! caller's: the useless one dearer (does the bandit avoid it?) or cheaper (does it learn
+//! to leave it?).
 //!
-//! The ladder: task n (0 to 23) asks for n; `LEVEL = k` answers the tasks below 4k. The good
+//! The ladder: task n (0 to 23) asks for n; `LEVEL = k` answers the tasks below 2k, so there
+//! are twelve rungs to climb. The good
 //! model's rules key on the highest rung its prompt shows, so its replies are a function of
 //! the prompt alone: a resumed run gets the same ones.
 #![allow(dead_code)]
@@ -14,12 +17,12 @@ use std::path::{Path, PathBuf};
 /// The endpoints; dropped with the test.
 pub struct TwoModels {
     pub good: FaultyEndpoint,
-    pub costly: FaultyEndpoint,
+    pub useless: FaultyEndpoint,
 }
 
 fn ladder(level: u32) -> String {
     format!(
-        "LEVEL = {level}\n\n\ndef forward(task):\n    n = int(task['question'])\n    return str(n) if n < LEVEL * 4 else '0'\n"
+        "LEVEL = {level}\n\n\ndef forward(task):\n    n = int(task['question'])\n    return str(n) if n < LEVEL * 2 else '0'\n"
     )
 }
 
@@ -29,32 +32,58 @@ fn reply(name: &str, code: &str) -> String {
 
 /// Starts both endpoints, with their scripts written under `dir`.
 pub fn start(dir: &Path) -> TwoModels {
-    let rules: Vec<serde_json::Value> = (1..6)
+    let rules: Vec<serde_json::Value> = (1..12)
         .rev()
         .map(|k| serde_json::json!({"contains": format!("LEVEL = {k}"), "reply": reply(&format!("Ladder {}", k + 1), &ladder(k + 1))}))
         .collect();
     let good = dir.join("good.json");
     std::fs::write(
         &good,
-        serde_json::json!({"rules": rules, "default": reply("Ladder 6", &ladder(6))}).to_string(),
+        serde_json::json!({"rules": rules, "default": reply("Ladder 12", &ladder(12))}).to_string(),
     )
     .unwrap();
-    let costly = dir.join("costly.json");
+    let useless = dir.join("useless.json");
     std::fs::write(
-        &costly,
+        &useless,
         serde_json::json!({"rules": [], "default": reply("Zero", "def forward(task):\n    return '0'\n")}).to_string(),
     )
     .unwrap();
     TwoModels {
         good: FaultyEndpoint::start(1, 0.0, &[], vec![("good", FaultyEndpoint::scripted(&good))]),
-        costly: FaultyEndpoint::start(2, 0.0, &[], vec![("costly", FaultyEndpoint::scripted(&costly))]),
+        useless: FaultyEndpoint::start(2, 0.0, &[], vec![("useless", FaultyEndpoint::scripted(&useless))]),
     }
 }
 
+/// What a million tokens cost on each model, in dollars.
+#[derive(Debug, Clone, Copy)]
+pub struct Prices {
+    pub good: f64,
+    pub useless: f64,
+}
+
+/// The useless model at twenty times the good one's price.
+pub const USELESS_DEAR: Prices = Prices {
+    good: 1.0,
+    useless: 20.0,
+};
+/// The useless model at a third of the good one's price.
+pub const USELESS_CHEAP: Prices = Prices {
+    good: 3.0,
+    useless: 1.0,
+};
+
 /// Writes the ladder tasks, the first rung as the seed, and an experiment whose proposals
-/// all come from the meta-models, chosen by `bandit` (`thompson` or `fixed`), with `extra`
-/// lines added to the costly model's section. Returns the experiment's path.
-pub fn experiment(dir: &Path, models: &TwoModels, seed: u64, bandit: &str, steps: u32, extra: &str) -> PathBuf {
+/// all come from the meta-models at `prices`, chosen by `bandit` (`thompson` or `fixed`),
+/// with `extra` lines added to the useless model's section. Returns the experiment's path.
+pub fn experiment(
+    dir: &Path,
+    models: &TwoModels,
+    seed: u64,
+    bandit: &str,
+    steps: u32,
+    prices: Prices,
+    extra: &str,
+) -> PathBuf {
     let tasks: String = (0..24)
         .map(|n| format!("{{\"id\": \"n{n}\", \"question\": \"{n}\", \"answer\": {n}}}\n"))
         .collect();
@@ -78,14 +107,14 @@ test_size = 4
 backend = "openai"
 model = "good"
 base_url = "{good}"
-price_prompt_per_mtok = 1.0
-price_completion_per_mtok = 1.0
-[models.meta.costly]
+price_prompt_per_mtok = {good_price}
+price_completion_per_mtok = {good_price}
+[models.meta.useless]
 backend = "openai"
-model = "costly"
-base_url = "{costly}"
-price_prompt_per_mtok = 20.0
-price_completion_per_mtok = 20.0
+model = "useless"
+base_url = "{useless}"
+price_prompt_per_mtok = {useless_price}
+price_completion_per_mtok = {useless_price}
 {extra}
 [models.agent]
 backend = "scripted"
@@ -108,7 +137,9 @@ tasks_in_flight = 4
 task_timeout_s = 20
 "#,
         good = models.good.url,
-        costly = models.costly.url,
+        good_price = prices.good,
+        useless_price = prices.useless,
+        useless = models.useless.url,
         agent = agent.display(),
     );
     let path = dir.join("exp.toml");
