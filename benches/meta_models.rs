@@ -11,7 +11,6 @@
 //! ratios, mean over seeds.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::two_meta_models::{experiment, model_credit, start, Prices, USELESS_CHEAP, USELESS_DEAR};

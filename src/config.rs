@@ -745,7 +745,7 @@ impl Experiment {
                     m.weight
                 );
             }
-            if m.budget_usd.is_some_and(|b| !(b > 0.0)) || m.budget_tokens == Some(0) {
+            if m.budget_usd.is_some_and(|b| b.is_nan() || b <= 0.0) || m.budget_tokens == Some(0) {
                 bail!(
                     "{role}: budget_usd and budget_tokens must be above 0; fix: remove the key for no cap of its own"
                 );

@@ -51,10 +51,6 @@ impl ModelSet {
         &self.entries[0].1
     }
 
-    pub fn primary_mut(&mut self) -> &mut ModelConfig {
-        &mut self.entries[0].1
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ModelConfig)> {
         self.entries.iter().map(|(n, m)| (n.as_str(), m))
     }

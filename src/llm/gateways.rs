@@ -37,11 +37,6 @@ impl Gateways {
         Ok(Self { entries })
     }
 
-    /// One model's gateway as a set of one (tests, single-model tools).
-    pub fn one(name: &str, gateway: Gateway) -> Self {
-        Self::from_entries(vec![(name.to_string(), gateway)])
-    }
-
     /// Gateways already built, by name, the first the default (tests, tools).
     pub fn from_entries(entries: Vec<(String, Gateway)>) -> Self {
         assert!(!entries.is_empty(), "a role has at least one model");

@@ -1170,6 +1170,17 @@ mod tests {
             .collect()
     }
 
+    /// What `script` prints, run by `python3 -c`, which must succeed.
+    fn python(script: &str) -> String {
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Templates for a run with a cheap and a strong agent model.
     fn two_model_templates() -> Templates {
         let models: crate::config::Models =
@@ -1234,13 +1245,7 @@ mod tests {
                     "import sys\nsys.path.insert(0, {runtime:?})\nimport metaforge\ncalls = []\ndef host(messages, **kw):\n    calls.append(kw['model'])\n    if kw['model'] == 'strong':\n        return ['7']\n    return ['NO' if kw.get('choices') else {cheap:?}]\nmetaforge.call_llm = host\n{code}\nprint(forward({{'question': 'What is 3 + 4?'}}), ','.join(calls))\n",
                     runtime = runtime.display().to_string()
                 );
-                let out = std::process::Command::new("python3")
-                    .arg("-c")
-                    .arg(&script)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                String::from_utf8(out.stdout).unwrap().trim().to_string()
+                python(&script).trim().to_string()
             };
             match check {
                 "format" => {
@@ -1324,13 +1329,7 @@ mod tests {
             let script = format!(
                 "{code}\nimport os, tempfile\nos.chdir(tempfile.mkdtemp())\nm = Memory()\nm.update({{}}, {trajectory}, 0.75)\nprint(m.retrieve({{'observation': 'You see a red cap and a lamp.'}}))"
             );
-            let out = std::process::Command::new("python3")
-                .arg("-c")
-                .arg(&script)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let text = String::from_utf8(out.stdout).unwrap();
+            let text = python(&script);
             let lines: Vec<&str> = text.lines().collect();
             let success = "You put the red cap in the hat rack.";
             let warning = "Wrong before: put red cap in desk";

@@ -427,6 +427,15 @@ fn memory_section(rows: &[LeaderRow]) -> String {
     )
 }
 
+/// The mean gain of `improved` improvements that gained `gain` in all, or "-" for none.
+fn mean_gain(gain: f64, improved: u64) -> String {
+    if improved > 0 {
+        format!("{:+.3}", gain / improved as f64)
+    } else {
+        "-".into()
+    }
+}
+
 /// Operator credit and the bandit's choices over time (empty before any proposal step).
 fn credit_section(s: &Status) -> String {
     if s.credit.is_empty() {
@@ -447,38 +456,25 @@ fn credit_section(s: &Status) -> String {
             r.arm,
             st.proposals,
             st.improved,
-            if st.improved > 0 {
-                format!("{:+.3}", st.gain / st.improved as f64)
-            } else {
-                "-".into()
-            },
+            mean_gain(st.gain, st.improved),
             st.calls,
             1000.0 * st.improved as f64 / st.calls.max(1) as f64
         ));
     }
     let several = s.models.len() > 1 || s.models.iter().any(|m| m.model != crate::config::SINGLE_MODEL);
     if several {
-        out.push_str(
-            "meta-model credit (the model that wrote each proposal; improved as above):
-",
-        );
+        out.push_str("meta-model credit (the model that wrote each proposal; improved as above):\n");
         out.push_str(&format!(
-            "  {:<22} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16}
-",
+            "  {:<22} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16}\n",
             "model", "tries", "improved", "mean gain", "tokens", "USD", "improved / $"
         ));
         for m in &s.models {
             out.push_str(&format!(
-                "  {:<22} {:>6} {:>9} {:>10} {:>10} {:>10.4} {:>16}
-",
+                "  {:<22} {:>6} {:>9} {:>10} {:>10} {:>10.4} {:>16}\n",
                 m.model,
                 m.proposals,
                 m.improved,
-                if m.improved > 0 {
-                    format!("{:+.3}", m.gain / m.improved as f64)
-                } else {
-                    "-".into()
-                },
+                mean_gain(m.gain, m.improved),
                 m.tokens,
                 m.cost_usd,
                 if m.cost_usd > 0.0 {

@@ -486,12 +486,18 @@ impl Step<'_> {
             None => None,
         };
         let meta_calls_before = self.meta.totals().calls;
+        // Both bandits (over proposers, over meta-models) read the credit so far; fixed
+        // weights read none.
+        let credit_events = match mix.bandit {
+            Bandit::Thompson => self.archive.events("credit")?,
+            Bandit::Fixed => Vec::new(),
+        };
         let (arm, draws) = match fixed_kind {
             Some(Some(kind)) => (Arm::Llm(kind), None),
             Some(None) if mix.llm_instruction > 0.0 && rng.random_bool(mix.llm_instruction) => (Arm::Instruction, None),
             Some(None) => (Arm::Operator(None), None),
             None => {
-                let (arm, draws) = self.thompson_arm(&parent, other.is_some(), &mut rng)?;
+                let (arm, draws) = self.thompson_arm(&parent, other.is_some(), &credit_events, &mut rng)?;
                 (arm, Some(draws))
             }
         };
@@ -500,7 +506,7 @@ impl Step<'_> {
                 &self.meta,
                 &self.exp.models.meta,
                 mix.bandit,
-                &self.archive.events("credit")?,
+                &credit_events,
                 &mut rng,
             )),
             Arm::Operator(_) => None,

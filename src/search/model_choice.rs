@@ -112,8 +112,8 @@ pub(super) fn choose(
         }
         Bandit::Thompson => {
             let charge = Charge::of(meta);
-            let costs = expected_costs(&names, set, events, charge);
             let stats = tally(events, charge);
+            let costs = expected_costs(&names, set, &stats, events, charge);
             let values: Vec<f64> = names
                 .iter()
                 .zip(&costs)
@@ -143,8 +143,17 @@ pub(super) fn choose(
 /// thousand before any has) at its own price. Why a prior from the price: the config says
 /// what a model costs before it has written anything, and trying the dear one first to
 /// learn what the cheap one would have shown for a twentieth is money spent for nothing.
-fn expected_costs(names: &[String], set: &ModelSet, events: &[(Option<u64>, Value)], charge: Charge) -> Vec<f64> {
-    let tokens = tally(events, Charge::Tokens);
+fn expected_costs(
+    names: &[String],
+    set: &ModelSet,
+    own: &BTreeMap<String, ArmStats>,
+    events: &[(Option<u64>, Value)],
+    charge: Charge,
+) -> Vec<f64> {
+    let tokens = match charge {
+        Charge::Tokens => own.clone(),
+        Charge::MicroUsd => tally(events, Charge::Tokens),
+    };
     let (proposals, spent) = tokens
         .values()
         .fold((0u64, 0u64), |(p, t), s| (p + s.proposals, t + s.calls));
@@ -153,7 +162,6 @@ fn expected_costs(names: &[String], set: &ModelSet, events: &[(Option<u64>, Valu
     } else {
         1000.0
     };
-    let own = tally(events, charge);
     names
         .iter()
         .map(|n| match own.get(n) {
@@ -187,17 +195,29 @@ mod tests {
         )
         .unwrap();
         let names = vec!["dear".to_string(), "cheap".to_string()];
-        let none = expected_costs(&names, &models.meta, &[], Charge::MicroUsd);
+        let none = expected_costs(&names, &models.meta, &BTreeMap::new(), &[], Charge::MicroUsd);
         assert_eq!(none, [20_000.0, 1_000.0], "a thousand tokens at each price");
         // Once the cheap one has written two 500-token proposals, the dear one's prior uses
         // that mean, and the cheap one its own record.
         let events = vec![event("cheap", true, 500, 0.0005), event("cheap", false, 500, 0.0005)];
         assert_eq!(
-            expected_costs(&names, &models.meta, &events, Charge::MicroUsd),
+            expected_costs(
+                &names,
+                &models.meta,
+                &tally(&events, Charge::MicroUsd),
+                &events,
+                Charge::MicroUsd
+            ),
             [10_000.0, 500.0]
         );
         assert_eq!(
-            expected_costs(&names, &models.meta, &events, Charge::Tokens),
+            expected_costs(
+                &names,
+                &models.meta,
+                &tally(&events, Charge::Tokens),
+                &events,
+                Charge::Tokens
+            ),
             [500.0, 500.0]
         );
     }

@@ -28,11 +28,13 @@ impl Arm {
 
 impl Step<'_> {
     /// The arm a Thompson step tries (`search::bandit`), and every arm's draw: each
-    /// operator that applies to `parent`, and each LLM kind the config gives a weight.
+    /// operator that applies to `parent`, and each LLM kind the config gives a weight, its
+    /// credit summed from the run's `credit` events.
     pub(super) fn thompson_arm(
         &self,
         parent: &Candidate,
         has_other: bool,
+        credit: &[(Option<u64>, serde_json::Value)],
         rng: &mut ChaCha8Rng,
     ) -> Result<(Arm, serde_json::Value)> {
         let mix = &self.exp.proposers;
@@ -63,7 +65,7 @@ impl Step<'_> {
         if arms.is_empty() {
             return Ok((Arm::Operator(None), json!({})));
         }
-        let stats = self.credit_stats()?;
+        let stats = bandit::tally(credit, bandit::Cost::TrialCalls);
         let names: Vec<String> = arms.iter().map(|(n, _)| n.clone()).collect();
         let (pick, values) = bandit::choose(&names, &stats, rng);
         let draws: serde_json::Map<String, serde_json::Value> = names
@@ -72,11 +74,6 @@ impl Step<'_> {
             .map(|(n, v)| (n.clone(), json!((v * 1e4).round() / 1e4)))
             .collect();
         Ok((arms.swap_remove(pick).1, serde_json::Value::Object(draws)))
-    }
-
-    /// Each arm's proposals, improvements and trial calls, from the archive's `credit` events.
-    pub(super) fn credit_stats(&self) -> Result<std::collections::BTreeMap<String, bandit::ArmStats>> {
-        Ok(bandit::tally(&self.archive.events("credit")?, bandit::Cost::TrialCalls))
     }
 
     /// The meta-model rewrites one instruction string of `parent`.
