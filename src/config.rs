@@ -435,6 +435,10 @@ pub struct ProposerMix {
     /// weights above alone (the random-search baseline).
     #[serde(default)]
     pub bandit: Bandit,
+    /// Under `thompson`, try every operator and kind that applies once before any twice,
+    /// those made for the domain's answer format first (`search::bandit`).
+    #[serde(default = "yes")]
+    pub untried_first: bool,
 }
 
 /// How proposal steps choose among proposers.
@@ -465,8 +469,13 @@ impl Default for ProposerMix {
             novelty_threshold: default_novelty(),
             rewrite_options: RewriteOptions::default(),
             bandit: Bandit::default(),
+            untried_first: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,8 +10,15 @@
 //! improvements per call spent on trying. The counts are read from the archive's `credit`
 //! events, one per proposal step, so a resumed or moved run continues with the same credit,
 //! and the choice is a function of (run seed, step, archive) like every other one.
+//!
+//! A first round tries every arm once before any arm twice (`proposers.untried_first`), the
+//! blocks made for the domain's answer format before the general ones. Why: a search makes
+//! about as many proposals as there are arms, and the draw alone lets an arm that failed
+//! cheaply outbid one never tried, so whether the one block that matters is tried at all
+//! was luck. Racing makes failures cheap, so a round costs little; and a block that exists
+//! only for this kind of answer is the likeliest to change what the agent answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 use serde::Serialize;
@@ -82,9 +89,53 @@ pub(super) fn beta(a: u64, b: u64, rng: &mut impl Rng) -> f64 {
     u[(a - 1) as usize]
 }
 
-/// Draws one arm of `arms` by cost-aware Thompson sampling; returns its index and each arm's
-/// drawn value (improvements per relative call), which the step records.
-pub fn choose(arms: &[String], stats: &BTreeMap<String, ArmStats>, rng: &mut impl Rng) -> (usize, Vec<f64>) {
+/// The arms a step has already tried: each step's arm, and the operator it fell back to.
+/// An arm that was drawn but proposed nothing counts as tried, or a round over untried arms
+/// would draw it again every step.
+pub fn tried(events: &[(Option<u64>, serde_json::Value)]) -> BTreeSet<String> {
+    events
+        .iter()
+        .flat_map(|(_, e)| [e["arm"].as_str(), e["kind"].as_str()])
+        .flatten()
+        .map(|a| arm_of(a).to_string())
+        .collect()
+}
+
+/// One arm a step may draw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    pub name: String,
+    /// Made for the domain's kind of answer (a calculator on numbers, a choice block on
+    /// letters and labels), rather than for any task.
+    pub specific: bool,
+}
+
+/// Which arms the draw may pick: in the first round the untried ones, those made for the
+/// answer format first; after it, all.
+fn pool(arms: &[Offer], tried: Option<&BTreeSet<String>>) -> Vec<usize> {
+    let all: Vec<usize> = (0..arms.len()).collect();
+    let Some(tried) = tried else { return all };
+    let untried: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| !tried.contains(&arms[i].name))
+        .collect();
+    let specific: Vec<usize> = untried.iter().copied().filter(|&i| arms[i].specific).collect();
+    [specific, untried, all]
+        .into_iter()
+        .find(|p| !p.is_empty())
+        .unwrap_or_default()
+}
+
+/// Draws one arm of `arms` by cost-aware Thompson sampling, within the first round's pool
+/// when `tried` is given; returns its index and each arm's drawn value (improvements per
+/// relative call), which the step records.
+pub fn choose(
+    arms: &[Offer],
+    stats: &BTreeMap<String, ArmStats>,
+    tried: Option<&BTreeSet<String>>,
+    rng: &mut impl Rng,
+) -> (usize, Vec<f64>) {
     let (props, calls) = stats
         .values()
         .fold((0u64, 0u64), |(p, c), s| (p + s.proposals, c + s.calls));
@@ -92,7 +143,7 @@ pub fn choose(arms: &[String], stats: &BTreeMap<String, ArmStats>, rng: &mut imp
     let values: Vec<f64> = arms
         .iter()
         .map(|arm| {
-            let s = stats.get(arm).copied().unwrap_or_default();
+            let s = stats.get(&arm.name).copied().unwrap_or_default();
             let theta = beta(1 + s.improved, 1 + s.proposals - s.improved, rng);
             let own = if s.proposals > 0 {
                 s.calls as f64 / s.proposals as f64
@@ -102,7 +153,8 @@ pub fn choose(arms: &[String], stats: &BTreeMap<String, ArmStats>, rng: &mut imp
             theta * (mean_calls + 1.0) / (own + 1.0)
         })
         .collect();
-    let best = (0..arms.len())
+    let best = pool(arms, tried)
+        .into_iter()
         .max_by(|&a, &b| values[a].total_cmp(&values[b]))
         .unwrap_or(0);
     (best, values)
@@ -113,8 +165,18 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn arms() -> Vec<String> {
-        vec!["op:a".into(), "op:b".into(), "op:c".into()]
+    fn offers(names: &[&str]) -> Vec<Offer> {
+        names
+            .iter()
+            .map(|n| Offer {
+                name: n.to_string(),
+                specific: false,
+            })
+            .collect()
+    }
+
+    fn arms() -> Vec<Offer> {
+        offers(&["op:a", "op:b", "op:c"])
     }
 
     #[test]
@@ -150,7 +212,7 @@ mod tests {
         let mut picks = [0; 3];
         for seed in 0..200 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            picks[choose(&arms(), &stats, &mut rng).0] += 1;
+            picks[choose(&arms(), &stats, None, &mut rng).0] += 1;
         }
         assert!(picks[0] > 150, "{picks:?}");
         assert!(picks[1] + picks[2] > 0, "the others are still explored: {picks:?}");
@@ -177,11 +239,11 @@ mod tests {
                 gain: 0.3,
             },
         );
-        let two = vec!["op:a".to_string(), "op:b".to_string()];
+        let two = offers(&["op:a", "op:b"]);
         let mut b = 0;
         for seed in 0..200 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            b += usize::from(choose(&two, &stats, &mut rng).0 == 1);
+            b += usize::from(choose(&two, &stats, None, &mut rng).0 == 1);
         }
         assert!(b > 150, "{b}");
     }
@@ -192,11 +254,90 @@ mod tests {
         let mut seen = [false; 3];
         for seed in 0..50 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            seen[choose(&arms(), &stats, &mut rng).0] = true;
+            seen[choose(&arms(), &stats, None, &mut rng).0] = true;
         }
         assert_eq!(seen, [true; 3]);
-        let draw = |seed| choose(&arms(), &stats, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let draw = |seed| choose(&arms(), &stats, None, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
         assert_eq!(draw(7), draw(7));
+    }
+
+    /// The case the first round is for: an arm that failed cheaply outbids one never tried
+    /// under the draw alone, and the round tries the untried one anyway.
+    #[test]
+    fn the_first_round_tries_every_arm_once_before_any_twice() {
+        let mut stats = BTreeMap::new();
+        for arm in ["op:a", "op:b"] {
+            stats.insert(
+                arm.to_string(),
+                ArmStats {
+                    proposals: 1,
+                    improved: 0,
+                    calls: 10,
+                    gain: 0.0,
+                },
+            );
+        }
+        stats.insert(
+            "op:d".to_string(),
+            ArmStats {
+                proposals: 1,
+                improved: 0,
+                calls: 1000,
+                gain: 0.0,
+            },
+        );
+        let four = offers(&["op:a", "op:b", "op:c", "op:d"]);
+        let tried: BTreeSet<String> = ["op:a", "op:b", "op:d"].map(String::from).into();
+        let (mut plain, mut round) = (0, 0);
+        for seed in 0..200 {
+            let rng = || rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            plain += usize::from(choose(&four, &stats, None, &mut rng()).0 == 2);
+            round += usize::from(choose(&four, &stats, Some(&tried), &mut rng()).0 == 2);
+        }
+        assert!(
+            plain < 150,
+            "without the round the cheap failures often outbid it: {plain}"
+        );
+        assert_eq!(round, 200);
+    }
+
+    #[test]
+    fn the_round_tries_blocks_made_for_the_answer_format_first_then_opens_up() {
+        let mut four = offers(&["op:a", "op:b", "op:c", "op:d"]);
+        four[3].specific = true;
+        let mut tried = BTreeSet::new();
+        let mut order = Vec::new();
+        for step in 0..4 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step);
+            let pick = choose(&four, &BTreeMap::new(), Some(&tried), &mut rng).0;
+            order.push(four[pick].name.clone());
+            tried.insert(four[pick].name.clone());
+        }
+        assert_eq!(order[0], "op:d", "{order:?}");
+        let once: BTreeSet<&String> = order.iter().collect();
+        assert_eq!(once.len(), 4, "each arm once: {order:?}");
+        let mut seen = BTreeSet::new();
+        for seed in 0..50 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            seen.insert(choose(&four, &BTreeMap::new(), Some(&tried), &mut rng).0);
+        }
+        assert_eq!(seen.len(), 4, "after the round every arm is drawn again");
+    }
+
+    #[test]
+    fn an_arm_drawn_that_fell_back_counts_as_tried() {
+        let events = vec![
+            (
+                Some(3),
+                serde_json::json!({"arm": "op:a", "kind": "op:b", "improved": false, "calls": 10}),
+            ),
+            (
+                Some(4),
+                serde_json::json!({"arm": "rewrite", "kind": "rewrite:debug1", "improved": false, "calls": 10}),
+            ),
+        ];
+        let want: BTreeSet<String> = ["op:a", "op:b", "rewrite"].map(String::from).into();
+        assert_eq!(tried(&events), want);
     }
 
     #[test]

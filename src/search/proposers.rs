@@ -38,7 +38,8 @@ impl Step<'_> {
         rng: &mut ChaCha8Rng,
     ) -> Result<(Arm, serde_json::Value)> {
         let mix = &self.exp.proposers;
-        let mut arms: Vec<(String, Arm)> = Vec::new();
+        let mut arms: Vec<(bandit::Offer, Arm)> = Vec::new();
+        let offer = |name: String, specific: bool| bandit::Offer { name, specific };
         if mix.operators > 0.0 {
             arms.extend(
                 operators::applicable(
@@ -47,11 +48,16 @@ impl Step<'_> {
                     self.templates.answer(),
                     self.templates.agent_models().len(),
                 )
-                .map(|o| (format!("op:{}", o.name), Arm::Operator(Some(o.name)))),
+                .map(|o| {
+                    (
+                        offer(format!("op:{}", o.name), o.answers != operators::Answers::Any),
+                        Arm::Operator(Some(o.name)),
+                    )
+                }),
             );
         }
         if mix.llm_instruction > 0.0 && parent.kind == CandidateKind::Agent {
-            arms.push(("op:llm_instruction".into(), Arm::Instruction));
+            arms.push((offer("op:llm_instruction".into(), false), Arm::Instruction));
         }
         for (w, kind) in [
             (mix.rewrite, LlmKind::Rewrite),
@@ -59,19 +65,20 @@ impl Step<'_> {
             (mix.crossover, LlmKind::Crossover),
         ] {
             if w > 0.0 && (kind != LlmKind::Crossover || has_other) {
-                arms.push((kind.as_str().to_string(), Arm::Llm(kind)));
+                arms.push((offer(kind.as_str().to_string(), false), Arm::Llm(kind)));
             }
         }
         if arms.is_empty() {
             return Ok((Arm::Operator(None), json!({})));
         }
         let stats = bandit::tally(credit, bandit::Cost::TrialCalls);
-        let names: Vec<String> = arms.iter().map(|(n, _)| n.clone()).collect();
-        let (pick, values) = bandit::choose(&names, &stats, rng);
-        let draws: serde_json::Map<String, serde_json::Value> = names
+        let offers: Vec<bandit::Offer> = arms.iter().map(|(o, _)| o.clone()).collect();
+        let tried = mix.untried_first.then(|| bandit::tried(credit));
+        let (pick, values) = bandit::choose(&offers, &stats, tried.as_ref(), rng);
+        let draws: serde_json::Map<String, serde_json::Value> = offers
             .iter()
             .zip(&values)
-            .map(|(n, v)| (n.clone(), json!((v * 1e4).round() / 1e4)))
+            .map(|(o, v)| (o.name.clone(), json!((v * 1e4).round() / 1e4)))
             .collect();
         Ok((arms.swap_remove(pick).1, serde_json::Value::Object(draws)))
     }
