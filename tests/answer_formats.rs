@@ -82,7 +82,13 @@ fn blocks_are_offered_for_the_answers_they_fit() {
     let arith = names("search-proof.toml");
     let opposites = names("search-proof-opposites.toml");
     let kinds = names("search-proof-kinds.toml");
-    for block in ["constrain_choice", "judge_options", "map_choice", "vote_labels"] {
+    for block in [
+        "constrain_choice",
+        "judge_options",
+        "rank_options",
+        "map_choice",
+        "vote_labels",
+    ] {
         assert!(!arith.contains(&block), "{block} offered on arith");
         assert!(opposites.contains(&block) && kinds.contains(&block), "{block} missing");
     }

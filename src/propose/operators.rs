@@ -131,8 +131,17 @@ pub const OPERATORS: &[Operator] = &[
         answers: Answers::Closed,
         models: 1,
         kind: Some(CandidateKind::Agent),
-        doc: "judge each option on its own, by the model's preference among the options' own words or by a yes/no per option, and answer with the best (templates/operators/judge_modes.txt)",
+        doc: "ask the model yes or no about each option on its own, and answer with the one it accepts",
         apply: judge_options,
+    },
+    Operator {
+        name: "rank_options",
+        binary: false,
+        answers: Answers::Closed,
+        models: 1,
+        kind: Some(CandidateKind::Agent),
+        doc: "answer with the option whose own words the model finds likeliest after the question, rather than its letter",
+        apply: rank_options,
     },
     Operator {
         name: "map_choice",
@@ -639,18 +648,33 @@ fn constrain_choice(
     ))
 }
 
+/// `judge_options` and `rank_options` are two blocks over one template, not one block with a
+/// drawn mode: they fail on different tasks, and as two arms the bandit tries and credits
+/// each.
 fn judge_options(
-    rng: &mut dyn RngCore,
+    _: &mut dyn RngCore,
     p: &Candidate,
     _: Option<&Candidate>,
     t: &Templates,
 ) -> Option<(String, String, String)> {
-    let mode = t.lines("operators/judge_modes.txt").choose(rng)?.clone();
+    option_judge(p, t, "yes_no", "judge options (yes/no)")
+}
+
+fn rank_options(
+    _: &mut dyn RngCore,
+    p: &Candidate,
+    _: Option<&Candidate>,
+    t: &Templates,
+) -> Option<(String, String, String)> {
+    option_judge(p, t, "likelihood", "rank options (likelihood)")
+}
+
+fn option_judge(p: &Candidate, t: &Templates, mode: &str, label: &str) -> Option<(String, String, String)> {
     let (code, _, _) = wrap_with(p, "operators/judge_options.py.j2", json!({"mode": mode}), t)?;
     Some((
         code,
-        format!("{} + judge options ({mode})", display_name(p)),
-        format!("judge_options: each option judged on its own ({mode})"),
+        format!("{} + {label}", display_name(p)),
+        format!("each option judged on its own: {label}"),
     ))
 }
 
