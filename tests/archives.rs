@@ -368,3 +368,38 @@ fn a_merged_archive_resumes_with_steps_in_flight_deterministically() {
     assert_eq!(json["finished"], true, "{json}");
     assert_eq!(common::archive_digest(&merged), common::archive_digest(&copy));
 }
+
+/// Calls brought in with `--cache-from` were paid by the run that sent them: a resumed run
+/// preloads a model's own caps with what it sent itself, not with what it imported.
+#[test]
+fn a_models_own_spend_leaves_out_calls_imported_from_another_run() {
+    use metaforge::archive::Archive;
+    use metaforge::types::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let other = finished_run(dir.path(), "other.toml", 4, ARITH);
+    let db = finished_run(dir.path(), "exp.toml", 3, ARITH);
+    let archive = Archive::open_existing(&db).unwrap();
+    let model: String = archive
+        .connection()
+        .query_row("SELECT model FROM llm_calls WHERE role = 'agent' LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let before = archive.model_usage(Role::Agent, &model).unwrap();
+    assert!(before.0 > 0, "the run sent agent calls: {before:?}");
+    let calls = |a: &Archive| count(a.path(), "SELECT count(*) FROM llm_calls");
+    let held = calls(&archive);
+    let copied = archive.import_call_cache(&other).unwrap();
+    assert!(
+        copied > 0,
+        "the other run's split differs, so some of its calls are new"
+    );
+    assert_eq!(calls(&archive), held + copied as i64);
+    assert_eq!(archive.model_usage(Role::Agent, &model).unwrap(), before);
+    assert_eq!(
+        archive.import_call_cache(&other).unwrap(),
+        0,
+        "a second import adds nothing"
+    );
+    assert_eq!(archive.model_usage(Role::Agent, &model).unwrap(), before);
+}

@@ -228,6 +228,11 @@ debug_rounds = 0
         "{status}"
     );
     assert!(status.contains("Key-value facts (SQLite)"), "{status}");
+    assert!(
+        status.contains("best discovered memory design") || status.contains("no discovered candidate was tested"),
+        "the verdict names what was searched: {status}"
+    );
+    assert!(!status.contains("best discovered agent"), "{status}");
 }
 
 /// The base agent the embedded model plays (`place_choice`) puts an object where a memory text

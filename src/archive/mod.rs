@@ -837,16 +837,25 @@ impl Archive {
         )?)
     }
 
-    /// Model usage over the whole run (all evaluations) and the number of cached calls.
-    /// Tokens and dollars of the calls this archive holds for one model of a role (sent by
-    /// this run, or brought in with `--cache-from`: a cap of the model's own counts both, so
-    /// it errs on the side of stopping early).
+    /// Tokens and dollars this run sent to one model of a role: the calls this archive holds
+    /// for it, less those brought in with `--cache-from` (`cache_import` events), which this
+    /// run replays for nothing. A resumed run preloads the model's own caps with it.
     pub fn model_usage(&self, role: crate::types::Role, model_id: &str) -> Result<(u64, f64)> {
-        Ok(self.conn.query_row(
+        let (tokens, cost): (i64, f64) = self.conn.query_row(
             "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0) FROM llm_calls WHERE role = ?1 AND model = ?2",
             params![role.as_str(), model_id],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-        )?)
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (imported_tokens, imported_cost): (i64, f64) = self.conn.query_row(
+            "SELECT coalesce(sum(json_extract(detail, '$.tokens')), 0), coalesce(sum(json_extract(detail, '$.cost_usd')), 0.0)
+             FROM events WHERE kind = 'cache_import' AND json_extract(detail, '$.role') = ?1 AND json_extract(detail, '$.model') = ?2",
+            params![role.as_str(), model_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((
+            (tokens - imported_tokens).max(0) as u64,
+            (cost - imported_cost).max(0.0),
+        ))
     }
 
     /// Tokens and dollars the meta-models spent on proposals, from the `credit` events (a
@@ -859,6 +868,7 @@ impl Archive {
         )?)
     }
 
+    /// Model usage over the whole run (all evaluations) and the number of cached calls.
     pub fn usage(&self) -> Result<(u64, f64, u64)> {
         Ok(self.conn.query_row(
             "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0), (SELECT count(*) FROM llm_calls) FROM evaluations",
@@ -874,20 +884,40 @@ impl Archive {
         self.conn
             .execute("ATTACH DATABASE ?1 AS cache_source", [from.to_string_lossy()])
             .with_context(|| format!("cannot open {}", from.display()))?;
-        let copied = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO main.llm_calls SELECT * FROM cache_source.llm_calls",
-                [],
+        let copied = self.copy_calls_from_attached().with_context(|| {
+            format!(
+                "{} is not a metaforge archive; fix: give the .db of an earlier run",
+                from.display()
             )
-            .with_context(|| {
-                format!(
-                    "{} is not a metaforge archive; fix: give the .db of an earlier run",
-                    from.display()
-                )
-            });
+        });
         self.conn.execute("DETACH DATABASE cache_source", [])?;
-        Ok(copied? as u64)
+        copied
+    }
+
+    /// The calls of `cache_source` this archive lacks, copied in one transaction with a
+    /// `cache_import` event per model saying what they cost when first sent, so that a
+    /// model's own caps count only what this run sends (`model_usage`).
+    fn copy_calls_from_attached(&self) -> Result<u64> {
+        let tx = self.conn.unchecked_transaction()?;
+        let groups: Vec<(String, String, i64, f64)> = tx
+            .prepare(
+                "SELECT role, model, sum(prompt_tokens + completion_tokens), sum(cost_usd) FROM cache_source.llm_calls
+                 WHERE key NOT IN (SELECT key FROM main.llm_calls) GROUP BY role, model ORDER BY role, model",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let copied = tx.execute(
+            "INSERT OR IGNORE INTO main.llm_calls SELECT * FROM cache_source.llm_calls",
+            [],
+        )?;
+        for (role, model, tokens, cost) in groups {
+            tx.execute(
+                "INSERT INTO events(step, kind, detail, created_at) VALUES (NULL, 'cache_import', ?1, datetime('now'))",
+                [serde_json::json!({"role": role, "model": model, "tokens": tokens, "cost_usd": cost}).to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(copied as u64)
     }
 
     /// The lineage DAG, each node with its validation score when evaluated without a breach.

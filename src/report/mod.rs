@@ -137,6 +137,7 @@ pub fn status(archive: &Archive) -> Result<Status> {
     let leaderboard = archive.leaderboard()?;
     let (tokens, cost_usd, cached_calls) = archive.usage()?;
     let test_comparison = test_comparison(archive, &leaderboard)?;
+    let subject = Subject::of(&exp.domain);
     let events = archive.events("credit")?;
     let credit = tally(&events, Cost::AllCalls);
     let choices = events
@@ -155,7 +156,7 @@ pub fn status(archive: &Archive) -> Result<Status> {
         finished: archive.is_finished()?,
         next_step: archive.next_step()?,
         interrupted_by: interrupted_by(archive)?,
-        verdict: verdict(&leaderboard, test_comparison.as_ref()),
+        verdict: verdict(&leaderboard, test_comparison.as_ref(), subject),
         test_comparison,
         credit: credit
             .into_iter()
@@ -204,9 +205,42 @@ pub fn test_comparison(archive: &Archive, rows: &[LeaderRow]) -> Result<Option<T
     }))
 }
 
+/// What a run searches over, for the verdict's words: a memory design is scored on episodes,
+/// and calling it an agent would send a reader looking for the wrong program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Agent,
+    MemoryDesign,
+}
+
+impl Subject {
+    fn of(domain: &crate::config::DomainConfig) -> Self {
+        if domain.name == crate::config::EPISODIC_DOMAIN && domain.path.is_none() {
+            Subject::MemoryDesign
+        } else {
+            Subject::Agent
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Subject::Agent => "agent",
+            Subject::MemoryDesign => "memory design",
+        }
+    }
+
+    fn items(self) -> &'static str {
+        match self {
+            Subject::Agent => "tasks",
+            Subject::MemoryDesign => "scored episodes",
+        }
+    }
+}
+
 /// Did a discovered agent beat the best seed on held-out test? Said plainly: the paired
 /// difference on the same tasks with its interval and McNemar's exact p-value.
-fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>) -> String {
+fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>, subject: Subject) -> String {
+    let (noun, items) = (subject.noun(), subject.items());
     if let Some(c) = comparison {
         let p = &c.paired;
         let relation = match p.verdict(0.05) {
@@ -216,14 +250,14 @@ fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>) -> String {
                 "no significant difference{}",
                 c.detectable_gain
                     .map(|g| format!(
-                        " (these {} tasks detect a gain of about {g:.3} or more with 80% power)",
+                        " (these {} {items} detect a gain of about {g:.3} or more with 80% power)",
                         p.n
                     ))
                     .unwrap_or_default()
             ),
         };
         return format!(
-            "held-out test, paired on {} tasks: best discovered agent {:?} {:.3} vs best seed {:?} {:.3}: difference {:+.3} [95% CI {:+.3}, {:+.3}], {} better, {} worse, McNemar p = {}: {relation}",
+            "held-out test, paired on {} {items}: best discovered {noun} {:?} {:.3} vs best seed {:?} {:.3}: difference {:+.3} [95% CI {:+.3}, {:+.3}], {} better, {} worse, McNemar p = {}: {relation}",
             p.n,
             c.discovered,
             c.discovered_mean,
@@ -250,7 +284,7 @@ fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>) -> String {
                 "does NOT beat it"
             };
             format!(
-                "held-out test: best discovered agent {:?} {:.3} [{:.3}, {:.3}] vs best seed {:?} {:.3} [{:.3}, {:.3}]: {relation}",
+                "held-out test: best discovered {noun} {:?} {:.3} [{:.3}, {:.3}] vs best seed {:?} {:.3} [{:.3}, {:.3}]: {relation}",
                 d.name, dt.mean, dt.ci_lo, dt.ci_hi, s.name, st.mean, st.ci_lo, st.ci_hi
             )
         }

@@ -261,6 +261,10 @@ const EXIT_POLL: Duration = Duration::from_millis(100);
 /// Denials kept per worker: enough to name the attack, bounded against a flood.
 const MAX_DENIALS: usize = 32;
 
+/// One read from the worker's pipe. Kept unboxed although a message is far larger than the
+/// other variants: each event is built once and matched at once, never stored, so a box
+/// would be one allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Message(WorkerMessage),
     Malformed,
