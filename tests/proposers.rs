@@ -256,8 +256,8 @@ fn near_duplicates_are_refused_before_evaluation() {
     assert!(out.contains("novel"), "{out}");
 }
 
-/// SCRIPTED replies: with `llm_instruction = 1.0` every operator proposal asks the meta-model
-/// to rewrite one instruction string; a usable line replaces it and nothing else, an
+/// SCRIPTED replies: with `llm_instruction = 1.0` and fixed weights every operator proposal
+/// asks the meta-model to rewrite one instruction string; a usable line replaces it and nothing else, an
 /// unusable reply is a stored `parse_error`.
 #[test]
 fn the_meta_model_rewrites_one_instruction_string() {
@@ -268,7 +268,13 @@ fn the_meta_model_rewrites_one_instruction_string() {
     ];
     let script = dir.path().join("meta.json");
     std::fs::write(&script, serde_json::to_string(&replies).unwrap()).unwrap();
-    let exp = experiment(dir.path(), &script, "operators = 1.0\nllm_instruction = 1.0", "", 2);
+    let exp = experiment(
+        dir.path(),
+        &script,
+        "operators = 1.0\nllm_instruction = 1.0\nbandit = \"fixed\"",
+        "",
+        2,
+    );
     let db = dir.path().join("run.db");
     run(&exp, &db);
     let props = rows(

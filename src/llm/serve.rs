@@ -108,6 +108,11 @@ async fn answer(
             200,
             json!({"object": "list", "data": [{"id": backend.model_id(), "object": "model"}]}),
         ),
+        (&Method::POST, "/v1/chat/completions") if declared_length(&request).is_some_and(|n| n > MAX_BODY_BYTES) => {
+            // Refused before a byte of the body is read: the client learns why even when it
+            // is still sending, rather than meeting a closed connection mid-body.
+            (413, over_the_limit())
+        }
         (&Method::POST, "/v1/chat/completions") => {
             match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
                 Ok(bytes) => {
@@ -121,10 +126,7 @@ async fn answer(
                             )
                         })
                 }
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => (
-                    413,
-                    json!({"error": {"message": format!("request body over the limit of {MAX_BODY_BYTES} bytes")}}),
-                ),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => (413, over_the_limit()),
                 Err(e) => (
                     400,
                     json!({"error": {"message": format!("cannot read the request body: {e}")}}),
@@ -139,6 +141,21 @@ async fn answer(
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("a status and a static header");
     Ok(response)
+}
+
+/// The body length a request's `Content-Length` declares, if it declares one.
+fn declared_length(request: &Request<Incoming>) -> Option<usize> {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn over_the_limit() -> serde_json::Value {
+    json!({"error": {"message": format!("request body over the limit of {MAX_BODY_BYTES} bytes")}})
 }
 
 fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Value) {
