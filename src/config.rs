@@ -421,8 +421,9 @@ pub struct ProposerMix {
     /// of the parent instead of a structural mutation (0 = LLM-free operators only).
     #[serde(default)]
     pub llm_instruction: f64,
-    /// Proposals whose estimated similarity (MinHash over token 3-grams, 64 slots) to an
-    /// archived program reaches this are rejected as near-duplicates before evaluation.
+    /// Proposals whose similarity to an archived program (Jaccard over token 3-grams: MinHash
+    /// with 64 slots shortlists, the exact sets decide) reaches this are rejected as
+    /// near-duplicates before evaluation.
     /// 1.0 (default) rejects only programs with the same 3-gram set (reordered or repeated
     /// lines); 0.9 also rejects one-constant tweaks of short programs; above 1.0 disables it.
     #[serde(default = "default_novelty")]

@@ -13,7 +13,9 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tree_sitter::{Node, Parser, Tree};
 
-pub use normalize::{normalized_source, signature_of, signatures, structure_fingerprint, Signature};
+pub use normalize::{
+    exact_similarity, normalized_of, normalized_source, signature_of, signatures, structure_fingerprint, Signature,
+};
 pub use rules::{Rule, RuleSet};
 
 use crate::candidate::CandidateKind;

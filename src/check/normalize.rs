@@ -88,6 +88,24 @@ impl Signature {
     }
 }
 
+/// Exact Jaccard similarity of two normalised programs' token 3-gram sets. The MinHash
+/// estimate only shortlists: programs that differ in a few 3-grams out of hundreds (one mode
+/// string in a long wrapped program) often agree on every slot, and "the same 3-gram set"
+/// must mean the same set.
+pub fn exact_similarity(a: &str, b: &str) -> f64 {
+    let grams = |s: &str| -> std::collections::HashSet<Vec<String>> {
+        let tokens: Vec<String> = s.split_whitespace().map(String::from).collect();
+        let width = 3.min(tokens.len()).max(1);
+        tokens.windows(width).map(|w| w.to_vec()).collect()
+    };
+    let (a, b) = (grams(a), grams(b));
+    let union = a.union(&b).count();
+    if union == 0 {
+        return 1.0;
+    }
+    a.intersection(&b).count() as f64 / union as f64
+}
+
 /// The splitmix64 finaliser: one cheap, well-mixed permutation per MinHash slot.
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -106,8 +124,13 @@ pub fn signatures(sources: &[&str]) -> Vec<Signature> {
 
 /// The signature of one program's source (parsed, then normalised).
 pub fn signature_of(source: &str) -> Signature {
+    Signature::of(&normalized_of(source))
+}
+
+/// One program's source, parsed and normalised.
+pub fn normalized_of(source: &str) -> String {
     let tree = super::parse_python(source);
-    Signature::of(&normalized_source(tree.root_node(), source))
+    normalized_source(tree.root_node(), source)
 }
 
 #[cfg(test)]

@@ -1237,6 +1237,26 @@ mod tests {
         }
     }
 
+    /// `judge_options` and `rank_options` on one parent differ in a single mode string of a
+    /// long program. The MinHash estimate alone calls their 3-gram sets the same (it did in a
+    /// search, and threw the block that won away as a near-duplicate); the exact check does not.
+    #[test]
+    fn the_two_option_blocks_on_one_parent_are_not_the_same_program() {
+        use crate::check::{exact_similarity, normalized_of, signature_of};
+        let t = Templates::embedded().unwrap();
+        let seeds = seeds();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut estimated_same = 0;
+        for parent in seeds.iter().filter(|s| s.kind == CandidateKind::Agent) {
+            let (judge, _, _) = judge_options(&mut rng, parent, None, &t).unwrap();
+            let (rank, _, _) = rank_options(&mut rng, parent, None, &t).unwrap();
+            let exact = exact_similarity(&normalized_of(&judge), &normalized_of(&rank));
+            assert!(exact < 1.0 && exact > 0.9, "{}: {exact}", parent.name);
+            estimated_same += usize::from(signature_of(&judge).similarity(&signature_of(&rank)) == 1.0);
+        }
+        assert!(estimated_same > 0, "the estimate alone would have kept them apart everywhere");
+    }
+
     /// The cascade in real Python, over the real runtime's `llm` and `use_model`, with the
     /// host's reply stood in for: the strong model is asked only when the cheap answer fails
     /// the check, and each call goes to the model its block names.

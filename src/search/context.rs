@@ -47,14 +47,27 @@ impl Step<'_> {
                 .map(|((id, step), sig)| (id, (step, sig))),
         );
         let visible = |step: u64| self.visible_upto.is_none_or(|upto| (step as i64) <= upto);
-        Ok(known
+        let shortlist: Vec<String> = known
             .iter()
             .filter(|(_, (step, _))| visible(*step))
-            .map(|(id, (_, sig))| (mine.similarity(sig), id))
-            .filter(|(sim, _)| *sim >= threshold)
+            .filter(|(_, (_, sig))| mine.similarity(sig) >= threshold)
+            .map(|(id, _)| id.clone())
+            .collect();
+        drop(guard);
+        // The estimate shortlists; the exact similarity of the 3-gram sets decides.
+        let mut best: Option<(f64, String)> = None;
+        for id in shortlist {
+            let code = self.archive.candidate(&id)?.map(|c| c.code).unwrap_or_default();
+            let sim = crate::check::exact_similarity(normalized, &crate::check::normalized_of(&code));
             // Ties go to the smallest id, whatever the map's order.
-            .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
-            .map(|(sim, id)| (sim, id.clone())))
+            let better = best
+                .as_ref()
+                .is_none_or(|(b, bid)| sim > *b || (sim == *b && id < *bid));
+            if sim >= threshold && better {
+                best = Some((sim, id));
+            }
+        }
+        Ok(best)
     }
 }
 
