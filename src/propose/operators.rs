@@ -1254,7 +1254,10 @@ mod tests {
             assert!(exact < 1.0 && exact > 0.9, "{}: {exact}", parent.name);
             estimated_same += usize::from(signature_of(&judge).similarity(&signature_of(&rank)) == 1.0);
         }
-        assert!(estimated_same > 0, "the estimate alone would have kept them apart everywhere");
+        assert!(
+            estimated_same > 0,
+            "the estimate alone would have kept them apart everywhere"
+        );
     }
 
     /// The cascade in real Python, over the real runtime's `llm` and `use_model`, with the
