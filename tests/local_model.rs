@@ -11,6 +11,7 @@ fn bin() -> &'static str {
 
 #[test]
 fn eval_with_the_embedded_model_then_replay_from_the_cache() {
+    let _one = common::one_model_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let agent = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("archive/agents/direct_answer.py");
     let db = dir.path().join("cache.db");
@@ -60,6 +61,7 @@ fn eval_with_the_embedded_model_then_replay_from_the_cache() {
 /// order of its attention sums, does not depend on what else shares the decode step.
 #[test]
 fn prefix_reuse_and_batching_give_the_same_answers() {
+    let _one = common::one_model_at_a_time();
     use metaforge::llm::{CallParams, Message};
     use std::sync::Arc;
     let answers = |reuse: bool, batching: &str| -> Vec<String> {
@@ -92,6 +94,7 @@ fn prefix_reuse_and_batching_give_the_same_answers() {
 /// CPU kernels run that type faster), made once in the cache beside the shipped file.
 #[test]
 fn the_default_model_runs_requantized_to_q8_0() {
+    let _one = common::one_model_at_a_time();
     let path = metaforge::llm::resolve_local_model("smollm2-135m").unwrap();
     assert_eq!(path.file_name().unwrap(), "SmolLM2-135M-Instruct.Q8_0.gguf");
     let made = std::fs::read(&path).unwrap();
@@ -110,6 +113,7 @@ fn the_default_model_runs_requantized_to_q8_0() {
 /// Choices with spaces and quotes are read and decoded whole.
 #[test]
 fn choices_hold_the_embedded_model_to_one_of_them() {
+    let _one = common::one_model_at_a_time();
     use metaforge::llm::{CallParams, Message};
     let gateway = common::gateway_from(
         "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 4\nmax_concurrency = 4\ntemperature = 0.0",

@@ -114,6 +114,7 @@ fn events(db: &Path, kind: &str) -> Vec<serde_json::Value> {
 /// nothing had happened.
 #[test]
 fn a_crashing_model_process_is_restarted_once_then_stops_the_run_with_its_cause() {
+    let _one = common::one_model_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path());
     let reference = dir.path().join("reference.db");
@@ -202,6 +203,7 @@ fn a_crashing_model_process_is_restarted_once_then_stops_the_run_with_its_cause(
 /// the embedded model can run here (1 when it cannot), whatever the sandbox layers say.
 #[test]
 fn doctor_checks_the_model_for_real_and_its_exit_code_says_so() {
+    let _one = common::one_model_at_a_time();
     let out = Command::new(bin())
         .args(["doctor", "--json"])
         .env_remove("METAFORGE_MODEL_FAULT")
@@ -232,6 +234,7 @@ fn doctor_checks_the_model_for_real_and_its_exit_code_says_so() {
 /// tests meets; which binary ran is what `doctor` reports.
 #[test]
 fn the_model_process_runs_from_a_variant_build_beside_metaforge() {
+    let _one = common::one_model_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let main = dir.path().join("metaforge");
     std::fs::copy(bin(), &main).unwrap();

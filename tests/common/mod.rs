@@ -204,7 +204,15 @@ pub fn run_to_end(exp: &Path, db: &Path) -> String {
 }
 
 /// `metaforge serve` running the embedded model on a free port; killed when dropped.
-pub struct Server(Child);
+/// One embedded model decoding at a time in a test binary. Each takes every core, and two
+/// or more on a small CI machine spin against each other until a deadline passes.
+pub fn one_model_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A `metaforge serve` child, killed on drop; it holds the binary's one model while it lives.
+pub struct Server(Child, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -213,6 +221,7 @@ impl Drop for Server {
 }
 
 pub fn start_server(max_tokens: u32) -> (Server, String) {
+    let one = one_model_at_a_time();
     let mut child = Command::new(env!("CARGO_BIN_EXE_metaforge"))
         .args([
             "serve",
@@ -234,7 +243,7 @@ pub fn start_server(max_tokens: u32) -> (Server, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (Server(child), url)
+    (Server(child, one), url)
 }
 
 /// The Python that `scripts/setup.sh` made with the `openai` package (for exported agents).
