@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{BadInput, Fold, IsolationMode, Objective, ParentSelection, DEFAULT_OBJECTIVES};
 
+mod model_sections;
 mod models;
 pub use models::*;
 

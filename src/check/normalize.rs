@@ -93,11 +93,11 @@ impl Signature {
 /// string in a long wrapped program) often agree on every slot, and "the same 3-gram set"
 /// must mean the same set.
 pub fn exact_similarity(a: &str, b: &str) -> f64 {
-    let grams = |s: &str| -> std::collections::HashSet<Vec<String>> {
-        let tokens: Vec<String> = s.split_whitespace().map(String::from).collect();
+    fn grams(s: &str) -> std::collections::HashSet<Vec<&str>> {
+        let tokens: Vec<&str> = s.split_whitespace().collect();
         let width = 3.min(tokens.len()).max(1);
-        tokens.windows(width).map(|w| w.to_vec()).collect()
-    };
+        tokens.windows(width).map(<[&str]>::to_vec).collect()
+    }
     let (a, b) = (grams(a), grams(b));
     let union = a.union(&b).count();
     if union == 0 {

@@ -91,39 +91,16 @@ impl ModelSet {
     }
 }
 
-/// Named sections when every key of the table is a table of its own, else one section. A
-/// table that mixes both is refused with the fix, rather than read as one section with
-/// unknown keys.
+/// One section when its first key is a model setting, else named sections. Read as the
+/// document streams (`model_sections`), so an error points at the key or value at fault
+/// rather than at the section's header.
 impl<'de> Deserialize<'de> for ModelSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let table = toml::Table::deserialize(d)?;
-        let sections: Vec<&String> = table.iter().filter(|(_, v)| v.is_table()).map(|(k, _)| k).collect();
-        if sections.is_empty() {
-            let cfg = ModelConfig::deserialize(toml::Value::Table(table)).map_err(|e| D::Error::custom(e.message()))?;
-            return Ok(Self::single(cfg));
-        }
-        if sections.len() < table.len() {
-            let settings: Vec<&String> = table.keys().filter(|k| !sections.contains(k)).collect();
-            return Err(D::Error::custom(format!(
-                "this role mixes settings ({}) with named model sections ({}); fix: move every setting into a named section, e.g. [models.meta.{}], or drop the named sections",
-                join(&settings),
-                join(&sections),
-                sections[0]
-            )));
-        }
-        let mut entries = Vec::with_capacity(table.len());
-        for (name, value) in table {
-            if !is_model_name(&name) {
-                return Err(D::Error::custom(format!(
-                    "model name {name:?} is not a plain name; fix: use letters, digits, '_' and '-' only"
-                )));
-            }
-            let cfg = ModelConfig::deserialize(value)
-                .map_err(|e| D::Error::custom(format!("model {name:?}: {}", e.message())))?;
-            entries.push((name, cfg));
-        }
-        Ok(Self { entries, named: true })
+        let (entries, named) = super::model_sections::read(d)?;
+        Ok(match named {
+            false => Self::single(entries.into_iter().next().map(|(_, m)| m).unwrap_or_default()),
+            true => Self { entries, named },
+        })
     }
 }
 
@@ -139,14 +116,6 @@ impl Serialize for ModelSet {
         }
         map.end()
     }
-}
-
-fn join(keys: &[&String]) -> String {
-    keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-fn is_model_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// The embedded model a config gets when it names none (fetched on first use).
@@ -351,13 +320,47 @@ mod tests {
     }
 
     #[test]
-    fn mixing_settings_with_named_sections_or_a_bad_key_is_refused_with_the_fix() {
+    fn mixing_settings_with_named_sections_or_a_bad_key_is_refused_at_the_key_with_the_fix() {
         let err = models("[meta]\nmodel = \"m\"\n[meta.cheap]\nmodel = \"c\"\n").unwrap_err();
         assert!(
-            err.contains("mixes settings (model) with named model sections (cheap)") && err.contains("fix:"),
+            err.contains("line 3") && err.contains("`cheap` is not a model setting") && err.contains("named section"),
+            "{err}"
+        );
+        let err = models("[meta.cheap]\nmodel = \"c\"\n[meta.strong]\n[meta]\nmodel = \"m\"\n").unwrap_err();
+        assert!(
+            err.contains("line 5") && err.contains("`model` follows named model sections (cheap, strong)"),
             "{err}"
         );
         let err = models("[meta.cheap]\nmodle = \"c\"\n").unwrap_err();
-        assert!(err.contains("model \"cheap\"") && err.contains("modle"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("`modle` is not a model setting"),
+            "{err}"
+        );
+        assert!(!err.contains("names a model"), "inside a named section: {err}");
+        let err = models("[agent]\nmax_tokens = \"lots\"\n").unwrap_err();
+        assert!(
+            err.contains("line 2, column 14") && err.contains("expected u32"),
+            "{err}"
+        );
+        let err = models("[agent]\nmax_tokenz = 5\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("expected a model section [models.<role>.max_tokenz]"),
+            "{err}"
+        );
+        let err = models("[agent.\"my model\"]\nmodel = \"c\"\n").unwrap_err();
+        assert!(
+            err.contains("line 1") && err.contains("nor a plain model name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_settings_read_from_the_struct_are_its_fields() {
+        for text in ["[meta]\nmodel = \"m\"\nbogus = 1\n", "[meta]\nbogus = 1\n"] {
+            let err = models(text).unwrap_err();
+            for key in ["backend", "max_tokens", "budget_tokens", "hang_timeout_s"] {
+                assert!(err.contains(key), "{key} missing from {err}");
+            }
+        }
     }
 }
