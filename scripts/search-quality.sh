@@ -1,57 +1,65 @@
 #!/usr/bin/env bash
-# Search quality: runs an experiment under K search seeds in three configurations with the
+# Search quality: runs experiments under K search seeds in several configurations with the
 # same step plan and token budget, and prints each one's mean held-out gain of the best
 # discovered agent over the best seed, with a 95% interval over the seeds; then each
-# configuration's difference from random search, with its interval and a permutation p-value.
+# configuration's difference from random search, with its interval and a permutation p-value,
+# per experiment and, given several, pooled over them (scripts/search_quality.py says how).
 #
-#   scripts/search-quality.sh EXP.toml K [CONFIG...]
+#   scripts/search-quality.sh EXP.toml [EXP.toml...] K [CONFIG...]
 #
-# Configurations (all by default):
+# Configurations (all but the racing rules by default):
 #   default  the experiment as written (Thompson credit over proposers, its parent selection)
 #   random   the random-search baseline: uniform parent selection, fixed proposer weights
 #   adas     ADAS-style: the meta-model rewrites whole programs with the archive in its prompt
 #   race-ahead, race-first-tie, race-sequential
 #            the experiment under that racing rule (`evaluation.race_rule`)
 #
-# Archives go to runs/search-quality/; a rerun reuses finished ones (delete them to redo).
-# Several experiments' table, with the difference from random search pooled over them:
-#   python3 scripts/search_quality.py target/release/metaforge runs/search-quality K default,random NAME...
+# Archives go to runs/search-quality/; a rerun reuses finished ones (delete them to redo), so
+# the table of experiments run apart is printed by naming them all again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 2 ]; then
-  echo "usage: scripts/search-quality.sh EXP.toml K [default|random|adas|race-ahead|race-first-tie|race-sequential ...]" >&2
+usage="usage: scripts/search-quality.sh EXP.toml [EXP.toml...] K [default|random|adas|race-ahead|race-first-tie|race-sequential ...]"
+exps=()
+while [ $# -gt 0 ] && [[ "$1" == *.toml ]]; do exps+=("$1"); shift; done
+if [ ${#exps[@]} -eq 0 ] || [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]]; then
+  echo "$usage" >&2
   exit 2
 fi
-exp="$1"; k="$2"; shift 2
+k="$1"; shift
 configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=(default random adas)
-[ -f "$exp" ] || { echo "search-quality: no experiment file $exp" >&2; exit 2; }
+for exp in "${exps[@]}"; do
+  [ -f "$exp" ] || { echo "search-quality: no experiment file $exp" >&2; exit 2; }
+done
 cargo build --release --locked --quiet
 bin=target/release/metaforge
 out=runs/search-quality; mkdir -p "$out"
-name="$(basename "$exp" .toml)"
-dir="$(dirname "$exp")"
 start=$SECONDS
-
-for cfg in "${configs[@]}"; do
-  for seed in $(seq 1 "$k"); do
-    db="$out/$name-$cfg-$seed.db"
-    if [ -f "$db" ] && "$bin" status "$db" --json 2>/dev/null | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["finished"] else 1)'; then
-      echo "search-quality: $db finished earlier, reused" >&2
-      continue
-    fi
-    rm -f "$db" "$db-wal" "$db-shm"
-    # The variant lives beside the experiment so its relative paths still resolve.
-    variant="$dir/.search-quality-$name-$cfg-$seed.toml"
-    python3 scripts/experiment_variant.py "$exp" "$cfg" "$seed" > "$variant"
-    echo "search-quality: $cfg, search seed $seed ($((SECONDS - start)) s so far)" >&2
-    if ! "$bin" run "$variant" --db "$db" --quiet >/dev/null; then
+names=()
+for exp in "${exps[@]}"; do
+  name="$(basename "$exp" .toml)"
+  names+=("$name")
+  dir="$(dirname "$exp")"
+  for cfg in "${configs[@]}"; do
+    for seed in $(seq 1 "$k"); do
+      db="$out/$name-$cfg-$seed.db"
+      if [ -f "$db" ] && "$bin" status "$db" --json 2>/dev/null | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["finished"] else 1)'; then
+        echo "search-quality: $db finished earlier, reused" >&2
+        continue
+      fi
+      rm -f "$db" "$db-wal" "$db-shm"
+      # The variant lives beside the experiment so its relative paths still resolve.
+      variant="$dir/.search-quality-$name-$cfg-$seed.toml"
+      python3 scripts/experiment_variant.py "$exp" "$cfg" "$seed" > "$variant"
+      echo "search-quality: $name, $cfg, search seed $seed ($((SECONDS - start)) s so far)" >&2
+      if ! "$bin" run "$variant" --db "$db" --quiet >/dev/null; then
+        rm -f "$variant"
+        echo "search-quality: the $cfg run of $name with seed $seed failed" >&2
+        exit 1
+      fi
       rm -f "$variant"
-      echo "search-quality: the $cfg run with seed $seed failed" >&2
-      exit 1
-    fi
-    rm -f "$variant"
+    done
   done
 done
 
-python3 scripts/search_quality.py "$bin" "$out" "$k" "$(IFS=,; echo "${configs[*]}")" "$name"
+python3 scripts/search_quality.py "$bin" "$out" "$k" "$(IFS=,; echo "${configs[*]}")" "${names[@]}"
 echo "search-quality: $((SECONDS - start)) s in all" >&2

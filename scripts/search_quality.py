@@ -1,10 +1,11 @@
 """The search-quality table: each configuration's mean held-out gain over K search seeds, on
 one experiment or several, and each configuration's difference from random search.
 
-    python3 scripts/search_quality.py BIN OUT K CONFIG[,CONFIG...] NAME [NAME...]
+    python3 scripts/search_quality.py BIN OUT K CONFIG[,CONFIG...] NAME[:K] [NAME[:K]...]
 
 BIN is the metaforge binary, OUT the folder of archives `OUT/NAME-CONFIG-SEED.db` (what
-`scripts/search-quality.sh` writes), NAME an experiment's file name without `.toml`.
+`scripts/search-quality.sh` writes), NAME an experiment's file name without `.toml`, with
+its own number of search seeds after a colon where it differs from K.
 
 Per experiment: the gain of each search seed is the paired held-out difference of the best
 discovered agent over the best seed (0 when no discovered agent was tested, since then nothing
@@ -93,10 +94,15 @@ def permutation_p(strata, observed, draws=20000, seed=0):
 
 
 def main(binary, out, k, configs, names):
-    k = int(k)
     configs = configs.split(",")
+    seeds = {}
+    for arg in names:
+        name, _, own = arg.partition(":")
+        seeds[name] = int(own or k)
+    names = list(seeds)
     table = {}
     for name in names:
+        k = seeds[name]
         print(f"{name}:")
         print(f"{'config':<16} {'K':>2}  {'mean gain':>10}  {'95% CI':>18}  {'significant wins':>17}  gains per seed")
         for cfg in configs:
@@ -119,7 +125,7 @@ def main(binary, out, k, configs, names):
                 print(f"{cfg} - random: {d:+.3f} [{d - half:+.3f}, {d + half:+.3f}], "
                       f"permutation p (one-sided, {how}) = {p:.3f}")
         print()
-    if len(names) > 1 and "random" in configs and k > 1:
+    if len(names) > 1 and "random" in configs and min(seeds.values()) > 1:
         for cfg in configs:
             if cfg == "random":
                 continue
