@@ -376,6 +376,35 @@ fn a_rerun_with_the_old_cache_sends_no_model_call() {
     assert!(!dir.path().join("third.db").exists(), "a refused rerun creates nothing");
 }
 
+/// The meta-model's sample indices depend on the run seed: two search seeds that reach the
+/// same prompt must not be handed the same sample (the embedded model seeds its sampler from
+/// the index, an endpoint gets it as `seed`). Within a run every meta call has its own index,
+/// and the same seed sends the same indices again. SCRIPTED models (the loop's logic only).
+#[test]
+fn each_search_seed_draws_its_own_meta_model_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = |seed: u64, db: &str| -> Vec<i64> {
+        let exp = common::write_experiment(dir.path(), &format!("{db}.toml"), seed, common::ARITH, 1.0, 1);
+        let db = dir.path().join(format!("{db}.db"));
+        common::run_to_end(&exp, &db);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT json_extract(request, '$.sample_index') FROM llm_calls WHERE role = 'meta' ORDER BY 1")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    let one = samples(1, "one");
+    assert!(one.len() > 1, "the run called the meta-model: {one:?}");
+    let distinct: std::collections::BTreeSet<_> = one.iter().collect();
+    assert_eq!(distinct.len(), one.len(), "one index per call within a run: {one:?}");
+    assert_eq!(samples(1, "again"), one, "the same seed, the same samples");
+    let two = samples(2, "two");
+    assert!(
+        two.iter().all(|i| !one.contains(i)),
+        "another seed draws other samples: {one:?} against {two:?}"
+    );
+}
+
 /// Racing, credit and the paired verdict, wired through the real loop: a proposal that
 /// answers like its parent is raced out at the first look; every proposal step leaves one
 /// `credit` event that the next step's bandit and `status` read; the race against the rival

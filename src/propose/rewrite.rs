@@ -82,7 +82,9 @@ pub struct RewriteInput<'a> {
     pub parents: Vec<String>,
     /// `diff`: the code the edits apply to.
     pub base_code: Option<String>,
-    pub step: u64,
+    /// The sample index of the session's first call; each further call takes the next
+    /// (the caller keeps steps, and runs with other seeds, apart).
+    pub sample_base: u32,
     /// The experiment's guards as the prompt describes them (`templates/guards/api.j2`).
     pub guards: Option<serde_json::Value>,
 }
@@ -119,7 +121,7 @@ impl<'a> RewriteSession<'a> {
             base_code: input.base_code,
             messages: vec![Message::new("system", system), Message::new("user", user)],
             parents: input.parents,
-            sample_base: (input.step as u32).wrapping_mul(64),
+            sample_base: input.sample_base,
             calls: 0,
             malformed_replies: 0,
         };

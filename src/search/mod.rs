@@ -431,6 +431,16 @@ impl Step<'_> {
         })
     }
 
+    /// The first sample index of this step's meta-model calls (each call takes the next).
+    /// Why the run seed is in it: the embedded model seeds its sampler from the index and an
+    /// endpoint receives it as `seed`, so two search seeds that reach the same prompt at the
+    /// same step would otherwise be handed the same reply, and K search seeds of a search the
+    /// meta-model writes would be one search K times. Seed 0 keeps the plain `step * 64`.
+    fn meta_sample_base(&self, step: u64) -> u32 {
+        let run = (self.exp.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
+        run.wrapping_add((step as u32).wrapping_mul(64))
+    }
+
     fn propose_step(&self, step: u64, generation: u32, bar: &ProgressBar) -> Result<StepRecord> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.exp.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let search = &self.exp.search;
@@ -622,7 +632,7 @@ impl Step<'_> {
             failures,
             parents: parents.iter().map(|p| p.id.clone()).collect(),
             base_code: (kind == LlmKind::Diff).then(|| parent.code.clone()),
-            step,
+            sample_base: self.meta_sample_base(step),
             guards: self.guards_prompt.clone(),
         };
         bar.set_message(format!(

@@ -97,7 +97,7 @@ impl Step<'_> {
             "gen {generation}: instruction rewrite (meta model) of {}",
             parent.name
         ));
-        let sample = (step as u32).wrapping_mul(64);
+        let sample = self.meta_sample_base(step);
         match instruction::propose(rng, meta, &self.templates, parent, &self.domain.description, sample)? {
             Ok(p) => self.check_and_evaluate(step, generation, 0, p, bar),
             Err(f) => {

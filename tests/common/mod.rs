@@ -203,7 +203,6 @@ pub fn run_to_end(exp: &Path, db: &Path) -> String {
     ok(&out)
 }
 
-/// `metaforge serve` running the embedded model on a free port; killed when dropped.
 /// One embedded model decoding at a time in a test binary. Each takes every core, and two
 /// or more on a small CI machine spin against each other until a deadline passes.
 pub fn one_model_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -220,6 +219,7 @@ impl Drop for Server {
     }
 }
 
+/// `metaforge serve` running the embedded model on a free port; killed when dropped.
 pub fn start_server(max_tokens: u32) -> (Server, String) {
     let one = one_model_at_a_time();
     let mut child = Command::new(env!("CARGO_BIN_EXE_metaforge"))
