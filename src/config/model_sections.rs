@@ -17,10 +17,14 @@ use serde::de::value::{MapAccessDeserializer, StrDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::models::{ModelConfig, SINGLE_MODEL};
+use super::models::ModelConfig;
 
-/// A role's models in file order, and whether they were written as named sections.
-pub(super) type Sections = (Vec<(String, ModelConfig)>, bool);
+/// How a role was written: one section (no key at all reads as one section of defaults), or
+/// named sections in file order.
+pub(super) enum Sections {
+    One(ModelConfig),
+    Named(Vec<(String, ModelConfig)>),
+}
 
 pub(super) fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Sections, D::Error> {
     d.deserialize_map(RoleVisitor)
@@ -36,8 +40,8 @@ impl<'de> Visitor<'de> for RoleVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let Some(first) = map.next_key_seed(KeySeed { named: Vec::new() })? else {
-            return Ok((vec![(SINGLE_MODEL.to_string(), ModelConfig::default())], false));
+        let Some(first) = map.next_key_seed(KeySeed { named: &[] })? else {
+            return Ok(Sections::One(ModelConfig::default()));
         };
         match first {
             Key::Setting(key) => {
@@ -46,8 +50,9 @@ impl<'de> Visitor<'de> for RoleVisitor {
                     map,
                     named: false,
                 };
-                let cfg = ModelConfig::deserialize(MapAccessDeserializer::new(rest))?;
-                Ok((vec![(SINGLE_MODEL.to_string(), cfg)], false))
+                Ok(Sections::One(ModelConfig::deserialize(MapAccessDeserializer::new(
+                    rest,
+                ))?))
             }
             Key::Name(first) => {
                 let mut entries = Vec::new();
@@ -55,15 +60,14 @@ impl<'de> Visitor<'de> for RoleVisitor {
                 while let Some(name) = next {
                     let cfg = map.next_value_seed(SectionSeed { name: &name })?;
                     entries.push((name, cfg));
-                    let named = entries.iter().map(|(n, _)| n.clone()).collect();
-                    next = match map.next_key_seed(KeySeed { named })? {
+                    next = match map.next_key_seed(KeySeed { named: &entries })? {
                         Some(Key::Name(n)) => Some(n),
                         // KeySeed refuses a setting once a named section was read.
                         Some(Key::Setting(_)) => unreachable!("a setting after named sections is refused"),
                         None => None,
                     };
                 }
-                Ok((entries, true))
+                Ok(Sections::Named(entries))
             }
         }
     }
@@ -95,21 +99,22 @@ enum Key {
 
 /// Reads a key of the role's table and says which it is; refuses, at the key, a setting
 /// after named sections and a model name that is not a plain name.
-struct KeySeed {
+struct KeySeed<'a> {
     /// The named sections read so far (none while the form is undecided).
-    named: Vec<String>,
+    named: &'a [(String, ModelConfig)],
 }
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Key;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
         let key = String::deserialize(d)?;
         if is_setting(&key) {
-            if let Some(first) = self.named.first() {
+            if let Some((first, _)) = self.named.first() {
+                let names: Vec<&str> = self.named.iter().map(|(n, _)| n.as_str()).collect();
                 return Err(D::Error::custom(format!(
                     "the setting `{key}` follows named model sections ({}); fix: move it into a named section such as [models.<role>.{first}], or write one section without names",
-                    self.named.join(", ")
+                    names.join(", ")
                 )));
             }
             return Ok(Key::Setting(key));

@@ -96,10 +96,10 @@ impl ModelSet {
 /// rather than at the section's header.
 impl<'de> Deserialize<'de> for ModelSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (entries, named) = super::model_sections::read(d)?;
-        Ok(match named {
-            false => Self::single(entries.into_iter().next().map(|(_, m)| m).unwrap_or_default()),
-            true => Self { entries, named },
+        use super::model_sections::{read, Sections};
+        Ok(match read(d)? {
+            Sections::One(cfg) => Self::single(cfg),
+            Sections::Named(entries) => Self { entries, named: true },
         })
     }
 }

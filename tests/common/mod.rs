@@ -211,11 +211,14 @@ pub fn one_model_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A `metaforge serve` child, killed on drop; it holds the binary's one model while it lives.
-pub struct Server(Child, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+pub struct Server {
+    child: Child,
+    _model: std::sync::MutexGuard<'static, ()>,
+}
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -243,7 +246,7 @@ pub fn start_server(max_tokens: u32) -> (Server, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (Server(child, one), url)
+    (Server { child, _model: one }, url)
 }
 
 /// The Python that `scripts/setup.sh` made with the `openai` package (for exported agents).
