@@ -87,6 +87,41 @@ fn infinite_loop_hits_the_deadline_and_the_group_dies() {
     assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
 }
 
+/// A scripted model that takes its time, like a real one on a busy machine.
+struct SlowModel(Duration);
+impl LlmHandler for SlowModel {
+    fn handle(&self, task: Option<&str>, call: &LlmCall) -> Result<(Vec<String>, Usage), String> {
+        std::thread::sleep(self.0);
+        ScriptedModel.handle(task, call)
+    }
+}
+
+/// The deadline is the program's own time: waiting on the model does not count, so a slow
+/// or shared model does not turn a whole evaluation into `timeout`. Time the program spends
+/// itself still does, calls or no calls.
+#[test]
+fn time_spent_waiting_on_the_model_does_not_count_toward_the_deadline() {
+    let code = "from metaforge import llm\ndef forward(task):\n    return ' '.join(llm('q') for _ in range(3))\n";
+    let start = Instant::now();
+    let run = run_worker(code, &tasks(2), &SlowModel(Duration::from_millis(1500)), &limits(2)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Completed, "{:?}", start.elapsed());
+    assert!(start.elapsed() > Duration::from_secs(4), "the calls took their time");
+    assert_eq!(
+        run.tasks["t1"].output.as_deref(),
+        Some("Answer: 42 Answer: 42 Answer: 42")
+    );
+
+    let code = "import time\nfrom metaforge import llm\ndef forward(task):\n    llm('q')\n    time.sleep(60)\n";
+    let start = Instant::now();
+    let run = run_worker(code, &tasks(1), &SlowModel(Duration::from_millis(1500)), &limits(2)).unwrap();
+    assert_eq!(run.exit, WorkerExit::Timeout);
+    let took = start.elapsed();
+    assert!(
+        took > Duration::from_millis(3400) && took < Duration::from_secs(8),
+        "the deadline is pushed back by the call's time alone: {took:?}"
+    );
+}
+
 #[test]
 fn memory_hog_gets_memory_error() {
     let code = "def forward(task):\n    x = bytearray(4 * 1024 * 1024 * 1024)\n    return str(len(x))\n";

@@ -185,7 +185,7 @@ pub const OPERATORS: &[Operator] = &[
         answers: Answers::Any,
         models: 1,
         kind: Some(CandidateKind::Memory),
-        doc: "keep only the retrieved lines that share the most words with the new observation",
+        doc: "keep only the retrieved lines that share the most distinctive words (ones few lines have) with the new observation",
         apply: memory_focus,
     },
     Operator {
@@ -1390,6 +1390,39 @@ mod tests {
             );
         }
         assert_eq!(seen.len(), FEEDBACK_STORES.len(), "every store mode is drawn: {seen:?}");
+    }
+
+    /// `memory_focus` ranks lines by the words they share with the observation that few lines
+    /// have: words every line has ("the", the lines' own template) would rank a line about an
+    /// object out of view above one about the object in view. Lines sharing none are dropped.
+    /// Run by a real Python.
+    #[test]
+    fn memory_focus_keeps_the_lines_about_what_is_in_view() {
+        let t = Templates::embedded().unwrap();
+        let kv = seeds()
+            .into_iter()
+            .find(|c| c.kind == CandidateKind::Memory && c.name.ends_with("kv_facts.py"))
+            .unwrap();
+        let parent = Candidate {
+            code: "class Memory:\n    def retrieve(self, observation):\n        lines = [\n            'Insight: a shirt usually goes in the wardrobe (seen 3x)',\n            'Insight: a cushion usually goes in the sofa (seen 1x)',\n            'Insight: a the in usually goes in the a (seen 9x)',\n            'Insight: a lamp usually goes in the end table (seen 2x)',\n            'Insight: a onion usually goes in the shelf (seen 5x)',\n            'Insight: a cap usually goes in the hat rack (seen 1x)',\n        ] + [f'Insight: a thing{i} usually goes in the place{i} (seen 1x)' for i in range(16)]\n        return '\\n'.join(lines)\n\n    def update(self, observation, trajectory, reward):\n        pass\n".into(),
+            ..kv
+        };
+        let observation = "You are in the living room. In one part of the room you see a sofa. There is also a end table. On the floor you see a red cushion.";
+        let mut kept = std::collections::BTreeMap::new();
+        for seed in 0..20 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let (code, name, _) = memory_focus(&mut rng, &parent, None, &t).unwrap();
+            let script = format!("{code}\nprint(Memory().retrieve({{'observation': {observation:?}}}))");
+            kept.insert(name, python(&script).trim_end().to_string());
+        }
+        for (name, text) in &kept {
+            assert_eq!(
+                text,
+                "Insight: a cushion usually goes in the sofa (seen 1x)\nInsight: a lamp usually goes in the end table (seen 2x)",
+                "{name}"
+            );
+        }
+        assert!(kept.len() > 1, "several sizes drawn: {kept:?}");
     }
 
     /// Operators for memory designs keep a `class Memory` the worker can run: the wrapped

@@ -27,7 +27,8 @@ use crate::types::Usage;
 /// Limits of one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerLimits {
-    /// Whole-worker wall-clock deadline (start-up included).
+    /// Whole-worker wall-clock deadline (start-up included), on the program's own time: it is
+    /// pushed back while the host answers the worker's calls ([`HostTime`]).
     pub deadline: Duration,
     /// Deadline for the program to load (module-level code) and say it is ready; passing it
     /// is a load error naming the cause.
@@ -261,6 +262,54 @@ const EXIT_POLL: Duration = Duration::from_millis(100);
 /// Denials kept per worker: enough to name the attack, bounded against a flood.
 const MAX_DENIALS: usize = 32;
 
+/// How far the host's answering time may push a worker's deadline back, as a multiple of the
+/// deadline: a bound for a program that calls the model without end when no budget is set.
+const HOST_TIME_ALLOWANCE: u32 = 20;
+
+/// The wall-clock time during which at least one of a worker's calls (a model call, an
+/// episode) was being answered by the host. Why the deadline leaves it out: it is meant for
+/// the program's own time, and a model that is slow or shared with other work (two searches
+/// on a small machine, tests in parallel) would otherwise end a whole evaluation as `timeout`
+/// through no fault of the program. Each call has its own deadline (`call_deadline_s`), and
+/// the CPU limit still stops a program that spins while it waits.
+#[derive(Default)]
+struct HostTime {
+    /// Calls being answered, when the current stretch of answering began, and the length of
+    /// the stretches before it.
+    state: Mutex<(usize, Option<Instant>, Duration)>,
+}
+
+impl HostTime {
+    /// Counts the host's time until the returned guard drops.
+    fn answering(&self) -> HostAnswering<'_> {
+        let mut s = self.state.lock().unwrap();
+        if s.0 == 0 {
+            s.1 = Some(Instant::now());
+        }
+        s.0 += 1;
+        HostAnswering(self)
+    }
+
+    fn total(&self) -> Duration {
+        let s = self.state.lock().unwrap();
+        s.2 + s.1.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+struct HostAnswering<'a>(&'a HostTime);
+
+impl Drop for HostAnswering<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap();
+        s.0 -= 1;
+        if s.0 == 0 {
+            if let Some(t) = s.1.take() {
+                s.2 += t.elapsed();
+            }
+        }
+    }
+}
+
 /// One read from the worker's pipe. Kept unboxed although a message is far larger than the
 /// other variants: each event is built once and matched at once, never stored, so a box
 /// would be one allocation per message for nothing.
@@ -283,6 +332,7 @@ struct Conversation<'a> {
     nonces: HashMap<&'a str, u64>,
     results: Mutex<HashMap<String, TaskRun>>,
     denials: Mutex<Vec<Denial>>,
+    host_time: HostTime,
 }
 
 impl<'a> Conversation<'a> {
@@ -296,6 +346,7 @@ impl<'a> Conversation<'a> {
                 .collect(),
             results: Mutex::new(tasks.iter().map(|(id, _)| (id.clone(), TaskRun::default())).collect()),
             denials: Mutex::new(Vec::new()),
+            host_time: HostTime::default(),
         }
     }
 
@@ -329,6 +380,7 @@ impl<'a> Conversation<'a> {
 
     /// A model call, answered on a pool thread.
     fn answer_llm(&self, id: u64, task_id: Option<String>, call: LlmCall) {
+        let _answering = self.host_time.answering();
         let task_id = self.known(task_id);
         let allowed = call
             .validate()
@@ -352,6 +404,7 @@ impl<'a> Conversation<'a> {
 
     /// An episode play, answered on a pool thread.
     fn answer_episode(&self, id: u64, task_id: Option<String>, episode: String, memory: Option<String>) {
+        let _answering = self.host_time.answering();
         let task_id = self.known(task_id);
         let msg = match self.handler.play_episode(&episode, memory.as_deref()) {
             Ok((result, usage)) => {
@@ -425,7 +478,8 @@ pub fn run_worker(
     let (wake_reader_r, wake_reader_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut violations = 0u32;
     let mut exit: Option<WorkerExit> = None;
-    let deadline = started + limits.deadline;
+    let own_deadline = started + limits.deadline;
+    let latest_deadline = own_deadline + limits.deadline * HOST_TIME_ALLOWANCE;
     let load_deadline = started + limits.load_deadline.min(limits.deadline);
     let mut ready = false;
     let mut t_killed = Duration::ZERO;
@@ -458,7 +512,8 @@ pub fn run_worker(
         let mut pending = tasks.len();
         loop {
             let now = Instant::now();
-            if !ready && now >= load_deadline && load_deadline < deadline {
+            let deadline = (own_deadline + conv.host_time.total()).min(latest_deadline);
+            if !ready && now >= load_deadline && load_deadline < own_deadline {
                 exit = Some(WorkerExit::LoadError(format!(
                     "the program did not finish loading within {} s: its module-level code runs \
                      once before any task (a loop there never ends); move work into forward(task)",
