@@ -167,3 +167,73 @@ fn choices_hold_the_embedded_model_to_one_of_them() {
         "cold"
     );
 }
+
+/// A rewrite prompt is fitted to the embedded model's window: shown programs beyond the
+/// parent are dropped until it fits, so the call is made rather than refused whole ("prompt
+/// has N tokens; ... exceeds the context"), which every ADAS-style rewrite with eight programs
+/// shown met on a 2048-token window.
+#[test]
+fn a_rewrite_prompt_is_fitted_to_the_model_window() {
+    use metaforge::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
+    let _one = common::one_model_at_a_time();
+    let gateway = common::gateway_from(
+        "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 16\nmax_concurrency = 1\ncontext_per_sequence = 2048\ntemperature = 0.0",
+    );
+    assert_eq!(gateway.prompt_room(), Some(2048 - 16));
+    let templates = metaforge::propose::Templates::embedded().unwrap();
+    let opts = metaforge::config::RewriteOptions {
+        parse_retries: 0,
+        reflexion_rounds: 0,
+        ..Default::default()
+    };
+    let program = |name: &str| ContextCandidate {
+        name: name.into(),
+        code: format!(
+            "from metaforge import llm\n\n# {name}\ndef forward(task):\n{}    return llm(task['question'])\n",
+            "    # a long comment line that stands for the body of a real program\n".repeat(20)
+        ),
+        score: 0.5,
+        ci_lo: 0.4,
+        ci_hi: 0.6,
+        tokens: 100,
+        feedback: Vec::new(),
+    };
+    let context: Vec<ContextCandidate> = [
+        "the parent",
+        "inspiration 1",
+        "inspiration 2",
+        "inspiration 3",
+        "inspiration 4",
+        "inspiration 5",
+    ]
+    .into_iter()
+    .map(program)
+    .collect();
+    let shown: usize = context.iter().map(|c| c.code.len()).sum();
+    assert!(
+        shown / 3 > 2048,
+        "the programs alone are past the window: {shown} chars"
+    );
+    let input = RewriteInput {
+        kind: LlmKind::Rewrite,
+        domain_name: "arith",
+        domain_description: "arithmetic word problems",
+        example: Some("{\"question\": \"2 + 3\"}".into()),
+        context,
+        failures: Vec::new(),
+        parents: vec!["p".into()],
+        base_code: None,
+        sample_base: 0,
+        guards: None,
+    };
+    let (_session, first) = RewriteSession::start(&gateway, &templates, &opts, input).unwrap();
+    let prompt = match &first {
+        Ok(p) => p.prompt.clone().unwrap_or_default(),
+        Err(f) => {
+            assert_ne!(f.kind, "llm", "the model refused the prompt: {}", f.reason);
+            f.prompt.clone()
+        }
+    };
+    assert!(prompt.contains("# the parent"), "the parent is always shown");
+    assert!(!prompt.contains("# inspiration 5"), "what did not fit was dropped");
+}

@@ -121,6 +121,7 @@ impl Fault {
 
 pub struct LocalBackend {
     id: String,
+    per_seq: u32,
     jobs: Sender<Job>,
     /// Microseconds llama.cpp reports spending in decode (its perf counters).
     engine_us: Arc<AtomicU64>,
@@ -210,6 +211,7 @@ impl LocalBackend {
     pub fn start(settings: LocalSettings, role: &str) -> Result<Self> {
         let backend = llama_backend()?;
         let path = settings.path.clone();
+        let per_seq = settings.per_seq;
         let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
             .with_context(|| format!("models.{role}: cannot load GGUF file {}", path.display()))?;
         let (tx, rx) = unbounded::<Job>();
@@ -234,6 +236,7 @@ impl LocalBackend {
             .map_err(|e| anyhow!("models.{role}: {e}"))?;
         Ok(Self {
             id: model_id(&path),
+            per_seq,
             jobs: tx,
             engine_us,
         })
@@ -275,6 +278,10 @@ impl Backend for LocalBackend {
 
     fn engine_time(&self) -> Option<std::time::Duration> {
         Some(std::time::Duration::from_micros(self.engine_us.load(Ordering::Relaxed)))
+    }
+
+    fn context_window(&self) -> Option<u32> {
+        Some(self.per_seq)
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {

@@ -140,6 +140,12 @@ pub trait Backend: Send + Sync {
     fn engine_time(&self) -> Option<std::time::Duration> {
         None
     }
+    /// The tokens one request may hold, prompt and reply together, where the backend knows
+    /// it (the embedded model's `context_per_sequence`); None for an endpoint, whose window
+    /// a prompt builder cannot see.
+    fn context_window(&self) -> Option<u32> {
+        None
+    }
     /// What happened to the model since the last call that a run should keep (a model
     /// process that died and was restarted), each once.
     fn incidents(&self) -> Vec<serde_json::Value> {
@@ -392,6 +398,14 @@ impl Gateway {
         if let Some(cache) = &self.cache {
             cache.flush();
         }
+    }
+
+    /// The prompt tokens a request with the default `max_tokens` may carry, where the
+    /// backend knows its window: prompt builders drop what they can spare to stay inside it.
+    pub fn prompt_room(&self) -> Option<u32> {
+        self.backend
+            .context_window()
+            .map(|w| w.saturating_sub(self.default_max_tokens.max(1)))
     }
 
     pub fn model_id(&self) -> String {

@@ -185,6 +185,10 @@ impl Backend for SupervisedBackend {
         ))
     }
 
+    fn context_window(&self) -> Option<u32> {
+        Some(self.shared.settings.per_seq)
+    }
+
     fn complete(&self, request: &ChatRequest) -> Result<Completion, LlmError> {
         loop {
             let rx = {

@@ -89,29 +89,47 @@ pub struct RewriteInput<'a> {
     pub guards: Option<serde_json::Value>,
 }
 
+/// Characters per token a prompt is assumed to have at the least when it is fitted to a
+/// model's window: prompts of code and English run at three and a half or more with the
+/// embedded model's tokenizer, so a prompt fitted at three is inside the window.
+const CHARS_PER_TOKEN_AT_LEAST: usize = 3;
+
 impl<'a> RewriteSession<'a> {
     /// Proposes, then runs the reflexion rounds. The session stays open for debug rounds.
     pub fn start(
         gateway: &'a Gateway,
         templates: &'a Templates,
         opts: &'a RewriteOptions,
-        input: RewriteInput,
+        mut input: RewriteInput,
     ) -> anyhow::Result<(Self, Result<Proposal, RewriteFailure>)> {
         let kind = input.kind.as_str();
         let system = templates.render_for(kind, input.domain_name, "system.j2", json!({}))?;
-        let user = templates.render_for(
-            kind,
-            input.domain_name,
-            "propose.j2",
-            json!({
-                "domain": {"description": input.domain_description},
-                "example": input.example,
-                "context": input.context,
-                "failures": input.failures,
-                "base_code": input.base_code,
-                "guards": input.guards,
-            }),
-        )?;
+        let room = gateway.prompt_room().map(|t| t as usize * CHARS_PER_TOKEN_AT_LEAST);
+        let user = loop {
+            let user = templates.render_for(
+                kind,
+                input.domain_name,
+                "propose.j2",
+                json!({
+                    "domain": {"description": input.domain_description},
+                    "example": input.example,
+                    "context": input.context,
+                    "failures": input.failures,
+                    "base_code": input.base_code,
+                    "guards": input.guards,
+                }),
+            )?;
+            // A prompt past the model's window is refused whole; shown programs other than
+            // the parents, then recent failures, are what it can spare.
+            if room.is_none_or(|r| system.len() + user.len() <= r) {
+                break user;
+            }
+            if input.context.len() > input.parents.len() {
+                input.context.pop();
+            } else if input.failures.pop().is_none() {
+                break user;
+            }
+        };
         let mut s = Self {
             gateway,
             templates,
