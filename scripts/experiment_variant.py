@@ -13,6 +13,8 @@ import sys
 import tomllib
 
 
+ADAS_WINDOW = 6144
+
 RACE_RULES = {"ahead": "ahead", "first-tie": "first_tie_goes_on", "sequential": "sequential"}
 
 
@@ -38,6 +40,14 @@ def variant(exp, config, seed):
         options = dict(proposers.get("rewrite_options", {}))
         options["context_candidates"] = 8
         proposers["rewrite_options"] = options
+        # Whole programs with the API section do not fit a 2048-token window even with the
+        # parent alone; an embedded meta-model gets room for them (it holds 8192).
+        models = dict(exp.get("models", {}))
+        meta = dict(models.get("meta", {}))
+        if meta.get("backend") == "local":
+            meta["context_per_sequence"] = max(meta.get("context_per_sequence", 0), ADAS_WINDOW)
+            models["meta"] = meta
+            exp["models"] = models
     elif config.startswith("race-") and config[5:] in RACE_RULES:
         evaluation = dict(exp.get("evaluation", {}))
         evaluation["race_rule"] = RACE_RULES[config[5:]]
