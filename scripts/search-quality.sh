@@ -11,6 +11,7 @@
 #   default  the experiment as written (Thompson credit over proposers, its parent selection)
 #   random   the random-search baseline: uniform parent selection, fixed proposer weights
 #   adas     ADAS-style: the meta-model rewrites whole programs with the archive in its prompt
+#            (an embedded meta-model is given a window that holds them)
 #   race-ahead, race-first-tie, race-sequential
 #            the experiment under that racing rule (`evaluation.race_rule`)
 #
