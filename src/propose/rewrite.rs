@@ -94,6 +94,20 @@ pub struct RewriteInput<'a> {
 /// embedded model's tokenizer, so a prompt fitted at three is inside the window.
 const CHARS_PER_TOKEN_AT_LEAST: usize = 3;
 
+/// Drops one thing a prompt can spare, in the order every fit follows: a shown program beyond
+/// the `required` parents (from the end), then a recent failure. False when nothing is left.
+pub fn drop_one_spare(
+    context: &mut Vec<ContextCandidate>,
+    required: usize,
+    failures: &mut Vec<(String, String)>,
+) -> bool {
+    if context.len() > required {
+        context.pop().is_some()
+    } else {
+        failures.pop().is_some()
+    }
+}
+
 impl<'a> RewriteSession<'a> {
     /// Proposes, then runs the reflexion rounds. The session stays open for debug rounds.
     pub fn start(
@@ -119,14 +133,10 @@ impl<'a> RewriteSession<'a> {
                     "guards": input.guards,
                 }),
             )?;
-            // A prompt past the model's window is refused whole; shown programs other than
-            // the parents, then recent failures, are what it can spare.
-            if room.is_none_or(|r| system.len() + user.len() <= r) {
-                break user;
-            }
-            if input.context.len() > input.parents.len() {
-                input.context.pop();
-            } else if input.failures.pop().is_none() {
+            // A prompt past the model's window is refused whole.
+            if room.is_none_or(|r| system.len() + user.len() <= r)
+                || !drop_one_spare(&mut input.context, input.parents.len(), &mut input.failures)
+            {
                 break user;
             }
         };

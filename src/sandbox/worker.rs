@@ -273,38 +273,43 @@ const HOST_TIME_ALLOWANCE: u32 = 20;
 /// through no fault of the program. Each call has its own deadline (`call_deadline_s`), and
 /// the CPU limit still stops a program that spins while it waits.
 #[derive(Default)]
-struct HostTime {
-    /// Calls being answered, when the current stretch of answering began, and the length of
-    /// the stretches before it.
-    state: Mutex<(usize, Option<Instant>, Duration)>,
+struct HostTime(Mutex<Stretches>);
+
+/// The stretches during which the host was answering: `since` is when the current one began,
+/// and counts only while `open` calls are being answered.
+#[derive(Default)]
+struct Stretches {
+    open: usize,
+    since: Option<Instant>,
+    before: Duration,
 }
 
 impl HostTime {
     /// Counts the host's time until the returned guard drops.
     fn answering(&self) -> HostAnswering<'_> {
-        let mut s = self.state.lock().unwrap();
-        if s.0 == 0 {
-            s.1 = Some(Instant::now());
+        let mut s = self.0.lock().unwrap();
+        if s.open == 0 {
+            s.since = Some(Instant::now());
         }
-        s.0 += 1;
-        HostAnswering(self)
+        s.open += 1;
+        HostAnswering(&self.0)
     }
 
     fn total(&self) -> Duration {
-        let s = self.state.lock().unwrap();
-        s.2 + s.1.map(|t| t.elapsed()).unwrap_or_default()
+        let s = self.0.lock().unwrap();
+        s.before + s.since.map(|t| t.elapsed()).unwrap_or_default()
     }
 }
 
-struct HostAnswering<'a>(&'a HostTime);
+struct HostAnswering<'a>(&'a Mutex<Stretches>);
 
 impl Drop for HostAnswering<'_> {
     fn drop(&mut self) {
-        let mut s = self.0.state.lock().unwrap();
-        s.0 -= 1;
-        if s.0 == 0 {
-            if let Some(t) = s.1.take() {
-                s.2 += t.elapsed();
+        let mut s = self.0.lock().unwrap();
+        s.open -= 1;
+        if s.open == 0 {
+            if let Some(t) = s.since.take() {
+                s.before += t.elapsed();
             }
         }
     }

@@ -87,16 +87,8 @@ pub(super) fn fit_context(
     };
     let before = estimate(context, failures);
     let mut dropped = 0;
-    while estimate(context, failures) > budget_tokens {
-        if context.len() > required {
-            context.pop();
-            dropped += 1;
-        } else if !failures.is_empty() {
-            failures.pop();
-            dropped += 1;
-        } else {
-            break;
-        }
+    while estimate(context, failures) > budget_tokens && drop_one_spare(context, required, failures) {
+        dropped += 1;
     }
     json!({
         "estimated_tokens_before": before,

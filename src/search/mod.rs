@@ -35,7 +35,7 @@ use crate::evaluate::racing;
 use crate::evaluate::staged::{evaluate_staged, Stages};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
 use crate::llm::{BackendFactory, Budget, Gateway, Gateways, Role};
-use crate::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
+use crate::propose::rewrite::{drop_one_spare, ContextCandidate, LlmKind, RewriteInput, RewriteSession};
 use crate::propose::{instruction, operators, Proposal, Templates};
 use crate::sandbox::Isolation;
 use crate::types::{Split, Stage};
