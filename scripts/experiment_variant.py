@@ -1,6 +1,10 @@
 """Prints an experiment file changed for one search-quality configuration and search seed.
 
     python3 scripts/experiment_variant.py EXP.toml CONFIG SEED
+    python3 scripts/experiment_variant.py EXP.toml --capped
+
+The second prints `yes` when the experiment caps tokens or cost (over the run or per model),
+so that `scripts/search-quality.sh` knows its runs must not replay each other's calls.
 
 CONFIG: default, random, adas, or race-ahead / race-first-tie / race-sequential (the
 experiment with that `evaluation.race_rule`, for choosing the racing rule).
@@ -60,6 +64,13 @@ def variant(exp, config, seed):
     return exp
 
 
+def capped(exp):
+    budget = exp.get("budget", {})
+    models = exp.get("models", {}).values()
+    return any(budget.get(k) is not None for k in ("max_tokens", "max_cost_usd")) or any(
+        m.get(k) is not None for m in models for k in ("budget_tokens", "budget_usd"))
+
+
 def value(v):
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -82,8 +93,12 @@ def write(table, prefix=""):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[2] == "--capped":
+        with open(sys.argv[1], "rb") as f:
+            print("yes" if capped(tomllib.load(f)) else "no")
+        sys.exit(0)
     if len(sys.argv) != 4:
-        sys.exit("usage: experiment_variant.py EXP.toml default|random|adas SEED")
+        sys.exit("usage: experiment_variant.py EXP.toml default|random|adas SEED  (or EXP.toml --capped)")
     with open(sys.argv[1], "rb") as f:
         exp = tomllib.load(f)
     print("\n".join(write(variant(exp, sys.argv[2], int(sys.argv[3])))))

@@ -17,6 +17,13 @@
 #
 # Archives go to runs/search-quality/; a rerun reuses finished ones (delete them to redo), so
 # the table of experiments run apart is printed by naming them all again.
+#
+# An experiment with no token or cost cap replays, in each run, the model calls the runs of it
+# before made (`--cache-from` the last finished archive, which holds all of theirs): a request
+# is answered as it was, sampled ones included (their seed is part of the request), so only
+# the time changes. The seed agents or designs are evaluated alike in every run, and that is
+# most of a memory experiment's hours. Under a cap a replayed call would cost nothing and let
+# a run go further than its rivals, so there each run sends its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: scripts/search-quality.sh EXP.toml [EXP.toml...] K [default|random|adas|race-ahead|race-first-tie|race-sequential ...]"
@@ -40,11 +47,14 @@ for exp in "${exps[@]}"; do
   name="$(basename "$exp" .toml)"
   names+=("$name")
   dir="$(dirname "$exp")"
+  cache=""
+  capped=$(python3 scripts/experiment_variant.py "$exp" --capped)
   for cfg in "${configs[@]}"; do
     for seed in $(seq 1 "$k"); do
       db="$out/$name-$cfg-$seed.db"
       if [ -f "$db" ] && "$bin" status "$db" --json 2>/dev/null | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["finished"] else 1)'; then
         echo "search-quality: $db finished earlier, reused" >&2
+        [ "$capped" = yes ] || cache="$db"
         continue
       fi
       rm -f "$db" "$db-wal" "$db-shm"
@@ -52,12 +62,14 @@ for exp in "${exps[@]}"; do
       variant="$dir/.search-quality-$name-$cfg-$seed.toml"
       python3 scripts/experiment_variant.py "$exp" "$cfg" "$seed" > "$variant"
       echo "search-quality: $name, $cfg, search seed $seed ($((SECONDS - start)) s so far)" >&2
-      if ! "$bin" run "$variant" --db "$db" --quiet >/dev/null; then
+      replay=(); [ -z "$cache" ] || replay=(--cache-from "$cache")
+      if ! "$bin" run "$variant" --db "$db" "${replay[@]}" --quiet >/dev/null; then
         rm -f "$variant"
         echo "search-quality: the $cfg run of $name with seed $seed failed" >&2
         exit 1
       fi
       rm -f "$variant"
+      [ "$capped" = yes ] || cache="$db"
     done
   done
 done

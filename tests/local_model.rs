@@ -168,24 +168,9 @@ fn choices_hold_the_embedded_model_to_one_of_them() {
     );
 }
 
-/// A rewrite prompt is fitted to the embedded model's window: shown programs beyond the
-/// parent are dropped until it fits, so the call is made rather than refused whole ("prompt
-/// has N tokens; ... exceeds the context"), which every ADAS-style rewrite with eight programs
-/// shown met on a 2048-token window.
-#[test]
-fn a_rewrite_prompt_is_fitted_to_the_model_window() {
-    use metaforge::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput, RewriteSession};
-    let _one = common::one_model_at_a_time();
-    let gateway = common::gateway_from(
-        "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 16\nmax_concurrency = 1\ncontext_per_sequence = 2048\ntemperature = 0.0",
-    );
-    assert_eq!(gateway.prompt_room(), Some(2048 - 16));
-    let templates = metaforge::propose::Templates::embedded().unwrap();
-    let opts = metaforge::config::RewriteOptions {
-        parse_retries: 0,
-        reflexion_rounds: 0,
-        ..Default::default()
-    };
+/// A rewrite session's input whose six programs alone are past a 2048-token window.
+fn input_past_the_window() -> metaforge::propose::rewrite::RewriteInput<'static> {
+    use metaforge::propose::rewrite::{ContextCandidate, LlmKind, RewriteInput};
     let program = |name: &str| ContextCandidate {
         name: name.into(),
         code: format!(
@@ -214,7 +199,7 @@ fn a_rewrite_prompt_is_fitted_to_the_model_window() {
         shown / 3 > 2048,
         "the programs alone are past the window: {shown} chars"
     );
-    let input = RewriteInput {
+    RewriteInput {
         kind: LlmKind::Rewrite,
         domain_name: "arith",
         domain_description: "arithmetic word problems",
@@ -225,15 +210,79 @@ fn a_rewrite_prompt_is_fitted_to_the_model_window() {
         base_code: None,
         sample_base: 0,
         guards: None,
-    };
-    let (_session, first) = RewriteSession::start(&gateway, &templates, &opts, input).unwrap();
-    let prompt = match &first {
+    }
+}
+
+fn gateway_with_window(window: u32) -> metaforge::llm::Gateway {
+    let gateway = common::gateway_from(&format!(
+        "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 16\nmax_concurrency = 1\ncontext_per_sequence = {window}\ntemperature = 0.0"
+    ));
+    assert_eq!(gateway.prompt_room(), Some(window - 16));
+    gateway
+}
+
+/// The prompt a proposal or failure was made from; fails the test on a call the model refused.
+fn prompt_sent(result: &Result<metaforge::propose::Proposal, metaforge::propose::rewrite::RewriteFailure>) -> String {
+    match result {
         Ok(p) => p.prompt.clone().unwrap_or_default(),
         Err(f) => {
             assert_ne!(f.kind, "llm", "the model refused the prompt: {}", f.reason);
             f.prompt.clone()
         }
+    }
+}
+
+/// A rewrite prompt is fitted to the embedded model's window: shown programs beyond the
+/// parent are dropped until it fits, so the call is made rather than refused whole ("prompt
+/// has N tokens; ... exceeds the context"), which every ADAS-style rewrite with eight programs
+/// shown met on a 2048-token window.
+#[test]
+fn a_rewrite_prompt_is_fitted_to_the_model_window() {
+    use metaforge::propose::rewrite::RewriteSession;
+    let _one = common::one_model_at_a_time();
+    let gateway = gateway_with_window(2048);
+    let templates = metaforge::propose::Templates::embedded().unwrap();
+    let opts = metaforge::config::RewriteOptions {
+        parse_retries: 0,
+        reflexion_rounds: 0,
+        ..Default::default()
     };
+    let (_session, first) = RewriteSession::start(&gateway, &templates, &opts, input_past_the_window()).unwrap();
+    let prompt = prompt_sent(&first);
     assert!(prompt.contains("# the parent"), "the parent is always shown");
     assert!(!prompt.contains("# inspiration 5"), "what did not fit was dropped");
+}
+
+/// A debug round adds a reply and an error report to a conversation whose first prompt was
+/// fitted to the window; the round is fitted again (the first prompt shows fewer programs),
+/// so the model takes it rather than refusing the whole conversation. The window holds the
+/// parent and one more program at first.
+#[test]
+fn a_debug_round_is_fitted_to_the_model_window() {
+    use metaforge::propose::rewrite::RewriteSession;
+    let _one = common::one_model_at_a_time();
+    let gateway = gateway_with_window(3072);
+    let templates = metaforge::propose::Templates::embedded().unwrap();
+    let opts = metaforge::config::RewriteOptions {
+        parse_retries: 0,
+        reflexion_rounds: 0,
+        ..Default::default()
+    };
+    let (mut session, first) = RewriteSession::start(&gateway, &templates, &opts, input_past_the_window()).unwrap();
+    let shown_first = prompt_sent(&first).matches("# inspiration").count();
+    let feedback = format!(
+        "Traceback (most recent call last):\n{}ValueError: the reply held no answer\n",
+        "  File \"agent.py\", line 12, in forward\n    return llm(task['question'])\n".repeat(40)
+    );
+    let fixed = session.debug(&feedback, 1).unwrap();
+    let prompt = prompt_sent(&fixed);
+    assert!(prompt.contains("# the parent"), "the parent is always shown");
+    assert!(
+        prompt.contains("ValueError: the reply held no answer"),
+        "the round's own report is sent"
+    );
+    assert!(
+        prompt.matches("# inspiration").count() < shown_first,
+        "the first prompt showed fewer programs to make room: {shown_first} before"
+    );
 }

@@ -70,6 +70,10 @@ pub struct RewriteSession<'a> {
     calls: u32,
     /// Replies that failed to parse in this session.
     pub malformed_replies: u32,
+    /// The characters a prompt may have to fit the model's window, where it states one.
+    room: Option<usize>,
+    /// What the first prompt is rendered from; what it shows shrinks as the fit needs.
+    first: RewriteInput<'a>,
 }
 
 pub struct RewriteInput<'a> {
@@ -114,61 +118,83 @@ impl<'a> RewriteSession<'a> {
         gateway: &'a Gateway,
         templates: &'a Templates,
         opts: &'a RewriteOptions,
-        mut input: RewriteInput,
+        input: RewriteInput<'a>,
     ) -> anyhow::Result<(Self, Result<Proposal, RewriteFailure>)> {
         let kind = input.kind.as_str();
         let system = templates.render_for(kind, input.domain_name, "system.j2", json!({}))?;
-        let room = gateway.prompt_room().map(|t| t as usize * CHARS_PER_TOKEN_AT_LEAST);
-        let user = loop {
-            let user = templates.render_for(
-                kind,
-                input.domain_name,
-                "propose.j2",
-                json!({
-                    "domain": {"description": input.domain_description},
-                    "example": input.example,
-                    "context": input.context,
-                    "failures": input.failures,
-                    "base_code": input.base_code,
-                    "guards": input.guards,
-                }),
-            )?;
-            // A prompt past the model's window is refused whole.
-            if room.is_none_or(|r| system.len() + user.len() <= r)
-                || !drop_one_spare(&mut input.context, input.parents.len(), &mut input.failures)
-            {
-                break user;
-            }
-        };
         let mut s = Self {
             gateway,
             templates,
             opts,
             kind: input.kind,
             domain: input.domain_name.to_string(),
-            base_code: input.base_code,
-            messages: vec![Message::new("system", system), Message::new("user", user)],
-            parents: input.parents,
+            base_code: input.base_code.clone(),
+            messages: vec![Message::new("system", system)],
+            parents: input.parents.clone(),
             sample_base: input.sample_base,
             calls: 0,
             malformed_replies: 0,
+            room: gateway.prompt_room().map(|t| t as usize * CHARS_PER_TOKEN_AT_LEAST),
+            first: input,
         };
+        let user = s.render_first()?;
+        s.messages.push(Message::new("user", user));
         let mut current = s.ask(kind);
         if current.is_ok() {
             for round in 1..=s.opts.reflexion_rounds {
                 let name = if round == 1 { "reflexion_1.j2" } else { "reflexion_2.j2" };
                 let prompt = s.render(name, json!({}))?;
+                let before = s.messages.clone();
                 s.messages.push(Message::new("user", prompt));
                 match s.ask(kind) {
                     Ok(p) => current = Ok(p),
-                    // A failed reflexion keeps the previous proposal; drop the bad exchange.
-                    Err(_) => {
-                        s.messages.truncate(s.messages.len().saturating_sub(2));
-                    }
+                    // A failed reflexion keeps the previous proposal and the conversation
+                    // that led to it.
+                    Err(_) => s.messages = before,
                 }
             }
         }
         Ok((s, current))
+    }
+
+    /// The first prompt, with what is left of the programs and failures it may show.
+    fn render_first(&self) -> anyhow::Result<String> {
+        let input = &self.first;
+        self.templates.render_for(
+            input.kind.as_str(),
+            input.domain_name,
+            "propose.j2",
+            json!({
+                "domain": {"description": input.domain_description},
+                "example": input.example,
+                "context": input.context,
+                "failures": input.failures,
+                "base_code": input.base_code,
+                "guards": input.guards,
+            }),
+        )
+    }
+
+    /// Fits the conversation to the model's window before a call, since a prompt past it is
+    /// refused whole. Every round (a reflexion, a parse retry, a debug round) speaks of the
+    /// reply just before it, so what goes is, in order: the oldest exchanges after the first
+    /// prompt, then what the first prompt can spare (`drop_one_spare`). What still does not
+    /// fit is sent as it is: the fit counts characters at a conservative rate, so the model
+    /// may yet take it.
+    fn fit_to_window(&mut self) -> anyhow::Result<()> {
+        let Some(room) = self.room else { return Ok(()) };
+        let size = |m: &[Message]| m.iter().map(|m| m.content.len()).sum::<usize>();
+        while size(&self.messages) > room {
+            if self.messages.len() > 4 {
+                // [system, first prompt, reply, round, reply, round, ...]
+                self.messages.drain(2..4);
+            } else if drop_one_spare(&mut self.first.context, self.parents.len(), &mut self.first.failures) {
+                self.messages[1].content = self.render_first()?;
+            } else {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// One debug round: feed back what went wrong and ask for a fix.
@@ -204,6 +230,14 @@ impl<'a> RewriteSession<'a> {
     fn ask(&mut self, kind: &str) -> Result<Proposal, RewriteFailure> {
         let mut tries = 0;
         loop {
+            if let Err(e) = self.fit_to_window() {
+                return Err(RewriteFailure {
+                    kind: "llm",
+                    reason: format!("cannot render the first prompt again: {e:#}"),
+                    prompt: self.transcript(),
+                    reply: None,
+                });
+            }
             let req = self.gateway.request(
                 self.messages.clone(),
                 CallParams::default(),
