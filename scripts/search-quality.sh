@@ -41,6 +41,10 @@ done
 cargo build --release --locked --quiet
 bin=target/release/metaforge
 out=runs/search-quality; mkdir -p "$out"
+# A variant left in the experiments' folder would also make the next cargo build rebuild.
+variant=""
+trap '[ -z "$variant" ] || rm -f "$variant"' EXIT
+trap 'exit 130' INT TERM
 start=$SECONDS
 names=()
 for exp in "${exps[@]}"; do
