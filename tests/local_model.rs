@@ -221,6 +221,16 @@ fn gateway_with_window(window: u32) -> metaforge::llm::Gateway {
     gateway
 }
 
+/// The shipped prompts, and no reflexion or parse retry, so each test decides the rounds.
+fn rewrite_without_extra_rounds() -> (metaforge::propose::Templates, metaforge::config::RewriteOptions) {
+    let opts = metaforge::config::RewriteOptions {
+        parse_retries: 0,
+        reflexion_rounds: 0,
+        ..Default::default()
+    };
+    (metaforge::propose::Templates::embedded().unwrap(), opts)
+}
+
 /// The prompt a proposal or failure was made from; fails the test on a call the model refused.
 fn prompt_sent(result: &Result<metaforge::propose::Proposal, metaforge::propose::rewrite::RewriteFailure>) -> String {
     match result {
@@ -241,12 +251,7 @@ fn a_rewrite_prompt_is_fitted_to_the_model_window() {
     use metaforge::propose::rewrite::RewriteSession;
     let _one = common::one_model_at_a_time();
     let gateway = gateway_with_window(2048);
-    let templates = metaforge::propose::Templates::embedded().unwrap();
-    let opts = metaforge::config::RewriteOptions {
-        parse_retries: 0,
-        reflexion_rounds: 0,
-        ..Default::default()
-    };
+    let (templates, opts) = rewrite_without_extra_rounds();
     let (_session, first) = RewriteSession::start(&gateway, &templates, &opts, input_past_the_window()).unwrap();
     let prompt = prompt_sent(&first);
     assert!(prompt.contains("# the parent"), "the parent is always shown");
@@ -262,12 +267,7 @@ fn a_debug_round_is_fitted_to_the_model_window() {
     use metaforge::propose::rewrite::RewriteSession;
     let _one = common::one_model_at_a_time();
     let gateway = gateway_with_window(3072);
-    let templates = metaforge::propose::Templates::embedded().unwrap();
-    let opts = metaforge::config::RewriteOptions {
-        parse_retries: 0,
-        reflexion_rounds: 0,
-        ..Default::default()
-    };
+    let (templates, opts) = rewrite_without_extra_rounds();
     let (mut session, first) = RewriteSession::start(&gateway, &templates, &opts, input_past_the_window()).unwrap();
     let shown_first = prompt_sent(&first).matches("# inspiration").count();
     let feedback = format!(
