@@ -59,20 +59,17 @@ pub struct RewriteSession<'a> {
     gateway: &'a Gateway,
     templates: &'a Templates,
     opts: &'a RewriteOptions,
-    kind: LlmKind,
-    domain: String,
     /// `diff` only: the program the next edits apply to (the parent, then each accepted fix).
     base_code: Option<String>,
     messages: Vec<Message>,
-    parents: Vec<String>,
-    /// Distinguishes this step's calls from identical prompts in other steps.
-    sample_base: u32,
     calls: u32,
     /// Replies that failed to parse in this session.
     pub malformed_replies: u32,
     /// The characters a prompt may have to fit the model's window, where it states one.
     room: Option<usize>,
-    /// What the first prompt is rendered from; what it shows shrinks as the fit needs.
+    /// What the session was started with: the kind, domain, parents and sample base, and what
+    /// the first prompt is rendered from, whose shown programs and failures shrink as the fit
+    /// needs.
     first: RewriteInput<'a>,
 }
 
@@ -121,24 +118,21 @@ impl<'a> RewriteSession<'a> {
         input: RewriteInput<'a>,
     ) -> anyhow::Result<(Self, Result<Proposal, RewriteFailure>)> {
         let kind = input.kind.as_str();
-        let system = templates.render_for(kind, input.domain_name, "system.j2", json!({}))?;
         let mut s = Self {
             gateway,
             templates,
             opts,
-            kind: input.kind,
-            domain: input.domain_name.to_string(),
             base_code: input.base_code.clone(),
-            messages: vec![Message::new("system", system)],
-            parents: input.parents.clone(),
-            sample_base: input.sample_base,
+            messages: Vec::new(),
             calls: 0,
             malformed_replies: 0,
             room: gateway.prompt_room().map(|t| t as usize * CHARS_PER_TOKEN_AT_LEAST),
             first: input,
         };
-        let user = s.render_first()?;
-        s.messages.push(Message::new("user", user));
+        s.messages = vec![
+            Message::new("system", s.render("system.j2", json!({}))?),
+            Message::new("user", s.render_first()?),
+        ];
         let mut current = s.ask(kind);
         if current.is_ok() {
             for round in 1..=s.opts.reflexion_rounds {
@@ -160,9 +154,7 @@ impl<'a> RewriteSession<'a> {
     /// The first prompt, with what is left of the programs and failures it may show.
     fn render_first(&self) -> anyhow::Result<String> {
         let input = &self.first;
-        self.templates.render_for(
-            input.kind.as_str(),
-            input.domain_name,
+        self.render(
             "propose.j2",
             json!({
                 "domain": {"description": input.domain_description},
@@ -188,7 +180,11 @@ impl<'a> RewriteSession<'a> {
             if self.messages.len() > 4 {
                 // [system, first prompt, reply, round, reply, round, ...]
                 self.messages.drain(2..4);
-            } else if drop_one_spare(&mut self.first.context, self.parents.len(), &mut self.first.failures) {
+            } else if drop_one_spare(
+                &mut self.first.context,
+                self.first.parents.len(),
+                &mut self.first.failures,
+            ) {
                 self.messages[1].content = self.render_first()?;
             } else {
                 break;
@@ -201,16 +197,17 @@ impl<'a> RewriteSession<'a> {
     pub fn debug(&mut self, feedback: &str, round: u32) -> anyhow::Result<Result<Proposal, RewriteFailure>> {
         let prompt = self.render("debug.j2", json!({"feedback": feedback}))?;
         self.messages.push(Message::new("user", prompt));
-        Ok(self.ask(&format!("{}:debug{round}", self.kind.as_str())))
+        Ok(self.ask(&format!("{}:debug{round}", self.first.kind.as_str())))
     }
 
     fn render(&self, file: &str, ctx: serde_json::Value) -> anyhow::Result<String> {
-        self.templates.render_for(self.kind.as_str(), &self.domain, file, ctx)
+        self.templates
+            .render_for(self.first.kind.as_str(), self.first.domain_name, file, ctx)
     }
 
     /// Reads a reply in this kind's format: a whole program, or edits to the base code.
     fn read_reply(&self, reply: &str) -> Result<super::reply::ParsedReply, String> {
-        match (&self.kind, &self.base_code) {
+        match (&self.first.kind, &self.base_code) {
             (LlmKind::Diff, Some(base)) => {
                 let code = apply_edits(base, &parse_edits(reply)?)?;
                 let name = super::reply::name_line(reply).unwrap_or_default();
@@ -241,7 +238,7 @@ impl<'a> RewriteSession<'a> {
             let req = self.gateway.request(
                 self.messages.clone(),
                 CallParams::default(),
-                self.sample_base + self.calls,
+                self.first.sample_base + self.calls,
             );
             self.calls += 1;
             let prompt_text = self.transcript();
@@ -259,7 +256,7 @@ impl<'a> RewriteSession<'a> {
             self.messages.push(Message::new("assistant", reply.clone()));
             match self.read_reply(&reply) {
                 Ok(p) => {
-                    if self.kind == LlmKind::Diff {
+                    if self.first.kind == LlmKind::Diff {
                         self.base_code = Some(p.code.clone());
                     }
                     return Ok(Proposal {
@@ -267,7 +264,7 @@ impl<'a> RewriteSession<'a> {
                         name: p.name,
                         thought: p.thought,
                         code: p.code,
-                        parents: self.parents.clone(),
+                        parents: self.first.parents.clone(),
                         prompt: Some(prompt_text),
                         reply: Some(reply),
                     });
