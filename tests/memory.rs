@@ -328,4 +328,22 @@ operators = 1.0
         count(&db, "SELECT count(*) FROM proposals p JOIN candidates c ON p.parents LIKE '%' || c.id || '%' WHERE c.name = 'No memory' AND p.kind LIKE 'op:%'"),
         0
     );
+    // The bandit learns from each step's credit, and credit from the comparison with the
+    // parent on the same scored episodes: a memory design is not raced, but compared.
+    let evaluated = count(&db, "SELECT count(*) FROM proposals WHERE kind LIKE 'op:%' AND status = 'evaluated'");
+    assert!(evaluated > 0, "no operator's design was evaluated");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM events WHERE kind = 'race' AND json_extract(detail, '$.kind') LIKE 'op:%' AND json_extract(detail, '$.paired.n') = 4"),
+        evaluated,
+        "each evaluated design is compared with its parent on the 4 scored validation episodes"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM events c JOIN events r ON r.step = c.step AND r.kind = 'race' AND json_extract(r.detail, '$.kind') LIKE 'op:%'
+             WHERE c.kind = 'credit' AND json_extract(c.detail, '$.improved') = (json_extract(r.detail, '$.paired.diff') > 0)"
+        ),
+        evaluated,
+        "a step's credit says whether its design beat its parent"
+    );
 }

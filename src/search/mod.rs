@@ -31,6 +31,7 @@ use crate::candidate::{candidate_id, docstring_header, Candidate, CandidateKind}
 use crate::check::{Checker, Signature};
 use crate::config::{Bandit, Experiment};
 use crate::domain::{Domain, Task};
+use crate::evaluate::paired::Paired;
 use crate::evaluate::racing;
 use crate::evaluate::staged::{evaluate_staged, Stages};
 use crate::evaluate::{Evaluation, Evaluator, Outcome};
@@ -906,9 +907,17 @@ impl Core {
             threshold: cfg.cascade_threshold,
             bootstrap_samples: cfg.bootstrap_samples,
         };
-        // An episode sequence is one unit (its halves fill and score the memory): not staged.
+        // An episode sequence is one unit (its halves fill and score the memory): not raced or
+        // staged. It is still compared with its rival on the same scored episodes, since the
+        // proposers' credit (and so the bandit) learns from that comparison alone.
         let out = if self.episodic.is_some() {
-            evaluator.evaluate(code, tasks, split, &tick).map(|e| (e, None))
+            evaluator.evaluate(code, tasks, split, &tick).map(|e| {
+                let race = rivals.tasks.map(|rival| {
+                    let mine: Vec<(String, f64)> = e.tasks.iter().map(|t| (t.task_id.clone(), t.score)).collect();
+                    (Paired::compare(&mine, rival, cfg.bootstrap_samples), vec![e.tasks.len()])
+                });
+                (e, race)
+            })
         } else if cfg.race_first > 0 || cfg.cascade_fraction == 0.0 {
             racing::evaluate_raced(
                 tasks,
@@ -1037,7 +1046,7 @@ fn seed_fits(code: &str, kind: crate::domain::AnswerKind) -> bool {
 }
 
 /// How a raced evaluation compared with its rival, and the tasks run at each look.
-type Race = (crate::evaluate::paired::Paired, Vec<usize>);
+type Race = (Paired, Vec<usize>);
 
 /// What an evaluation is measured against: the best parent's score (the cascade) and the
 /// rival's per-task scores (racing and credit). Empty for seeds' first and held-out runs.
