@@ -15,6 +15,11 @@ and not one pool of runs: experiments differ far more in what a search can gain 
 configurations do, and a pool would count that spread as noise. Its interval sums the
 per-experiment Welch variances; its p-value permutes configuration labels within each
 experiment only.
+
+The last column, "picked by validation", is the gain a user gets who keeps whichever of the
+two validation ranked higher: the seed's 0 where validation ranked the discovered agent below
+it. The tables compare configurations by the gain above; this one says how often validation
+would have chosen the discovered agent at all.
 """
 import itertools
 import json
@@ -36,7 +41,8 @@ def t95(df):
 
 
 def gains(binary, out, name, config, k):
-    """Each search seed's gain and whether it was a significant win."""
+    """Each search seed's gain, whether it was a significant win, and whether validation ranked
+    the discovered agent at least as high as the seed."""
     rows = []
     for seed in range(1, k + 1):
         db = f"{out}/{name}-{config}-{seed}.db"
@@ -49,7 +55,8 @@ def gains(binary, out, name, config, k):
             sys.exit(f"search_quality: {db} has not finished; fix: rerun scripts/search-quality.sh, which resumes it")
         c = status.get("test_comparison")
         diff = c["paired"]["diff"] if c else 0.0
-        rows.append((diff, bool(c and c["paired"]["p_two_sided"] < 0.05 and diff > 0)))
+        picked = bool(c and not c["discovered_val"] < c["seed_val"])
+        rows.append((diff, bool(c and c["paired"]["p_two_sided"] < 0.05 and diff > 0), picked))
     return rows
 
 
@@ -104,15 +111,18 @@ def main(binary, out, k, configs, names):
     for name in names:
         k = seeds[name]
         print(f"{name}:")
-        print(f"{'config':<16} {'K':>2}  {'mean gain':>10}  {'95% CI':>18}  {'significant wins':>17}  gains per seed")
+        print(f"{'config':<16} {'K':>2}  {'mean gain':>10}  {'95% CI':>18}  {'significant wins':>17}  "
+              f"{'gains per seed':<{7 * k}}  picked by validation")
         for cfg in configs:
             rows = gains(binary, out, name, cfg, k)
-            g = [d for d, _ in rows]
+            g = [d for d, _, _ in rows]
             m = statistics.fmean(g)
             half = t95(k - 1) * statistics.stdev(g) / math.sqrt(k) if k > 1 else float("nan")
-            wins = sum(w for _, w in rows)
+            wins = sum(w for _, w, _ in rows)
+            picked = [d if p else 0.0 for d, _, p in rows]
             print(f"{cfg:<16} {k:>2}  {m:>+10.3f}  [{m - half:+.3f}, {m + half:+.3f}]  {wins:>13} / {k}  "
-                  + " ".join(f"{d:+.3f}" for d in g))
+                  + f"{' '.join(f'{d:+.3f}' for d in g):<{7 * k}}  "
+                  + f"{statistics.fmean(picked):+.3f} ({sum(p for _, _, p in rows)} of {k} picked)")
             table[(name, cfg)] = g
         if "random" in configs and k > 1:
             for cfg in configs:

@@ -476,6 +476,54 @@ fn racing_and_proposer_credit_are_stored_and_shown() {
     assert_archive_sound(&db);
 }
 
+/// The search-quality table (`scripts/search_quality.py`) read from finished archives: each
+/// configuration's gains per search seed, and the gain a user keeps who picks by validation
+/// (the seed's 0 where validation ranked the discovered agent below it).
+#[test]
+fn the_search_quality_table_reads_the_gain_and_the_validation_pick_of_each_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    std::fs::create_dir(&out).unwrap();
+    let mut expected = Vec::new();
+    for seed in [1u64, 2] {
+        let exp = write_experiment(
+            dir.path(),
+            &format!("exp{seed}.toml"),
+            seed,
+            "name = \"arith\"\nval_size = 24\ntest_size = 12\n",
+            0.0,
+            2,
+        );
+        let db = dir.path().join(format!("run{seed}.db"));
+        run_to_end(&exp, &db);
+        let status = Command::new(bin()).args(["status", "--json"]).arg(&db).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let c = &v["test_comparison"];
+        let diff = c["paired"]["diff"].as_f64().unwrap_or(0.0);
+        let picked = !c.is_null() && c["discovered_val"].as_f64() >= c["seed_val"].as_f64();
+        expected.push((diff, picked));
+        for cfg in ["default", "random"] {
+            std::fs::copy(&db, out.join(format!("q-{cfg}-{seed}.db"))).unwrap();
+        }
+    }
+    let table = Command::new("python3")
+        .arg(format!("{}/scripts/search_quality.py", env!("CARGO_MANIFEST_DIR")))
+        .arg(bin())
+        .arg(&out)
+        .args(["2", "default,random", "q"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{shown}{}", String::from_utf8_lossy(&table.stderr));
+    let gains: Vec<String> = expected.iter().map(|(d, _)| format!("{d:+.3}")).collect();
+    let kept = expected.iter().map(|(d, p)| if *p { *d } else { 0.0 }).sum::<f64>() / 2.0;
+    let picked = expected.iter().filter(|(_, p)| *p).count();
+    let row = shown.lines().find(|l| l.starts_with("default ")).expect(&shown);
+    assert!(row.contains(&gains.join(" ")), "{shown}");
+    assert!(row.ends_with(&format!("{kept:+.3} ({picked} of 2 picked)")), "{shown}");
+    assert!(shown.contains("default - random: +0.000"), "{shown}");
+}
+
 /// SIGINT ends a run once the step in progress is stored: exit 130, `status` says it was
 /// interrupted, and `resume` continues. Two SIGTERMs stop it at once (exit 143). Either way
 /// the run resumed to its end equals one never stopped.

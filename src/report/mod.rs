@@ -60,6 +60,11 @@ pub struct TestComparison {
     pub seed: String,
     pub discovered_mean: f64,
     pub seed_mean: f64,
+    /// Their validation scores: the comparison takes the best discovered candidate even
+    /// where validation ranked it below the best seed (ADAS's measure), and then a user who
+    /// picks by validation keeps the seed.
+    pub discovered_val: f64,
+    pub seed_val: f64,
     pub paired: Paired,
     /// The smallest gain this many held-out tasks would show at p < 0.05 with 80% power,
     /// given how often the two disagreed.
@@ -200,6 +205,8 @@ pub fn test_comparison(archive: &Archive, rows: &[LeaderRow]) -> Result<Option<T
         seed: s.name.clone(),
         discovered_mean: dt.mean,
         seed_mean: st.mean,
+        discovered_val: d.val.as_ref().map_or(f64::NAN, |v| v.mean),
+        seed_val: s.val.as_ref().map_or(f64::NAN, |v| v.mean),
         detectable_gain: crate::evaluate::paired::detectable_gain(paired.n, discordant.max(0.05), 0.025, 0.8),
         paired,
     }))
@@ -256,8 +263,16 @@ fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>, subject: Sub
                     .unwrap_or_default()
             ),
         };
+        let ranked_below = if c.discovered_val < c.seed_val {
+            format!(
+                "; on validation it ranked below the best seed ({:.3} vs {:.3}), so picking by validation keeps the seed",
+                c.discovered_val, c.seed_val
+            )
+        } else {
+            String::new()
+        };
         return format!(
-            "held-out test, paired on {} {items}: best discovered {noun} {:?} {:.3} vs best seed {:?} {:.3}: difference {:+.3} [95% CI {:+.3}, {:+.3}], {} better, {} worse, McNemar p = {}: {relation}",
+            "held-out test, paired on {} {items}: best discovered {noun} {:?} {:.3} vs best seed {:?} {:.3}: difference {:+.3} [95% CI {:+.3}, {:+.3}], {} better, {} worse, McNemar p = {}: {relation}{ranked_below}",
             p.n,
             c.discovered,
             c.discovered_mean,
@@ -656,4 +671,34 @@ pub fn render_status(s: &Status) -> String {
     }
     out.push_str(&format!("{}\n", s.verdict));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comparison(discovered_val: f64, seed_val: f64) -> TestComparison {
+        // 12 scored episodes: the discovered design ahead on 5, behind on 1.
+        let diffs: Vec<f64> = [0.5, 0.5, 0.25, 0.5, 0.25, -0.25].into_iter().chain([0.0; 6]).collect();
+        TestComparison {
+            discovered: "focused insights".into(),
+            seed: "Insight list".into(),
+            discovered_mean: 0.65,
+            seed_mean: 0.5,
+            discovered_val,
+            seed_val,
+            paired: Paired::of_diffs(&diffs, 2000),
+            detectable_gain: None,
+        }
+    }
+
+    /// The verdict compares the best discovered design with the best seed whatever validation
+    /// said, and says when validation ranked it below the seed, since a user who picks by
+    /// validation then keeps the seed.
+    #[test]
+    fn the_verdict_says_when_validation_ranked_the_discovered_below_the_seed() {
+        let below = verdict(&[], Some(&comparison(0.70, 0.765)), Subject::MemoryDesign);
+        let above = verdict(&[], Some(&comparison(0.80, 0.765)), Subject::MemoryDesign);
+        insta::assert_snapshot!(format!("{below}\n{above}"));
+    }
 }
