@@ -9,8 +9,9 @@ its own number of search seeds after a colon where it differs from K.
 
 Per experiment: the gain of each search seed is the paired held-out difference of the best
 discovered agent over the best seed, whether or not validation ranked it above the seed (0
-when no discovered agent was evaluated on the whole validation pool, so none was tested). With several experiments, the difference from random search is
-also pooled: the mean over experiments of each one's difference in mean gain. Why stratified
+when no discovered agent was evaluated on the whole validation pool, so none was tested).
+With several experiments, the difference from random search is also pooled: the mean over
+experiments of each one's difference in mean gain. Why stratified
 and not one pool of runs: experiments differ far more in what a search can gain than the
 configurations do, and a pool would count that spread as noise. Its interval sums the
 per-experiment Welch variances; its p-value permutes configuration labels within each

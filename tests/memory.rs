@@ -330,7 +330,10 @@ operators = 1.0
     );
     // The bandit learns from each step's credit, and credit from the comparison with the
     // parent on the same scored episodes: a memory design is not raced, but compared.
-    let evaluated = count(&db, "SELECT count(*) FROM proposals WHERE kind LIKE 'op:%' AND status = 'evaluated'");
+    let evaluated = count(
+        &db,
+        "SELECT count(*) FROM proposals WHERE kind LIKE 'op:%' AND status = 'evaluated'",
+    );
     assert!(evaluated > 0, "no operator's design was evaluated");
     assert_eq!(
         count(&db, "SELECT count(*) FROM events WHERE kind = 'race' AND json_extract(detail, '$.kind') LIKE 'op:%' AND json_extract(detail, '$.paired.n') = 4"),

@@ -496,7 +496,11 @@ fn the_search_quality_table_reads_the_gain_and_the_validation_pick_of_each_run()
         );
         let db = dir.path().join(format!("run{seed}.db"));
         run_to_end(&exp, &db);
-        let status = Command::new(bin()).args(["status", "--json"]).arg(&db).output().unwrap();
+        let status = Command::new(bin())
+            .args(["status", "--json"])
+            .arg(&db)
+            .output()
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         let c = &v["test_comparison"];
         let diff = c["paired"]["diff"].as_f64().unwrap_or(0.0);
@@ -514,7 +518,11 @@ fn the_search_quality_table_reads_the_gain_and_the_validation_pick_of_each_run()
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&table.stdout);
-    assert!(table.status.success(), "{shown}{}", String::from_utf8_lossy(&table.stderr));
+    assert!(
+        table.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
     let gains: Vec<String> = expected.iter().map(|(d, _)| format!("{d:+.3}")).collect();
     let kept = expected.iter().map(|(d, p)| if *p { *d } else { 0.0 }).sum::<f64>() / 2.0;
     let picked = expected.iter().filter(|(_, p)| *p).count();

@@ -59,6 +59,17 @@ pub struct Raced {
     pub looks: Vec<usize>,
 }
 
+/// The evaluations' tasks (the parts of one raced run, or one whole run) compared with the
+/// rival's scores on the same tasks.
+pub fn compare_with_rival(parts: &[Evaluation], rival: &[(String, f64)], bootstrap_samples: usize) -> Paired {
+    let mine: Vec<(String, f64)> = parts
+        .iter()
+        .flat_map(|p| &p.tasks)
+        .map(|t| (t.task_id.clone(), t.score))
+        .collect();
+    Paired::compare(&mine, rival, bootstrap_samples)
+}
+
 /// Evaluates `tasks` raced against `rival` (its per-task scores on the same pool). With
 /// `first` = 0 every task runs at once; a rival is still compared at the end, for credit.
 pub fn evaluate_raced(
@@ -78,14 +89,7 @@ pub fn evaluate_raced(
             paired: None,
         });
     };
-    let compare = |parts: &[Evaluation]| {
-        let mine: Vec<(String, f64)> = parts
-            .iter()
-            .flat_map(|p| &p.tasks)
-            .map(|t| (t.task_id.clone(), t.score))
-            .collect();
-        Paired::compare(&mine, rival, bootstrap_samples)
-    };
+    let compare = |parts: &[Evaluation]| compare_with_rival(parts, rival, bootstrap_samples);
     let racing = first > 0 && first < n;
     let mut parts: Vec<Evaluation> = Vec::new();
     let mut looks = Vec::new();

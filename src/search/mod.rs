@@ -913,8 +913,8 @@ impl Core {
         let out = if self.episodic.is_some() {
             evaluator.evaluate(code, tasks, split, &tick).map(|e| {
                 let race = rivals.tasks.map(|rival| {
-                    let mine: Vec<(String, f64)> = e.tasks.iter().map(|t| (t.task_id.clone(), t.score)).collect();
-                    (Paired::compare(&mine, rival, cfg.bootstrap_samples), vec![e.tasks.len()])
+                    let paired = racing::compare_with_rival(std::slice::from_ref(&e), rival, cfg.bootstrap_samples);
+                    (paired, vec![e.tasks.len()])
                 });
                 (e, race)
             })
