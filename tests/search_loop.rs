@@ -41,12 +41,7 @@ fn full_run_then_status() {
         0
     );
     // status reads the same archive again
-    let st = Command::new(bin())
-        .args(["status", "--json"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let v = status_json(&db);
     assert_eq!(v["finished"], true);
     assert!(v["leaderboard"].as_array().unwrap().len() >= 3);
 }
@@ -450,12 +445,7 @@ fn racing_and_proposer_credit_are_stored_and_shown() {
         ),
         count(&db, "SELECT count(*) FROM proposals WHERE status = 'evaluated'") - 1
     );
-    let out = Command::new(bin())
-        .args(["status", "--json"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = status_json(&db);
     let tries: u64 = v["credit"]
         .as_array()
         .unwrap()
@@ -486,22 +476,13 @@ fn the_search_quality_table_reads_the_gain_and_the_validation_pick_of_each_run()
     std::fs::create_dir(&out).unwrap();
     let mut expected = Vec::new();
     for seed in [1u64, 2] {
-        let exp = write_experiment(
+        let db = finished_run(
             dir.path(),
-            &format!("exp{seed}.toml"),
+            &format!("run{seed}.toml"),
             seed,
             "name = \"arith\"\nval_size = 24\ntest_size = 12\n",
-            0.0,
-            2,
         );
-        let db = dir.path().join(format!("run{seed}.db"));
-        run_to_end(&exp, &db);
-        let status = Command::new(bin())
-            .args(["status", "--json"])
-            .arg(&db)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let v = status_json(&db);
         let c = &v["test_comparison"];
         let diff = c["paired"]["diff"].as_f64().unwrap_or(0.0);
         let picked = !c.is_null() && c["discovered_val"].as_f64() >= c["seed_val"].as_f64();

@@ -181,6 +181,13 @@ pub fn finished_run(dir: &Path, file: &str, seed: u64, domain: &str) -> std::pat
     db
 }
 
+/// What `metaforge status --json` says of the archive `db`.
+pub fn status_json(db: &Path) -> serde_json::Value {
+    let out = Command::new(bin()).args(["status", "--json"]).arg(db).output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
 /// Makes the scripted agent model of the experiment at `exp` take `latency_ms` a call, so
 /// a search is slow enough to watch, stop or kill mid-step.
 pub fn slow_agent(exp: &Path, latency_ms: u64) {
