@@ -252,8 +252,10 @@ pub struct DomainConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpisodesConfig {
-    /// Who plays: `model` (the agent model, one call per step) or `scripted` (a fixed
-    /// policy that reads the memory text; for tests of the protocol, not for figures).
+    /// Who plays: `place_choice` (the agent model chooses where each object goes),
+    /// `place_calibrated` (the same, each place judged against a question about no object in
+    /// particular), `model` (the agent model, one call per step) or `scripted` (a fixed policy
+    /// that reads the memory text; for tests of the protocol, not for figures).
     #[serde(default)]
     pub base_agent: BaseAgentKind,
     /// Actions per episode before it is cut off.
@@ -285,6 +287,11 @@ pub enum BaseAgentKind {
     #[default]
     #[serde(rename = "place_choice")]
     PlaceChoice,
+    /// As `place_choice`, each place judged by how much likelier the real question makes it
+    /// than a question about no object in particular, so what the memory names cancels unless
+    /// it is about the object held. Needs the embedded model as the agent model.
+    #[serde(rename = "place_calibrated")]
+    PlaceCalibrated,
     /// A fixed policy that reads `object -> place` lines: for tests of the protocol only.
     Scripted,
 }

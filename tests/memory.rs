@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use metaforge::config::EvaluationConfig;
 use metaforge::domain::Scorer;
-use metaforge::episodic::Episodic;
+use metaforge::episodic::{Episodic, PlaceScoring};
 use metaforge::evaluate::{Evaluation, Evaluator, Outcome};
 
 /// Evaluates each design on the same 80-episode validation sequence (40 fill, 40 scored).
@@ -241,29 +241,7 @@ debug_rounds = 0
 /// a put, and an `object -> place` fact among facts about other objects.
 #[test]
 fn the_model_played_agent_puts_an_object_where_the_memory_says() {
-    use metaforge::episodic::agent::choose_place;
-    let gateway = gateway_from(
-        "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 24\nmax_concurrency = 4\ntemperature = 0.0",
-    );
-    let templates = metaforge::propose::Templates::embedded().unwrap();
-    let living: Vec<String> = [
-        "TV stand",
-        "arm chair",
-        "book case",
-        "coffee table",
-        "end table",
-        "side table",
-        "sofa",
-        "wastepaper basket",
-    ]
-    .map(String::from)
-    .to_vec();
-    let room = "You are in the living room.";
-    let choose = |object: &str, memory: &str| {
-        choose_place(&gateway, &templates, room, object, &living, memory)
-            .unwrap()
-            .0
-    };
+    let choose = place_chooser(PlaceScoring::Likeliest);
     // Each object with a memory that puts it somewhere the model would not put it unaided.
     let mut followed = Vec::new();
     for object in ["used tissue", "TV remote control", "teapot"] {
@@ -286,6 +264,95 @@ fn the_model_played_agent_puts_an_object_where_the_memory_says() {
     );
     let facts = "cushion -> sofa\nused tissue -> wastepaper basket\npicture -> TV stand";
     assert_eq!(choose("used tissue", facts), "wastepaper basket");
+}
+
+/// A memory that names a place for one object pulls the `place_choice` player's other
+/// objects there too (a fact about the used tissue sends the teapot to the book case). The
+/// calibrated player (`place_calibrated`), which judges each place against the same question
+/// about no object in particular, is not pulled: the test holds the real model's scoring to
+/// that. It also prints how often each player follows a fact about the object it holds, the
+/// figure that says whether the model ties a fact to its object at all (benches/RESULTS.md).
+#[test]
+fn a_fact_about_another_object_pulls_only_the_uncalibrated_player() {
+    let players = [
+        place_chooser(PlaceScoring::Likeliest),
+        place_chooser(PlaceScoring::Calibrated),
+    ];
+    let (mut pulled, mut followed, mut cases) = ([0, 0], [0, 0], [0, 0]);
+    for (object, other) in [
+        ("cushion", "used tissue"),
+        ("teapot", "TV remote control"),
+        ("picture", "cushion"),
+    ] {
+        let alone: Vec<String> = players.iter().map(|choose| choose(object, "")).collect();
+        for place in ["wastepaper basket", "book case", "end table", "arm chair"] {
+            for (i, choose) in players.iter().enumerate() {
+                let before = &alone[i];
+                if before == place {
+                    continue;
+                }
+                cases[i] += 1;
+                let other_fact = choose(object, &format!("{other} -> {place}"));
+                let own_fact = choose(object, &format!("{object} -> {place}"));
+                pulled[i] += usize::from(other_fact == place);
+                followed[i] += usize::from(own_fact == place);
+                eprintln!("{:?} {object} -> {place}: alone {before:?}, told of the {other} {other_fact:?}, told of itself {own_fact:?}", if i == 0 { PlaceScoring::Likeliest } else { PlaceScoring::Calibrated });
+            }
+        }
+    }
+    for (i, name) in ["place_choice", "place_calibrated"].iter().enumerate() {
+        eprintln!(
+            "{name}: pulled by a fact about another object in {} of {}, followed a fact about its own in {} of {}",
+            pulled[i], cases[i], followed[i], cases[i]
+        );
+    }
+    assert!(
+        cases.iter().all(|c| *c >= 6),
+        "too few cases where the player did not already choose the place: {cases:?}"
+    );
+    assert!(
+        pulled[0] * 4 >= cases[0],
+        "the plain player should be pulled in a quarter of the cases or more: {pulled:?} of {cases:?}"
+    );
+    assert!(
+        pulled[1] * 4 < cases[1],
+        "calibration should cancel the pull: {pulled:?} of {cases:?}"
+    );
+}
+
+/// The place the real embedded model chooses for an object in a living room, by `scoring`,
+/// given a memory text.
+fn place_chooser(scoring: PlaceScoring) -> impl Fn(&str, &str) -> String {
+    use metaforge::episodic::agent::choose_place;
+    let gateway = gateway_from(
+        "backend = \"local\"\nmodel = \"smollm2-135m\"\nmax_tokens = 24\nmax_concurrency = 4\ntemperature = 0.0",
+    );
+    let templates = metaforge::propose::Templates::embedded().unwrap();
+    let living: Vec<String> = [
+        "TV stand",
+        "arm chair",
+        "book case",
+        "coffee table",
+        "end table",
+        "side table",
+        "sofa",
+        "wastepaper basket",
+    ]
+    .map(String::from)
+    .to_vec();
+    move |object: &str, memory: &str| {
+        choose_place(
+            &gateway,
+            &templates,
+            scoring,
+            "You are in the living room.",
+            object,
+            &living,
+            memory,
+        )
+        .unwrap()
+        .0
+    }
 }
 
 /// With operators the only proposers, the no-memory seed (cheapest, so always on the Pareto

@@ -23,6 +23,7 @@ fn user_request(text: &str) -> metaforge::llm::ChatRequest {
         json: false,
         stop: Vec::new(),
         choices: Vec::new(),
+        calibration: None,
         sample_index: 0,
     }
 }
@@ -68,6 +69,23 @@ fn client_errors_are_not_retried() {
     match backend.complete(&req) {
         Err(LlmError::Fatal(e)) => assert!(e.contains("404"), "{e}"),
         other => panic!("expected a fatal 404, got {other:?}"),
+    }
+}
+
+/// A calibrated choice needs each choice's likelihood, which an endpoint does not give: the
+/// call is refused by name, before anything is sent (the address below has no server).
+#[test]
+fn a_calibrated_choice_is_refused_by_an_endpoint_before_it_is_sent() {
+    let backend = OpenAiBackend::new("http://127.0.0.1:9/v1", "x", None, Duration::from_secs(2), 4);
+    let mut req = user_request("You hold the cushion. Where does it go?");
+    req.choices = vec!["sofa".into(), "shelf".into()];
+    req.calibration = Some(metaforge::llm::Calibration {
+        messages: vec![Message::new("user", "You hold the thing. Where does it go?")],
+        choices: req.choices.clone(),
+    });
+    match backend.complete(&req) {
+        Err(LlmError::Fatal(e)) => assert!(e.contains("place_choice") && e.contains("likelihood"), "{e}"),
+        other => panic!("expected a fatal refusal, got {other:?}"),
     }
 }
 

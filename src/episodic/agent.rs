@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::env::{EnvServer, Game, GameState};
 use super::placement::{put_parts, room_of, PlacePolicy};
-use crate::llm::{CallParams, Gateway, Message, Usage};
+use crate::llm::{Calibration, CallParams, Gateway, Message, Usage};
 use crate::propose::Templates;
 
 /// One step of a trajectory, as the memory design's `update` receives it.
@@ -51,6 +51,7 @@ pub enum BaseAgent<'a> {
     PlaceChoice {
         gateway: &'a Gateway,
         templates: &'a Templates,
+        scoring: PlaceScoring,
     },
     /// A deterministic policy that reads the memory text for `object ... location` lines:
     /// for unit tests of the protocol only (no model), never a reported figure.
@@ -86,10 +87,14 @@ impl BaseAgent<'_> {
                     Some(a) => a,
                     None => break,
                 },
-                BaseAgent::PlaceChoice { gateway, templates } => {
+                BaseAgent::PlaceChoice {
+                    gateway,
+                    templates,
+                    scoring,
+                } => {
                     let room = room_of(&start.observation);
                     let choose = |object: &str, places: &[String]| {
-                        let (place, used) = choose_place(gateway, templates, room, object, places, memory)?;
+                        let (place, used) = choose_place(gateway, templates, *scoring, room, object, places, memory)?;
                         usage.merge(&used);
                         Ok(place)
                     };
@@ -149,9 +154,21 @@ impl BaseAgent<'_> {
     }
 }
 
+/// How the place-choosing player compares places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceScoring {
+    /// The likeliest answer sentence wins.
+    Likeliest,
+    /// The answer sentence whose likelihood rises most from a content-free question (the same
+    /// room and memory, the object replaced by `templates/episodes/neutral_object.j2`) to the
+    /// real one: what the memory and the room make likely whatever the object is held cancels
+    /// (`Calibration`), so a line about another object no longer sends this one to its place.
+    Calibrated,
+}
+
 /// Where the agent model puts `object`: the place whose answer sentence
 /// (`templates/episodes/place_answer.j2`) it finds likeliest after the question, with the
-/// memory text in its context; and what the call used.
+/// memory text in its context, by `scoring`; and what the call used.
 ///
 /// Why a whole sentence: each place is scored as the end of "The <object> goes in the …", so
 /// a memory line that states the place in words like those is copied. Asked for a bare place
@@ -159,21 +176,38 @@ impl BaseAgent<'_> {
 pub fn choose_place(
     gateway: &Gateway,
     templates: &Templates,
+    scoring: PlaceScoring,
     room: &str,
     object: &str,
     places: &[String],
     memory: &str,
 ) -> Result<(String, Usage)> {
-    let prompt = templates.render(
-        "episodes/place_choice.j2",
-        json!({"memory": memory, "room": room, "object": object, "places": places}),
-    )?;
-    let answers: Vec<String> = places
-        .iter()
-        .map(|place| templates.render("episodes/place_answer.j2", json!({"object": object, "place": place})))
-        .collect::<Result<_>>()?;
+    let question = |object: &str| -> Result<(String, Vec<String>)> {
+        let prompt = templates.render(
+            "episodes/place_choice.j2",
+            json!({"memory": memory, "room": room, "object": object, "places": places}),
+        )?;
+        let answers = places
+            .iter()
+            .map(|place| templates.render("episodes/place_answer.j2", json!({"object": object, "place": place})))
+            .collect::<Result<_>>()?;
+        Ok((prompt, answers))
+    };
+    let (prompt, answers) = question(object)?;
+    let calibration = match scoring {
+        PlaceScoring::Likeliest => None,
+        PlaceScoring::Calibrated => {
+            let neutral = templates.render("episodes/neutral_object.j2", json!({}))?;
+            let (prompt, choices) = question(neutral.trim())?;
+            Some(Calibration {
+                messages: vec![Message::new("user", prompt)],
+                choices,
+            })
+        }
+    };
     let params = CallParams {
         choices: answers.clone(),
+        calibration,
         temperature: Some(0.0),
         ..CallParams::default()
     };

@@ -32,7 +32,7 @@ use crate::llm::{Gateway, Usage};
 use crate::propose::Templates;
 use crate::sandbox::{classify, error_kind, tail, task_outcome, LlmCall, LlmHandler};
 use crate::types::{Split, TaskOutcome};
-pub use agent::{choose_action, observation_for, BaseAgent, Play};
+pub use agent::{choose_action, observation_for, BaseAgent, PlaceScoring, Play};
 pub use env::{EnvPool, Game};
 
 /// The task id of the one worker task that carries a whole episode sequence.
@@ -230,6 +230,12 @@ impl Episodic {
             BaseAgentKind::PlaceChoice => BaseAgent::PlaceChoice {
                 gateway,
                 templates: &self.templates,
+                scoring: PlaceScoring::Likeliest,
+            },
+            BaseAgentKind::PlaceCalibrated => BaseAgent::PlaceChoice {
+                gateway,
+                templates: &self.templates,
+                scoring: PlaceScoring::Calibrated,
             },
             BaseAgentKind::Scripted => BaseAgent::Scripted,
         }

@@ -285,6 +285,11 @@ impl Backend for LocalBackend {
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        if req.calibration.is_some() && (req.choices.is_empty() || req.temperature > 0.0) {
+            return Err(LlmError::Fatal(
+                "a calibrated call is answered by scoring its choices: it needs choices and temperature 0".into(),
+            ));
+        }
         if !req.choices.is_empty() && req.temperature <= 0.0 {
             return self.most_likely_choice(req);
         }
@@ -309,25 +314,36 @@ impl LocalBackend {
     /// wins (the first on a tie). Why not greedy decoding under a grammar: that commits to the
     /// likeliest first token, and choices that begin alike, or whose first token is a rare
     /// piece of a common word, are then judged by the wrong thing. The choices share the
-    /// prompt's cells, so only their own tokens cost a decode each.
+    /// prompt's cells, so only their own tokens cost a decode each. With a `Calibration`,
+    /// each choice's log-probability after the content-free question is subtracted first.
     fn most_likely_choice(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
         let mut plain = req.clone();
         plain.choices.clear();
-        let pending: Vec<_> = req
-            .choices
-            .iter()
-            .map(|c| self.submit(plain.clone(), Some(c.clone())))
-            .collect::<Result<_, _>>()?;
-        let mut best: Option<(f64, usize)> = None;
+        plain.calibration = None;
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        for (i, rx) in pending.into_iter().enumerate() {
-            let d = rx
-                .recv()
-                .map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))??;
-            prompt_tokens = prompt_tokens.max(d.completion.prompt_tokens);
-            completion_tokens += d.completion.completion_tokens;
-            if best.is_none_or(|(lp, _)| d.logprob > lp) {
-                best = Some((d.logprob, i));
+        let mut scores = self.score_choices(&plain, &req.choices, &mut prompt_tokens, &mut completion_tokens)?;
+        if let Some(calibration) = &req.calibration {
+            if calibration.choices.len() != req.choices.len() {
+                return Err(LlmError::Fatal(format!(
+                    "the calibration words {} choices for a call of {}; it needs one per choice, in order",
+                    calibration.choices.len(),
+                    req.choices.len()
+                )));
+            }
+            let mut neutral = plain.clone();
+            neutral.messages = calibration.messages.clone();
+            let (mut p, mut c) = (0, 0);
+            let prior = self.score_choices(&neutral, &calibration.choices, &mut p, &mut c)?;
+            prompt_tokens += p;
+            completion_tokens += c;
+            for (score, prior) in scores.iter_mut().zip(prior) {
+                *score -= prior;
+            }
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for (i, score) in scores.into_iter().enumerate() {
+            if best.is_none_or(|(top, _)| score > top) {
+                best = Some((score, i));
             }
         }
         let (_, i) = best.expect("choices are not empty");
@@ -336,6 +352,31 @@ impl LocalBackend {
             prompt_tokens,
             completion_tokens,
         })
+    }
+
+    /// Each of `choices`' summed token log-probability as the continuation of `req`'s
+    /// prompt, in order; the prompt's tokens are counted once, the choices' each.
+    fn score_choices(
+        &self,
+        req: &ChatRequest,
+        choices: &[String],
+        prompt_tokens: &mut u64,
+        completion_tokens: &mut u64,
+    ) -> Result<Vec<f64>, LlmError> {
+        let pending: Vec<_> = choices
+            .iter()
+            .map(|c| self.submit(req.clone(), Some(c.clone())))
+            .collect::<Result<_, _>>()?;
+        let mut scores = Vec::with_capacity(choices.len());
+        for rx in pending {
+            let d = rx
+                .recv()
+                .map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))??;
+            *prompt_tokens = (*prompt_tokens).max(d.completion.prompt_tokens);
+            *completion_tokens += d.completion.completion_tokens;
+            scores.push(d.logprob);
+        }
+        Ok(scores)
     }
 }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use crate::host::cache_root;
-pub use crate::types::{CallParams, Message, Reply, Role, Usage, MAX_STOP};
+pub use crate::types::{Calibration, CallParams, Message, Reply, Role, Usage, MAX_STOP};
 pub use fetch::{resolve_local_model, DEFAULT_LOCAL_MODEL};
 pub use gateways::Gateways;
 pub use openai::OpenAiBackend;
@@ -98,6 +98,11 @@ pub struct ChatRequest {
     /// serialised request when empty, as `stop` is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// Answer the choices relative to a content-free question (`Calibration`); only a
+    /// backend that scores choices (the embedded model) can, the others refuse. Left out of
+    /// the serialised request when absent, as `stop` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     /// Which sample of an identical request this is; also seeds local sampling, so a repeat
     /// sample is distinct from the first yet reproducible.
     pub sample_index: u32,
@@ -438,6 +443,7 @@ impl Gateway {
             json: params.json,
             stop: params.stop,
             choices: params.choices,
+            calibration: params.calibration,
             sample_index,
         }
         .with_room_for_choices()

@@ -148,6 +148,7 @@ fn probe(model: &str, file: &mut Option<String>, started: &mut Option<Started>) 
             json: false,
             stop: vec![],
             choices: vec![],
+            calibration: None,
             sample_index: 0,
         })
         .map_err(|e| match e {

@@ -79,6 +79,14 @@ impl Backend for OpenAiBackend {
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<Completion, LlmError> {
+        if req.calibration.is_some() {
+            return Err(LlmError::Fatal(format!(
+                "a calibrated choice needs each choice's likelihood, which {} does not give; \
+                 use the embedded model for this call, or a player that does not calibrate \
+                 (base_agent = \"place_choice\")",
+                self.model_id()
+            )));
+        }
         if req.choices.is_empty() {
             self.send(req, None)
         } else {

@@ -183,6 +183,7 @@ fn complete(backend: &dyn Backend, text: &str, cap: u32) -> (u16, serde_json::Va
         json: false,
         stop: body.stop.map(|s| s.into_vec()).unwrap_or_default(),
         choices,
+        calibration: None,
         sample_index: body.seed.unwrap_or(0),
     };
     match backend.complete(&req).map(|mut c| {

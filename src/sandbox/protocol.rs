@@ -102,6 +102,8 @@ impl LlmCall {
             json: self.json,
             stop: self.stop.clone().unwrap_or_default(),
             choices: self.choices.clone().unwrap_or_default(),
+            // Agents choose by plain likelihood; calibration is the episodic player's own.
+            calibration: None,
         }
     }
 

@@ -44,6 +44,22 @@ pub struct CallParams {
     pub stop: Vec<String>,
     /// The answers allowed (at most `MAX_CHOICES`): the reply is exactly one of them.
     pub choices: Vec<String>,
+    /// A content-free version of the same question, for a constrained call at temperature 0
+    /// to be answered by likelihood relative to it (`Calibration`).
+    pub calibration: Option<Calibration>,
+}
+
+/// The same question with its content left out ("You hold the thing" for "You hold the
+/// cushion"), each choice worded for it, in the order of the call's own choices. A scoring
+/// backend picks the choice whose log-likelihood rises most from this question to the real
+/// one (contextual calibration, Zhao et al. 2021). Why: a small model scoring choices is
+/// pulled toward whatever the context names, whatever the question; the pull is there in the
+/// content-free question too, and so cancels, while what the question's content adds stays,
+/// as far as the model ties the context to that content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub messages: Vec<Message>,
+    pub choices: Vec<String>,
 }
 
 /// Most stop sequences a call may carry (OpenAI's limit).

@@ -10,7 +10,8 @@ mod evaluation;
 mod input;
 
 pub use call::{
-    check_choices, pick_choice, CallParams, Message, Reply, Role, Usage, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_STOP,
+    check_choices, pick_choice, Calibration, CallParams, Message, Reply, Role, Usage, MAX_CHOICES, MAX_CHOICE_BYTES,
+    MAX_STOP,
 };
 pub use choice::{Fold, IsolationMode, Objective, ParentSelection, RaceRule, DEFAULT_OBJECTIVES};
 pub use evaluation::{

@@ -222,6 +222,7 @@ fn answer(shared: &Shared, body: &[u8], usage: bool) -> Vec<u8> {
             .collect(),
         // No structured output here: a JSON schema is served as a plain reply.
         choices: Vec::new(),
+        calibration: None,
         sample_index: req["seed"].as_u64().unwrap_or(0) as u32,
     };
     let completion = backend.complete(&chat).unwrap();
