@@ -22,8 +22,9 @@
 # before made (`--cache-from` the last finished archive, which holds all of theirs): a request
 # is answered as it was, sampled ones included (their seed is part of the request); sent
 # again it could differ only where batched decoding rounds differently. The seed agents or
-# designs are evaluated alike in every run, and that is most of a memory experiment's hours. Under a cap a replayed call would cost nothing and let
-# a run go further than its rivals, so there each run sends its own.
+# designs are evaluated alike in every run, and that is most of a memory experiment's hours.
+# Under a cap a replayed call would cost nothing and let a run go further than its rivals, so
+# there each run sends its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: scripts/search-quality.sh EXP.toml [EXP.toml...] K [default|random|adas|race-ahead|race-first-tie|race-sequential ...]"

@@ -275,8 +275,8 @@ fn the_model_played_agent_puts_an_object_where_the_memory_says() {
 #[test]
 fn a_fact_about_another_object_pulls_only_the_uncalibrated_player() {
     let players = [
-        place_chooser(PlaceScoring::Likeliest),
-        place_chooser(PlaceScoring::Calibrated),
+        ("place_choice", place_chooser(PlaceScoring::Likeliest)),
+        ("place_calibrated", place_chooser(PlaceScoring::Calibrated)),
     ];
     let (mut pulled, mut followed, mut cases) = ([0, 0], [0, 0], [0, 0]);
     for (object, other) in [
@@ -284,9 +284,9 @@ fn a_fact_about_another_object_pulls_only_the_uncalibrated_player() {
         ("teapot", "TV remote control"),
         ("picture", "cushion"),
     ] {
-        let alone: Vec<String> = players.iter().map(|choose| choose(object, "")).collect();
+        let alone: Vec<String> = players.iter().map(|(_, choose)| choose(object, "")).collect();
         for place in ["wastepaper basket", "book case", "end table", "arm chair"] {
-            for (i, choose) in players.iter().enumerate() {
+            for (i, (name, choose)) in players.iter().enumerate() {
                 let before = &alone[i];
                 if before == place {
                     continue;
@@ -296,11 +296,11 @@ fn a_fact_about_another_object_pulls_only_the_uncalibrated_player() {
                 let own_fact = choose(object, &format!("{object} -> {place}"));
                 pulled[i] += usize::from(other_fact == place);
                 followed[i] += usize::from(own_fact == place);
-                eprintln!("{:?} {object} -> {place}: alone {before:?}, told of the {other} {other_fact:?}, told of itself {own_fact:?}", if i == 0 { PlaceScoring::Likeliest } else { PlaceScoring::Calibrated });
+                eprintln!("{name} {object} -> {place}: alone {before:?}, told of the {other} {other_fact:?}, told of itself {own_fact:?}");
             }
         }
     }
-    for (i, name) in ["place_choice", "place_calibrated"].iter().enumerate() {
+    for (i, (name, _)) in players.iter().enumerate() {
         eprintln!(
             "{name}: pulled by a fact about another object in {} of {}, followed a fact about its own in {} of {}",
             pulled[i], cases[i], followed[i], cases[i]

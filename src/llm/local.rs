@@ -320,8 +320,7 @@ impl LocalBackend {
         let mut plain = req.clone();
         plain.choices.clear();
         plain.calibration = None;
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        let mut scores = self.score_choices(&plain, &req.choices, &mut prompt_tokens, &mut completion_tokens)?;
+        let (mut scores, mut prompt_tokens, mut completion_tokens) = self.score_choices(&plain, &req.choices)?;
         if let Some(calibration) = &req.calibration {
             if calibration.choices.len() != req.choices.len() {
                 return Err(LlmError::Fatal(format!(
@@ -332,8 +331,7 @@ impl LocalBackend {
             }
             let mut neutral = plain.clone();
             neutral.messages = calibration.messages.clone();
-            let (mut p, mut c) = (0, 0);
-            let prior = self.score_choices(&neutral, &calibration.choices, &mut p, &mut c)?;
+            let (prior, p, c) = self.score_choices(&neutral, &calibration.choices)?;
             prompt_tokens += p;
             completion_tokens += c;
             for (score, prior) in scores.iter_mut().zip(prior) {
@@ -355,28 +353,23 @@ impl LocalBackend {
     }
 
     /// Each of `choices`' summed token log-probability as the continuation of `req`'s
-    /// prompt, in order; the prompt's tokens are counted once, the choices' each.
-    fn score_choices(
-        &self,
-        req: &ChatRequest,
-        choices: &[String],
-        prompt_tokens: &mut u64,
-        completion_tokens: &mut u64,
-    ) -> Result<Vec<f64>, LlmError> {
+    /// prompt, in order, with the prompt's tokens (counted once) and the choices' (each).
+    fn score_choices(&self, req: &ChatRequest, choices: &[String]) -> Result<(Vec<f64>, u64, u64), LlmError> {
         let pending: Vec<_> = choices
             .iter()
             .map(|c| self.submit(req.clone(), Some(c.clone())))
             .collect::<Result<_, _>>()?;
         let mut scores = Vec::with_capacity(choices.len());
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         for rx in pending {
             let d = rx
                 .recv()
                 .map_err(|_| LlmError::Fatal("local model thread dropped a request".into()))??;
-            *prompt_tokens = (*prompt_tokens).max(d.completion.prompt_tokens);
-            *completion_tokens += d.completion.completion_tokens;
+            prompt_tokens = prompt_tokens.max(d.completion.prompt_tokens);
+            completion_tokens += d.completion.completion_tokens;
             scores.push(d.logprob);
         }
-        Ok(scores)
+        Ok((scores, prompt_tokens, completion_tokens))
     }
 }
 
