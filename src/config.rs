@@ -252,10 +252,12 @@ pub struct DomainConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpisodesConfig {
-    /// Who plays: `place_choice` (the agent model chooses where each object goes),
-    /// `place_calibrated` (the same, each place judged against a question about no object in
-    /// particular), `model` (the agent model, one call per step) or `scripted` (a fixed policy
-    /// that reads the memory text; for tests of the protocol, not for figures).
+    /// Who plays: `place_avoid` (the agent model chooses where each object goes, never a
+    /// place the memory warns against for it), `place_choice` (the same, warnings shown to
+    /// the model like any line), `place_calibrated` (as `place_choice`, each place judged
+    /// against a question about no object in particular), `model` (the agent model, one call
+    /// per step) or `scripted` (a fixed policy that reads the memory text; for tests of the
+    /// protocol, not for figures).
     #[serde(default)]
     pub base_agent: BaseAgentKind,
     /// Actions per episode before it is cut off.
@@ -282,9 +284,8 @@ pub enum BaseAgentKind {
     /// comparison: the small embedded model never puts an object away this way.
     Model,
     /// The agent model chooses where each object goes (its likelihood of each place, the
-    /// memory text in its context); taking and opening are done for it. The default: it is
-    /// the player a memory can help (`placement.rs` says why).
-    #[default]
+    /// memory text in its context); taking and opening are done for it (`placement.rs` says
+    /// why). Kept for comparison: a warning in its memory draws it to the place it names.
     #[serde(rename = "place_choice")]
     PlaceChoice,
     /// As `place_choice`, each place judged by how much likelier the real question makes it
@@ -292,6 +293,14 @@ pub enum BaseAgentKind {
     /// it is about the object held. Needs the embedded model as the agent model.
     #[serde(rename = "place_calibrated")]
     PlaceCalibrated,
+    /// As `place_choice`, and a memory line that warns against a place for the object held
+    /// takes that place off its choices instead of being shown to the model, which would be
+    /// drawn to the place it names (`agent::heed_warnings`). The default: of the players the
+    /// small model can play, it is the one that can use both what a memory confirms and what
+    /// it warns against.
+    #[default]
+    #[serde(rename = "place_avoid")]
+    PlaceAvoid,
     /// A fixed policy that reads `object -> place` lines: for tests of the protocol only.
     Scripted,
 }

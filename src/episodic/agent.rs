@@ -1,5 +1,6 @@
 //! The fixed base agent that plays every episode: the experiment's agent model choosing where
-//! each object goes (`templates/episodes/place_choice.j2`, mechanics in `placement.rs`), the
+//! each object goes (`templates/episodes/place_choice.j2`, mechanics in `placement.rs`), with
+//! the memory's warnings acted on for it or shown to it as text (`heed_warnings`), the
 //! same model picking whole actions (`templates/episodes/base_agent.j2`), or a scripted policy
 //! for tests.
 //!
@@ -52,6 +53,7 @@ pub enum BaseAgent<'a> {
         gateway: &'a Gateway,
         templates: &'a Templates,
         scoring: PlaceScoring,
+        warnings: Warnings,
     },
     /// A deterministic policy that reads the memory text for `object ... location` lines:
     /// for unit tests of the protocol only (no model), never a reported figure.
@@ -91,10 +93,19 @@ impl BaseAgent<'_> {
                     gateway,
                     templates,
                     scoring,
+                    warnings,
                 } => {
                     let room = room_of(&start.observation);
                     let choose = |object: &str, places: &[String]| {
-                        let (place, used) = choose_place(gateway, templates, *scoring, room, object, places, memory)?;
+                        let (place, used) = match warnings {
+                            Warnings::Shown => {
+                                choose_place(gateway, templates, *scoring, room, object, places, memory)?
+                            }
+                            Warnings::Heeded => {
+                                let (places, shown) = heed_warnings(memory, object, places);
+                                choose_place(gateway, templates, *scoring, room, object, &places, &shown)?
+                            }
+                        };
                         usage.merge(&used);
                         Ok(place)
                     };
@@ -164,6 +175,36 @@ pub enum PlaceScoring {
     /// real one: what the memory and the room make likely whatever the object is held cancels
     /// (`Calibration`), so a line about another object no longer sends this one to its place.
     Calibrated,
+}
+
+/// What the place-choosing player does with a memory line that warns against a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warnings {
+    /// Shown to the model with the rest of the text.
+    Shown,
+    /// Obeyed, not shown: see `heed_warnings`.
+    Heeded,
+}
+
+/// The places the player chooses among, and the memory text it reads, when it heeds
+/// warnings: a warning line (`is_warning`) that names `object` takes the places it names off
+/// `places` (unless that would leave none), and no warning line is shown to the model.
+///
+/// Why: the small model cannot act on a negation. Scoring places as the end of a sentence,
+/// it is drawn to every place its text names, so "not: the sofa for the cushion" sends the
+/// cushion to the sofa. What a design learns from a put that lowered the score can only help
+/// this player if the player, not the model, acts on it.
+pub fn heed_warnings(memory: &str, object: &str, places: &[String]) -> (Vec<String>, String) {
+    let names: Vec<&str> = places.iter().map(String::as_str).collect();
+    let avoided = avoided_locations(memory, object, &names);
+    let kept: Vec<String> = places
+        .iter()
+        .filter(|p| !avoided.contains(&p.as_str()))
+        .cloned()
+        .collect();
+    let shown: Vec<&str> = memory.lines().filter(|l| !is_warning(l)).collect();
+    let places = if kept.is_empty() { places.to_vec() } else { kept };
+    (places, shown.join("\n"))
 }
 
 /// Where the agent model puts `object`: the place whose answer sentence
@@ -368,14 +409,21 @@ impl ScriptedPolicy {
     }
 }
 
-/// Places a line of `memory` says `object` does not go: lines that begin with `not`,
-/// `avoid` or `wrong` and name both.
+/// Whether a memory line warns against something: it begins with `not`, `avoid` or `wrong`
+/// (the convention `templates/episodes/memory_api.j2` tells designs).
+fn is_warning(line: &str) -> bool {
+    let line = line.trim().to_lowercase();
+    ["not", "avoid", "wrong"].iter().any(|w| line.starts_with(w))
+}
+
+/// Places a line of `memory` says `object` does not go: warning lines that name both.
 fn avoided_locations<'l>(memory: &str, object: &str, locations: &[&'l str]) -> Vec<&'l str> {
     let object = object.to_lowercase();
     memory
         .lines()
-        .map(|l| l.trim().to_lowercase())
-        .filter(|l| ["not", "avoid", "wrong"].iter().any(|w| l.starts_with(w)) && l.contains(&object))
+        .filter(|l| is_warning(l))
+        .map(|l| l.to_lowercase())
+        .filter(|l| l.contains(&object))
         .flat_map(|l| {
             locations
                 .iter()
@@ -395,8 +443,8 @@ fn remembered_location<'l>(memory: &str, object: &str, locations: &[&'l str]) ->
     let lines: Vec<String> = memory
         .lines()
         .flat_map(|l| l.split(';'))
+        .filter(|l| !is_warning(l))
         .map(|l| l.trim().to_lowercase())
-        .filter(|l| !["not", "avoid", "wrong"].iter().any(|w| l.starts_with(w)))
         .collect();
     for needle in [&object, &head] {
         for line in lines.iter().rev() {
@@ -452,5 +500,23 @@ mod tests {
         let mem = "not: desk for copybook\navoid wardrobe for copybook";
         assert_eq!(remembered_location(mem, "copybook", &locs), None);
         assert_eq!(avoided_locations(mem, "copybook", &locs), vec!["desk", "wardrobe"]);
+    }
+
+    #[test]
+    fn a_player_heeding_warnings_drops_the_warned_places_and_never_reads_a_warning() {
+        let places = valid(&["end table", "sofa", "wastepaper basket"]);
+        let mem = "cushion -> sofa\nnot: end table for cushion\nNot: wastepaper basket for teapot\nWrong before: put cushion in end table";
+        let (kept, shown) = heed_warnings(mem, "cushion", &places);
+        // Only the warning about the cushion counts for it; the teapot's leaves its place.
+        assert_eq!(kept, valid(&["sofa", "wastepaper basket"]));
+        // The model would be drawn to the places the warnings name, whichever object they
+        // are about, so none of them is shown; the other lines are.
+        assert_eq!(shown, "cushion -> sofa");
+        let (kept, _) = heed_warnings(mem, "teapot", &places);
+        assert_eq!(kept, valid(&["end table", "sofa"]));
+        // Warned against everywhere: every place stays a choice rather than none.
+        let all = "avoid end table, sofa and wastepaper basket for the cushion";
+        assert_eq!(heed_warnings(all, "cushion", &places).0, places);
+        assert_eq!(heed_warnings("", "cushion", &places), (places.clone(), String::new()));
     }
 }

@@ -32,7 +32,7 @@ use crate::llm::{Gateway, Usage};
 use crate::propose::Templates;
 use crate::sandbox::{classify, error_kind, tail, task_outcome, LlmCall, LlmHandler};
 use crate::types::{Split, TaskOutcome};
-pub use agent::{choose_action, observation_for, BaseAgent, PlaceScoring, Play};
+pub use agent::{choose_action, observation_for, BaseAgent, PlaceScoring, Play, Warnings};
 pub use env::{EnvPool, Game};
 
 /// The task id of the one worker task that carries a whole episode sequence.
@@ -231,11 +231,19 @@ impl Episodic {
                 gateway,
                 templates: &self.templates,
                 scoring: PlaceScoring::Likeliest,
+                warnings: Warnings::Shown,
+            },
+            BaseAgentKind::PlaceAvoid => BaseAgent::PlaceChoice {
+                gateway,
+                templates: &self.templates,
+                scoring: PlaceScoring::Likeliest,
+                warnings: Warnings::Heeded,
             },
             BaseAgentKind::PlaceCalibrated => BaseAgent::PlaceChoice {
                 gateway,
                 templates: &self.templates,
                 scoring: PlaceScoring::Calibrated,
+                warnings: Warnings::Shown,
             },
             BaseAgentKind::Scripted => BaseAgent::Scripted,
         }

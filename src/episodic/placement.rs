@@ -1,5 +1,5 @@
 //! The base agent's tidying mechanics when the model only chooses places
-//! (`base_agent = "place_choice"`).
+//! (`base_agent = "place_avoid"`, `"place_choice"` or `"place_calibrated"`).
 //!
 //! Why split the work this way: a 135M model asked for whole actions from a numbered list
 //! answers with the first entries. It takes both objects and never puts one away, so no
