@@ -409,11 +409,17 @@ impl ScriptedPolicy {
     }
 }
 
-/// Whether a memory line warns against something: it begins with `not`, `avoid` or `wrong`
-/// (the convention `templates/episodes/memory_api.j2` tells designs).
+/// Whether a memory line warns against something: its first word is `not`, `avoid` or
+/// `wrong` (the convention `templates/episodes/memory_api.j2` tells designs). A whole word,
+/// so that "notebook -> desk" stays a fact.
 fn is_warning(line: &str) -> bool {
-    let line = line.trim().to_lowercase();
-    ["not", "avoid", "wrong"].iter().any(|w| line.starts_with(w))
+    let first: String = line
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_alphabetic())
+        .collect::<String>()
+        .to_lowercase();
+    ["not", "avoid", "wrong"].contains(&first.as_str())
 }
 
 /// Places a line of `memory` says `object` does not go: warning lines that name both.
@@ -505,13 +511,17 @@ mod tests {
     #[test]
     fn a_player_heeding_warnings_drops_the_warned_places_and_never_reads_a_warning() {
         let places = valid(&["end table", "sofa", "wastepaper basket"]);
-        let mem = "cushion -> sofa\nnot: end table for cushion\nNot: wastepaper basket for teapot\nWrong before: put cushion in end table";
+        let mem = "cushion -> sofa\nnot: end table for cushion\nNot: wastepaper basket for teapot\nWrong before: put cushion in end table\nnotebook -> end table";
         let (kept, shown) = heed_warnings(mem, "cushion", &places);
         // Only the warning about the cushion counts for it; the teapot's leaves its place.
         assert_eq!(kept, valid(&["sofa", "wastepaper basket"]));
         // The model would be drawn to the places the warnings name, whichever object they
-        // are about, so none of them is shown; the other lines are.
-        assert_eq!(shown, "cushion -> sofa");
+        // are about, so none of them is shown; the other lines are, a fact whose object
+        // only begins like a warning word included.
+        assert_eq!(shown, "cushion -> sofa\nnotebook -> end table");
+        assert!(heed_warnings(mem, "notebook", &places)
+            .0
+            .contains(&"end table".to_string()));
         let (kept, _) = heed_warnings(mem, "teapot", &places);
         assert_eq!(kept, valid(&["end table", "sofa"]));
         // Warned against everywhere: every place stays a choice rather than none.
