@@ -422,7 +422,9 @@ fn is_warning(line: &str) -> bool {
     ["not", "avoid", "wrong"].contains(&first.as_str())
 }
 
-/// Places a line of `memory` says `object` does not go: warning lines that name both.
+/// Places a line of `memory` says `object` does not go: warning lines that name both. A
+/// place named only inside a longer one the line names ("desk" in "desk chair") is not
+/// warned against.
 fn avoided_locations<'l>(memory: &str, object: &str, locations: &[&'l str]) -> Vec<&'l str> {
     let object = object.to_lowercase();
     memory
@@ -431,9 +433,17 @@ fn avoided_locations<'l>(memory: &str, object: &str, locations: &[&'l str]) -> V
         .map(|l| l.to_lowercase())
         .filter(|l| l.contains(&object))
         .flat_map(|l| {
+            let named: Vec<String> = locations
+                .iter()
+                .map(|loc| loc.to_lowercase())
+                .filter(|loc| l.contains(loc.as_str()))
+                .collect();
             locations
                 .iter()
-                .filter(move |loc| l.contains(&loc.to_lowercase()))
+                .filter(|loc| {
+                    let loc = loc.to_lowercase();
+                    named.contains(&loc) && !named.iter().any(|n| *n != loc && n.contains(&loc))
+                })
                 .copied()
                 .collect::<Vec<_>>()
         })
@@ -506,6 +516,12 @@ mod tests {
         let mem = "not: desk for copybook\navoid wardrobe for copybook";
         assert_eq!(remembered_location(mem, "copybook", &locs), None);
         assert_eq!(avoided_locations(mem, "copybook", &locs), vec!["desk", "wardrobe"]);
+        // A place inside a longer one's name is not warned against with it.
+        let study = ["desk", "desk chair", "shelf"];
+        assert_eq!(
+            avoided_locations("not: desk chair for copybook", "copybook", &study),
+            vec!["desk chair"]
+        );
     }
 
     #[test]
