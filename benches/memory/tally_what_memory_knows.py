@@ -14,8 +14,12 @@ def tally(report):
             silent += 1
         for entry in filter(None, text.split("; ")):
             _, right, wrong = entry.rsplit("|", 2)
-            key = ("a right place and wrong ones" if wrong != "0" else "a right place") if right == "right" else "only wrong places"
-            counts[key] += 1
+            if right != "right":
+                counts["only wrong places"] += 1
+            elif wrong != "0":
+                counts["a right place and wrong ones"] += 1
+            else:
+                counts["a right place"] += 1
     print(f"{episodes} scored episodes; in {silent} the memory knows nothing about either object in view")
     for key, n in counts.items():
         print(f"objects in view whose memory holds {key}: {n}")

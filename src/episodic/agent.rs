@@ -422,9 +422,8 @@ fn is_warning(line: &str) -> bool {
     ["not", "avoid", "wrong"].contains(&first.as_str())
 }
 
-/// Places a line of `memory` says `object` does not go: warning lines that name both. A
-/// place named only inside a longer one the line names ("desk" in "desk chair") is not
-/// warned against.
+/// Places a line of `memory` says `object` does not go: the places warning lines that name
+/// it name (`places_named`).
 fn avoided_locations<'l>(memory: &str, object: &str, locations: &[&'l str]) -> Vec<&'l str> {
     let object = object.to_lowercase();
     memory
@@ -432,27 +431,13 @@ fn avoided_locations<'l>(memory: &str, object: &str, locations: &[&'l str]) -> V
         .filter(|l| is_warning(l))
         .map(|l| l.to_lowercase())
         .filter(|l| l.contains(&object))
-        .flat_map(|l| {
-            let named: Vec<String> = locations
-                .iter()
-                .map(|loc| loc.to_lowercase())
-                .filter(|loc| l.contains(loc.as_str()))
-                .collect();
-            locations
-                .iter()
-                .filter(|loc| {
-                    let loc = loc.to_lowercase();
-                    named.contains(&loc) && !named.iter().any(|n| *n != loc && n.contains(&loc))
-                })
-                .copied()
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|l| places_named(&l, locations))
         .collect()
 }
 
 /// The location a line of `memory` gives for `object`: a line naming the whole object (else
-/// its last word) and one of `locations` (the longest named, so "chest of drawers" beats
-/// "chest").
+/// its last word) and, after it, one of `locations` (the longest named, so "chest of
+/// drawers" beats "chest").
 fn remembered_location<'l>(memory: &str, object: &str, locations: &[&'l str]) -> Option<&'l str> {
     let object = object.to_lowercase();
     let head = object.split_whitespace().last().unwrap_or(&object).to_string();
@@ -466,16 +451,31 @@ fn remembered_location<'l>(memory: &str, object: &str, locations: &[&'l str]) ->
         for line in lines.iter().rev() {
             let Some(at) = line.find(needle.as_str()) else { continue };
             let after = &line[at + needle.len()..];
-            if let Some(l) = locations
-                .iter()
-                .filter(|l| after.contains(&l.to_lowercase()))
-                .max_by_key(|l| l.len())
-            {
+            if let Some(l) = places_named(after, locations).into_iter().max_by_key(|l| l.len()) {
                 return Some(l);
             }
         }
     }
     None
+}
+
+/// The `locations` that the lowercase `text` names, in their order, less any named only as
+/// part of a longer one it names ("desk" in "desk chair").
+fn places_named<'l>(text: &str, locations: &[&'l str]) -> Vec<&'l str> {
+    let named: Vec<(&'l str, String)> = locations
+        .iter()
+        .map(|loc| (*loc, loc.to_lowercase()))
+        .filter(|(_, lower)| text.contains(lower.as_str()))
+        .collect();
+    named
+        .iter()
+        .filter(|(_, lower)| {
+            !named
+                .iter()
+                .any(|(_, other)| other != lower && other.contains(lower.as_str()))
+        })
+        .map(|(loc, _)| *loc)
+        .collect()
 }
 
 #[cfg(test)]
