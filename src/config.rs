@@ -243,7 +243,7 @@ pub struct DomainConfig {
     #[serde(default = "default_test_size")]
     pub test_size: usize,
     /// The episodic domain (`twc`) only: how episodes are played. For that domain
-    /// `val_size` and `test_size` count episodes (half fill the memory, half are scored).
+    /// `val_size` and `test_size` count episodes (the first fill the memory, the rest are scored).
     #[serde(default)]
     pub episodes: Option<EpisodesConfig>,
 }
@@ -275,6 +275,19 @@ pub struct EpisodesConfig {
     /// Longest retrieved text handed to the base agent; longer is cut (and recorded).
     #[serde(default = "default_retrieve_chars")]
     pub retrieve_chars: usize,
+    /// Episodes at the start of each split that fill the memory; the rest are scored. Unset:
+    /// half of each split. One count for both splits lets selection see the memory as full as
+    /// the held-out test does: a design that only pays on a small memory (or a large one)
+    /// would otherwise be ranked on validation for a protocol the test does not run.
+    #[serde(default)]
+    pub fill: Option<usize>,
+}
+
+impl EpisodesConfig {
+    /// How many of a split's `episodes` fill the memory (the rest are scored).
+    pub fn fill_count(&self, episodes: usize) -> usize {
+        self.fill.unwrap_or(episodes / 2)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +337,7 @@ impl Default for EpisodesConfig {
             locations: 1,
             fold: Fold::default(),
             retrieve_chars: default_retrieve_chars(),
+            fill: None,
         }
     }
 }
@@ -834,6 +848,16 @@ impl Experiment {
             if ep.max_steps == 0 || ep.items == 0 || ep.locations == 0 || ep.retrieve_chars == 0 {
                 bail!("domain.episodes: max_steps, items, locations and retrieve_chars must be at least 1");
             }
+            if let Some(fill) = ep.fill {
+                let smallest = self.domain.val_size.min(self.domain.test_size);
+                if fill >= smallest {
+                    bail!(
+                        "domain.episodes.fill = {fill} leaves no scored episode in a split of {smallest} (val_size = {}, test_size = {}); fix: lower fill, or raise both sizes above it",
+                        self.domain.val_size,
+                        self.domain.test_size
+                    );
+                }
+            }
         }
         if episodic {
             // Settings that act on agents' task evaluations only: refused rather than ignored.
@@ -994,6 +1018,18 @@ model = "smollm2-135m"
         let fold = twc.replace("test_size = 8", "test_size = 8\n[domain.episodes]\nfold = \"valid\"");
         let e = err(&fold);
         assert!(e.contains("fold") && e.contains("valid") && e.contains("train"), "{e}");
+        let with_fill = |n: usize| {
+            twc.replace(
+                "test_size = 8",
+                &format!("test_size = 8\n[domain.episodes]\nfill = {n}"),
+            )
+        };
+        let e = Experiment::parse(&with_fill(7), "t.toml", Path::new(".")).unwrap();
+        assert_eq!(e.domain.episodes.unwrap().fill_count(8), 7);
+        assert_eq!(
+            err(&with_fill(8)),
+            "t.toml: invalid experiment: domain.episodes.fill = 8 leaves no scored episode in a split of 8 (val_size = 8, test_size = 8); fix: lower fill, or raise both sizes above it"
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ enum Command {
     Eval {
         file: PathBuf,
         /// Built-in domain: arith, units, mgsm, drop, arc, gsm8k, or twc (memory designs; n
-        /// episodes, half fill, half scored).
+        /// episodes, half fill, half scored; an experiment may set its own fill).
         #[arg(long, required_unless_present = "experiment", conflicts_with = "experiment")]
         domain: Option<String>,
         /// An experiment file: its domain, splits, agent model (any backend), limits and guards.

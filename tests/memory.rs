@@ -1,8 +1,8 @@
 //! Memory designs on the episodic domain (`twc`): real TextWorldExpress games in real game
 //! servers, real sandboxed workers holding the designs, and a SCRIPTED base agent (a fixed
 //! policy that reads the memory text; src/episodic/agent.rs), so the figures are exact and
-//! repeatable. The protocol is ALMA's: the first half of a shuffled episode sequence fills the
-//! memory, the second half is scored against the same player without memory.
+//! repeatable. The protocol is ALMA's: the first half of a shuffled episode sequence (or a set
+//! count) fills the memory, the rest is scored against the same player without memory.
 
 mod common;
 
@@ -14,8 +14,13 @@ use metaforge::evaluate::{Evaluation, Evaluator, Outcome};
 
 /// Evaluates each design on the same 80-episode validation sequence (40 fill, 40 scored).
 fn evaluate_designs(designs: &[&str]) -> Vec<Evaluation> {
+    evaluate_designs_with(scripted_episodes(), designs)
+}
+
+/// As `evaluate_designs`, with the episodes' settings `episodes` (its fill count, say).
+fn evaluate_designs_with(episodes: metaforge::config::EpisodesConfig, designs: &[&str]) -> Vec<Evaluation> {
     let val = sequence(80);
-    let episodic = Episodic::new(&scripted_episodes()).unwrap();
+    let episodic = Episodic::new(&episodes).unwrap();
     // The scripted base agent makes no model call; the gateway is there for the designs' own.
     let gateway = scripted_gateway("unused");
     let cfg = EvaluationConfig::default();
@@ -109,6 +114,32 @@ fn key_value_facts_beat_no_memory_on_a_fixed_episode_sequence() {
         "{:?}",
         kv.tasks[0].output
     );
+}
+
+#[test]
+fn a_set_fill_count_fills_the_memory_with_that_many_episodes_and_scores_the_rest() {
+    // A design that says how many episodes it was updated with: each scored episode's
+    // record keeps the text the player was given.
+    let counter = "class Memory:\n    def __init__(self):\n        self.n = 0\n\n    def retrieve(self, observation):\n        return f\"updated {self.n} times\"\n\n    def update(self, observation, trajectory, reward):\n        self.n += 1\n";
+    let val = sequence(80);
+    for (fill, scored) in [(None, 40), (Some(60), 20)] {
+        let e = &evaluate_designs_with(
+            metaforge::config::EpisodesConfig {
+                fill,
+                ..scripted_episodes()
+            },
+            &[counter],
+        )[0];
+        assert_eq!(e.outcome, Outcome::Ok, "{}", e.detail);
+        let ids: Vec<&str> = e.tasks.iter().map(|t| t.task_id.as_str()).collect();
+        let last: Vec<&str> = val[80 - scored..].iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, last, "fill {fill:?}: the episodes after the fill are scored");
+        let filled = 80 - scored;
+        for t in &e.tasks {
+            let out = t.output.as_deref().unwrap();
+            assert!(out.contains(&format!("updated {filled} times")), "fill {fill:?}: {out}");
+        }
+    }
 }
 
 #[test]

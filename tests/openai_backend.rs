@@ -84,7 +84,10 @@ fn a_calibrated_choice_is_refused_by_an_endpoint_before_it_is_sent() {
         choices: req.choices.clone(),
     });
     match backend.complete(&req) {
-        Err(LlmError::Fatal(e)) => assert!(e.contains("place_choice") && e.contains("likelihood"), "{e}"),
+        Err(LlmError::Fatal(e)) => assert!(
+            e.contains("place_avoid") && e.contains("place_choice") && e.contains("likelihood"),
+            "{e}"
+        ),
         other => panic!("expected a fatal refusal, got {other:?}"),
     }
 }

@@ -1,8 +1,8 @@
 """The worker's side of evaluating a memory design (candidate kind `memory`).
 
-ALMA's protocol: the episode sequence arrives as one task. Its first half
-fills the memory: each episode is played by the host's base agent without retrieval, then
-`update(observation, trajectory, reward)` sees it, in order. Its second half is scored: the
+ALMA's protocol: the episode sequence arrives as one task. Its fill episodes (each marked
+with its phase; the first half unless the experiment sets a count) fill the memory: each episode is played by the host's base agent without retrieval, then
+`update(observation, trajectory, reward)` sees it, in order. The rest are scored: the
 memory is frozen, `retrieve(observation)` writes the text the base agent is given, and the
 host plays those episodes (in parallel; they no longer depend on each other).
 

@@ -2,8 +2,9 @@
 //! evaluation of memory designs on it, following ALMA's protocol.
 //!
 //! A validation (or test) split is a sequence of episodes, shuffled by the split seed. Its
-//! first half fills the design's memory (played without retrieval; `update` sees each
-//! trajectory and reward), its second half is scored with retrieval, memory frozen. An
+//! first episodes (half, or `domain.episodes.fill`) fill the design's memory (played without
+//! retrieval; `update` sees each trajectory and reward), the rest are scored with retrieval,
+//! memory frozen. An
 //! episode's score is the gain of its reward over the same base agent without memory, so the
 //! evaluation's mean is the design's gain over no-memory, with a bootstrap 95% CI.
 //!
@@ -61,11 +62,12 @@ impl EpisodeRunner for Episodic {
         split: Split,
         on_task: TaskDone,
     ) -> Result<Evaluation> {
-        if tasks.len() < 2 {
-            bail!("a memory evaluation needs at least 2 episodes (half fill, half scored) and the {split} split has {}; fix: raise domain.val_size / domain.test_size", tasks.len());
+        let fill_count = self.cfg.fill_count(tasks.len());
+        if tasks.len() < 2 || fill_count >= tasks.len() {
+            bail!("a memory evaluation needs a scored episode after the {fill_count} that fill the memory and the {split} split has {}; fix: raise domain.val_size / domain.test_size, or lower domain.episodes.fill", tasks.len());
         }
         let started = Instant::now();
-        let (fill, scored) = tasks.split_at(tasks.len() / 2);
+        let (fill, scored) = tasks.split_at(fill_count);
         let baseline = self.baselines(ev.gateway, tasks, ev.cfg.tasks_in_flight)?;
         let episodes: Vec<serde_json::Value> = fill
             .iter()

@@ -3,9 +3,13 @@
 //! Why paired: two agents run on the same tasks share the tasks' difficulty, so their
 //! per-task differences vary far less than either score does. Comparing the means of two
 //! independent intervals (what a leaderboard shows) needs several times more tasks to see the
-//! same gain. The test is McNemar's, exact: under "neither is better", each task on which
-//! exactly one of them succeeds goes either way with probability one half. Scores in (0, 1)
-//! count as a win for whichever scored higher.
+//! same gain. The test is exact, under "neither is better": each task's difference was as
+//! likely to have had the other sign. When every score is 0 or 1 that is McNemar's test (each
+//! task on which exactly one of them succeeds goes either way with probability one half).
+//! When scores are graded (a memory design's episode gains, an F1), it is the paired
+//! permutation test on the differences themselves: counting only who scored higher would
+//! weigh a task lost by a quarter the same as one won by a whole point, and disagree with the
+//! interval, which is of the mean difference.
 
 use serde::Serialize;
 
@@ -23,10 +27,32 @@ pub struct Paired {
     /// Tasks where a scored higher, and where b did.
     pub wins: usize,
     pub losses: usize,
-    /// Exact one-sided p-value of "a is no better than b" (sign test on the discordant tasks).
+    /// Exact one-sided p-value of "a is no better than b".
     pub p_better: f64,
-    /// Exact two-sided McNemar p-value.
+    /// Exact two-sided p-value.
     pub p_two_sided: f64,
+    /// Which test gave the p-values.
+    pub test: PairedTest,
+}
+
+/// The exact test behind a paired comparison's p-values (see the module doc).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PairedTest {
+    /// Every difference is -1, 0 or 1: McNemar's test on the tasks where they differ.
+    McNemar,
+    /// Graded differences: the permutation (sign-flip) test on their sizes.
+    Permutation,
+}
+
+impl PairedTest {
+    /// How reports name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            PairedTest::McNemar => "McNemar",
+            PairedTest::Permutation => "paired permutation",
+        }
+    }
 }
 
 impl Paired {
@@ -45,6 +71,19 @@ impl Paired {
         let wins = diffs.iter().filter(|d| **d > 1e-12).count();
         let losses = diffs.iter().filter(|d| **d < -1e-12).count();
         let (ci_lo, ci_hi) = bootstrap_ci(diffs, bootstrap_samples, 0x9a1_7ed);
+        let binary = diffs
+            .iter()
+            .all(|d| [-1.0, 0.0, 1.0].iter().any(|v| (d - v).abs() < 1e-12));
+        let (test, p_better, p_two_sided) = if binary {
+            (
+                PairedTest::McNemar,
+                binomial_upper_tail(wins + losses, wins),
+                (2.0 * binomial_upper_tail(wins + losses, wins.max(losses))).min(1.0),
+            )
+        } else {
+            let (one, two) = sign_flip_p(diffs);
+            (PairedTest::Permutation, one, two)
+        };
         Self {
             n: diffs.len(),
             diff: mean(diffs),
@@ -52,8 +91,9 @@ impl Paired {
             ci_hi,
             wins,
             losses,
-            p_better: binomial_upper_tail(wins + losses, wins),
-            p_two_sided: (2.0 * binomial_upper_tail(wins + losses, wins.max(losses))).min(1.0),
+            p_better,
+            p_two_sided,
+            test,
         }
     }
 
@@ -67,6 +107,49 @@ impl Paired {
             "does not differ significantly from"
         }
     }
+}
+
+/// Exact one-sided ("a is no better") and two-sided p-values of the paired permutation test:
+/// every assignment of signs to the differences' sizes is equally likely under the null.
+/// Sizes are counted on a grid of hundredths (exact for scores in halves, quarters, tenths or
+/// hundredths), reduced by their common divisor, and the null distribution of the sum of the
+/// positive ones is built by the subset-sum recurrence, one difference at a time.
+fn sign_flip_p(diffs: &[f64]) -> (f64, f64) {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let on_grid = |d: f64| (d.abs() * 100.0).round() as usize;
+    let sized: Vec<(usize, bool)> = diffs
+        .iter()
+        .map(|&d| (on_grid(d), d > 0.0))
+        .filter(|(size, _)| *size > 0)
+        .collect();
+    let unit = sized.iter().fold(0, |g, (size, _)| gcd(g, *size)).max(1);
+    let sizes: Vec<usize> = sized.iter().map(|(size, _)| size / unit).collect();
+    let observed: usize = sized.iter().filter(|(_, up)| *up).map(|(size, _)| size / unit).sum();
+    let total: usize = sizes.iter().sum();
+    // chance[k]: probability that the positive differences sum to k.
+    let mut chance = vec![0.0f64; total + 1];
+    chance[0] = 1.0;
+    let mut reach = 0;
+    for &size in &sizes {
+        reach += size;
+        for k in (0..=reach).rev() {
+            let with = if k >= size { chance[k - size] } else { 0.0 };
+            chance[k] = 0.5 * chance[k] + 0.5 * with;
+        }
+    }
+    let one_sided: f64 = chance[observed..].iter().sum();
+    let distance = |k: usize| (2 * k).abs_diff(total);
+    let two_sided: f64 = (0..=total)
+        .filter(|&k| distance(k) >= distance(observed))
+        .map(|k| chance[k])
+        .sum();
+    (one_sided.min(1.0), two_sided.min(1.0))
 }
 
 /// P(X ≥ k) for X ~ Binomial(n, 1/2), exact (log-space sums; n up to millions).
@@ -132,6 +215,29 @@ mod tests {
     }
 
     #[test]
+    fn graded_differences_are_tested_by_their_sizes() {
+        // Sizes in quarters 4, 1, 1; the 8 equally likely sign patterns give positive sums
+        // 0, 1, 1, 2, 4, 5, 5, 6: P(sum >= 5) = 3/8; as far from the middle (3) as 5 or
+        // further: 0, 1, 1, 5, 5, 6, so 6/8.
+        let p = Paired::of_diffs(&[1.0, 0.25, -0.25, 0.0], 200);
+        assert_eq!(p.test, PairedTest::Permutation);
+        assert!((p.p_better - 3.0 / 8.0).abs() < 1e-12, "{p:?}");
+        assert!((p.p_two_sided - 6.0 / 8.0).abs() < 1e-12, "{p:?}");
+        // On -1/0/1 differences the permutation test is McNemar's, exactly.
+        let binary = [1.0, 1.0, 1.0, -1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        let (one, two) = sign_flip_p(&binary);
+        let m = Paired::of_diffs(&binary, 200);
+        assert!((one - m.p_better).abs() < 1e-12 && (two - m.p_two_sided).abs() < 1e-12);
+        // Twenty wins by a whole point against forty losses by a quarter: twice as many tasks
+        // went the other way, yet the mean difference is +1/6. Counting wins says the first
+        // program is not better; the sizes say it is.
+        let mixed: Vec<f64> = [vec![1.0; 20], vec![-0.25; 40]].concat();
+        let p = Paired::of_diffs(&mixed, 200);
+        assert!(binomial_upper_tail(60, 20) > 0.99);
+        assert!(p.p_better < 0.05 && p.verdict(0.05) == "beats", "{p:?}");
+    }
+
+    #[test]
     fn pairs_join_by_task_and_test_the_discordant_ones() {
         let a: Vec<(String, f64)> = (0..40)
             .map(|i| (format!("t{i}"), f64::from(u8::from(i % 4 != 0))))
@@ -145,6 +251,7 @@ mod tests {
         assert_eq!((p.n, p.wins, p.losses), (40, 20, 10));
         assert!((p.diff - 0.25).abs() < 1e-12);
         assert!((p.p_better - binomial_upper_tail(30, 20)).abs() < 1e-12);
+        assert_eq!(p.test, PairedTest::McNemar);
         assert!(p.ci_lo < 0.25 && 0.25 < p.ci_hi);
         let same = Paired::compare(&a, &a, 500);
         assert_eq!(

@@ -83,7 +83,7 @@ impl Backend for OpenAiBackend {
             return Err(LlmError::Fatal(format!(
                 "a calibrated choice needs each choice's likelihood, which {} does not give; \
                  use the embedded model for this call, or a player that does not calibrate \
-                 (base_agent = \"place_choice\")",
+                 (base_agent = \"place_avoid\", the default, or \"place_choice\")",
                 self.model_id()
             )));
         }

@@ -245,7 +245,7 @@ impl Subject {
 }
 
 /// Did a discovered agent beat the best seed on held-out test? Said plainly: the paired
-/// difference on the same tasks with its interval and McNemar's exact p-value.
+/// difference on the same tasks with its interval and the exact test's p-value, named.
 fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>, subject: Subject) -> String {
     let (noun, items) = (subject.noun(), subject.items());
     if let Some(c) = comparison {
@@ -272,7 +272,7 @@ fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>, subject: Sub
             String::new()
         };
         return format!(
-            "held-out test, paired on {} {items}: best discovered {noun} {:?} {:.3} vs best seed {:?} {:.3}: difference {:+.3} [95% CI {:+.3}, {:+.3}], {} better, {} worse, McNemar p = {}: {relation}{ranked_below}",
+            "held-out test, paired on {} {items}: best discovered {noun} {:?} {:.3} vs best seed {:?} {:.3}: difference {:+.3} [95% CI {:+.3}, {:+.3}], {} better, {} worse, {} p = {}: {relation}{ranked_below}",
             p.n,
             c.discovered,
             c.discovered_mean,
@@ -283,6 +283,7 @@ fn verdict(rows: &[LeaderRow], comparison: Option<&TestComparison>, subject: Sub
             p.ci_hi,
             p.wins,
             p.losses,
+            p.test.label(),
             format_p(p.p_two_sided),
         );
     }

@@ -869,11 +869,10 @@ impl Core {
         let tasks_bar = if bar.is_hidden() {
             ProgressBar::hidden()
         } else {
-            // A memory evaluation ticks once per scored episode (the second half).
-            ProgressBar::new(if self.episodic.is_some() {
-                (tasks.len() - tasks.len() / 2) as u64
-            } else {
-                tasks.len() as u64
+            // A memory evaluation ticks once per scored episode (those after the fill).
+            ProgressBar::new(match &self.episodic {
+                Some(e) => tasks.len().saturating_sub(e.cfg.fill_count(tasks.len())) as u64,
+                None => tasks.len() as u64,
             })
         };
         let unit = if self.episodic.is_some() {
