@@ -4,9 +4,9 @@
 //! A validation (or test) split is a sequence of episodes, shuffled by the split seed. Its
 //! first episodes (half, or `domain.episodes.fill`) fill the design's memory (played without
 //! retrieval; `update` sees each trajectory and reward), the rest are scored with retrieval,
-//! memory frozen. An
-//! episode's score is the gain of its reward over the same base agent without memory, so the
-//! evaluation's mean is the design's gain over no-memory, with a bootstrap 95% CI.
+//! memory frozen. An episode's score is the gain of its reward over the same base agent
+//! without memory, so the evaluation's mean is the design's gain over no-memory, with a
+//! bootstrap 95% CI.
 //!
 //! Who does what: the sandboxed worker holds the design and asks for plays
 //! (`runtime/metaforge/episodes.py`); the host plays them with the fixed base agent

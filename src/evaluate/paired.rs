@@ -113,14 +113,22 @@ impl Paired {
 /// every assignment of signs to the differences' sizes is equally likely under the null.
 /// Sizes are counted on a grid of hundredths (exact for scores in halves, quarters, tenths or
 /// hundredths), reduced by their common divisor, and the null distribution of the sum of the
-/// positive ones is built by the subset-sum recurrence, one difference at a time.
+/// positive ones is built by the subset-sum recurrence, one difference at a time. That work
+/// is the tasks times the grid points the sizes add up to; past `EXACT_WORK` (a pool of many
+/// thousands of graded tasks) the p-values are estimated from `DRAWS` random sign patterns
+/// instead, on the sizes themselves, which resolves p down to about 1 / `DRAWS`.
 fn sign_flip_p(diffs: &[f64]) -> (f64, f64) {
+    const EXACT_WORK: f64 = 2e8;
     fn gcd(a: usize, b: usize) -> usize {
         if b == 0 {
             a
         } else {
             gcd(b, a % b)
         }
+    }
+    let spread: f64 = diffs.iter().map(|d| d.abs()).sum();
+    if spread * 100.0 * diffs.len() as f64 > EXACT_WORK {
+        return sign_flip_p_drawn(diffs);
     }
     let on_grid = |d: f64| (d.abs() * 100.0).round() as usize;
     let sized: Vec<(usize, bool)> = diffs
@@ -150,6 +158,29 @@ fn sign_flip_p(diffs: &[f64]) -> (f64, f64) {
         .map(|k| chance[k])
         .sum();
     (one_sided.min(1.0), two_sided.min(1.0))
+}
+
+/// Sign patterns drawn for `sign_flip_p` on pools too large to count exactly.
+const DRAWS: usize = 10_000;
+
+/// `sign_flip_p` estimated from `DRAWS` seeded random sign patterns: (hits + 1) / (draws + 1),
+/// so an estimate is never zero.
+fn sign_flip_p_drawn(diffs: &[f64]) -> (f64, f64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5162_f11b);
+    let observed: f64 = diffs.iter().sum();
+    let slack = 1e-9 * diffs.len() as f64;
+    let (mut above, mut beyond) = (0usize, 0usize);
+    for _ in 0..DRAWS {
+        let drawn: f64 = diffs
+            .iter()
+            .map(|d| if rng.random::<bool>() { d.abs() } else { -d.abs() })
+            .sum();
+        above += usize::from(drawn >= observed - slack);
+        beyond += usize::from(drawn.abs() >= observed.abs() - slack);
+    }
+    let p = |hits: usize| (hits + 1) as f64 / (DRAWS + 1) as f64;
+    (p(above), p(beyond))
 }
 
 /// P(X ≥ k) for X ~ Binomial(n, 1/2), exact (log-space sums; n up to millions).
@@ -234,6 +265,22 @@ mod tests {
         let mixed: Vec<f64> = [vec![1.0; 20], vec![-0.25; 40]].concat();
         let p = Paired::of_diffs(&mixed, 200);
         assert!(binomial_upper_tail(60, 20) > 0.99);
+        // Drawn sign patterns estimate the exact p-values.
+        let (one, two) = sign_flip_p_drawn(&mixed);
+        assert!(
+            (one - p.p_better).abs() < 0.01 && (two - p.p_two_sided).abs() < 0.01,
+            "{one} {two} {p:?}"
+        );
+        // A pool too large to count exactly is tested on drawn sign patterns: a mean
+        // difference near zero reads as none, a clear one as clear.
+        let pool = |loss: f64| -> Vec<f64> { (0..20_000).map(|i| if i % 3 == 0 { 0.37 } else { -loss }).collect() };
+        let level = Paired::of_diffs(&pool(0.185), 10);
+        assert!(
+            level.p_two_sided > 0.5 && level.test == PairedTest::Permutation,
+            "{level:?}"
+        );
+        let ahead = Paired::of_diffs(&pool(0.17), 10);
+        assert!(ahead.p_two_sided < 0.001 && ahead.verdict(0.05) == "beats", "{ahead:?}");
         assert!(p.p_better < 0.05 && p.verdict(0.05) == "beats", "{p:?}");
     }
 
