@@ -5,7 +5,10 @@
 # configuration's difference from random search, with its interval and a permutation p-value,
 # per experiment and, given several, pooled over them (scripts/search_quality.py says how).
 #
-#   scripts/search-quality.sh EXP.toml [EXP.toml...] K [CONFIG...]
+#   scripts/search-quality.sh EXP.toml [EXP.toml...] K|FROM-TO [CONFIG...]
+#
+# K is a number of search seeds (1 to K) or a range FROM-TO of them, which adds seeds to a
+# table whose first ones ran elsewhere (scripts/search_quality.py pools recorded gains with it).
 #
 # Configurations (all but the racing rules by default):
 #   default  the experiment as written (Thompson credit over proposers, its parent selection)
@@ -27,14 +30,19 @@
 # there each run sends its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: scripts/search-quality.sh EXP.toml [EXP.toml...] K [default|random|adas|race-ahead|race-first-tie|race-sequential ...]"
+usage="usage: scripts/search-quality.sh EXP.toml [EXP.toml...] K|FROM-TO [default|random|adas|race-ahead|race-first-tie|race-sequential ...]"
 exps=()
 while [ $# -gt 0 ] && [[ "$1" == *.toml ]]; do exps+=("$1"); shift; done
-if [ ${#exps[@]} -eq 0 ] || [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]]; then
+if [ ${#exps[@]} -eq 0 ] || [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+(-[0-9]+)?$ ]]; then
   echo "$usage" >&2
   exit 2
 fi
 k="$1"; shift
+if [[ "$k" == *-* ]]; then first="${k%-*}"; last="${k#*-}"; else first=1; last="$k"; fi
+if [ "$first" -lt 1 ] || [ "$last" -lt "$first" ]; then
+  echo "search-quality: no search seeds in $k; fix: give K >= 1 or a range FROM-TO with 1 <= FROM <= TO" >&2
+  exit 2
+fi
 configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=(default random adas)
 for exp in "${exps[@]}"; do
   [ -f "$exp" ] || { echo "search-quality: no experiment file $exp" >&2; exit 2; }
@@ -55,7 +63,7 @@ for exp in "${exps[@]}"; do
   cache=""
   capped=$(python3 scripts/experiment_variant.py "$exp" --capped)
   for cfg in "${configs[@]}"; do
-    for seed in $(seq 1 "$k"); do
+    for seed in $(seq "$first" "$last"); do
       db="$out/$name-$cfg-$seed.db"
       if [ -f "$db" ] && "$bin" status "$db" --json 2>/dev/null | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["finished"] else 1)'; then
         echo "search-quality: $db finished earlier, reused" >&2

@@ -468,7 +468,8 @@ fn racing_and_proposer_credit_are_stored_and_shown() {
 
 /// The search-quality table (`scripts/search_quality.py`) read from finished archives: each
 /// configuration's gains per search seed, and the gain a user keeps who picks by validation
-/// (the seed's 0 where validation ranked the discovered agent below it).
+/// (the seed's 0 where validation ranked the discovered agent below it); and the same table
+/// from runs saved to a file, pooled with archives read, as seeds run elsewhere are.
 #[test]
 fn the_search_quality_table_reads_the_gain_and_the_validation_pick_of_each_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,19 +492,7 @@ fn the_search_quality_table_reads_the_gain_and_the_validation_pick_of_each_run()
             std::fs::copy(&db, out.join(format!("q-{cfg}-{seed}.db"))).unwrap();
         }
     }
-    let table = Command::new("python3")
-        .arg(format!("{}/scripts/search_quality.py", env!("CARGO_MANIFEST_DIR")))
-        .arg(bin())
-        .arg(&out)
-        .args(["2", "default,random", "q"])
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&table.stdout);
-    assert!(
-        table.status.success(),
-        "{shown}{}",
-        String::from_utf8_lossy(&table.stderr)
-    );
+    let shown = table_of(&out, &[], &["2", "default,random", "q"]).unwrap_or_else(|e| panic!("{e}"));
     let gains: Vec<String> = expected.iter().map(|(d, _)| format!("{d:+.3}")).collect();
     let kept = expected.iter().map(|(d, p)| if *p { *d } else { 0.0 }).sum::<f64>() / 2.0;
     let picked = expected.iter().filter(|(_, p)| *p).count();
@@ -511,6 +500,46 @@ fn the_search_quality_table_reads_the_gain_and_the_validation_pick_of_each_run()
     assert!(row.contains(&gains.join(" ")), "{shown}");
     assert!(row.ends_with(&format!("{kept:+.3} ({picked} of 2 picked)")), "{shown}");
     assert!(shown.contains("default - random: +0.000"), "{shown}");
+
+    // The runs saved, then seed 1 given as recorded and seed 2 read from its archive: the
+    // same table. A seed given both ways is refused, by name.
+    let saved = dir.path().join("saved.json");
+    let with_saved = table_of(&out, &["--save", saved.to_str().unwrap()], &["2", "default,random", "q"]);
+    assert_eq!(with_saved.unwrap(), shown);
+    let mut runs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    for cfg in ["default", "random"] {
+        let seeds = runs["experiments"]["q"][cfg].as_array_mut().unwrap();
+        assert_eq!(seeds.len(), 2);
+        seeds.retain(|r| r["seed"] == 1);
+    }
+    let first = dir.path().join("first.json");
+    std::fs::write(&first, runs.to_string()).unwrap();
+    let recorded = ["--recorded", first.to_str().unwrap()];
+    let merged = table_of(&out, &recorded, &["1", "default,random", "q:2-2"]);
+    assert_eq!(merged.unwrap(), shown);
+    let twice = table_of(&out, &recorded, &["2", "default,random", "q"]).unwrap_err();
+    assert!(twice.contains("q, default: search seeds [1] are both recorded and read from archives"), "{twice}");
+    std::fs::write(&first, r#"{"experiments": {"q": {"default": [{"seed": "one"}]}}}"#).unwrap();
+    let bad = table_of(&out, &recorded, &["0", "default", "q"]).unwrap_err();
+    assert!(bad.contains("cannot read recorded runs from") && bad.contains("fix:"), "{bad}");
+}
+
+/// `scripts/search_quality.py` with these options, on the archives in `out`, for K, the
+/// configurations and the experiments in `rest`: its table, or its error.
+fn table_of(out: &std::path::Path, options: &[&str], rest: &[&str]) -> Result<String, String> {
+    let run = Command::new("python3")
+        .arg(format!("{}/scripts/search_quality.py", env!("CARGO_MANIFEST_DIR")))
+        .args(options)
+        .arg(bin())
+        .arg(out)
+        .args(rest)
+        .output()
+        .unwrap();
+    if run.status.success() {
+        Ok(String::from_utf8_lossy(&run.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&run.stderr).into_owned())
+    }
 }
 
 /// SIGINT ends a run once the step in progress is stored: exit 130, `status` says it was

@@ -55,15 +55,25 @@ impl PairedTest {
     }
 }
 
+/// Per-task differences a − b on the tasks both ran (`(task id, score)` pairs, any order).
+pub fn differences(a: &[(String, f64)], b: &[(String, f64)]) -> Vec<f64> {
+    let theirs: std::collections::HashMap<&str, f64> = b.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+    a.iter()
+        .filter_map(|(id, s)| theirs.get(id.as_str()).map(|t| s - t))
+        .collect()
+}
+
+/// True when every difference is -1, 0 or 1, so McNemar's test applies.
+fn all_binary(diffs: &[f64]) -> bool {
+    diffs
+        .iter()
+        .all(|d| [-1.0, 0.0, 1.0].iter().any(|v| (d - v).abs() < 1e-12))
+}
+
 impl Paired {
     /// Compares `a` with `b` on the tasks both ran (`(task id, score)` pairs, any order).
     pub fn compare(a: &[(String, f64)], b: &[(String, f64)], bootstrap_samples: usize) -> Self {
-        let theirs: std::collections::HashMap<&str, f64> = b.iter().map(|(id, s)| (id.as_str(), *s)).collect();
-        let diffs: Vec<f64> = a
-            .iter()
-            .filter_map(|(id, s)| theirs.get(id.as_str()).map(|t| s - t))
-            .collect();
-        Self::of_diffs(&diffs, bootstrap_samples)
+        Self::of_diffs(&differences(a, b), bootstrap_samples)
     }
 
     /// The comparison from per-task differences (a − b).
@@ -71,10 +81,7 @@ impl Paired {
         let wins = diffs.iter().filter(|d| **d > 1e-12).count();
         let losses = diffs.iter().filter(|d| **d < -1e-12).count();
         let (ci_lo, ci_hi) = bootstrap_ci(diffs, bootstrap_samples, 0x9a1_7ed);
-        let binary = diffs
-            .iter()
-            .all(|d| [-1.0, 0.0, 1.0].iter().any(|v| (d - v).abs() < 1e-12));
-        let (test, p_better, p_two_sided) = if binary {
+        let (test, p_better, p_two_sided) = if all_binary(diffs) {
             (
                 PairedTest::McNemar,
                 binomial_upper_tail(wins + losses, wins),
@@ -118,46 +125,72 @@ impl Paired {
 /// thousands of graded tasks) the p-values are estimated from `DRAWS` random sign patterns
 /// instead, on the sizes themselves, which resolves p down to about 1 / `DRAWS`.
 fn sign_flip_p(diffs: &[f64]) -> (f64, f64) {
-    const EXACT_WORK: f64 = 2e8;
-    fn gcd(a: usize, b: usize) -> usize {
-        if b == 0 {
-            a
-        } else {
-            gcd(b, a % b)
-        }
-    }
     let spread: f64 = diffs.iter().map(|d| d.abs()).sum();
     if spread * 100.0 * diffs.len() as f64 > EXACT_WORK {
         return sign_flip_p_drawn(diffs);
     }
-    let on_grid = |d: f64| (d.abs() * 100.0).round() as usize;
-    let sized: Vec<(usize, bool)> = diffs
-        .iter()
-        .map(|&d| (on_grid(d), d > 0.0))
-        .filter(|(size, _)| *size > 0)
-        .collect();
-    let unit = sized.iter().fold(0, |g, (size, _)| gcd(g, *size)).max(1);
-    let sizes: Vec<usize> = sized.iter().map(|(size, _)| size / unit).collect();
-    let observed: usize = sized.iter().filter(|(_, up)| *up).map(|(size, _)| size / unit).sum();
-    let total: usize = sizes.iter().sum();
-    // chance[k]: probability that the positive differences sum to k.
-    let mut chance = vec![0.0f64; total + 1];
-    chance[0] = 1.0;
-    let mut reach = 0;
-    for &size in &sizes {
-        reach += size;
-        for k in (0..=reach).rev() {
-            let with = if k >= size { chance[k - size] } else { 0.0 };
-            chance[k] = 0.5 * chance[k] + 0.5 * with;
-        }
-    }
-    let one_sided: f64 = chance[observed..].iter().sum();
-    let distance = |k: usize| (2 * k).abs_diff(total);
-    let two_sided: f64 = (0..=total)
-        .filter(|&k| distance(k) >= distance(observed))
+    let grid = Grid::of(diffs);
+    let chance = grid.positive_sum_chance(0.5);
+    let one_sided: f64 = chance[grid.observed..].iter().sum();
+    let distance = |k: usize| (2 * k).abs_diff(grid.total);
+    let two_sided: f64 = (0..=grid.total)
+        .filter(|&k| distance(k) >= distance(grid.observed))
         .map(|k| chance[k])
         .sum();
     (one_sided.min(1.0), two_sided.min(1.0))
+}
+
+/// Work (tasks times grid points) past which the permutation test's distribution is not
+/// counted exactly.
+const EXACT_WORK: f64 = 2e8;
+
+/// The nonzero differences' sizes on a grid of hundredths reduced by their common divisor
+/// (`unit` hundredths), and the sum of the positive ones: what the permutation test counts.
+struct Grid {
+    sizes: Vec<usize>,
+    unit: usize,
+    total: usize,
+    observed: usize,
+}
+
+impl Grid {
+    fn of(diffs: &[f64]) -> Self {
+        fn gcd(a: usize, b: usize) -> usize {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        let on_grid = |d: f64| (d.abs() * 100.0).round() as usize;
+        let sized: Vec<(usize, bool)> = diffs
+            .iter()
+            .map(|&d| (on_grid(d), d > 0.0))
+            .filter(|(size, _)| *size > 0)
+            .collect();
+        let unit = sized.iter().fold(0, |g, (size, _)| gcd(g, *size)).max(1);
+        let sizes: Vec<usize> = sized.iter().map(|(size, _)| size / unit).collect();
+        let observed = sized.iter().filter(|(_, up)| *up).map(|(size, _)| size / unit).sum();
+        let total = sizes.iter().sum();
+        Self { sizes, unit, total, observed }
+    }
+
+    /// `chance[k]`: the probability that the positive differences sum to k when each one is
+    /// positive with probability `up` (one half under "neither is better"), built by the
+    /// subset-sum recurrence one difference at a time.
+    fn positive_sum_chance(&self, up: f64) -> Vec<f64> {
+        let mut chance = vec![0.0f64; self.total + 1];
+        chance[0] = 1.0;
+        let mut reach = 0;
+        for &size in &self.sizes {
+            reach += size;
+            for k in (0..=reach).rev() {
+                let with = if k >= size { chance[k - size] } else { 0.0 };
+                chance[k] = (1.0 - up) * chance[k] + up * with;
+            }
+        }
+        chance
+    }
 }
 
 /// Sign patterns drawn for `sign_flip_p` on pools too large to count exactly.
@@ -204,12 +237,49 @@ pub fn binomial_upper_tail(n: usize, k: usize) -> f64 {
     total.min(1.0)
 }
 
-/// The smallest true gain (as a share of tasks turned from failure to success, with none
-/// turned back) that a one-sided exact sign test at `alpha` detects with probability
-/// `power` on `n` tasks when a share `discordant` of them differ between the two programs.
-/// What `status` prints when a search ends without a significant result: how large a gain
-/// this budget could have shown.
-pub fn detectable_gain(n: usize, discordant: f64, alpha: f64, power: f64) -> Option<f64> {
+/// The smallest true mean gain that the paired test of these differences detects, one-sided
+/// at `alpha`, with probability `power`: what `status` prints when a search ends without a
+/// significant result, to say how large a gain this budget could have shown. On 0/1 scores it
+/// is McNemar's on the share of tasks where the two programs differed (at least one in
+/// twenty, so that two programs that never differed still get a line). On graded scores it is
+/// the permutation test's on the sizes observed, each difference positive with a probability
+/// that grows until the test rejects often enough: counting only the share that differed
+/// would treat a quarter-point difference as a whole one and overstate the gain needed.
+/// None on a pool too large to count exactly.
+pub fn detectable_gain(diffs: &[f64], alpha: f64, power: f64) -> Option<f64> {
+    let n = diffs.len();
+    if n == 0 {
+        return None;
+    }
+    if all_binary(diffs) {
+        let differed = diffs.iter().filter(|d| d.abs() > 1e-12).count();
+        return detectable_share_gain(n, (differed as f64 / n as f64).max(0.05), alpha, power);
+    }
+    const ROUNDS: usize = 14;
+    let grid = Grid::of(diffs);
+    if grid.sizes.is_empty() || (grid.total * grid.sizes.len() * (ROUNDS + 1)) as f64 > EXACT_WORK {
+        return None;
+    }
+    let tail = |chance: &[f64], from: usize| chance[from.min(chance.len())..].iter().sum::<f64>();
+    let null = grid.positive_sum_chance(0.5);
+    let critical = (0..=grid.total).find(|&k| tail(&null, k) <= alpha)?;
+    // Bisection on the probability that a difference is positive.
+    let (mut low, mut high) = (0.5f64, 1.0f64);
+    for _ in 0..ROUNDS {
+        let up = (low + high) / 2.0;
+        if tail(&grid.positive_sum_chance(up), critical) >= power {
+            high = up;
+        } else {
+            low = up;
+        }
+    }
+    let spread = (grid.total * grid.unit) as f64 / 100.0;
+    Some((2.0 * high - 1.0) * spread / n as f64)
+}
+
+/// The sign test's detectable gain (as a share of tasks turned from failure to success, with
+/// none turned back) on `n` tasks when a share `discordant` of them differ.
+fn detectable_share_gain(n: usize, discordant: f64, alpha: f64, power: f64) -> Option<f64> {
     let m = ((n as f64) * discordant).round() as usize;
     if m == 0 {
         return None;
@@ -340,8 +410,31 @@ mod tests {
 
     #[test]
     fn more_tasks_detect_smaller_gains() {
-        let small = detectable_gain(40, 0.3, 0.05, 0.8).unwrap();
-        let large = detectable_gain(400, 0.3, 0.05, 0.8).unwrap();
+        let small = detectable_share_gain(40, 0.3, 0.05, 0.8).unwrap();
+        let large = detectable_share_gain(400, 0.3, 0.05, 0.8).unwrap();
         assert!(large < small && large > 0.0, "{large} {small}");
+    }
+
+    #[test]
+    fn graded_differences_detect_gains_in_their_own_sizes() {
+        // The same tasks differing by a whole point, or by a quarter: the test on the sizes
+        // asks a quarter as much gain of the second, where counting tasks asks the same.
+        let whole: Vec<f64> = [vec![1.0; 15], vec![-1.0; 15], vec![0.0; 90]].concat();
+        let quarter: Vec<f64> = whole.iter().map(|d| d / 4.0).collect();
+        let by_share = detectable_gain(&whole, 0.025, 0.8).unwrap();
+        assert_eq!(Some(by_share), detectable_share_gain(120, 0.25, 0.025, 0.8));
+        let by_size = detectable_gain(&quarter, 0.025, 0.8).unwrap();
+        assert!((by_size - by_share / 4.0).abs() < 0.05 * by_share / 4.0, "{by_size} {by_share}");
+        // And the graded line is the permutation test's own: with whole-point sizes it agrees
+        // with the sign test's to the bisection's precision.
+        let mixed: Vec<f64> = [vec![1.0; 15], vec![-1.0; 15], vec![0.0; 89], vec![0.5]].concat();
+        let graded = detectable_gain(&mixed, 0.025, 0.8).unwrap();
+        assert!(graded > 0.0 && (graded - by_share).abs() < 0.2 * by_share, "{graded} {by_share}");
+        // Two programs that never differed still get the sign test's line; no tasks, none.
+        assert_eq!(
+            detectable_gain(&[0.0; 40], 0.025, 0.8),
+            detectable_share_gain(40, 0.05, 0.025, 0.8)
+        );
+        assert_eq!(detectable_gain(&[], 0.025, 0.8), None);
     }
 }

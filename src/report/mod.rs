@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::{Archive, LeaderRow, SplitScore};
-use crate::evaluate::paired::Paired;
+use crate::evaluate::paired::{detectable_gain, differences, Paired};
 use crate::search::bandit::{tally, ArmStats, Cost};
 use crate::types::{Split, Stage};
 
@@ -67,7 +67,7 @@ pub struct TestComparison {
     pub seed_val: f64,
     pub paired: Paired,
     /// The smallest gain this many held-out tasks would show at p < 0.05 with 80% power,
-    /// given how often the two disagreed.
+    /// given how often the two disagreed and, on graded scores, by how much.
     pub detectable_gain: Option<f64>,
 }
 
@@ -194,12 +194,11 @@ pub fn test_comparison(archive: &Archive, rows: &[LeaderRow]) -> Result<Option<T
         return Ok(None);
     };
     let (st, dt) = (s.test.as_ref().unwrap(), d.test.as_ref().unwrap());
-    let paired = Paired::compare(
+    let diffs = differences(
         &archive.task_scores(&d.id, Split::Test)?,
         &archive.task_scores(&s.id, Split::Test)?,
-        2000,
     );
-    let discordant = (paired.wins + paired.losses) as f64 / paired.n.max(1) as f64;
+    let paired = Paired::of_diffs(&diffs, 2000);
     Ok(Some(TestComparison {
         discovered: d.name.clone(),
         seed: s.name.clone(),
@@ -207,7 +206,7 @@ pub fn test_comparison(archive: &Archive, rows: &[LeaderRow]) -> Result<Option<T
         seed_mean: st.mean,
         discovered_val: d.val.as_ref().map_or(f64::NAN, |v| v.mean),
         seed_val: s.val.as_ref().map_or(f64::NAN, |v| v.mean),
-        detectable_gain: crate::evaluate::paired::detectable_gain(paired.n, discordant.max(0.05), 0.025, 0.8),
+        detectable_gain: detectable_gain(&diffs, 0.025, 0.8),
         paired,
     }))
 }
