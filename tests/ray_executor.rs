@@ -156,15 +156,16 @@ fn a_ray_worker_killed_mid_shard_loses_and_doubles_nothing() {
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let head = start_head();
     let dir = tempfile::tempdir().unwrap();
-    // Tasks one at a time and 300 ms a model call: a shard of 3 tasks runs for ~1 s, long
+    // Tasks one at a time and 600 ms a model call: a shard of 3 tasks runs for ~2 s, long
     // enough to kill it after its first call was answered (and cached) and while the next
-    // is in flight.
+    // is in flight, with 300 ms to spare either side for a worker slow to start on a busy
+    // machine.
     let local_db = dir.path().join("local.db");
-    ok(&run(&experiment(dir.path(), "local.toml", 1, 300, None), &local_db));
+    ok(&run(&experiment(dir.path(), "local.toml", 1, 600, None), &local_db));
     let ray_db = dir.path().join("ray.db");
     let mut search = Command::new(bin())
         .args(["run", "--quiet"])
-        .arg(experiment(dir.path(), "ray.toml", 1, 300, Some(&head.address)))
+        .arg(experiment(dir.path(), "ray.toml", 1, 600, Some(&head.address)))
         .arg("--db")
         .arg(&ray_db)
         .env(LOOPBACK_ONLY.0, LOOPBACK_ONLY.1)
@@ -184,7 +185,7 @@ fn a_ray_worker_killed_mid_shard_loses_and_doubles_nothing() {
         );
         std::thread::sleep(Duration::from_millis(5));
     };
-    // Mid-shard: once its sandboxed worker runs, the first task's call takes 300 ms.
+    // Mid-shard: once its sandboxed worker runs, the first task's call takes 600 ms.
     while !has_child(shard) {
         assert!(
             started.elapsed() < Duration::from_secs(120),
@@ -192,7 +193,7 @@ fn a_ray_worker_killed_mid_shard_loses_and_doubles_nothing() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(450));
+    std::thread::sleep(Duration::from_millis(900));
     assert!(
         Path::new(&format!("/proc/{shard}")).exists(),
         "the shard ended before the kill"
